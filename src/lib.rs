@@ -11,4 +11,6 @@
 //! machines), [`net`] (sockets and the tokio driver), [`node`] (the async
 //! API).
 
+pub mod proto;
+pub mod sim;
 pub mod wire;

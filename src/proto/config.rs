@@ -1,0 +1,142 @@
+//! Configuration of the protocol core: every timer and bound, with its
+//! documented default. Validated once, by [`CoreConfig::validate`].
+
+use std::time::Duration;
+
+use crate::wire;
+
+/// Protocol settings of one node. `Default` gives the documented defaults;
+/// `cluster`, `stream` and `seed` are normally filled in by the node layer.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// [`wire::cluster_hash`] of the cluster name.
+    pub cluster: u32,
+    /// This node's stream id (random per process start).
+    pub stream: u64,
+    /// Name announced in heartbeats and `Hello` (at most 64 bytes).
+    pub node_name: String,
+    /// Seed of the protocol's RNG (jitter, back-off).
+    pub seed: u64,
+    /// Largest datagram sent. Default 1200 bytes: no IP fragmentation on
+    /// any LAN.
+    pub max_datagram: usize,
+    /// First heartbeat after data. Default 1 ms.
+    pub heartbeat_min: Duration,
+    /// Heartbeat interval once idle (the back-off doubles up to it).
+    /// Default 1 s.
+    pub heartbeat_idle: Duration,
+    /// Join: how long `Hello`s are sent and answers collected. Default 100 ms.
+    pub sync_window: Duration,
+    /// Join: how many `Hello`s are sent over the sync window. Default 3.
+    pub hello_count: u32,
+    /// Answers to `Hello` are delayed by a random time up to this, so that
+    /// a joiner is not answered by every node at once. Default 5 ms.
+    pub hello_answer_jitter: Duration,
+    /// At most one answer to `Hello` per this interval. Default 20 ms.
+    pub hello_answer_min_interval: Duration,
+    /// How long a gap may stay open before it is acted on, so that
+    /// reordered datagrams are not mistaken for loss. Default 10 ms.
+    pub reorder_window: Duration,
+    /// A stream not heard from for this long is dropped. Default 10 s.
+    pub stream_timeout: Duration,
+    /// Most streams tracked at once; past it the least recently heard is
+    /// evicted (with a `Reset` if it had a gap). Default 1024.
+    pub max_streams: usize,
+    /// Most disjoint gaps per stream; past it the oldest gaps are Reset.
+    /// Default 256.
+    pub max_gaps: usize,
+    /// Streams that said `Goodbye` are remembered (so that late datagrams
+    /// do not bring them back) up to this many. Default 1024.
+    pub max_ended: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            cluster: wire::cluster_hash("cachecast"),
+            stream: 1,
+            node_name: String::new(),
+            seed: 0,
+            max_datagram: 1200,
+            heartbeat_min: Duration::from_millis(1),
+            heartbeat_idle: Duration::from_secs(1),
+            sync_window: Duration::from_millis(100),
+            hello_count: 3,
+            hello_answer_jitter: Duration::from_millis(5),
+            hello_answer_min_interval: Duration::from_millis(20),
+            reorder_window: Duration::from_millis(10),
+            stream_timeout: Duration::from_secs(10),
+            max_streams: 1024,
+            max_gaps: 256,
+            max_ended: 1024,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field} {problem}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it and what would be right.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Checks every bound once, so that the hot path never has to.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let min_dgram = wire::DATA_OVERHEAD + 64;
+        if self.max_datagram < min_dgram || self.max_datagram > wire::MAX_DATAGRAM {
+            return Err(ConfigError::new(
+                "max_datagram",
+                format!(
+                    "is {}; use {min_dgram}..={} (1200 avoids IP fragmentation)",
+                    self.max_datagram,
+                    wire::MAX_DATAGRAM
+                ),
+            ));
+        }
+        if self.node_name.len() > wire::MAX_NODE_NAME {
+            return Err(ConfigError::new(
+                "node_name",
+                format!(
+                    "is {} bytes; at most {}",
+                    self.node_name.len(),
+                    wire::MAX_NODE_NAME
+                ),
+            ));
+        }
+        if self.heartbeat_min.is_zero() || self.heartbeat_min > self.heartbeat_idle {
+            return Err(ConfigError::new(
+                "heartbeat_min",
+                "must be above zero and at most heartbeat_idle",
+            ));
+        }
+        if self.stream_timeout <= self.heartbeat_idle * 2 {
+            return Err(ConfigError::new(
+                "stream_timeout",
+                "must be more than twice heartbeat_idle, or live streams time out",
+            ));
+        }
+        if self.hello_count == 0 {
+            return Err(ConfigError::new("hello_count", "must be at least 1"));
+        }
+        if self.max_streams == 0 || self.max_gaps == 0 {
+            return Err(ConfigError::new(
+                "max_streams/max_gaps",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! All protocol state of one node: its own stream (sender) and every remote
+//! stream it follows (receivers), as one sans-IO state machine.
+//!
+//! # Drive loop
+//!
+//! ```text
+//! let mut core = NodeCore::new(cfg, now)?;
+//! loop {
+//!     // one input:
+//!     core.handle_datagram(now, &bytes)   // a datagram arrived
+//!     core.publish(now, event)            // the application published
+//!     core.handle_timeout(now)            // the time from poll_timeout passed
+//!     // then drain every output:
+//!     while core.poll_transmit(now, &mut buf) { send buf to the group }
+//!     while let Some(d) = core.poll_delivery() { hand d to subscribers }
+//!     sleep until core.poll_timeout()
+//! }
+//! ```
+//!
+//! The core never reads a clock, a socket or a global RNG: `now` is always a
+//! parameter, randomness comes from `CoreConfig::seed`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::proto::config::{ConfigError, CoreConfig};
+use crate::proto::delivery::Delivery;
+use crate::proto::receiver::{Sink, StreamReceiver};
+use crate::proto::sender::{PublishError, Sender};
+use crate::proto::stats::Stats;
+use crate::wire::{self, Body, Event, Header};
+
+/// One node's protocol state machine. See the module docs for the drive loop.
+#[derive(Debug)]
+pub struct NodeCore {
+    cfg: CoreConfig,
+    header: Header,
+    rng: SmallRng,
+    sync_until: Instant,
+    hellos_left: u32,
+    next_hello: Option<Instant>,
+    sender: Sender,
+    streams: HashMap<u64, StreamReceiver>,
+    /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`.
+    ended: VecDeque<u64>,
+    ended_set: HashSet<u64>,
+    out: VecDeque<Body>,
+    deliveries: VecDeque<Delivery>,
+    stats: Stats,
+}
+
+impl NodeCore {
+    /// A node joining at `now`: it sends its first `Hello` on the first
+    /// [`NodeCore::poll_transmit`].
+    pub fn new(cfg: CoreConfig, now: Instant) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(NodeCore {
+            header: Header::new(cfg.cluster, cfg.stream),
+            rng: SmallRng::seed_from_u64(cfg.seed),
+            sync_until: now + cfg.sync_window,
+            hellos_left: cfg.hello_count,
+            next_hello: Some(now),
+            sender: Sender::new(&cfg, now),
+            streams: HashMap::new(),
+            ended: VecDeque::new(),
+            ended_set: HashSet::new(),
+            out: VecDeque::new(),
+            deliveries: VecDeque::new(),
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// This node's stream id.
+    pub fn stream(&self) -> u64 {
+        self.cfg.stream
+    }
+
+    /// When the join sync window ends: from then on the node is in sync and
+    /// the application may cache.
+    pub fn sync_deadline(&self) -> Instant {
+        self.sync_until
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The receiving state of a remote stream, if followed.
+    pub fn stream_state(&self, stream: u64) -> Option<&StreamReceiver> {
+        self.streams.get(&stream)
+    }
+
+    /// Number of remote streams followed.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The seq the next published event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.sender.next_seq()
+    }
+
+    /// Publishes an event on this node's stream and returns its seq. It is
+    /// sent on the next [`NodeCore::poll_transmit`], batched with whatever
+    /// else was published before then.
+    pub fn publish(&mut self, _now: Instant, event: Event) -> Result<u64, PublishError> {
+        let seq = self.sender.publish(event, &mut self.out)?;
+        self.stats.events_published += 1;
+        Ok(seq)
+    }
+
+    /// Ends this node's stream: everything published goes out, then `Goodbye`.
+    pub fn close(&mut self, _now: Instant) {
+        self.sender.close(&mut self.out);
+        self.next_hello = None;
+    }
+
+    /// True after [`NodeCore::close`].
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Feeds one received datagram. Anything that fails to decode or
+    /// validate is counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        let dgram = match wire::decode(bytes, self.cfg.cluster) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::trace!(error = %e, "dropped datagram");
+                self.stats.drop(e.kind());
+                return;
+            }
+        };
+        let from = dgram.header.stream;
+        if from == self.cfg.stream {
+            self.stats.own_ignored += 1;
+            return;
+        }
+        match dgram.body {
+            Body::Hello { node } => {
+                self.sender.on_hello(now, &mut self.rng);
+                // A joiner publishes nothing before its join returns: its
+                // stream starts at 1.
+                if let Some(r) = self.receiver(now, from, 1) {
+                    r.set_node(&node);
+                }
+            }
+            Body::Nak { .. } | Body::Unavailable { .. } => {
+                // Repair is not implemented yet: a gap is Reset once due.
+                self.touch(now, from);
+            }
+            Body::Data { first_seq, events } | Body::Repair { first_seq, events } => {
+                let mut sink = Sink {
+                    cfg: &self.cfg,
+                    deliveries: &mut self.deliveries,
+                    stats: &mut self.stats,
+                };
+                if let Some(r) = Self::receiver_in(
+                    &mut self.streams,
+                    &self.ended_set,
+                    &mut sink,
+                    now,
+                    self.sync_until,
+                    from,
+                    first_seq,
+                ) {
+                    r.heard(now);
+                    r.on_events(now, first_seq, events, &mut sink);
+                }
+            }
+            Body::Heartbeat { next_seq, node, .. } => {
+                let mut sink = Sink {
+                    cfg: &self.cfg,
+                    deliveries: &mut self.deliveries,
+                    stats: &mut self.stats,
+                };
+                if let Some(r) = Self::receiver_in(
+                    &mut self.streams,
+                    &self.ended_set,
+                    &mut sink,
+                    now,
+                    self.sync_until,
+                    from,
+                    next_seq,
+                ) {
+                    r.heard(now);
+                    r.set_node(&node);
+                    r.on_position(now, next_seq, &mut sink);
+                }
+            }
+            Body::Goodbye { next_seq } => {
+                let mut sink = Sink {
+                    cfg: &self.cfg,
+                    deliveries: &mut self.deliveries,
+                    stats: &mut self.stats,
+                };
+                if let Some(r) = Self::receiver_in(
+                    &mut self.streams,
+                    &self.ended_set,
+                    &mut sink,
+                    now,
+                    self.sync_until,
+                    from,
+                    next_seq,
+                ) {
+                    r.heard(now);
+                    r.on_goodbye(now, next_seq, &mut sink);
+                }
+                self.retire_if_finished(from);
+            }
+        }
+    }
+
+    /// Marks a known stream as heard from.
+    fn touch(&mut self, now: Instant, stream: u64) {
+        if let Some(r) = self.streams.get_mut(&stream) {
+            r.heard(now);
+        }
+    }
+
+    fn receiver(&mut self, now: Instant, stream: u64, pos: u64) -> Option<&mut StreamReceiver> {
+        let mut sink = Sink {
+            cfg: &self.cfg,
+            deliveries: &mut self.deliveries,
+            stats: &mut self.stats,
+        };
+        let r = Self::receiver_in(
+            &mut self.streams,
+            &self.ended_set,
+            &mut sink,
+            now,
+            self.sync_until,
+            stream,
+            pos,
+        )?;
+        r.heard(now);
+        Some(r)
+    }
+
+    /// The receiver of `stream`, created if new. `pos` is the first seq the
+    /// datagram that met it speaks of. A stream met during the sync window
+    /// is followed from there (nothing before the join matters); one met
+    /// later is followed from seq 1, so that history we never saw is a gap.
+    /// `None` for a stream that already said `Goodbye`.
+    fn receiver_in<'a>(
+        streams: &'a mut HashMap<u64, StreamReceiver>,
+        ended: &HashSet<u64>,
+        sink: &mut Sink<'_>,
+        now: Instant,
+        sync_until: Instant,
+        stream: u64,
+        pos: u64,
+    ) -> Option<&'a mut StreamReceiver> {
+        if ended.contains(&stream) {
+            sink.stats.drop("ended_stream");
+            return None;
+        }
+        if !streams.contains_key(&stream) {
+            if streams.len() >= sink.cfg.max_streams {
+                Self::evict_one(streams, sink);
+            }
+            let start = if now < sync_until { pos } else { 1 };
+            tracing::debug!(stream, start, "new stream");
+            streams.insert(stream, StreamReceiver::new(stream, start, now));
+            sink.stats.streams = streams.len() as u64;
+        }
+        streams.get_mut(&stream)
+    }
+
+    /// Evicts the least recently heard stream (table full).
+    fn evict_one(streams: &mut HashMap<u64, StreamReceiver>, sink: &mut Sink<'_>) {
+        let Some(victim) = streams
+            .values()
+            .min_by_key(|r| r.last_heard())
+            .map(|r| r.stream())
+        else {
+            return;
+        };
+        if let Some(mut r) = streams.remove(&victim) {
+            tracing::debug!(stream = victim, "stream evicted: table full");
+            sink.stats.streams_evicted += 1;
+            r.evict(sink);
+        }
+    }
+
+    fn retire_if_finished(&mut self, stream: u64) {
+        if self.streams.get(&stream).is_some_and(|r| r.is_finished()) {
+            self.streams.remove(&stream);
+            self.stats.streams_ended += 1;
+            self.stats.streams = self.streams.len() as u64;
+            self.ended.push_back(stream);
+            self.ended_set.insert(stream);
+            while self.ended.len() > self.cfg.max_ended {
+                if let Some(old) = self.ended.pop_front() {
+                    self.ended_set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Acts on everything due at `now`: hellos, heartbeats, gaps, timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.next_hello {
+            if t <= now && self.hellos_left > 0 {
+                self.out.push_back(Body::Hello {
+                    node: self.cfg.node_name.clone(),
+                });
+                self.stats.hellos_sent += 1;
+                self.hellos_left -= 1;
+                self.next_hello = (self.hellos_left > 0)
+                    .then(|| now + self.cfg.sync_window / self.cfg.hello_count);
+            }
+        }
+        if self.sender.handle_timeout(now, &mut self.out) {
+            self.stats.heartbeats_sent += 1;
+        }
+        let mut sink = Sink {
+            cfg: &self.cfg,
+            deliveries: &mut self.deliveries,
+            stats: &mut self.stats,
+        };
+        let mut finished = Vec::new();
+        let mut timed_out = Vec::new();
+        for r in self.streams.values_mut() {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now, &mut sink);
+                if r.is_finished() {
+                    finished.push(r.stream());
+                }
+            }
+            if r.last_heard() + self.cfg.stream_timeout <= now {
+                timed_out.push(r.stream());
+            }
+        }
+        for s in timed_out {
+            if let Some(mut r) = self.streams.remove(&s) {
+                tracing::debug!(stream = s, "stream timed out");
+                sink.stats.streams_timed_out += 1;
+                r.time_out(&mut sink);
+            }
+        }
+        self.stats.streams = self.streams.len() as u64;
+        for s in finished {
+            self.retire_if_finished(s);
+        }
+    }
+
+    /// The earliest time [`NodeCore::handle_timeout`] has work, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.sender.poll_timeout();
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t: Instant| t.min(x)));
+            }
+        };
+        if self.hellos_left > 0 {
+            consider(self.next_hello);
+        }
+        for r in self.streams.values() {
+            consider(r.poll_timeout());
+            consider(Some(r.last_heard() + self.cfg.stream_timeout));
+        }
+        t
+    }
+
+    /// Writes the next datagram to send into `buf` (replacing its contents)
+    /// and returns true; false when there is nothing to send. Call after
+    /// every input until it returns false. Events published since the last
+    /// call are batched into as few datagrams as fit.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        if self.out.is_empty() && self.sender.has_batch() {
+            self.sender.flush(now, &mut self.out);
+        }
+        let Some(body) = self.out.pop_front() else {
+            return false;
+        };
+        if matches!(body, Body::Data { .. }) {
+            self.stats.data_sent += 1;
+        }
+        wire::encode(&self.header, &body, buf);
+        self.stats.datagrams_sent += 1;
+        true
+    }
+
+    /// The next delivery for the application, if any. Call after every
+    /// input until it returns `None`.
+    #[must_use]
+    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.pop_front()
+    }
+}

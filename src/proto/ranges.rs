@@ -1,0 +1,203 @@
+//! The set of missing sequence ranges of one stream ("gaps"), each with its
+//! own repair state.
+//!
+//! A receiver only stores what it is *missing*: everything between its
+//! starting point and the stream's known end that is not a gap has arrived.
+//! Arrivals split gaps; resets remove them. The number of gaps is bounded
+//! by the caller (`max_gaps`). Pure data structure: no clock, no I/O.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::wire::SeqRange;
+
+/// One missing range and where its recovery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// One past the last missing seq.
+    pub end: u64,
+    /// When the gap was first noticed.
+    pub opened: Instant,
+    /// When the receiver acts on it next (NAK, or give up).
+    pub due: Instant,
+    /// How many NAKs were sent (or suppressed) for it so far.
+    pub tries: u32,
+}
+
+/// Missing ranges, keyed by their first seq; never overlapping or empty.
+#[derive(Debug, Default, Clone)]
+pub struct GapSet {
+    gaps: BTreeMap<u64, Gap>,
+}
+
+impl GapSet {
+    /// No gaps.
+    pub fn new() -> Self {
+        GapSet::default()
+    }
+
+    /// Number of disjoint missing ranges.
+    pub fn len(&self) -> usize {
+        self.gaps.len()
+    }
+
+    /// True when nothing is missing.
+    pub fn is_empty(&self) -> bool {
+        self.gaps.is_empty()
+    }
+
+    /// Adds a missing range `start..gap.end` (must not overlap an existing one).
+    pub fn insert(&mut self, start: u64, gap: Gap) {
+        debug_assert!(start < gap.end);
+        debug_assert!(self.overlapping(start, gap.end).next().is_none());
+        self.gaps.insert(start, gap);
+    }
+
+    /// If `seq` is missing, marks it arrived (splitting its gap) and returns true.
+    pub fn fill(&mut self, seq: u64) -> bool {
+        let Some((&start, &gap)) = self.gaps.range(..=seq).next_back() else {
+            return false;
+        };
+        if seq >= gap.end {
+            return false;
+        }
+        self.gaps.remove(&start);
+        if start < seq {
+            self.gaps.insert(start, Gap { end: seq, ..gap });
+        }
+        if seq + 1 < gap.end {
+            self.gaps.insert(seq + 1, gap);
+        }
+        true
+    }
+
+    /// True if `seq` is missing.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.gaps
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, g)| seq < g.end)
+    }
+
+    /// The lowest missing range.
+    pub fn first(&self) -> Option<(u64, Gap)> {
+        self.gaps.iter().next().map(|(s, g)| (*s, *g))
+    }
+
+    /// Removes and returns the gap starting at `start`.
+    pub fn remove(&mut self, start: u64) -> Option<Gap> {
+        self.gaps.remove(&start)
+    }
+
+    /// Removes every missing seq in `start..end`; returns the ranges removed.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<SeqRange> {
+        let hit: Vec<(u64, Gap)> = self.overlapping(start, end).collect();
+        let mut removed = Vec::with_capacity(hit.len());
+        for (s, g) in hit {
+            self.gaps.remove(&s);
+            if s < start {
+                self.gaps.insert(s, Gap { end: start, ..g });
+            }
+            if g.end > end {
+                self.gaps.insert(end, g);
+            }
+            removed.push((s.max(start), g.end.min(end)));
+        }
+        removed
+    }
+
+    /// Gaps intersecting `start..end`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, Gap)> + '_ {
+        // The gap starting before `start` may reach into the range.
+        let before = self
+            .gaps
+            .range(..start)
+            .next_back()
+            .filter(|(_, g)| g.end > start);
+        before
+            .into_iter()
+            .chain(self.gaps.range(start..end))
+            .map(|(s, g)| (*s, *g))
+    }
+
+    /// All gaps, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Gap)> + '_ {
+        self.gaps.iter().map(|(s, g)| (*s, *g))
+    }
+
+    /// Mutable access to the gap starting at `start`.
+    pub fn get_mut(&mut self, start: u64) -> Option<&mut Gap> {
+        self.gaps.get_mut(&start)
+    }
+
+    /// The earliest `due` time over all gaps.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.gaps.values().map(|g| g.due).min()
+    }
+
+    /// Total number of missing seqs.
+    pub fn missing_count(&self) -> u64 {
+        self.gaps.iter().map(|(s, g)| g.end - s).sum()
+    }
+
+    /// The smallest range covering every gap.
+    pub fn hull(&self) -> Option<SeqRange> {
+        let first = self.gaps.iter().next()?;
+        let last = self.gaps.iter().next_back()?;
+        Some((*first.0, last.1.end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(end: u64, t: Instant) -> Gap {
+        Gap {
+            end,
+            opened: t,
+            due: t,
+            tries: 0,
+        }
+    }
+
+    #[test]
+    fn fill_splits_and_reports() {
+        let t = Instant::now();
+        let mut g = GapSet::new();
+        g.insert(5, gap(10, t));
+        assert!(!g.fill(4));
+        assert!(!g.fill(10));
+        assert!(g.fill(7));
+        assert!(!g.fill(7), "a seq is filled once");
+        assert_eq!(
+            g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),
+            [(5, 7), (8, 10)]
+        );
+        assert!(g.fill(5));
+        assert!(g.fill(9));
+        assert_eq!(
+            g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),
+            [(6, 7), (8, 9)]
+        );
+        assert_eq!(g.missing_count(), 2);
+        assert_eq!(g.hull(), Some((6, 9)));
+        assert!(g.contains(6) && !g.contains(7) && g.contains(8));
+    }
+
+    #[test]
+    fn remove_range_clips_partial_gaps() {
+        let t = Instant::now();
+        let mut g = GapSet::new();
+        g.insert(1, gap(4, t));
+        g.insert(6, gap(9, t));
+        g.insert(12, gap(20, t));
+        let removed = g.remove_range(3, 14);
+        assert_eq!(removed, [(3, 4), (6, 9), (12, 14)]);
+        assert_eq!(
+            g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),
+            [(1, 3), (14, 20)]
+        );
+        assert!(g.remove_range(4, 14).is_empty());
+    }
+}

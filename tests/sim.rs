@@ -1,0 +1,515 @@
+//! Protocol rules, tested in virtual time through the sans-IO core and the
+//! deterministic simulator.
+
+use std::time::Duration;
+
+use cachecast::proto::{CoreConfig, Delivery, ResetReason};
+use cachecast::sim::{data_seqs, LinkFaults, Sim};
+use cachecast::wire::{Body, Event};
+
+fn key(i: u64) -> Event {
+    Event::Invalidate {
+        keys: vec![format!("key-{i}")],
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A cluster of `n` default nodes that have all finished joining.
+fn cluster(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.add_nodes("n", n);
+    sim.run_for(ms(200));
+    sim
+}
+
+fn stream_of(sim: &Sim, id: usize) -> u64 {
+    sim.core(id).unwrap().stream()
+}
+
+fn assert_checker(sim: &Sim) {
+    if let Err(v) = sim.check() {
+        panic!("{v}");
+    }
+}
+
+#[test]
+fn events_reach_every_other_node_in_order_without_resets() {
+    let mut sim = cluster(1, 3);
+    for i in 0..50 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(100));
+    let s0 = stream_of(&sim, 0);
+    for r in [1, 2] {
+        let got: Vec<u64> = sim
+            .delivered_events(r)
+            .into_iter()
+            .filter(|(s, _)| *s == s0)
+            .map(|(_, q)| q)
+            .collect();
+        assert_eq!(got, (1..=50).collect::<Vec<_>>());
+        assert!(sim.resets(r).is_empty(), "{:?}", sim.resets(r));
+    }
+    assert!(
+        sim.delivered_events(0).is_empty(),
+        "a node does not deliver its own events"
+    );
+    assert!(sim.core(0).unwrap().stats().own_ignored > 0);
+    let report = sim.check().unwrap();
+    assert_eq!(report.delivered, 100);
+}
+
+#[test]
+fn lost_datagram_resets_with_the_missing_range() {
+    let mut sim = cluster(2, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some_and(|r| r.contains(&2)));
+    let t0 = sim.now();
+    for i in 1..=3 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(50));
+    let resets = sim.resets(1);
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    assert_eq!(
+        resets[0].1,
+        ResetReason::Gap {
+            stream: s0,
+            missing: (2, 3)
+        }
+    );
+    // Not before the reorder window has passed.
+    assert!(resets[0].0 - t0 >= ms(10));
+    let events: Vec<u64> = sim.delivered_events(1).iter().map(|(_, q)| *q).collect();
+    assert_eq!(events, [1, 3], "delivered on arrival, around the gap");
+    assert_checker(&sim);
+}
+
+#[test]
+fn tail_loss_is_found_by_the_heartbeat_within_milliseconds() {
+    let mut sim = cluster(3, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.publish(0, key(1));
+    sim.run_for(ms(20));
+    // The last event of a burst is lost: only a heartbeat can reveal it.
+    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    let t0 = sim.now();
+    sim.publish(0, key(2));
+    sim.run_for(ms(100));
+    let resets = sim.resets(1);
+    assert_eq!(
+        resets.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        [ResetReason::Gap {
+            stream: s0,
+            missing: (2, 3)
+        }]
+    );
+    let took = resets[0].0 - t0;
+    assert!(took < ms(20), "tail loss noticed after {took:?}");
+    assert_checker(&sim);
+}
+
+#[test]
+fn duplicates_are_dropped() {
+    let mut sim = Sim::new(4);
+    sim.default_link.duplicate = 1.0;
+    sim.add_nodes("n", 2);
+    sim.run_for(ms(200));
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.run_for(ms(50));
+    assert_eq!(sim.delivered_events(1).len(), 20);
+    assert!(sim.core(1).unwrap().stats().duplicates >= 20);
+    assert!(sim.resets(1).is_empty());
+}
+
+#[test]
+fn reordering_inside_the_window_is_not_loss() {
+    let mut sim = Sim::new(5);
+    sim.default_link.jitter = ms(5);
+    sim.add_nodes("n", 2);
+    sim.run_for(ms(200));
+    for i in 0..200 {
+        sim.publish(0, key(i));
+        sim.run_for(Duration::from_micros(200));
+    }
+    sim.run_for(ms(50));
+    let stats = sim.core(1).unwrap().stats().clone();
+    assert_eq!(sim.delivered_events(1).len(), 200);
+    assert!(stats.reordered > 0, "the jitter should reorder something");
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    assert_checker(&sim);
+}
+
+#[test]
+fn joiner_starts_at_the_streams_position_and_gets_the_very_next_event() {
+    let mut sim = cluster(6, 1);
+    for i in 0..5 {
+        sim.publish(0, key(i));
+    }
+    sim.run_for(ms(10));
+    let joiner = sim.add_node("late", CoreConfig::default());
+    sim.run_for(ms(150));
+    let s0 = stream_of(&sim, 0);
+    let r = sim
+        .core(joiner)
+        .unwrap()
+        .stream_state(s0)
+        .expect("met in sync");
+    assert_eq!(r.next_expected(), 6, "history before the join is not a gap");
+    let seq = sim.publish(0, key(6));
+    sim.run_for(ms(5));
+    assert_eq!(sim.delivered_events(joiner), [(s0, seq)]);
+    assert!(sim.resets(joiner).is_empty());
+    assert_checker(&sim);
+}
+
+#[test]
+fn restarted_node_gets_the_very_next_invalidation() {
+    // The seed incident: a backend and two frontends; a frontend restarts
+    // and the backend's very next invalidation must reach it.
+    let mut sim = cluster(7, 3);
+    for i in 0..10 {
+        sim.publish(0, key(i));
+    }
+    sim.run_for(ms(50));
+    sim.restart(2);
+    // The join returns after the sync window; the app then publishes.
+    sim.run_for(ms(100));
+    let seq = sim.publish(0, key(100));
+    sim.run_for(ms(20));
+    let s0 = stream_of(&sim, 0);
+    let life = sim.node(2).incarnations.last().unwrap().first_delivery;
+    let after: Vec<_> = sim.node(2).deliveries[life..].to_vec();
+    assert!(
+        after.iter().any(|(_, d)| matches!(d, Delivery::Event { stream, seq: q, .. } if *stream == s0 && *q == seq)),
+        "restarted frontend missed the next invalidation: {after:?}"
+    );
+    assert!(sim.resets(2).is_empty());
+    assert_checker(&sim);
+}
+
+#[test]
+fn join_with_every_answer_lost_resets_when_the_stream_is_met_later() {
+    let mut sim = cluster(8, 1);
+    for i in 0..5 {
+        sim.publish(0, key(i));
+    }
+    sim.run_for(ms(10));
+    sim.set_drop_filter(|f| f.to == 1);
+    let joiner = sim.add_node("late", CoreConfig::default());
+    assert_eq!(joiner, 1);
+    sim.run_for(ms(150));
+    sim.clear_drop_filter();
+    // Met after the sync window with history (seqs 1..6) it never saw.
+    sim.run_for(Duration::from_millis(1100));
+    let s0 = stream_of(&sim, 0);
+    assert_eq!(
+        sim.resets(1)
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>(),
+        [ResetReason::Gap {
+            stream: s0,
+            missing: (1, 6)
+        }]
+    );
+    assert_checker(&sim);
+}
+
+#[test]
+fn stream_met_later_from_seq_1_is_followed_without_reset() {
+    let mut sim = cluster(9, 1);
+    let newcomer = sim.add_node("new", CoreConfig::default());
+    sim.run_for(ms(150));
+    for i in 0..3 {
+        sim.publish(newcomer, key(i));
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(20));
+    let s = stream_of(&sim, newcomer);
+    assert_eq!(sim.delivered_events(0), [(s, 1), (s, 2), (s, 3)]);
+    assert!(sim.resets(0).is_empty());
+}
+
+#[test]
+fn stream_met_later_with_its_first_datagram_lost_resets() {
+    let mut sim = cluster(10, 1);
+    let newcomer = sim.add_node("new", CoreConfig::default());
+    sim.run_for(ms(150));
+    sim.set_drop_filter(|f| f.to == 0 && data_seqs(f.datagram).is_some_and(|r| r.start == 1));
+    // The existing node never heard the newcomer's Hello either.
+    sim.publish(newcomer, key(1));
+    sim.run_for(ms(1));
+    sim.publish(newcomer, key(2));
+    sim.run_for(ms(30));
+    let s = stream_of(&sim, newcomer);
+    assert_eq!(sim.delivered_events(0), [(s, 2)]);
+    assert_eq!(
+        sim.resets(0)
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>(),
+        [ResetReason::Gap {
+            stream: s,
+            missing: (1, 2)
+        }]
+    );
+}
+
+#[test]
+fn goodbye_ends_the_stream_and_late_datagrams_are_dropped() {
+    let mut sim = cluster(11, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.publish(0, key(1));
+    sim.close(0);
+    sim.run_for(ms(20));
+    let core = sim.core(1).unwrap();
+    assert!(core.stream_state(s0).is_none(), "ended stream forgotten");
+    assert_eq!(core.stats().streams_ended, 1);
+    assert!(sim.resets(1).is_empty());
+    assert_eq!(sim.delivered_events(1), [(s0, 1)]);
+    // Closed streams send nothing more: no heartbeat brings them back.
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.core(1).unwrap().stream_state(s0).is_none());
+}
+
+#[test]
+fn goodbye_reveals_tail_loss() {
+    let mut sim = cluster(12, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.publish(0, key(1));
+    sim.close(0);
+    sim.run_for(ms(30));
+    assert_eq!(
+        sim.resets(1)
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>(),
+        [ResetReason::Gap {
+            stream: s0,
+            missing: (1, 2)
+        }]
+    );
+    assert!(sim.core(1).unwrap().stream_state(s0).is_none());
+    assert_checker(&sim);
+}
+
+#[test]
+fn crashed_stream_times_out_with_a_reset() {
+    let mut sim = cluster(13, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.publish(0, key(1));
+    sim.run_for(ms(10));
+    sim.crash(0);
+    let t0 = sim.now();
+    sim.run_for(Duration::from_secs(12));
+    let resets = sim.resets(1);
+    assert_eq!(
+        resets.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        [ResetReason::StreamTimedOut {
+            stream: s0,
+            next_expected: 2
+        }]
+    );
+    let after = resets[0].0 - t0;
+    assert!(
+        after >= Duration::from_secs(9) && after <= Duration::from_secs(11),
+        "{after:?}"
+    );
+    let core = sim.core(1).unwrap();
+    assert!(core.stream_state(s0).is_none());
+    assert_eq!(core.stats().streams_timed_out, 1);
+}
+
+#[test]
+fn live_idle_streams_do_not_time_out() {
+    let mut sim = cluster(14, 2);
+    sim.run_for(Duration::from_secs(30));
+    assert!(sim.resets(1).is_empty());
+    assert_eq!(sim.core(1).unwrap().stream_count(), 1);
+}
+
+#[test]
+fn full_stream_table_evicts_the_least_recently_heard_and_resets_an_open_gap() {
+    let mut sim = Sim::new(15);
+    let cfg = CoreConfig {
+        max_streams: 2,
+        // Keep gaps open long enough to see eviction act on one.
+        reorder_window: Duration::from_secs(5),
+        ..CoreConfig::default()
+    };
+    let rx = sim.add_node("rx", cfg);
+    let a = sim.add_node("a", CoreConfig::default());
+    let b = sim.add_node("b", CoreConfig::default());
+    sim.run_for(ms(200));
+    let sa = stream_of(&sim, a);
+    // A gap on a's stream (seq 1 lost to rx).
+    sim.set_drop_filter(move |f| f.to == rx && data_seqs(f.datagram).is_some_and(|r| r.start == 1));
+    sim.publish(a, key(1));
+    sim.run_for(ms(1));
+    sim.publish(a, key(2));
+    sim.run_for(ms(5));
+    sim.clear_drop_filter();
+    // b is heard after a; then a third stream arrives: a is evicted.
+    sim.publish(b, key(1));
+    sim.run_for(ms(5));
+    let c = sim.add_node("c", CoreConfig::default());
+    sim.run_until(sim.now() + Duration::from_micros(150));
+    let core = sim.core(rx).unwrap();
+    assert_eq!(core.stream_count(), 2);
+    assert!(core.stream_state(sa).is_none());
+    assert!(core.stream_state(stream_of(&sim, c)).is_some());
+    assert_eq!(core.stats().streams_evicted, 1);
+    assert_eq!(
+        sim.resets(rx)
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>(),
+        [ResetReason::StreamEvicted {
+            stream: sa,
+            missing: (1, 2)
+        }]
+    );
+    // Three live streams in a table of two keep evicting each other; the
+    // table stays bounded and nothing is lost silently.
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.core(rx).unwrap().stream_count(), 2);
+    assert_checker(&sim);
+}
+
+#[test]
+fn batched_publishes_share_datagrams() {
+    let mut sim = cluster(16, 2);
+    let before = sim.core(0).unwrap().stats().data_sent;
+    sim.publish_batch(0, (0..100).map(key).collect());
+    sim.run_for(ms(20));
+    let sent = sim.core(0).unwrap().stats().data_sent - before;
+    assert!(sent <= 5, "100 small events took {sent} datagrams");
+    assert_eq!(sim.delivered_events(1).len(), 100);
+}
+
+#[test]
+fn heartbeats_back_off_from_one_millisecond_to_the_idle_interval() {
+    let mut sim = cluster(17, 2);
+    sim.run_for(Duration::from_secs(2));
+    let hb = |sim: &Sim| sim.core(0).unwrap().stats().heartbeats_sent;
+    let before = hb(&sim);
+    sim.publish(0, key(1));
+    sim.run_for(ms(10));
+    // 1, 2, 4 ms after the data (and maybe the idle one).
+    let fast = hb(&sim) - before;
+    assert!(
+        (3..=4).contains(&fast),
+        "{fast} heartbeats in the first 10 ms"
+    );
+    sim.run_for(Duration::from_secs(10));
+    let idle = hb(&sim) - before - fast;
+    assert!(
+        (10..=17).contains(&idle),
+        "{idle} heartbeats in 10 idle seconds"
+    );
+}
+
+#[test]
+fn hello_is_answered_once_per_node_despite_three_hellos() {
+    let mut sim = cluster(18, 4);
+    let before: Vec<u64> = (0..4)
+        .map(|i| sim.core(i).unwrap().stats().heartbeats_sent)
+        .collect();
+    sim.add_node("late", CoreConfig::default());
+    sim.run_for(ms(150));
+    for (i, b) in before.iter().enumerate() {
+        let answered = sim.core(i).unwrap().stats().heartbeats_sent - b;
+        assert!(
+            (1..=3).contains(&answered),
+            "node {i} sent {answered} heartbeats during a join"
+        );
+    }
+    assert_eq!(
+        sim.core(4).unwrap().stream_count(),
+        4,
+        "joiner met every stream"
+    );
+}
+
+#[test]
+fn garbage_and_foreign_datagrams_are_counted_and_ignored() {
+    let cfg = CoreConfig::default();
+    let t = std::time::Instant::now();
+    let mut core = cachecast::proto::NodeCore::new(cfg.clone(), t).unwrap();
+    core.handle_datagram(t, b"hello world");
+    let mut buf = Vec::new();
+    let foreign = cachecast::wire::Header::new(cfg.cluster ^ 1, 77);
+    cachecast::wire::encode(&foreign, &Body::Goodbye { next_seq: 3 }, &mut buf);
+    core.handle_datagram(t, &buf);
+    let mut v2 = cachecast::wire::Header::new(cfg.cluster, 77);
+    v2.version = 2;
+    cachecast::wire::encode(&v2, &Body::Goodbye { next_seq: 3 }, &mut buf);
+    core.handle_datagram(t, &buf);
+    let s = core.stats();
+    assert_eq!(s.dropped.get("bad_magic"), Some(&1));
+    assert_eq!(s.dropped.get("wrong_cluster"), Some(&1));
+    assert_eq!(s.dropped.get("bad_version"), Some(&1));
+    assert_eq!(core.stream_count(), 0);
+    assert!(core.poll_delivery().is_none());
+}
+
+#[test]
+fn partition_longer_than_the_timeout_never_loses_silently() {
+    let mut sim = cluster(19, 3);
+    sim.partition(2, true);
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(500));
+    }
+    sim.partition(2, false);
+    for i in 20..30 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(10));
+    }
+    sim.run_for(Duration::from_secs(2));
+    assert!(!sim.resets(2).is_empty());
+    // Node 1 lost sight of node 2's stream for more than the timeout: it
+    // cannot know whether node 2 published, so it resets, for that reason only.
+    let s2 = sim.node(2).incarnations[0].stream;
+    for (_, r) in sim.resets(1) {
+        assert!(
+            matches!(r, ResetReason::StreamTimedOut { stream, .. } if stream == s2),
+            "{r:?}"
+        );
+    }
+    assert_checker(&sim);
+}
+
+#[test]
+fn random_loss_never_loses_silently() {
+    for seed in 0..20u64 {
+        let mut sim = Sim::new(seed);
+        sim.default_link = LinkFaults {
+            loss: 0.05,
+            duplicate: 0.02,
+            delay: Duration::from_micros(100),
+            jitter: ms(2),
+            ..LinkFaults::default()
+        };
+        sim.add_nodes("n", 4);
+        sim.run_for(ms(200));
+        for i in 0..200 {
+            sim.publish((i % 3) as usize, key(i));
+            sim.run_for(Duration::from_micros(700));
+        }
+        sim.run_for(Duration::from_secs(2));
+        if let Err(v) = sim.check() {
+            panic!("seed {seed}: {v}");
+        }
+    }
+}
