@@ -392,10 +392,7 @@ impl Sim {
     fn pump(&mut self, id: NodeId) {
         let now = self.now;
         let mut buf = std::mem::take(&mut self.buf);
-        loop {
-            let Some(core) = self.nodes[id].core.as_mut() else {
-                break;
-            };
+        while let Some(core) = self.nodes[id].core.as_mut() {
             if !core.poll_transmit(now, &mut buf) {
                 break;
             }
@@ -568,7 +565,7 @@ impl Sim {
 
     /// Checks the no-silent-loss promise over the whole run; see
     /// [`check_no_silent_loss`].
-    pub fn check(&self) -> Result<CheckReport, Violation> {
+    pub fn check(&self) -> Result<CheckReport, Box<Violation>> {
         check_no_silent_loss(self)
     }
 }
@@ -623,7 +620,7 @@ impl std::fmt::Display for Violation {
 /// delivered the event, or delivered a `Reset` no earlier than the event was
 /// published. Run it after the simulation has settled (past the stream
 /// timeout if nodes crashed).
-pub fn check_no_silent_loss(sim: &Sim) -> Result<CheckReport, Violation> {
+pub fn check_no_silent_loss(sim: &Sim) -> Result<CheckReport, Box<Violation>> {
     let mut report = CheckReport::default();
     for node in &sim.nodes {
         for (i, life) in node.incarnations.iter().enumerate() {
@@ -671,7 +668,7 @@ pub fn check_no_silent_loss(sim: &Sim) -> Result<CheckReport, Violation> {
                         .take(20)
                         .map(|(t, d)| format!("{:?}: {d:?}", rel(*t)))
                         .collect();
-                    return Err(Violation {
+                    return Err(Box::new(Violation {
                         receiver: node.name.clone(),
                         receiver_stream: life.stream,
                         stream: p.stream,
@@ -679,7 +676,7 @@ pub fn check_no_silent_loss(sim: &Sim) -> Result<CheckReport, Violation> {
                         published_at: rel(p.at),
                         life: (rel(life.joined), rel(life.synced), life.ended.map(rel)),
                         log,
-                    });
+                    }));
                 }
             }
         }
