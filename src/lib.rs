@@ -11,4 +11,5 @@
 //! machines), [`net`] (sockets and the tokio driver), [`node`] (the async
 //! API).
 
+pub mod net;
 pub mod wire;
