@@ -11,6 +11,9 @@
 //! machines), [`net`] (sockets and the tokio driver), [`node`] (the async
 //! API).
 
+pub mod cli;
+pub mod net;
+pub mod node;
 pub mod proto;
 pub mod sim;
 pub mod wire;
