@@ -1,0 +1,76 @@
+//! The `cachecast` command line: one file per subcommand.
+
+pub mod listen;
+pub mod send;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::net::socket::InterfaceSpec;
+use crate::node::{NodeConfig, DEFAULT_GROUP};
+
+/// cachecast: coherent caches over UDP multicast.
+///
+/// Nodes of one cluster publish invalidations to a multicast group; every
+/// other node delivers them, or a Reset (clear the whole cache) when it may
+/// have missed one. Never a silent loss.
+#[derive(Debug, Parser)]
+#[command(name = "cachecast", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish one invalidation (or a batch from standard input) and exit.
+    Send(send::SendArgs),
+    /// Print every delivery as one JSON object per line.
+    Listen(listen::ListenArgs),
+}
+
+/// Where the cluster is: shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Multicast group and port, IPv4 or IPv6 (e.g. 239.255.67.67:7467 or
+    /// [ff15::6767]:7467).
+    #[arg(long, env = "CACHECAST_GROUP", default_value_t = DEFAULT_GROUP)]
+    pub group: SocketAddr,
+    /// Interface by name (eth0) or address (192.0.2.10); default: the
+    /// system's choice. Use 127.0.0.1 with --ttl 0 to stay on this host.
+    #[arg(long, env = "CACHECAST_INTERFACE", default_value = "default")]
+    pub interface: InterfaceSpec,
+    /// Cluster name: traffic of other clusters on the same group is ignored.
+    #[arg(long, env = "CACHECAST_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Multicast TTL / hop limit: 1 stays on the LAN, 0 on this host.
+    #[arg(long, env = "CACHECAST_TTL", default_value_t = 1)]
+    pub ttl: u32,
+    /// This node's name, as others see it (default: <hostname-ish>-<pid>).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl NetArgs {
+    /// A node configuration from these flags.
+    pub fn config(&self, role: &str) -> NodeConfig {
+        NodeConfig {
+            group: self.group,
+            interface: self.interface.clone(),
+            cluster: self.cluster.clone(),
+            ttl: self.ttl,
+            node_name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{role}-{}", std::process::id())),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+/// Parses "250ms", "2s", "1m30s".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
+}

@@ -1,0 +1,171 @@
+//! The tokio driver: owns the socket and one protocol core, and moves
+//! bytes and time between them. Receive, feed, drain, sleep until the next
+//! timeout. No protocol decision is taken here.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::proto::{Delivery, NodeCore, Stats};
+use crate::wire::Event;
+
+/// Decides, for a received datagram, whether to drop it before the
+/// protocol sees it (fault injection for tests). True drops.
+pub type DropHook = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// What the [`crate::node::Node`] handle asks of the driver.
+pub(crate) enum Command {
+    Publish(Event),
+    Stats(oneshot::Sender<DriverStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters of the protocol plus the driver's own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DriverStats {
+    pub protocol: Stats,
+    pub hook_dropped: u64,
+    pub send_errors: u64,
+    pub recv_errors: u64,
+}
+
+pub(crate) struct Driver {
+    pub core: NodeCore,
+    pub socket: UdpSocket,
+    pub group: SocketAddr,
+    pub commands: mpsc::Receiver<Command>,
+    pub deliveries: broadcast::Sender<Delivery>,
+    pub drop_hook: Option<DropHook>,
+    pub linger: Duration,
+    /// Where the driver leaves its last counters when it stops.
+    pub final_stats: Arc<Mutex<Option<DriverStats>>>,
+}
+
+/// Publishes at most this many queued events per loop turn, so that
+/// receiving never starves behind a flood of publishes.
+const MAX_PUBLISH_BATCH: usize = 4096;
+
+impl Driver {
+    fn now() -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    /// Runs until shut down (or every handle is dropped), then says
+    /// `Goodbye` and lingers to answer late requests.
+    pub async fn run(mut self) {
+        let mut rx_buf = vec![0u8; crate::wire::MAX_DATAGRAM + 1];
+        let mut tx_buf = Vec::with_capacity(2048);
+        let mut stats = DriverStats::default();
+        let mut closing: Option<(Instant, Option<oneshot::Sender<()>>)> = None;
+        loop {
+            let wake = self.core.poll_timeout().map(Instant::from_std);
+            let linger_end = closing.as_ref().map(|(t, _)| *t);
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv(), if closing.is_none() => {
+                    let now = Self::now();
+                    match cmd {
+                        Some(Command::Publish(event)) => {
+                            self.publish(now, event);
+                            // Opportunistic batching: whatever else is queued
+                            // goes into the same datagrams.
+                            for _ in 0..MAX_PUBLISH_BATCH {
+                                match self.commands.try_recv() {
+                                    Ok(Command::Publish(event)) => self.publish(now, event),
+                                    Ok(other) => { self.other(other, &mut stats, &mut closing); break; }
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Some(other) => self.other(other, &mut stats, &mut closing),
+                        None => {
+                            self.core.close(now);
+                            closing = Some((Instant::now() + self.linger, None));
+                        }
+                    }
+                }
+                r = self.socket.recv_from(&mut rx_buf) => {
+                    match r {
+                        Ok((n, _from)) => {
+                            let bytes = &rx_buf[..n];
+                            if self.drop_hook.as_ref().is_some_and(|h| h(bytes)) {
+                                stats.hook_dropped += 1;
+                            } else {
+                                self.core.handle_datagram(Self::now(), bytes);
+                            }
+                        }
+                        Err(e) => {
+                            stats.recv_errors += 1;
+                            tracing::debug!(error = %e, "receive failed");
+                        }
+                    }
+                }
+                _ = sleep_until_opt(wake) => {
+                    self.core.handle_timeout(Self::now());
+                }
+                _ = sleep_until_opt(linger_end) => {
+                    break;
+                }
+            }
+            self.drain(&mut tx_buf, &mut stats).await;
+        }
+        stats.protocol = self.core.stats().clone();
+        *self.final_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        if let Some((_, Some(ack))) = closing {
+            let _ = ack.send(());
+        }
+    }
+
+    fn publish(&mut self, now: std::time::Instant, event: Event) {
+        // The handle checked the event already; a failure here means the
+        // stream is closed, and the handle reports that.
+        if let Err(e) = self.core.publish(now, event) {
+            tracing::debug!(error = %e, "publish refused");
+        }
+    }
+
+    fn other(
+        &mut self,
+        cmd: Command,
+        stats: &mut DriverStats,
+        closing: &mut Option<(Instant, Option<oneshot::Sender<()>>)>,
+    ) {
+        match cmd {
+            Command::Publish(event) => self.publish(Self::now(), event),
+            Command::Stats(tx) => {
+                stats.protocol = self.core.stats().clone();
+                let _ = tx.send(stats.clone());
+            }
+            Command::Shutdown(ack) => {
+                self.core.close(Self::now());
+                *closing = Some((Instant::now() + self.linger, Some(ack)));
+            }
+        }
+    }
+
+    /// Sends everything the core wants sent and hands deliveries out.
+    async fn drain(&mut self, tx_buf: &mut Vec<u8>, stats: &mut DriverStats) {
+        let now = Self::now();
+        while self.core.poll_transmit(now, tx_buf) {
+            if let Err(e) = self.socket.send_to(tx_buf, self.group).await {
+                stats.send_errors += 1;
+                tracing::debug!(error = %e, group = %self.group, "send failed");
+            }
+        }
+        while let Some(d) = self.core.poll_delivery() {
+            // No subscriber is not an error: nobody is caching yet.
+            let _ = self.deliveries.send(d);
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,414 @@
+//! The public async API: join a cluster, publish invalidations, subscribe
+//! to deliveries.
+//!
+//! ```no_run
+//! use cachecast::node::{Delivery, Node, NodeConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = NodeConfig::default();
+//! config.cluster = "shop".into();
+//! let node = Node::join(config).await?; // returns once in sync
+//! let mut sub = node.subscribe();
+//! node.invalidate(["user:42", "cart:42"]).await?;
+//! while let Some(d) = sub.recv().await {
+//!     match d {
+//!         Delivery::Event { event, .. } => println!("invalidate {event:?}"),
+//!         Delivery::Reset { reason } => println!("clear the whole cache: {reason:?}"),
+//!     }
+//! }
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! This layer only wires things together: the socket ([`crate::net::socket`]),
+//! the driver task ([`crate::net::driver`]) and the protocol
+//! ([`crate::proto`]). It takes no protocol decision.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use crate::net::driver::DropHook;
+use crate::net::driver::{Command, Driver, DriverStats};
+use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
+use crate::proto::NodeCore;
+pub use crate::proto::{ConfigError, CoreConfig, Delivery, PublishError, ResetReason, Stats};
+use crate::wire::{self, Event};
+
+/// The group used when none is given: administratively scoped (stays in
+/// the organisation), in 239.255.0.0/16.
+pub const DEFAULT_GROUP: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(239, 255, 67, 67), 7467));
+
+/// Everything needed to join a cluster. `Default` gives working defaults
+/// for a LAN; tests use interface 127.0.0.1 and TTL 0.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Multicast group and port (IPv4 or IPv6). Default [`DEFAULT_GROUP`].
+    pub group: SocketAddr,
+    /// Interface to send and receive on, by name or address. Default: the
+    /// system's choice.
+    pub interface: InterfaceSpec,
+    /// Cluster name: nodes of other clusters on the same group and port are
+    /// ignored. Default `"default"`.
+    pub cluster: String,
+    /// This node's name in heartbeats and logs (at most 64 bytes). Default
+    /// `node-<pid>`.
+    pub node_name: String,
+    /// Multicast TTL (IPv6 hop limit). Default 1: stays on the LAN. 0 keeps
+    /// everything on this host.
+    pub ttl: u32,
+    /// Deliver multicast to other sockets of this host. Default true (many
+    /// nodes on one host hear each other).
+    pub loopback: bool,
+    /// Receive buffer requested from the kernel. Default 4 MiB; the granted
+    /// size is in [`NodeStats`].
+    pub recv_buffer: usize,
+    /// Deliveries a subscriber may fall behind by before it gets a
+    /// `Reset { Lagged }` instead. Default 65536.
+    pub subscriber_queue: usize,
+    /// After `Goodbye`, how long `shutdown` keeps the node running to
+    /// answer late requests. Default 50 ms.
+    pub linger: Duration,
+    /// Seed of the protocol's RNG; `None` draws one.
+    pub seed: Option<u64>,
+    /// Protocol timers and bounds (`max_datagram`, `sync_window`,
+    /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
+    /// …). Its `cluster`, `stream`, `node_name` and `seed` are set from the
+    /// fields above at join.
+    pub protocol: CoreConfig,
+    /// Test hook: received datagrams for which it returns true are dropped
+    /// before the protocol sees them (counted in `hook_dropped`).
+    pub drop_incoming: Option<DropHook>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            group: DEFAULT_GROUP,
+            interface: InterfaceSpec::Default,
+            cluster: "default".into(),
+            node_name: format!("node-{}", std::process::id()),
+            ttl: 1,
+            loopback: true,
+            recv_buffer: 4 << 20,
+            subscriber_queue: 65536,
+            linger: Duration::from_millis(50),
+            seed: None,
+            protocol: CoreConfig::default(),
+            drop_incoming: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("group", &self.group)
+            .field("interface", &self.interface)
+            .field("cluster", &self.cluster)
+            .field("node_name", &self.node_name)
+            .field("ttl", &self.ttl)
+            .field("loopback", &self.loopback)
+            .field("recv_buffer", &self.recv_buffer)
+            .field("subscriber_queue", &self.subscriber_queue)
+            .field("linger", &self.linger)
+            .field("protocol", &self.protocol)
+            .field("drop_incoming", &self.drop_incoming.is_some())
+            .finish()
+    }
+}
+
+/// Why a node could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// A configuration value is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Must be called inside a tokio runtime with IO and time enabled.
+    #[error("the socket could not be registered with tokio: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Counters of a node: the protocol's, and the driver's and socket's.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStats {
+    /// Protocol counters.
+    #[serde(flatten)]
+    pub protocol: Stats,
+    /// `Reset { Lagged }` given to subscribers that fell behind.
+    pub lagged_resets: u64,
+    /// Datagrams dropped by the `drop_incoming` test hook.
+    pub hook_dropped: u64,
+    /// Sends the OS refused.
+    pub send_errors: u64,
+    /// Receives the OS reported as failed.
+    pub recv_errors: u64,
+    /// Receive buffer asked for.
+    pub recv_buffer_requested: usize,
+    /// Receive buffer the kernel granted (Linux reports twice the usable size).
+    pub recv_buffer_granted: usize,
+    /// The interface in use.
+    pub interface: String,
+}
+
+struct Shared {
+    deliveries: broadcast::Sender<Delivery>,
+    /// Subscribed at join, so that the first subscriber misses nothing
+    /// between `join` returning and its `subscribe`.
+    first: Mutex<Option<broadcast::Receiver<Delivery>>>,
+    lagged: Arc<AtomicU64>,
+    final_stats: Arc<Mutex<Option<DriverStats>>>,
+    max_datagram: usize,
+    stream: u64,
+    interface: ResolvedInterface,
+    recv_buffer_requested: usize,
+    recv_buffer_granted: usize,
+    local_addr: Option<SocketAddr>,
+}
+
+/// A member of a cluster. Cheap to clone; every clone publishes on the same
+/// stream. The node stops (with `Goodbye`) on [`Node::shutdown`] or when
+/// every clone is dropped.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("stream", &format_args!("{:#018x}", self.shared.stream))
+            .field("interface", &self.shared.interface)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens the socket, joins the group, announces itself with `Hello` and
+    /// waits out the sync window, during which every live stream answers
+    /// with its position. Returns once in sync: from then on, every event
+    /// another node publishes is delivered to subscribers, or a `Reset`
+    /// after it. Start caching only after this returns.
+    pub async fn join(config: NodeConfig) -> Result<Node, JoinError> {
+        let mut core_cfg = config.protocol.clone();
+        core_cfg.cluster = wire::cluster_hash(&config.cluster);
+        core_cfg.node_name = config.node_name.clone();
+        core_cfg.stream = loop {
+            let s: u64 = rand::random();
+            if s != 0 {
+                break s;
+            }
+        };
+        core_cfg.seed = config.seed.unwrap_or_else(rand::random);
+        core_cfg.validate()?;
+        if config.subscriber_queue == 0 {
+            return Err(ConfigError::new("subscriber_queue", "must be at least 1").into());
+        }
+
+        let sock = socket::open(&SocketOptions {
+            group: config.group,
+            interface: config.interface.clone(),
+            ttl: config.ttl,
+            loopback: config.loopback,
+            recv_buffer: config.recv_buffer,
+        })?;
+        let local_addr = sock.socket.local_addr().ok();
+        let udp = tokio::net::UdpSocket::from_std(sock.socket).map_err(JoinError::Runtime)?;
+        tracing::info!(
+            group = %config.group,
+            interface = %sock.interface.name,
+            cluster = %config.cluster,
+            node = %config.node_name,
+            stream = format_args!("{:#018x}", core_cfg.stream),
+            recv_buffer = sock.recv_buffer_granted,
+            "joining"
+        );
+
+        let now = tokio::time::Instant::now();
+        let core = NodeCore::new(core_cfg.clone(), now.into_std())?;
+        let sync_deadline = tokio::time::Instant::from_std(core.sync_deadline());
+        let (tx, rx) = mpsc::channel(4096);
+        let (deliveries, first) = broadcast::channel(config.subscriber_queue);
+        let final_stats = Arc::new(Mutex::new(None));
+        let driver = Driver {
+            core,
+            socket: udp,
+            group: config.group,
+            commands: rx,
+            deliveries: deliveries.clone(),
+            drop_hook: config.drop_incoming.clone(),
+            linger: config.linger,
+            final_stats: final_stats.clone(),
+        };
+        tokio::spawn(driver.run());
+        tokio::time::sleep_until(sync_deadline).await;
+        Ok(Node {
+            commands: tx,
+            shared: Arc::new(Shared {
+                deliveries,
+                first: Mutex::new(Some(first)),
+                lagged: Arc::new(AtomicU64::new(0)),
+                final_stats,
+                max_datagram: core_cfg.max_datagram,
+                stream: core_cfg.stream,
+                interface: sock.interface,
+                recv_buffer_requested: sock.recv_buffer_requested,
+                recv_buffer_granted: sock.recv_buffer_granted,
+                local_addr,
+            }),
+        })
+    }
+
+    /// This node's stream id (new at every join).
+    pub fn stream(&self) -> u64 {
+        self.shared.stream
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.local_addr
+    }
+
+    /// Publishes an event to every other node of the cluster. It is checked
+    /// here (limits, size against `max_datagram`) and sent at once, batched
+    /// with whatever else is being published.
+    pub async fn publish(&self, event: Event) -> Result<(), PublishError> {
+        wire::check_event(&event, self.shared.max_datagram)?;
+        self.commands
+            .send(Command::Publish(event))
+            .await
+            .map_err(|_| PublishError::Closed)
+    }
+
+    /// Invalidates these keys everywhere.
+    pub async fn invalidate<I, S>(&self, keys: I) -> Result<(), PublishError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.publish(Event::Invalidate { keys }).await
+    }
+
+    /// Invalidates every key starting with `prefix` everywhere.
+    pub async fn invalidate_prefix(&self, prefix: impl Into<String>) -> Result<(), PublishError> {
+        self.publish(Event::InvalidatePrefix {
+            prefix: prefix.into(),
+        })
+        .await
+    }
+
+    /// Clears every cache of the cluster.
+    pub async fn clear_all(&self) -> Result<(), PublishError> {
+        self.publish(Event::ClearAll).await
+    }
+
+    /// A new subscription, with deliveries in the order the protocol
+    /// produced them. The first subscription gets everything since the
+    /// node joined (nothing is lost between `join` and `subscribe`); later
+    /// ones get everything from the moment they subscribe.
+    pub fn subscribe(&self) -> Subscription {
+        let first = self
+            .shared
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Subscription {
+            rx: first.unwrap_or_else(|| self.shared.deliveries.subscribe()),
+            lagged: self.shared.lagged.clone(),
+        }
+    }
+
+    /// A snapshot of the counters (the last one, after shutdown).
+    pub async fn stats(&self) -> NodeStats {
+        let (tx, rx) = oneshot::channel();
+        let d = if self.commands.send(Command::Stats(tx)).await.is_ok() {
+            rx.await.ok()
+        } else {
+            None
+        };
+        let d = d
+            .or_else(|| {
+                self.shared
+                    .final_stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            })
+            .unwrap_or_default();
+        let lagged = self.shared.lagged.load(Ordering::Relaxed);
+        let mut protocol = d.protocol;
+        if lagged > 0 {
+            *protocol.resets.entry("lagged").or_default() += lagged;
+        }
+        NodeStats {
+            protocol,
+            lagged_resets: lagged,
+            hook_dropped: d.hook_dropped,
+            send_errors: d.send_errors,
+            recv_errors: d.recv_errors,
+            recv_buffer_requested: self.shared.recv_buffer_requested,
+            recv_buffer_granted: self.shared.recv_buffer_granted,
+            interface: self.shared.interface.name.clone(),
+        }
+    }
+
+    /// Sends everything published so far, says `Goodbye`, lingers to answer
+    /// late requests, and stops. Publishing afterwards fails with
+    /// [`PublishError::Closed`]; subscriptions end.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A stream of deliveries. A subscriber that falls more than
+/// `subscriber_queue` deliveries behind gets `Reset { Lagged }` in place of
+/// what it missed, never a silent drop.
+pub struct Subscription {
+    rx: broadcast::Receiver<Delivery>,
+    lagged: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        match self.rx.recv().await {
+            Ok(d) => Some(d),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(missed, "subscriber fell behind: Reset");
+                Some(Delivery::Reset {
+                    reason: ResetReason::Lagged { missed },
+                })
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next delivery if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        match self.rx.try_recv() {
+            Ok(d) => Some(d),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                self.lagged.fetch_add(1, Ordering::Relaxed);
+                Some(Delivery::Reset {
+                    reason: ResetReason::Lagged { missed },
+                })
+            }
+            Err(_) => None,
+        }
+    }
+}
