@@ -1,0 +1,208 @@
+//! `cachecast send` → `cachecast listen` end to end, through the built
+//! binary, on loopback (interface 127.0.0.1, TTL 0).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
+
+fn net_args() -> Vec<String> {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = rand::random::<u8>().clamp(1, 254);
+    vec![
+        "--group".into(),
+        format!("239.255.{a}.77:{port}"),
+        "--interface".into(),
+        "127.0.0.1".into(),
+        "--ttl".into(),
+        "0".into(),
+        "--cluster".into(),
+        format!("cli-{}", rand::random::<u32>()),
+    ]
+}
+
+/// Starts `listen`, waits for its "ready" line, and returns the child and a
+/// channel of its remaining stdout lines.
+fn listen(net: &[String], extra: &[&str]) -> (std::process::Child, mpsc::Receiver<Value>) {
+    let mut child = Command::new(BIN)
+        .arg("listen")
+        .args(net)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: Value = serde_json::from_str(&line).expect("listen prints JSON lines");
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("listen ready");
+    assert_eq!(ready["type"], "ready");
+    (child, rx)
+}
+
+fn send(net: &[String], what: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("send")
+        .args(net)
+        .args(what)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn next(rx: &mpsc::Receiver<Value>) -> Value {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("a line from listen in time")
+}
+
+#[test]
+fn send_reaches_listen_for_every_kind_of_event() {
+    let net = net_args();
+    let (mut child, rx) = listen(&net, &["--count", "5", "--timeout", "30s", "--stats"]);
+
+    let out = send(
+        &net,
+        &["--name", "backend", "invalidate", "user:1", "user:2"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = next(&rx);
+    assert_eq!(v["type"], "event");
+    assert_eq!(v["event"], "invalidate");
+    assert_eq!(v["keys"], serde_json::json!(["user:1", "user:2"]));
+    assert_eq!(v["seq"], 1);
+    assert_eq!(v["node"], "backend");
+    assert_eq!(v["stream"].as_str().unwrap().len(), 16);
+
+    assert!(send(&net, &["prefix", "cart:"], None).status.success());
+    let v = next(&rx);
+    assert_eq!(
+        (v["event"].as_str(), v["prefix"].as_str()),
+        (Some("prefix"), Some("cart:"))
+    );
+
+    assert!(send(&net, &["clear"], None).status.success());
+    assert_eq!(next(&rx)["event"], "clear");
+
+    assert!(send(&net, &["custom", "reload", "v2"], None)
+        .status
+        .success());
+    let v = next(&rx);
+    assert_eq!(
+        (v["topic"].as_str(), v["payload"].as_str()),
+        (Some("reload"), Some("v2"))
+    );
+
+    let keys: String = (0..300).map(|i| format!("key:{i}\n")).collect();
+    assert!(send(&net, &["invalidate", "--stdin"], Some(&keys))
+        .status
+        .success());
+    // 300 keys batched into few events of one stream; --count 5 stops at
+    // the first, so only check that the keys arrive in order.
+    let v = next(&rx);
+    let got = v["keys"].as_array().unwrap();
+    assert!(got.len() > 10, "keys batched: {}", got.len());
+    assert_eq!(got[0], "key:0");
+
+    let stats = next(&rx);
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["events_delivered"].as_u64().unwrap() >= 5, true);
+    assert_eq!(stats["resets"], serde_json::json!({}));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_one_line_error() {
+    let net = net_args();
+    let group = net[1].clone();
+    let cases: [(Vec<String>, &[&str], &str); 3] = [
+        (net.clone(), &["invalidate"], "required"),
+        (
+            vec![],
+            &["--group", "10.1.2.3:4000", "clear"],
+            "not a multicast group",
+        ),
+        (
+            vec!["--group".into(), group],
+            &["--interface", "nonexistent0", "clear"],
+            "nonexistent0",
+        ),
+    ];
+    for (net, args, needle) in cases {
+        let out = Command::new(BIN)
+            .arg("send")
+            .args(&net)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = send(&net, &["invalidate", "--stdin"], Some("\n\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no keys"), "{err}");
+
+    let long = "x".repeat(2000);
+    let out = send(&net, &["invalidate", &long], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["send", "listen", "Reset"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+    let out = Command::new(BIN).args(["send", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--group",
+        "--interface",
+        "--cluster",
+        "--ttl",
+        "invalidate",
+        "prefix",
+        "clear",
+        "custom",
+    ] {
+        assert!(help.contains(word), "send --help lacks {word}: {help}");
+    }
+}

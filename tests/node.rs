@@ -1,0 +1,330 @@
+//! Real sockets on loopback: interface 127.0.0.1, TTL 0, a random group in
+//! 239.255.0.0/16 and a free port per test, so tests run in parallel and
+//! nothing leaves the host.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachecast::net::socket::InterfaceSpec;
+use cachecast::node::{Delivery, Node, NodeConfig, ResetReason, Subscription};
+use cachecast::wire::{self, Body, Event, Header};
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh cluster: its own group, port and name.
+#[derive(Clone)]
+struct Cluster {
+    group: SocketAddr,
+    name: String,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let a: u8 = rand::random::<u8>().clamp(1, 254);
+        let b: u8 = rand::random::<u8>().clamp(1, 254);
+        Cluster {
+            group: SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(239, 255, a, b),
+                free_port(),
+            )),
+            name: format!("test-{}", rand::random::<u64>()),
+        }
+    }
+
+    fn config(&self, node: &str) -> NodeConfig {
+        NodeConfig {
+            group: self.group,
+            interface: InterfaceSpec::Addr("127.0.0.1".parse().unwrap()),
+            cluster: self.name.clone(),
+            node_name: node.into(),
+            ttl: 0,
+            ..NodeConfig::default()
+        }
+    }
+
+    async fn join(&self, node: &str) -> Node {
+        Node::join(self.config(node)).await.expect("join")
+    }
+
+    /// Sends raw bytes to the group, from a plain socket (TTL 0, loopback).
+    fn send_raw(&self, bytes: &[u8]) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_multicast_ttl_v4(0).unwrap();
+        socket2::SockRef::from(&s)
+            .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+            .unwrap();
+        s.send_to(bytes, self.group).unwrap();
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Receives until `pred` matches, failing after the deadline.
+async fn recv_until(
+    sub: &mut Subscription,
+    what: &str,
+    mut pred: impl FnMut(&Delivery) -> bool,
+) -> Delivery {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(end, sub.recv()).await {
+            Ok(Some(d)) if pred(&d) => return d,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("subscription closed while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn keys_of(d: &Delivery) -> Option<(u64, Vec<String>)> {
+    match d {
+        Delivery::Event {
+            stream,
+            event: Event::Invalidate { keys },
+            ..
+        } => Some((*stream, keys.clone())),
+        _ => None,
+    }
+}
+
+fn is_key(d: &Delivery, stream: u64, key: &str) -> bool {
+    keys_of(d).is_some_and(|(s, k)| s == stream && k == [key])
+}
+
+#[tokio::test]
+async fn three_nodes_exchange_events() {
+    let c = Cluster::new();
+    let nodes = [c.join("a").await, c.join("b").await, c.join("c").await];
+    let mut subs: Vec<Subscription> = nodes.iter().map(|n| n.subscribe()).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        n.invalidate([format!("from-{i}")]).await.unwrap();
+    }
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let d = recv_until(sub, "events of the two others", |d| keys_of(d).is_some()).await;
+            got.push(keys_of(&d).unwrap().1[0].clone());
+        }
+        got.sort();
+        let want: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("from-{j}"))
+            .collect();
+        assert_eq!(got, want, "node {i}");
+    }
+    for n in &nodes {
+        let s = n.stats().await;
+        assert_eq!(s.protocol.resets_total(), 0, "{s:?}");
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn restarted_frontend_gets_the_backends_very_next_invalidation() {
+    // The seed incident: a backend and two frontends; a frontend restarts,
+    // and the backend's very next invalidation must reach it.
+    let c = Cluster::new();
+    let backend = c.join("backend").await;
+    let fe1 = c.join("frontend-1").await;
+    let fe2 = c.join("frontend-2").await;
+    for i in 0..20 {
+        backend.invalidate([format!("warmup-{i}")]).await.unwrap();
+    }
+    let mut sub1 = fe1.subscribe();
+    recv_until(&mut sub1, "warm-up done", |d| {
+        is_key(d, backend.stream(), "warmup-19")
+    })
+    .await;
+
+    fe2.shutdown().await;
+    drop(fe2);
+    let fe2 = c.join("frontend-2").await;
+    let mut sub2 = fe2.subscribe();
+    backend.invalidate(["product:1"]).await.unwrap();
+    let d = recv_until(&mut sub2, "the first invalidation after restart", |d| {
+        keys_of(d).is_some() || matches!(d, Delivery::Reset { .. })
+    })
+    .await;
+    assert!(is_key(&d, backend.stream(), "product:1"), "got {d:?}");
+    assert_eq!(fe2.stats().await.protocol.resets_total(), 0);
+    recv_until(&mut sub1, "frontend-1 too", |d| {
+        is_key(d, backend.stream(), "product:1")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let cluster_hash = wire::cluster_hash(&c.name);
+    let mut cfg = c.config("receiver");
+    cfg.drop_incoming = Some(Arc::new(move |bytes: &[u8]| {
+        match wire::decode(bytes, cluster_hash) {
+            Ok(d) => matches!(d.body, Body::Data { first_seq, ref events }
+                if (first_seq..first_seq + events.len() as u64).contains(&2)),
+            Err(_) => false,
+        }
+    }));
+    let receiver = Node::join(cfg).await.unwrap();
+    let mut sub = receiver.subscribe();
+    sender.invalidate(["k1"]).await.unwrap();
+    recv_until(&mut sub, "k1", |d| is_key(d, sender.stream(), "k1")).await;
+    // One datagram per event, so that only seq 2 is dropped: the heartbeat
+    // that follows it reveals the loss.
+    sender.invalidate(["k2"]).await.unwrap();
+    let d = recv_until(&mut sub, "the reset", |d| {
+        keys_of(d).is_some() || matches!(d, Delivery::Reset { .. })
+    })
+    .await;
+    assert_eq!(
+        d,
+        Delivery::Reset {
+            reason: ResetReason::Gap {
+                stream: sender.stream(),
+                missing: (2, 3)
+            }
+        }
+    );
+    sender.invalidate(["k3"]).await.unwrap();
+    recv_until(&mut sub, "k3", |d| is_key(d, sender.stream(), "k3")).await;
+    let s = receiver.stats().await;
+    assert_eq!(s.hook_dropped, 1);
+    assert_eq!(s.protocol.events_delivered, 2);
+}
+
+#[tokio::test]
+async fn tail_loss_is_noticed_within_50_ms() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let cluster_hash = wire::cluster_hash(&c.name);
+    let dropping = Arc::new(AtomicBool::new(false));
+    let mut cfg = c.config("receiver");
+    let flag = dropping.clone();
+    cfg.drop_incoming = Some(Arc::new(move |bytes: &[u8]| {
+        flag.load(Ordering::SeqCst)
+            && matches!(wire::decode(bytes, cluster_hash), Ok(d) if matches!(d.body, Body::Data { .. }))
+    }));
+    let receiver = Node::join(cfg).await.unwrap();
+    let mut sub = receiver.subscribe();
+    sender.invalidate(["first"]).await.unwrap();
+    recv_until(&mut sub, "first", |d| is_key(d, sender.stream(), "first")).await;
+
+    dropping.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    sender.invalidate(["last"]).await.unwrap();
+    let d = recv_until(&mut sub, "the reset", |d| {
+        matches!(d, Delivery::Reset { .. })
+    })
+    .await;
+    let took = t0.elapsed();
+    assert_eq!(
+        d,
+        Delivery::Reset {
+            reason: ResetReason::Gap {
+                stream: sender.stream(),
+                missing: (2, 3)
+            }
+        }
+    );
+    eprintln!("tail loss noticed after {took:?}");
+    assert!(
+        took < Duration::from_millis(50),
+        "tail loss noticed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
+    let c = Cluster::new();
+    let node = c.join("node").await;
+    let mut sub = node.subscribe();
+    let hash = wire::cluster_hash(&c.name);
+    let mut buf = Vec::new();
+    let event = Body::Data {
+        first_seq: 1,
+        events: vec![Event::ClearAll],
+    };
+    c.send_raw(b"definitely not cachecast");
+    wire::encode(&Header::new(hash ^ 0xdead, 99), &event, &mut buf);
+    c.send_raw(&buf);
+    let mut v2 = Header::new(hash, 99);
+    v2.version = 2;
+    wire::encode(&v2, &event, &mut buf);
+    c.send_raw(&buf);
+    let mut flagged = Header::new(hash, 99);
+    flagged.flags = wire::FLAG_AUTH;
+    wire::encode(&flagged, &event, &mut buf);
+    c.send_raw(&buf);
+    // Then one valid datagram: once it is delivered, the others were handled.
+    wire::encode(&Header::new(hash, 98), &event, &mut buf);
+    c.send_raw(&buf);
+    let d = recv_until(&mut sub, "the valid datagram", |_| true).await;
+    assert!(
+        matches!(
+            d,
+            Delivery::Event {
+                stream: 98,
+                seq: 1,
+                event: Event::ClearAll,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    let s = node.stats().await.protocol;
+    for kind in ["bad_magic", "wrong_cluster", "bad_version", "bad_flags"] {
+        assert_eq!(s.dropped.get(kind), Some(&1), "{kind}: {:?}", s.dropped);
+    }
+    assert_eq!(s.events_delivered, 1);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_lags_gets_a_reset_not_a_silent_drop() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let mut cfg = c.config("slow");
+    cfg.subscriber_queue = 8;
+    let slow = Node::join(cfg).await.unwrap();
+    let mut sub = slow.subscribe();
+    for i in 0..100 {
+        sender.invalidate([format!("k{i}")]).await.unwrap();
+    }
+    // Wait (without reading) until the node has delivered all 100.
+    let end = Instant::now() + DEADLINE;
+    while slow.stats().await.protocol.events_delivered < 100 {
+        assert!(Instant::now() < end, "events not delivered in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = sub.recv().await.unwrap();
+    assert!(
+        matches!(first, Delivery::Reset { reason: ResetReason::Lagged { missed } } if missed == 92),
+        "{first:?}"
+    );
+    // Then the 8 most recent, in order.
+    for i in 92..100 {
+        let d = sub.recv().await.unwrap();
+        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{d:?}");
+    }
+    assert_eq!(slow.stats().await.lagged_resets, 1);
+}
+
+#[tokio::test]
+async fn publishing_after_shutdown_and_oversize_events_are_clear_errors() {
+    let c = Cluster::new();
+    let node = c.join("n").await;
+    let huge = "x".repeat(1000);
+    let err = node.invalidate([huge.clone(), huge]).await.unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    node.shutdown().await;
+    let err = node.invalidate(["k"]).await.unwrap_err();
+    assert_eq!(err, cachecast::node::PublishError::Closed);
+}
