@@ -7,10 +7,16 @@
 //! trailing bytes are rejected, and every count and length is checked
 //! against the limits below. Nothing here panics on received bytes.
 //!
+//! Strings are bounded by bincode's size limit ([`MAX_DATAGRAM`] per
+//! datagram); every `Vec` field decodes through a bounded visitor that
+//! rejects a claimed length over the field's limit before allocating.
+//!
 //! This module may not know anything about protocol state: it only turns
 //! values into bytes and back. Golden-byte tests pin the format.
 
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::{fmt, marker::PhantomData};
 
 /// The four bytes every cachecast datagram starts with.
 pub const MAGIC: [u8; 4] = *b"CCST";
@@ -74,7 +80,11 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// Fresh events: `events[i]` has seq `first_seq + i`.
-    Data { first_seq: u64, events: Vec<Event> },
+    Data {
+        first_seq: u64,
+        #[serde(deserialize_with = "events")]
+        events: Vec<Event>,
+    },
     /// The stream is alive; its next seq is `next_seq`, and the sender still
     /// holds everything from `oldest` on.
     Heartbeat {
@@ -85,11 +95,23 @@ pub enum Body {
     /// "I just joined": every stream answers with a `Heartbeat`.
     Hello { node: String },
     /// A receiver misses these half-open ranges of `stream`.
-    Nak { stream: u64, ranges: Vec<SeqRange> },
+    Nak {
+        stream: u64,
+        #[serde(deserialize_with = "ranges")]
+        ranges: Vec<SeqRange>,
+    },
     /// Retransmitted events: `events[i]` has seq `first_seq + i`.
-    Repair { first_seq: u64, events: Vec<Event> },
+    Repair {
+        first_seq: u64,
+        #[serde(deserialize_with = "events")]
+        events: Vec<Event>,
+    },
     /// The sender of `stream` no longer holds these ranges: receivers Reset.
-    Unavailable { stream: u64, ranges: Vec<SeqRange> },
+    Unavailable {
+        stream: u64,
+        #[serde(deserialize_with = "ranges")]
+        ranges: Vec<SeqRange>,
+    },
     /// Clean end of the stream; everything below `next_seq` was sent.
     Goodbye { next_seq: u64 },
 }
@@ -98,13 +120,20 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Event {
     /// Drop these keys.
-    Invalidate { keys: Vec<String> },
+    Invalidate {
+        #[serde(deserialize_with = "keys")]
+        keys: Vec<String>,
+    },
     /// Drop every key starting with `prefix`.
     InvalidatePrefix { prefix: String },
     /// Drop everything.
     ClearAll,
     /// Application-defined message.
-    Custom { topic: String, payload: Vec<u8> },
+    Custom {
+        topic: String,
+        #[serde(deserialize_with = "payload")]
+        payload: Vec<u8>,
+    },
 }
 
 /// A decoded datagram.
@@ -250,11 +279,13 @@ pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
     if bytes.len() < 4 || bytes[..4] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let (header, used): (Header, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if header.version != VERSION {
-        return Err(DecodeError::BadVersion(header.version));
+    // The version byte follows the magic in every version: checked before
+    // the header is decoded, as another version's header may differ.
+    if let Some(&version) = bytes.get(4).filter(|&&v| v != VERSION) {
+        return Err(DecodeError::BadVersion(version));
     }
+    let (header, used): (Header, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
     if header.flags != 0 {
         return Err(DecodeError::BadFlags(header.flags));
     }
@@ -262,8 +293,8 @@ pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
         return Err(DecodeError::WrongCluster(header.cluster));
     }
     let rest = &bytes[used..];
-    let (body, used): (Body, usize) = bincode::serde::decode_from_slice(rest, config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (body, used): (Body, usize) =
+        bincode::serde::decode_from_slice(rest, config()).map_err(malformed)?;
     if used != rest.len() {
         return Err(DecodeError::TrailingBytes(rest.len() - used));
     }
@@ -280,7 +311,7 @@ fn validate_events(first_seq: u64, events: &[Event]) -> Result<(), DecodeError> 
         return Err(DecodeError::Invalid("no events"));
     }
     if events.len() > MAX_EVENTS {
-        return Err(DecodeError::Invalid("too many events"));
+        return Err(DecodeError::Invalid(TOO_MANY_EVENTS));
     }
     if !seq_ok(first_seq) || first_seq + events.len() as u64 > MAX_SEQ {
         return Err(DecodeError::Invalid("sequence number out of range"));
@@ -288,7 +319,7 @@ fn validate_events(first_seq: u64, events: &[Event]) -> Result<(), DecodeError> 
     for e in events {
         validate_event(e).map_err(|e| {
             DecodeError::Invalid(match e {
-                EventError::TooManyKeys(_) => "too many keys",
+                EventError::TooManyKeys(_) => TOO_MANY_KEYS,
                 EventError::NoKeys => "no keys",
                 _ => "key too long",
             })
@@ -299,7 +330,7 @@ fn validate_events(first_seq: u64, events: &[Event]) -> Result<(), DecodeError> 
 
 fn validate_ranges(stream_ranges: &[SeqRange]) -> Result<(), DecodeError> {
     if stream_ranges.is_empty() || stream_ranges.len() > MAX_RANGES {
-        return Err(DecodeError::Invalid("bad range count"));
+        return Err(DecodeError::Invalid(BAD_RANGE_COUNT));
     }
     for &(start, end) in stream_ranges {
         if !seq_ok(start) || end <= start || end > MAX_SEQ {
@@ -339,5 +370,80 @@ fn validate_body(body: &Body) -> Result<(), DecodeError> {
             }
             Ok(())
         }
+    }
+}
+
+// Bounded sequences: serde's own `Vec` visitor preallocates up to 1 MiB for
+// any claimed length, so a 20-byte datagram could cost 1 MiB. Each `Vec`
+// field decodes through these instead (its encoding is a plain `Vec`'s).
+
+const TOO_MANY_EVENTS: &str = "too many events";
+const TOO_MANY_KEYS: &str = "too many keys";
+const BAD_RANGE_COUNT: &str = "bad range count";
+const PAYLOAD_TOO_LONG: &str = "payload too long";
+/// Elements preallocated for a sequence, whatever length it claims.
+const PREALLOC: usize = 64;
+
+fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_EVENTS, TOO_MANY_EVENTS, PhantomData))
+}
+
+fn keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_KEYS, TOO_MANY_KEYS, PhantomData))
+}
+
+fn ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SeqRange>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_RANGES, BAD_RANGE_COUNT, PhantomData))
+}
+
+fn payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_DATAGRAM, PAYLOAD_TOO_LONG, PhantomData))
+}
+
+/// Maps a bincode error to a [`DecodeError`]: a bounded sequence over its
+/// limit is `Invalid` with the same reason validation would give, anything
+/// else is `Malformed`.
+fn malformed(e: bincode::error::DecodeError) -> DecodeError {
+    if let bincode::error::DecodeError::OtherString(msg) = &e {
+        let limits = [
+            TOO_MANY_EVENTS,
+            TOO_MANY_KEYS,
+            BAD_RANGE_COUNT,
+            PAYLOAD_TOO_LONG,
+        ];
+        if let Some(reason) = limits.into_iter().find(|r| r == msg) {
+            return DecodeError::Invalid(reason);
+        }
+    }
+    DecodeError::Malformed(e.to_string())
+}
+
+/// A visitor for a sequence of at most `.0` elements, failing with message
+/// `.1` on more. A claimed length over the limit is rejected before anything
+/// is allocated, and at most [`PREALLOC`] elements are allocated ahead of the
+/// bytes that back them.
+struct BoundedSeq<T>(usize, &'static str, PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a sequence of at most {} elements", self.0)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let BoundedSeq(max, over, _) = self;
+        let claimed = seq.size_hint().unwrap_or(0);
+        if claimed > max {
+            return Err(de::Error::custom(over));
+        }
+        let mut out = Vec::with_capacity(claimed.min(PREALLOC));
+        while let Some(element) = seq.next_element()? {
+            if out.len() == max {
+                return Err(de::Error::custom(over));
+            }
+            out.push(element);
+        }
+        Ok(out)
     }
 }

@@ -1,0 +1,776 @@
+//! Wire format v1: golden bytes, round trips, rejections and hostile input.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use cachecast::wire::*;
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------
+// Allocation counting: this test binary counts the bytes each thread asks the
+// allocator for while `allocated_by` runs, so hostile-input tests can bound it.
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count(bytes: usize) {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns its result with the bytes it allocated on this thread
+/// (every allocation and reallocation counted in full, frees not subtracted).
+fn allocated_by<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    ALLOCATED.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    let r = f();
+    COUNTING.with(|on| on.set(false));
+    (r, ALLOCATED.with(|n| n.get()))
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn cluster() -> u32 {
+    cluster_hash("golden")
+}
+
+fn enc(header: &Header, body: &Body) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode(header, body, &mut buf);
+    buf
+}
+
+fn hdr() -> Header {
+    Header::new(cluster(), 7)
+}
+
+/// Encodes `body` under a valid header and decodes it.
+fn roundtrip(body: Body) -> Result<Datagram, DecodeError> {
+    decode(&enc(&hdr(), &body), cluster())
+}
+
+fn data(first_seq: u64, events: Vec<Event>) -> Body {
+    Body::Data { first_seq, events }
+}
+
+fn keys(n: usize) -> Event {
+    Event::Invalidate {
+        keys: (0..n).map(|i| format!("k{i}")).collect(),
+    }
+}
+
+fn invalid(reason: &'static str) -> Result<Datagram, DecodeError> {
+    Err(DecodeError::Invalid(reason))
+}
+
+// ---------------------------------------------------------------------------
+// Golden bytes. Layout of every header: "CCST" (43435354), version 01,
+// flags 00, cluster as a bincode varint (fc + u32 LE: cluster_hash("golden")
+// is 0x1705ad44), stream as a varint (fd + u64 LE, or one byte below 251).
+// Then the body's variant index (one byte) and its fields in order.
+
+const GOLDEN_DATA: &str = concat!(
+    "434353540100fc44ad0517fd0807060504030201", // header, stream 0x0102030405060708
+    "00",                                       // Data
+    "01",                                       // first_seq 1
+    "04",                                       // 4 events
+    "000206757365723a3106757365723a32",         // Invalidate ["user:1", "user:2"]
+    "010873657373696f6e3a",                     // InvalidatePrefix "session:"
+    "02",                                       // ClearAll
+    "030672656c6f616402dead",                   // Custom "reload" [de ad]
+);
+const GOLDEN_HEARTBEAT: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "01",                       // Heartbeat
+    "fb2c01",                   // next_seq 300 (fb + u16 LE)
+    "fa",                       // oldest 250 (one byte)
+    "066e6f64652d61",           // node "node-a"
+);
+const GOLDEN_HELLO: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "02",                       // Hello
+    "066e6f64652d62",           // node "node-b"
+);
+const GOLDEN_NAK: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "03",                       // Nak
+    "2a",                       // stream 42
+    "0205070a0b",               // ranges [(5, 7), (10, 11)]
+);
+const GOLDEN_REPAIR: &str = concat!(
+    "434353540100fc44ad0517fd0807060504030201", // header, stream 0x0102030405060708
+    "04",                                       // Repair
+    "fc70110100",                               // first_seq 70000 (fc + u32 LE)
+    "01",                                       // 1 event
+    "0001016b",                                 // Invalidate ["k"]
+);
+const GOLDEN_UNAVAILABLE: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "05",                       // Unavailable
+    "fdffffffffffffffff",       // stream u64::MAX (fd + u64 LE)
+    "010105",                   // ranges [(1, 5)]
+);
+const GOLDEN_GOODBYE: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "06",                       // Goodbye
+    "fd0000000000010000",       // next_seq 1 << 40
+);
+
+fn goldens() -> Vec<(Header, Body, &'static str)> {
+    let big = Header::new(cluster(), 0x0102_0304_0506_0708);
+    vec![
+        (
+            big,
+            data(
+                1,
+                vec![
+                    Event::Invalidate {
+                        keys: vec!["user:1".into(), "user:2".into()],
+                    },
+                    Event::InvalidatePrefix {
+                        prefix: "session:".into(),
+                    },
+                    Event::ClearAll,
+                    Event::Custom {
+                        topic: "reload".into(),
+                        payload: vec![0xde, 0xad],
+                    },
+                ],
+            ),
+            GOLDEN_DATA,
+        ),
+        (
+            hdr(),
+            Body::Heartbeat {
+                next_seq: 300,
+                oldest: 250,
+                node: "node-a".into(),
+            },
+            GOLDEN_HEARTBEAT,
+        ),
+        (
+            hdr(),
+            Body::Hello {
+                node: "node-b".into(),
+            },
+            GOLDEN_HELLO,
+        ),
+        (
+            hdr(),
+            Body::Nak {
+                stream: 42,
+                ranges: vec![(5, 7), (10, 11)],
+            },
+            GOLDEN_NAK,
+        ),
+        (
+            big,
+            Body::Repair {
+                first_seq: 70_000,
+                events: vec![Event::Invalidate {
+                    keys: vec!["k".into()],
+                }],
+            },
+            GOLDEN_REPAIR,
+        ),
+        (
+            hdr(),
+            Body::Unavailable {
+                stream: u64::MAX,
+                ranges: vec![(1, 5)],
+            },
+            GOLDEN_UNAVAILABLE,
+        ),
+        (hdr(), Body::Goodbye { next_seq: 1 << 40 }, GOLDEN_GOODBYE),
+    ]
+}
+
+#[test]
+fn golden_bytes() {
+    for (header, body, golden) in goldens() {
+        let bytes = hex::decode(golden).unwrap();
+        assert_eq!(hex::encode(enc(&header, &body)), golden, "encode {body:?}");
+        assert_eq!(
+            decode(&bytes, cluster()),
+            Ok(Datagram { header, body }),
+            "decode {golden}"
+        );
+    }
+}
+
+#[test]
+fn golden_cluster_hash() {
+    // FNV-1a 32-bit reference vectors.
+    assert_eq!(cluster_hash(""), 0x811c_9dc5);
+    assert_eq!(cluster_hash("a"), 0xe40c_292c);
+    assert_eq!(cluster_hash("foobar"), 0xbf9c_f968);
+    assert_eq!(cluster_hash("golden"), 0x1705_ad44);
+}
+
+#[test]
+fn encode_replaces_buffer_contents() {
+    let mut buf = vec![1, 2, 3];
+    encode(&hdr(), &Body::Goodbye { next_seq: 1 << 40 }, &mut buf);
+    assert_eq!(hex::encode(&buf), GOLDEN_GOODBYE);
+}
+
+// ---------------------------------------------------------------------------
+// Round trip
+
+fn seq() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(1), Just(MAX_SEQ - 1), 1..MAX_SEQ]
+}
+
+fn text(max_chars: usize) -> impl Strategy<Value = String> {
+    // At most 4 bytes a char, so the byte limits hold.
+    proptest::collection::vec(any::<char>(), 0..=max_chars).prop_map(String::from_iter)
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        proptest::collection::vec(text(16), 1..8).prop_map(|keys| Event::Invalidate { keys }),
+        text(16).prop_map(|prefix| Event::InvalidatePrefix { prefix }),
+        Just(Event::ClearAll),
+        (text(16), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(topic, payload)| Event::Custom { topic, payload }),
+    ]
+}
+
+fn events() -> impl Strategy<Value = (u64, Vec<Event>)> {
+    (seq(), proptest::collection::vec(event(), 1..8)).prop_map(|(first, events)| {
+        // Keep first_seq + len <= MAX_SEQ.
+        (first.min(MAX_SEQ - events.len() as u64), events)
+    })
+}
+
+fn ranges() -> impl Strategy<Value = Vec<SeqRange>> {
+    let range = (1..MAX_SEQ).prop_flat_map(|start| (Just(start), start + 1..=MAX_SEQ));
+    proptest::collection::vec(range, 1..=MAX_RANGES)
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    prop_oneof![
+        events().prop_map(|(first_seq, events)| Body::Data { first_seq, events }),
+        seq()
+            .prop_flat_map(|next| (Just(next), 1..=next, text(16)))
+            .prop_map(|(next_seq, oldest, node)| Body::Heartbeat {
+                next_seq,
+                oldest,
+                node
+            }),
+        text(16).prop_map(|node| Body::Hello { node }),
+        (any::<u64>(), ranges()).prop_map(|(stream, ranges)| Body::Nak { stream, ranges }),
+        events().prop_map(|(first_seq, events)| Body::Repair { first_seq, events }),
+        (any::<u64>(), ranges()).prop_map(|(stream, ranges)| Body::Unavailable { stream, ranges }),
+        seq().prop_map(|next_seq| Body::Goodbye { next_seq }),
+    ]
+}
+
+fn header() -> impl Strategy<Value = Header> {
+    (any::<u32>(), any::<u64>()).prop_map(|(cluster, stream)| Header::new(cluster, stream))
+}
+
+proptest! {
+    // A failure prints its minimal input; nothing is written to the tree.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn roundtrip_valid(header in header(), body in body()) {
+        let bytes = enc(&header, &body);
+        prop_assert_eq!(decode(&bytes, header.cluster), Ok(Datagram { header, body }));
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes, cluster());
+        // Past the header checks, so the body decoder sees the noise.
+        let mut framed = hex::decode("434353540100fc44ad051707").unwrap();
+        framed.extend_from_slice(&bytes);
+        if let Ok(d) = decode(&framed, cluster()) {
+            // Whatever decodes is valid: it encodes and decodes again.
+            prop_assert_eq!(decode(&enc(&d.header, &d.body), cluster()), Ok(d));
+        }
+    }
+
+    #[test]
+    fn mutated_encodings_never_panic(
+        header in header(),
+        body in body(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+    ) {
+        let mut bytes = enc(&header, &body);
+        for (at, byte, op) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let i = at.index(bytes.len());
+            match op {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                _ => bytes.truncate(i),
+            }
+        }
+        if let Ok(d) = decode(&bytes, header.cluster) {
+            prop_assert_eq!(decode(&enc(&d.header, &d.body), header.cluster), Ok(d));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rejections, each with its exact error
+
+fn golden_hello() -> Vec<u8> {
+    hex::decode(GOLDEN_HELLO).unwrap()
+}
+
+#[test]
+fn rejects_bad_magic() {
+    let mut bytes = golden_hello();
+    bytes[0] = b'X';
+    assert_eq!(decode(&bytes, cluster()), Err(DecodeError::BadMagic));
+}
+
+#[test]
+fn rejects_too_short() {
+    assert_eq!(decode(b"", cluster()), Err(DecodeError::BadMagic));
+    assert_eq!(decode(b"CCS", cluster()), Err(DecodeError::BadMagic));
+    assert!(matches!(
+        decode(b"CCST", cluster()),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode(b"CCST\x01\x00", cluster()),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn rejects_version_2() {
+    let mut bytes = golden_hello();
+    bytes[4] = 2;
+    assert_eq!(decode(&bytes, cluster()), Err(DecodeError::BadVersion(2)));
+    // Named as another version even when nothing else of the header follows.
+    assert_eq!(
+        decode(b"CCST\x02", cluster()),
+        Err(DecodeError::BadVersion(2))
+    );
+}
+
+#[test]
+fn rejects_another_cluster() {
+    let bytes = golden_hello();
+    assert_eq!(
+        decode(&bytes, cluster_hash("other")),
+        Err(DecodeError::WrongCluster(cluster()))
+    );
+}
+
+#[test]
+fn rejects_auth_flag() {
+    let mut bytes = golden_hello();
+    bytes[5] = FLAG_AUTH;
+    assert_eq!(
+        decode(&bytes, cluster()),
+        Err(DecodeError::BadFlags(FLAG_AUTH))
+    );
+}
+
+#[test]
+fn rejects_reserved_flag() {
+    let mut bytes = golden_hello();
+    bytes[5] = 0x80;
+    assert_eq!(decode(&bytes, cluster()), Err(DecodeError::BadFlags(0x80)));
+}
+
+#[test]
+fn rejects_trailing_byte() {
+    let mut bytes = golden_hello();
+    bytes.push(0);
+    assert_eq!(
+        decode(&bytes, cluster()),
+        Err(DecodeError::TrailingBytes(1))
+    );
+}
+
+#[test]
+fn rejects_oversize_datagram() {
+    let mut bytes = golden_hello();
+    bytes.resize(MAX_DATAGRAM + 1, 0);
+    assert_eq!(
+        decode(&bytes, cluster()),
+        Err(DecodeError::TooLarge(MAX_DATAGRAM + 1))
+    );
+}
+
+#[test]
+fn rejects_bad_event_counts() {
+    let too_many = vec![Event::ClearAll; MAX_EVENTS + 1];
+    assert_eq!(
+        roundtrip(data(1, too_many.clone())),
+        invalid("too many events")
+    );
+    assert_eq!(
+        roundtrip(Body::Repair {
+            first_seq: 1,
+            events: too_many
+        }),
+        invalid("too many events")
+    );
+    assert_eq!(roundtrip(data(1, vec![])), invalid("no events"));
+    assert!(roundtrip(data(1, vec![Event::ClearAll; MAX_EVENTS])).is_ok());
+}
+
+#[test]
+fn rejects_bad_keys() {
+    assert_eq!(
+        roundtrip(data(1, vec![keys(MAX_KEYS + 1)])),
+        invalid("too many keys")
+    );
+    assert!(roundtrip(data(1, vec![keys(MAX_KEYS)])).is_ok());
+    assert_eq!(roundtrip(data(1, vec![keys(0)])), invalid("no keys"));
+    let long = "x".repeat(MAX_KEY_LEN + 1);
+    for event in [
+        Event::Invalidate {
+            keys: vec!["ok".into(), long.clone()],
+        },
+        Event::InvalidatePrefix {
+            prefix: long.clone(),
+        },
+        Event::Custom {
+            topic: long.clone(),
+            payload: vec![],
+        },
+    ] {
+        assert_eq!(roundtrip(data(1, vec![event])), invalid("key too long"));
+    }
+    let longest = Event::InvalidatePrefix {
+        prefix: "x".repeat(MAX_KEY_LEN),
+    };
+    assert!(roundtrip(data(1, vec![longest])).is_ok());
+}
+
+#[test]
+fn rejects_long_node_name() {
+    let long = "n".repeat(MAX_NODE_NAME + 1);
+    assert_eq!(
+        roundtrip(Body::Hello { node: long.clone() }),
+        invalid("node name too long")
+    );
+    assert_eq!(
+        roundtrip(Body::Heartbeat {
+            next_seq: 1,
+            oldest: 1,
+            node: long
+        }),
+        invalid("node name too long")
+    );
+    let longest = "n".repeat(MAX_NODE_NAME);
+    assert!(roundtrip(Body::Hello { node: longest }).is_ok());
+}
+
+#[test]
+fn rejects_seq_out_of_range() {
+    let out = invalid("sequence number out of range");
+    assert_eq!(roundtrip(data(0, vec![Event::ClearAll])), out);
+    assert_eq!(roundtrip(data(MAX_SEQ, vec![Event::ClearAll])), out);
+    assert_eq!(roundtrip(data(u64::MAX, vec![Event::ClearAll])), out);
+    // The last event's seq must stay below MAX_SEQ too.
+    assert_eq!(roundtrip(data(MAX_SEQ - 1, vec![Event::ClearAll; 2])), out);
+    assert!(roundtrip(data(MAX_SEQ - 1, vec![Event::ClearAll])).is_ok());
+    assert_eq!(
+        roundtrip(Body::Goodbye { next_seq: 0 }),
+        invalid("bad goodbye position")
+    );
+    assert_eq!(
+        roundtrip(Body::Goodbye { next_seq: MAX_SEQ }),
+        invalid("bad goodbye position")
+    );
+    for (next_seq, oldest) in [(0, 0), (1, 0), (MAX_SEQ, 1), (MAX_SEQ, MAX_SEQ)] {
+        assert_eq!(
+            roundtrip(Body::Heartbeat {
+                next_seq,
+                oldest,
+                node: String::new()
+            }),
+            invalid("bad heartbeat position"),
+            "next_seq {next_seq} oldest {oldest}"
+        );
+    }
+}
+
+#[test]
+fn rejects_heartbeat_oldest_after_next() {
+    assert_eq!(
+        roundtrip(Body::Heartbeat {
+            next_seq: 5,
+            oldest: 6,
+            node: "a".into()
+        }),
+        invalid("bad heartbeat position")
+    );
+    assert!(roundtrip(Body::Heartbeat {
+        next_seq: 5,
+        oldest: 5,
+        node: "a".into()
+    })
+    .is_ok());
+}
+
+#[test]
+fn rejects_bad_ranges() {
+    for range in [
+        (5, 5),
+        (6, 5),
+        (0, 3),
+        (1, MAX_SEQ + 1),
+        (MAX_SEQ, MAX_SEQ + 1),
+    ] {
+        for body in [
+            Body::Nak {
+                stream: 1,
+                ranges: vec![(1, 2), range],
+            },
+            Body::Unavailable {
+                stream: 1,
+                ranges: vec![range],
+            },
+        ] {
+            assert_eq!(roundtrip(body), invalid("bad range"), "{range:?}");
+        }
+    }
+    assert!(roundtrip(Body::Nak {
+        stream: 1,
+        ranges: vec![(MAX_SEQ - 1, MAX_SEQ)]
+    })
+    .is_ok());
+}
+
+#[test]
+fn rejects_bad_range_counts() {
+    let many = vec![(1, 2); MAX_RANGES + 1];
+    assert_eq!(
+        roundtrip(Body::Nak {
+            stream: 1,
+            ranges: many.clone()
+        }),
+        invalid("bad range count")
+    );
+    assert_eq!(
+        roundtrip(Body::Unavailable {
+            stream: 1,
+            ranges: many
+        }),
+        invalid("bad range count")
+    );
+    assert_eq!(
+        roundtrip(Body::Nak {
+            stream: 1,
+            ranges: vec![]
+        }),
+        invalid("bad range count")
+    );
+    assert!(roundtrip(Body::Nak {
+        stream: 1,
+        ranges: vec![(1, 2); MAX_RANGES]
+    })
+    .is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile input
+
+#[test]
+fn every_truncation_is_rejected() {
+    for (_, _, golden) in goldens() {
+        let bytes = hex::decode(golden).unwrap();
+        for len in 0..bytes.len() {
+            let result = decode(&bytes[..len], cluster());
+            if len < 4 {
+                assert_eq!(result, Err(DecodeError::BadMagic), "{golden} cut at {len}");
+            } else {
+                assert!(
+                    matches!(result, Err(DecodeError::Malformed(_))),
+                    "{golden} cut at {len}: {result:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A datagram of header + `body` hex (spaces ignored), where `body` claims
+/// lengths it does not back with bytes.
+fn claim(body: &str) -> Vec<u8> {
+    hex::decode(format!("434353540100fc44ad051707{}", body.replace(' ', ""))).unwrap()
+}
+
+/// Varint for u64::MAX, as a claimed length.
+const HUGE: &str = "fdffffffffffffffff";
+
+/// Decodes `bytes`, asserting it is rejected as `expect` while allocating at
+/// most `bound` bytes.
+fn assert_cheap_reject(bytes: &[u8], expect: impl Fn(&DecodeError) -> bool, bound: usize) {
+    let (result, allocated) = allocated_by(|| decode(bytes, cluster()));
+    let err = result.expect_err("hostile datagram decoded");
+    assert!(expect(&err), "{}: {err:?}", hex::encode(bytes));
+    assert!(
+        allocated <= bound,
+        "{}: allocated {allocated} bytes decoding it",
+        hex::encode(bytes)
+    );
+}
+
+/// Serde's own `Vec` visitor would preallocate up to 1 MiB here.
+const SMALL: usize = 8 * 1024;
+
+#[test]
+fn huge_claimed_vec_lengths_are_rejected_cheaply() {
+    let over = |reason: &'static str| move |e: &DecodeError| *e == DecodeError::Invalid(reason);
+    let is_malformed = |e: &DecodeError| matches!(e, DecodeError::Malformed(_));
+    let events = over("too many events");
+    let keys = over("too many keys");
+    let ranges = over("bad range count");
+    let payload = over("payload too long");
+    // Data / Repair, first_seq 1, claiming u64::MAX events.
+    assert_cheap_reject(&claim(&format!("0001{HUGE}")), events, SMALL);
+    assert_cheap_reject(&claim(&format!("0401{HUGE}")), events, SMALL);
+    assert_cheap_reject(&claim("0001fb0104"), events, SMALL); // MAX_EVENTS + 1
+                                                              // One Invalidate claiming u64::MAX keys.
+    assert_cheap_reject(&claim(&format!("000101 00{HUGE}")), keys, SMALL);
+    // Nak / Unavailable claiming u64::MAX ranges.
+    assert_cheap_reject(&claim(&format!("0301{HUGE}")), ranges, SMALL);
+    assert_cheap_reject(&claim(&format!("0501{HUGE}")), ranges, SMALL);
+    // A Custom event with an empty topic claiming u64::MAX payload bytes.
+    assert_cheap_reject(&claim(&format!("000101 0300{HUGE}")), payload, SMALL);
+    // Lengths right at the limits, with no bytes behind them.
+    assert_cheap_reject(&claim("0001fb0004"), is_malformed, SMALL); // MAX_EVENTS
+    assert_cheap_reject(&claim("00010100fb0004"), is_malformed, SMALL); // MAX_KEYS
+    assert_cheap_reject(&claim("030140"), is_malformed, SMALL); // MAX_RANGES
+    assert_cheap_reject(&claim("0001010300fbe3ff"), is_malformed, SMALL); // MAX_DATAGRAM
+}
+
+#[test]
+fn claimed_string_lengths_are_bounded_by_the_size_limit() {
+    let is_malformed = |e: &DecodeError| matches!(e, DecodeError::Malformed(_));
+    // Over the size limit: rejected before allocating.
+    assert_cheap_reject(&claim(&format!("02{HUGE}")), is_malformed, SMALL);
+    assert_cheap_reject(&claim(&format!("000101 01{HUGE}")), is_malformed, SMALL);
+    assert_cheap_reject(&claim("02fbe4ff"), is_malformed, SMALL); // MAX_DATAGRAM + 1
+                                                                  // Under it: bincode allocates the claimed length before reading, so the
+                                                                  // bound is the size limit, once per datagram (claims add up).
+    let bound = MAX_DATAGRAM + SMALL;
+    assert_cheap_reject(&claim("02fbe8fd"), is_malformed, bound); // Hello, 65000
+    assert_cheap_reject(&claim("010101fbe8fd"), is_malformed, bound); // Heartbeat
+    assert_cheap_reject(&claim("000101 00 02 fb00fe fb00fe"), is_malformed, bound);
+    // 2 keys
+}
+
+// ---------------------------------------------------------------------------
+// check_event and DATA_OVERHEAD
+
+#[test]
+fn check_event_fits_or_is_too_large() {
+    let small = Event::InvalidatePrefix {
+        prefix: "user:".into(),
+    };
+    assert_eq!(check_event(&small, 1200), Ok(encoded_event_len(&small)));
+
+    let custom = |n: usize| Event::Custom {
+        topic: "t".into(),
+        payload: vec![0; n],
+    };
+    // Find the largest payload that fits in 1200 bytes.
+    let fits = (0..1200)
+        .rev()
+        .find(|&n| check_event(&custom(n), 1200).is_ok())
+        .unwrap();
+    let size = encoded_event_len(&custom(fits));
+    assert_eq!(check_event(&custom(fits), 1200), Ok(size));
+    assert!(size + DATA_OVERHEAD <= 1200);
+    let too_big = custom(fits + 1);
+    assert_eq!(
+        check_event(&too_big, 1200),
+        Err(EventError::TooLarge {
+            size: encoded_event_len(&too_big),
+            max_datagram: 1200
+        })
+    );
+    // The accepted event really fits: alone, under the widest header and seq.
+    let header = Header::new(u32::MAX, u64::MAX);
+    let bytes = enc(&header, &data(MAX_SEQ - 1, vec![custom(fits)]));
+    assert!(bytes.len() <= 1200, "{} bytes", bytes.len());
+    assert!(decode(&bytes, u32::MAX).is_ok());
+}
+
+#[test]
+fn check_event_checks_limits() {
+    assert_eq!(check_event(&keys(0), 1200), Err(EventError::NoKeys));
+    assert_eq!(
+        check_event(&keys(MAX_KEYS + 1), usize::MAX),
+        Err(EventError::TooManyKeys(MAX_KEYS + 1))
+    );
+    let long = Event::InvalidatePrefix {
+        prefix: "x".repeat(MAX_KEY_LEN + 1),
+    };
+    assert_eq!(
+        check_event(&long, usize::MAX),
+        Err(EventError::KeyTooLong(MAX_KEY_LEN + 1))
+    );
+}
+
+#[test]
+fn data_overhead_is_an_upper_bound() {
+    let header = Header::new(u32::MAX, u64::MAX);
+    let first_seq = MAX_SEQ - MAX_EVENTS as u64;
+    let batches = [
+        vec![Event::ClearAll; MAX_EVENTS],
+        (0..MAX_EVENTS).map(|i| keys(1 + i % 3)).collect(),
+        vec![Event::ClearAll],
+    ];
+    for events in batches {
+        let sum: usize = events.iter().map(encoded_event_len).sum();
+        for body in [
+            data(first_seq, events.clone()),
+            Body::Repair {
+                first_seq,
+                events: events.clone(),
+            },
+        ] {
+            let bytes = enc(&header, &body);
+            assert!(
+                bytes.len() <= DATA_OVERHEAD + sum,
+                "{} bytes > {DATA_OVERHEAD} + {sum}",
+                bytes.len()
+            );
+            assert!(decode(&bytes, u32::MAX).is_ok());
+        }
+    }
+}
