@@ -17,3 +17,8 @@ pub mod node;
 pub mod proto;
 pub mod sim;
 pub mod wire;
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
