@@ -2,102 +2,15 @@
 //! 239.255.0.0/16 and a free port per test, so tests run in parallel and
 //! nothing leaves the host.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachecast::net::socket::InterfaceSpec;
-use cachecast::node::{Delivery, Node, NodeConfig, ResetReason, Subscription};
+use cachecast::node::{Delivery, Node, ResetReason, Subscription};
 use cachecast::wire::{self, Body, Event, Header};
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A fresh cluster: its own group, port and name.
-#[derive(Clone)]
-struct Cluster {
-    group: SocketAddr,
-    name: String,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let a: u8 = rand::random::<u8>().clamp(1, 254);
-        let b: u8 = rand::random::<u8>().clamp(1, 254);
-        Cluster {
-            group: SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::new(239, 255, a, b),
-                free_port(),
-            )),
-            name: format!("test-{}", rand::random::<u64>()),
-        }
-    }
-
-    fn config(&self, node: &str) -> NodeConfig {
-        NodeConfig {
-            group: self.group,
-            interface: InterfaceSpec::Addr("127.0.0.1".parse().unwrap()),
-            cluster: self.name.clone(),
-            node_name: node.into(),
-            ttl: 0,
-            ..NodeConfig::default()
-        }
-    }
-
-    async fn join(&self, node: &str) -> Node {
-        Node::join(self.config(node)).await.expect("join")
-    }
-
-    /// Sends raw bytes to the group, from a plain socket (TTL 0, loopback).
-    fn send_raw(&self, bytes: &[u8]) {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_multicast_ttl_v4(0).unwrap();
-        socket2::SockRef::from(&s)
-            .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
-            .unwrap();
-        s.send_to(bytes, self.group).unwrap();
-    }
-}
-
-const DEADLINE: Duration = Duration::from_secs(5);
-
-/// Receives until `pred` matches, failing after the deadline.
-async fn recv_until(
-    sub: &mut Subscription,
-    what: &str,
-    mut pred: impl FnMut(&Delivery) -> bool,
-) -> Delivery {
-    let end = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match tokio::time::timeout_at(end, sub.recv()).await {
-            Ok(Some(d)) if pred(&d) => return d,
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("subscription closed while waiting for {what}"),
-            Err(_) => panic!("timed out waiting for {what}"),
-        }
-    }
-}
-
-fn keys_of(d: &Delivery) -> Option<(u64, Vec<String>)> {
-    match d {
-        Delivery::Event {
-            stream,
-            event: Event::Invalidate { keys },
-            ..
-        } => Some((*stream, keys.clone())),
-        _ => None,
-    }
-}
-
-fn is_key(d: &Delivery, stream: u64, key: &str) -> bool {
-    keys_of(d).is_some_and(|(s, k)| s == stream && k == [key])
-}
+use common::*;
 
 #[tokio::test]
 async fn three_nodes_exchange_events() {
@@ -162,17 +75,13 @@ async fn restarted_frontend_gets_the_backends_very_next_invalidation() {
 }
 
 #[tokio::test]
-async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range() {
+async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range_when_repair_is_off() {
     let c = Cluster::new();
     let sender = c.join("sender").await;
-    let cluster_hash = wire::cluster_hash(&c.name);
     let mut cfg = c.config("receiver");
-    cfg.drop_incoming = Some(Arc::new(move |bytes: &[u8]| {
-        match wire::decode(bytes, cluster_hash) {
-            Ok(d) => matches!(d.body, Body::Data { first_seq, ref events }
-                if (first_seq..first_seq + events.len() as u64).contains(&2)),
-            Err(_) => false,
-        }
+    cfg.protocol.max_nak_tries = 0;
+    cfg.drop_incoming = Some(drop_data(&c.name, |first, n| {
+        (first..first + n).contains(&2)
     }));
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
@@ -188,9 +97,10 @@ async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range() {
     assert_eq!(
         d,
         Delivery::Reset {
-            reason: ResetReason::Gap {
+            reason: ResetReason::RetriesExhausted {
                 stream: sender.stream(),
-                missing: (2, 3)
+                missing: (2, 3),
+                tries: 0,
             }
         }
     );
@@ -202,17 +112,13 @@ async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range() {
 }
 
 #[tokio::test]
-async fn tail_loss_is_noticed_within_50_ms() {
+async fn tail_loss_is_noticed_and_repaired_within_50_ms() {
     let c = Cluster::new();
     let sender = c.join("sender").await;
-    let cluster_hash = wire::cluster_hash(&c.name);
     let dropping = Arc::new(AtomicBool::new(false));
     let mut cfg = c.config("receiver");
     let flag = dropping.clone();
-    cfg.drop_incoming = Some(Arc::new(move |bytes: &[u8]| {
-        flag.load(Ordering::SeqCst)
-            && matches!(wire::decode(bytes, cluster_hash), Ok(d) if matches!(d.body, Body::Data { .. }))
-    }));
+    cfg.drop_incoming = Some(drop_data(&c.name, move |_, _| flag.load(Ordering::SeqCst)));
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["first"]).await.unwrap();
@@ -221,24 +127,21 @@ async fn tail_loss_is_noticed_within_50_ms() {
     dropping.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
     sender.invalidate(["last"]).await.unwrap();
-    let d = recv_until(&mut sub, "the reset", |d| {
-        matches!(d, Delivery::Reset { .. })
+    let d = recv_until(&mut sub, "the repaired tail", |d| {
+        keys_of(d).is_some() || matches!(d, Delivery::Reset { .. })
     })
     .await;
     let took = t0.elapsed();
-    assert_eq!(
-        d,
-        Delivery::Reset {
-            reason: ResetReason::Gap {
-                stream: sender.stream(),
-                missing: (2, 3)
-            }
-        }
-    );
-    eprintln!("tail loss noticed after {took:?}");
+    assert!(is_key(&d, sender.stream(), "last"), "{d:?}");
+    eprintln!("tail loss repaired after {took:?}");
     assert!(
         took < Duration::from_millis(50),
-        "tail loss noticed after {took:?}"
+        "tail loss repaired after {took:?}"
+    );
+    let s = receiver.stats().await.protocol;
+    assert_eq!(
+        (s.naks_sent, s.events_repaired, s.resets_total()),
+        (1, 1, 0)
     );
 }
 

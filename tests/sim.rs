@@ -64,8 +64,50 @@ fn events_reach_every_other_node_in_order_without_resets() {
 }
 
 #[test]
-fn lost_datagram_resets_with_the_missing_range() {
+fn lost_datagram_is_repaired_after_the_reorder_window() {
     let mut sim = cluster(2, 2);
+    let s0 = stream_of(&sim, 0);
+    let mut dropped = false;
+    sim.set_drop_filter(move |f| {
+        let hit = !dropped && f.to == 1 && data_seqs(f.datagram).is_some_and(|r| r.contains(&2));
+        dropped |= hit;
+        hit
+    });
+    for i in 1..=3 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(100));
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    let events: Vec<u64> = sim.delivered_events(1).iter().map(|(_, q)| *q).collect();
+    assert_eq!(events, [1, 3, 2], "delivered on arrival, the repair last");
+    let rx = sim.core(1).unwrap().stats().clone();
+    let tx = sim.core(0).unwrap().stats().clone();
+    assert_eq!(
+        (rx.naks_sent, rx.repairs_received, rx.events_repaired),
+        (1, 1, 1)
+    );
+    assert_eq!((tx.naks_received, tx.repairs_sent), (1, 1));
+    // Not before the reorder window, and within a few milliseconds after it.
+    let t = rx.repair_time.quantile_us(0.5);
+    assert!((5_000..=12_000).contains(&t), "repaired after {t} µs");
+    assert_eq!(
+        sim.core(1).unwrap().stream_state(s0).unwrap().gaps().len(),
+        0
+    );
+    assert_checker(&sim);
+}
+
+#[test]
+fn without_repair_a_lost_datagram_resets_with_its_range() {
+    let mut sim = Sim::new(2);
+    let no_repair = CoreConfig {
+        max_nak_tries: 0,
+        ..CoreConfig::default()
+    };
+    sim.add_node("tx", CoreConfig::default());
+    sim.add_node("rx", no_repair);
+    sim.run_for(ms(200));
     let s0 = stream_of(&sim, 0);
     sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some_and(|r| r.contains(&2)));
     let t0 = sim.now();
@@ -75,23 +117,23 @@ fn lost_datagram_resets_with_the_missing_range() {
     }
     sim.run_for(ms(50));
     let resets = sim.resets(1);
-    assert_eq!(resets.len(), 1, "{resets:?}");
     assert_eq!(
-        resets[0].1,
-        ResetReason::Gap {
+        resets.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        [ResetReason::RetriesExhausted {
             stream: s0,
-            missing: (2, 3)
-        }
+            missing: (2, 3),
+            tries: 0
+        }]
     );
-    // Not before the reorder window has passed.
-    assert!(resets[0].0 - t0 >= ms(10));
+    assert!(resets[0].0 - t0 >= ms(5), "not before the reorder window");
     let events: Vec<u64> = sim.delivered_events(1).iter().map(|(_, q)| *q).collect();
-    assert_eq!(events, [1, 3], "delivered on arrival, around the gap");
+    assert_eq!(events, [1, 3]);
+    assert_eq!(sim.core(1).unwrap().stats().naks_sent, 0);
     assert_checker(&sim);
 }
 
 #[test]
-fn tail_loss_is_found_by_the_heartbeat_within_milliseconds() {
+fn tail_loss_is_found_by_the_heartbeat_and_repaired_within_milliseconds() {
     let mut sim = cluster(3, 2);
     let s0 = stream_of(&sim, 0);
     sim.publish(0, key(1));
@@ -99,18 +141,18 @@ fn tail_loss_is_found_by_the_heartbeat_within_milliseconds() {
     // The last event of a burst is lost: only a heartbeat can reveal it.
     sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
     let t0 = sim.now();
-    sim.publish(0, key(2));
-    sim.run_for(ms(100));
-    let resets = sim.resets(1);
-    assert_eq!(
-        resets.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
-        [ResetReason::Gap {
-            stream: s0,
-            missing: (2, 3)
-        }]
-    );
-    let took = resets[0].0 - t0;
-    assert!(took < ms(20), "tail loss noticed after {took:?}");
+    let seq = sim.publish(0, key(2));
+    let mut took = None;
+    for _ in 0..100 {
+        sim.run_for(ms(1));
+        if sim.delivered_events(1).contains(&(s0, seq)) {
+            took = Some(sim.now() - t0);
+            break;
+        }
+    }
+    let took = took.expect("tail loss repaired within 100 ms");
+    assert!(took < ms(20), "tail loss repaired after {took:?}");
+    assert!(sim.resets(1).is_empty());
     assert_checker(&sim);
 }
 
@@ -197,7 +239,7 @@ fn restarted_node_gets_the_very_next_invalidation() {
 }
 
 #[test]
-fn join_with_every_answer_lost_resets_when_the_stream_is_met_later() {
+fn join_with_every_answer_lost_repairs_the_history_of_the_stream_met_later() {
     let mut sim = cluster(8, 1);
     for i in 0..5 {
         sim.publish(0, key(i));
@@ -208,18 +250,41 @@ fn join_with_every_answer_lost_resets_when_the_stream_is_met_later() {
     assert_eq!(joiner, 1);
     sim.run_for(ms(150));
     sim.clear_drop_filter();
-    // Met after the sync window with history (seqs 1..6) it never saw.
+    // Met after the sync window with history (seqs 1..6) it never saw: it
+    // is repaired from seq 1 (replaying invalidations is harmless).
     sim.run_for(Duration::from_millis(1100));
     let s0 = stream_of(&sim, 0);
-    assert_eq!(
-        sim.resets(1)
-            .iter()
-            .map(|r| r.1.clone())
-            .collect::<Vec<_>>(),
-        [ResetReason::Gap {
-            stream: s0,
-            missing: (1, 6)
-        }]
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    let mut got = sim.delivered_events(1);
+    got.sort();
+    assert_eq!(got, (1..=5).map(|q| (s0, q)).collect::<Vec<_>>());
+    assert_checker(&sim);
+}
+
+#[test]
+fn history_that_left_the_ring_is_a_reset_when_the_stream_is_met_later() {
+    let mut sim = Sim::new(8);
+    let small_ring = CoreConfig {
+        retransmit_bytes: 64,
+        ..CoreConfig::default()
+    };
+    sim.add_node("tx", small_ring);
+    sim.run_for(ms(200));
+    for i in 0..50 {
+        sim.publish(0, key(i));
+    }
+    sim.run_for(ms(10));
+    sim.set_drop_filter(|f| f.to == 1);
+    sim.add_node("late", CoreConfig::default());
+    sim.run_for(ms(150));
+    sim.clear_drop_filter();
+    sim.run_for(Duration::from_millis(1100));
+    let s0 = stream_of(&sim, 0);
+    let resets = sim.resets(1);
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    assert!(
+        matches!(resets[0].1, ResetReason::Unavailable { stream, missing: (1, _) } if stream == s0),
+        "{resets:?}"
     );
     assert_checker(&sim);
 }
@@ -240,28 +305,18 @@ fn stream_met_later_from_seq_1_is_followed_without_reset() {
 }
 
 #[test]
-fn stream_met_later_with_its_first_datagram_lost_resets() {
+fn stream_met_later_with_its_first_datagram_lost_is_repaired_from_seq_1() {
     let mut sim = cluster(10, 1);
     let newcomer = sim.add_node("new", CoreConfig::default());
     sim.run_for(ms(150));
     sim.set_drop_filter(|f| f.to == 0 && data_seqs(f.datagram).is_some_and(|r| r.start == 1));
-    // The existing node never heard the newcomer's Hello either.
     sim.publish(newcomer, key(1));
     sim.run_for(ms(1));
     sim.publish(newcomer, key(2));
     sim.run_for(ms(30));
     let s = stream_of(&sim, newcomer);
-    assert_eq!(sim.delivered_events(0), [(s, 2)]);
-    assert_eq!(
-        sim.resets(0)
-            .iter()
-            .map(|r| r.1.clone())
-            .collect::<Vec<_>>(),
-        [ResetReason::Gap {
-            stream: s,
-            missing: (1, 2)
-        }]
-    );
+    assert_eq!(sim.delivered_events(0), [(s, 2), (s, 1)]);
+    assert!(sim.resets(0).is_empty());
 }
 
 #[test]
@@ -282,22 +337,36 @@ fn goodbye_ends_the_stream_and_late_datagrams_are_dropped() {
 }
 
 #[test]
-fn goodbye_reveals_tail_loss() {
+fn goodbye_reveals_tail_loss_and_the_lingering_sender_repairs_it() {
     let mut sim = cluster(12, 2);
     let s0 = stream_of(&sim, 0);
     sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
     sim.publish(0, key(1));
     sim.close(0);
     sim.run_for(ms(30));
-    assert_eq!(
-        sim.resets(1)
-            .iter()
-            .map(|r| r.1.clone())
-            .collect::<Vec<_>>(),
-        [ResetReason::Gap {
-            stream: s0,
-            missing: (1, 2)
-        }]
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    assert_eq!(sim.delivered_events(1), [(s0, 1)]);
+    assert!(
+        sim.core(1).unwrap().stream_state(s0).is_none(),
+        "stream ended"
+    );
+    assert_checker(&sim);
+}
+
+#[test]
+fn goodbye_with_tail_loss_and_no_linger_resets() {
+    let mut sim = cluster(12, 2);
+    let s0 = stream_of(&sim, 0);
+    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.publish(0, key(1));
+    sim.close(0);
+    sim.crash(0);
+    sim.run_for(Duration::from_secs(3));
+    let resets = sim.resets(1);
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    assert!(
+        matches!(resets[0].1, ResetReason::RetriesExhausted { stream, missing: (1, 2), tries: 6 } if stream == s0),
+        "{resets:?}"
     );
     assert!(sim.core(1).unwrap().stream_state(s0).is_none());
     assert_checker(&sim);

@@ -35,8 +35,33 @@ pub struct CoreConfig {
     /// At most one answer to `Hello` per this interval. Default 20 ms.
     pub hello_answer_min_interval: Duration,
     /// How long a gap may stay open before it is acted on, so that
-    /// reordered datagrams are not mistaken for loss. Default 10 ms.
+    /// reordered datagrams are not mistaken for loss. Default 5 ms.
     pub reorder_window: Duration,
+    /// After the reorder window, a gap waits a random time up to this
+    /// before its `Nak`, so that among many receivers missing the same
+    /// datagram one asks and the others hear it and stay quiet. Scale it up
+    /// with the number of receivers that share a loss. Default 5 ms.
+    pub nak_backoff: Duration,
+    /// How long to wait for a repair before asking again; doubles with
+    /// every try. Default 20 ms.
+    pub nak_retry: Duration,
+    /// `Nak`s (sent or overheard) per gap before giving up with a `Reset`.
+    /// 0 disables repair: a gap becomes a `Reset` after the reorder window.
+    /// Default 6.
+    pub max_nak_tries: u32,
+    /// A gap open longer than this is given up with a `Reset`. Default 5 s.
+    pub max_gap_age: Duration,
+    /// Retransmit ring: bytes of sent events kept for repair. Default 4 MiB.
+    pub retransmit_bytes: usize,
+    /// Retransmit ring: events older than this are dropped. Default 30 s.
+    pub retransmit_age: Duration,
+    /// A seq repaired less than this long ago is not repaired again, so
+    /// that many `Nak`s for one loss cost one repair. Default 5 ms.
+    pub repair_linger: Duration,
+    /// Repair bandwidth, bytes per second (a token bucket with one
+    /// second's worth of burst at most 1 MiB). Repairs over it wait.
+    /// Default 32 MiB/s.
+    pub repair_rate: u64,
     /// A stream not heard from for this long is dropped. Default 10 s.
     pub stream_timeout: Duration,
     /// Most streams tracked at once; past it the least recently heard is
@@ -64,7 +89,15 @@ impl Default for CoreConfig {
             hello_count: 3,
             hello_answer_jitter: Duration::from_millis(5),
             hello_answer_min_interval: Duration::from_millis(20),
-            reorder_window: Duration::from_millis(10),
+            reorder_window: Duration::from_millis(5),
+            nak_backoff: Duration::from_millis(5),
+            nak_retry: Duration::from_millis(20),
+            max_nak_tries: 6,
+            max_gap_age: Duration::from_secs(5),
+            retransmit_bytes: 4 << 20,
+            retransmit_age: Duration::from_secs(30),
+            repair_linger: Duration::from_millis(5),
+            repair_rate: 32 << 20,
             stream_timeout: Duration::from_secs(10),
             max_streams: 1024,
             max_gaps: 256,
@@ -130,6 +163,18 @@ impl CoreConfig {
         }
         if self.hello_count == 0 {
             return Err(ConfigError::new("hello_count", "must be at least 1"));
+        }
+        if self.nak_retry.is_zero() {
+            return Err(ConfigError::new("nak_retry", "must be above zero"));
+        }
+        if self.repair_rate < self.max_datagram as u64 {
+            return Err(ConfigError::new(
+                "repair_rate",
+                format!(
+                    "must be at least max_datagram ({}) bytes/s",
+                    self.max_datagram
+                ),
+            ));
         }
         if self.max_streams == 0 || self.max_gaps == 0 {
             return Err(ConfigError::new(

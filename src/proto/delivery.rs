@@ -32,8 +32,20 @@ pub enum Delivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ResetReason {
-    /// `missing` (half-open seq range) of `stream` did not arrive in time.
-    Gap { stream: u64, missing: SeqRange },
+    /// The sender of `stream` no longer holds `missing` (half-open seq
+    /// range): it answered `Unavailable`, or its heartbeat said so.
+    Unavailable { stream: u64, missing: SeqRange },
+    /// `tries` `Nak`s for `missing` went unanswered (0: repair is disabled).
+    RetriesExhausted {
+        stream: u64,
+        missing: SeqRange,
+        tries: u32,
+    },
+    /// `missing` stayed open longer than `max_gap_age`.
+    TooOld { stream: u64, missing: SeqRange },
+    /// The stream had more than `max_gaps` gaps; the oldest, `missing`, was
+    /// given up.
+    TooManyGaps { stream: u64, missing: SeqRange },
     /// The stream went silent past its timeout without `Goodbye` (a crash,
     /// or a partition): anything from `next_expected` on may have been lost,
     /// since a sender that dies right after sending can leave no trace.
@@ -48,7 +60,10 @@ impl ResetReason {
     /// A short, stable name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            ResetReason::Gap { .. } => "gap",
+            ResetReason::Unavailable { .. } => "unavailable",
+            ResetReason::RetriesExhausted { .. } => "retries_exhausted",
+            ResetReason::TooOld { .. } => "too_old",
+            ResetReason::TooManyGaps { .. } => "too_many_gaps",
             ResetReason::StreamTimedOut { .. } => "stream_timed_out",
             ResetReason::StreamEvicted { .. } => "stream_evicted",
             ResetReason::Lagged { .. } => "lagged",

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod node;
 pub mod ranges;
 pub mod receiver;
+pub mod ring;
 pub mod sender;
 pub mod stats;
 

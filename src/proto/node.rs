@@ -28,10 +28,24 @@ use rand::SeedableRng;
 
 use crate::proto::config::{ConfigError, CoreConfig};
 use crate::proto::delivery::Delivery;
-use crate::proto::receiver::{Sink, StreamReceiver};
+use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
 use crate::wire::{self, Body, Event, Header};
+
+/// Borrows the node's output fields as a receiver [`Sink`] (a macro, so
+/// that the borrow of each field stays separate from `self.streams`).
+macro_rules! sink {
+    ($self:ident) => {
+        Sink {
+            cfg: &$self.cfg,
+            deliveries: &mut $self.deliveries,
+            out: &mut $self.out,
+            stats: &mut $self.stats,
+            rng: &mut $self.rng,
+        }
+    };
+}
 
 /// One node's protocol state machine. See the module docs for the drive loop.
 #[derive(Debug)]
@@ -113,8 +127,8 @@ impl NodeCore {
     /// Publishes an event on this node's stream and returns its seq. It is
     /// sent on the next [`NodeCore::poll_transmit`], batched with whatever
     /// else was published before then.
-    pub fn publish(&mut self, _now: Instant, event: Event) -> Result<u64, PublishError> {
-        let seq = self.sender.publish(event, &mut self.out)?;
+    pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
+        let seq = self.sender.publish(now, event, &mut self.out)?;
         self.stats.events_published += 1;
         Ok(seq)
     }
@@ -147,150 +161,90 @@ impl NodeCore {
             self.stats.own_ignored += 1;
             return;
         }
+        let resets_before = self.stats.resets_total();
+        let sync_until = self.sync_until;
+        let mut sink = sink!(self);
+        let streams = &mut self.streams;
+        let ended = &self.ended_set;
         match dgram.body {
             Body::Hello { node } => {
-                self.sender.on_hello(now, &mut self.rng);
+                self.sender.on_hello(now, sink.rng);
                 // A joiner publishes nothing before its join returns: its
                 // stream starts at 1.
-                if let Some(r) = self.receiver(now, from, 1) {
+                if let Some(r) = receiver_for(streams, ended, &mut sink, now, sync_until, from, 1) {
+                    r.heard(now);
                     r.set_node(&node);
                 }
             }
-            Body::Nak { .. } | Body::Unavailable { .. } => {
-                // Repair is not implemented yet: a gap is Reset once due.
-                self.touch(now, from);
+            Body::Nak { stream, ranges } => {
+                if stream == self.cfg.stream {
+                    self.sender.on_nak(now, &ranges, sink.out, sink.stats);
+                } else if let Some(r) = streams.get_mut(&stream) {
+                    r.on_overheard_nak(now, &ranges, &mut sink);
+                }
+                touch(streams, now, from);
             }
-            Body::Data { first_seq, events } | Body::Repair { first_seq, events } => {
-                let mut sink = Sink {
-                    cfg: &self.cfg,
-                    deliveries: &mut self.deliveries,
-                    stats: &mut self.stats,
-                };
-                if let Some(r) = Self::receiver_in(
-                    &mut self.streams,
-                    &self.ended_set,
-                    &mut sink,
-                    now,
-                    self.sync_until,
-                    from,
-                    first_seq,
-                ) {
-                    r.heard(now);
-                    r.on_events(now, first_seq, events, &mut sink);
+            Body::Unavailable { stream, ranges } => {
+                // Only a stream's own sender speaks for what it holds.
+                if stream == from {
+                    if let Some(r) = streams.get_mut(&stream) {
+                        r.heard(now);
+                        r.unavailable(&ranges, &mut sink);
+                    }
                 }
             }
-            Body::Heartbeat { next_seq, node, .. } => {
-                let mut sink = Sink {
-                    cfg: &self.cfg,
-                    deliveries: &mut self.deliveries,
-                    stats: &mut self.stats,
-                };
-                if let Some(r) = Self::receiver_in(
-                    &mut self.streams,
-                    &self.ended_set,
-                    &mut sink,
-                    now,
-                    self.sync_until,
-                    from,
-                    next_seq,
-                ) {
+            Body::Data { first_seq, events } => {
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, first_seq)
+                {
+                    r.heard(now);
+                    r.on_events(now, first_seq, events, Arrival::Data, &mut sink);
+                }
+            }
+            Body::Repair { first_seq, events } => {
+                // Repairs never introduce a stream: one met through another
+                // receiver's repair would start at an arbitrary old seq.
+                if let Some(r) = streams.get_mut(&from) {
+                    r.heard(now);
+                    r.on_events(now, first_seq, events, Arrival::Repair, &mut sink);
+                }
+            }
+            Body::Heartbeat {
+                next_seq,
+                oldest,
+                node,
+            } => {
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, next_seq)
+                {
                     r.heard(now);
                     r.set_node(&node);
-                    r.on_position(now, next_seq, &mut sink);
+                    r.on_position(now, next_seq, Some(oldest), &mut sink);
                 }
             }
             Body::Goodbye { next_seq } => {
-                let mut sink = Sink {
-                    cfg: &self.cfg,
-                    deliveries: &mut self.deliveries,
-                    stats: &mut self.stats,
-                };
-                if let Some(r) = Self::receiver_in(
-                    &mut self.streams,
-                    &self.ended_set,
-                    &mut sink,
-                    now,
-                    self.sync_until,
-                    from,
-                    next_seq,
-                ) {
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, next_seq)
+                {
                     r.heard(now);
                     r.on_goodbye(now, next_seq, &mut sink);
                 }
-                self.retire_if_finished(from);
             }
         }
+        self.after_resets(resets_before);
+        self.retire_if_finished(from);
     }
 
-    /// Marks a known stream as heard from.
-    fn touch(&mut self, now: Instant, stream: u64) {
-        if let Some(r) = self.streams.get_mut(&stream) {
-            r.heard(now);
-        }
-    }
-
-    fn receiver(&mut self, now: Instant, stream: u64, pos: u64) -> Option<&mut StreamReceiver> {
-        let mut sink = Sink {
-            cfg: &self.cfg,
-            deliveries: &mut self.deliveries,
-            stats: &mut self.stats,
-        };
-        let r = Self::receiver_in(
-            &mut self.streams,
-            &self.ended_set,
-            &mut sink,
-            now,
-            self.sync_until,
-            stream,
-            pos,
-        )?;
-        r.heard(now);
-        Some(r)
-    }
-
-    /// The receiver of `stream`, created if new. `pos` is the first seq the
-    /// datagram that met it speaks of. A stream met during the sync window
-    /// is followed from there (nothing before the join matters); one met
-    /// later is followed from seq 1, so that history we never saw is a gap.
-    /// `None` for a stream that already said `Goodbye`.
-    fn receiver_in<'a>(
-        streams: &'a mut HashMap<u64, StreamReceiver>,
-        ended: &HashSet<u64>,
-        sink: &mut Sink<'_>,
-        now: Instant,
-        sync_until: Instant,
-        stream: u64,
-        pos: u64,
-    ) -> Option<&'a mut StreamReceiver> {
-        if ended.contains(&stream) {
-            sink.stats.drop("ended_stream");
-            return None;
-        }
-        if !streams.contains_key(&stream) {
-            if streams.len() >= sink.cfg.max_streams {
-                Self::evict_one(streams, sink);
-            }
-            let start = if now < sync_until { pos } else { 1 };
-            tracing::debug!(stream, start, "new stream");
-            streams.insert(stream, StreamReceiver::new(stream, start, now));
-            sink.stats.streams = streams.len() as u64;
-        }
-        streams.get_mut(&stream)
-    }
-
-    /// Evicts the least recently heard stream (table full).
-    fn evict_one(streams: &mut HashMap<u64, StreamReceiver>, sink: &mut Sink<'_>) {
-        let Some(victim) = streams
-            .values()
-            .min_by_key(|r| r.last_heard())
-            .map(|r| r.stream())
-        else {
+    /// A `Reset` tells the application to clear everything, which covers
+    /// every event sent before it — in particular everything any open gap
+    /// is missing. Those gaps need no repair any more.
+    fn after_resets(&mut self, resets_before: u64) {
+        if self.stats.resets_total() == resets_before {
             return;
-        };
-        if let Some(mut r) = streams.remove(&victim) {
-            tracing::debug!(stream = victim, "stream evicted: table full");
-            sink.stats.streams_evicted += 1;
-            r.evict(sink);
+        }
+        let mut sink = sink!(self);
+        for r in self.streams.values_mut() {
+            r.cover_gaps(&mut sink);
         }
     }
 
@@ -322,14 +276,14 @@ impl NodeCore {
                     .then(|| now + self.cfg.sync_window / self.cfg.hello_count);
             }
         }
-        if self.sender.handle_timeout(now, &mut self.out) {
+        if self
+            .sender
+            .handle_timeout(now, &mut self.out, &mut self.stats)
+        {
             self.stats.heartbeats_sent += 1;
         }
-        let mut sink = Sink {
-            cfg: &self.cfg,
-            deliveries: &mut self.deliveries,
-            stats: &mut self.stats,
-        };
+        let resets_before = self.stats.resets_total();
+        let mut sink = sink!(self);
         let mut finished = Vec::new();
         let mut timed_out = Vec::new();
         for r in self.streams.values_mut() {
@@ -351,6 +305,7 @@ impl NodeCore {
             }
         }
         self.stats.streams = self.streams.len() as u64;
+        self.after_resets(resets_before);
         for s in finished {
             self.retire_if_finished(s);
         }
@@ -400,5 +355,58 @@ impl NodeCore {
     #[must_use]
     pub fn poll_delivery(&mut self) -> Option<Delivery> {
         self.deliveries.pop_front()
+    }
+}
+
+/// Marks a known stream as heard from.
+fn touch(streams: &mut HashMap<u64, StreamReceiver>, now: Instant, stream: u64) {
+    if let Some(r) = streams.get_mut(&stream) {
+        r.heard(now);
+    }
+}
+
+/// The receiver of `stream`, created if new. `pos` is the first seq the
+/// datagram that met it speaks of. A stream met during the sync window is
+/// followed from there (nothing before the join matters); one met later is
+/// followed from seq 1, so that history we never saw is a gap to repair.
+/// `None` for a stream that already said `Goodbye`.
+fn receiver_for<'a>(
+    streams: &'a mut HashMap<u64, StreamReceiver>,
+    ended: &HashSet<u64>,
+    sink: &mut Sink<'_>,
+    now: Instant,
+    sync_until: Instant,
+    stream: u64,
+    pos: u64,
+) -> Option<&'a mut StreamReceiver> {
+    if ended.contains(&stream) {
+        sink.stats.drop("ended_stream");
+        return None;
+    }
+    if !streams.contains_key(&stream) {
+        if streams.len() >= sink.cfg.max_streams {
+            evict_one(streams, sink);
+        }
+        let start = if now < sync_until { pos } else { 1 };
+        tracing::debug!(stream, start, "new stream");
+        streams.insert(stream, StreamReceiver::new(stream, start, now));
+        sink.stats.streams = streams.len() as u64;
+    }
+    streams.get_mut(&stream)
+}
+
+/// Evicts the least recently heard stream (table full).
+fn evict_one(streams: &mut HashMap<u64, StreamReceiver>, sink: &mut Sink<'_>) {
+    let Some(victim) = streams
+        .values()
+        .min_by_key(|r| r.last_heard())
+        .map(|r| r.stream())
+    else {
+        return;
+    };
+    if let Some(mut r) = streams.remove(&victim) {
+        tracing::debug!(stream = victim, "stream evicted: table full");
+        sink.stats.streams_evicted += 1;
+        r.evict(sink);
     }
 }

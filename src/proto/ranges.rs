@@ -53,13 +53,12 @@ impl GapSet {
         self.gaps.insert(start, gap);
     }
 
-    /// If `seq` is missing, marks it arrived (splitting its gap) and returns true.
-    pub fn fill(&mut self, seq: u64) -> bool {
-        let Some((&start, &gap)) = self.gaps.range(..=seq).next_back() else {
-            return false;
-        };
+    /// If `seq` is missing, marks it arrived (splitting its gap) and returns
+    /// the gap it was in.
+    pub fn fill(&mut self, seq: u64) -> Option<Gap> {
+        let (&start, &gap) = self.gaps.range(..=seq).next_back()?;
         if seq >= gap.end {
-            return false;
+            return None;
         }
         self.gaps.remove(&start);
         if start < seq {
@@ -68,7 +67,7 @@ impl GapSet {
         if seq + 1 < gap.end {
             self.gaps.insert(seq + 1, gap);
         }
-        true
+        Some(gap)
     }
 
     /// True if `seq` is missing.
@@ -166,16 +165,16 @@ mod tests {
         let t = Instant::now();
         let mut g = GapSet::new();
         g.insert(5, gap(10, t));
-        assert!(!g.fill(4));
-        assert!(!g.fill(10));
-        assert!(g.fill(7));
-        assert!(!g.fill(7), "a seq is filled once");
+        assert!(g.fill(4).is_none());
+        assert!(g.fill(10).is_none());
+        assert_eq!(g.fill(7).map(|g| g.end), Some(10));
+        assert!(g.fill(7).is_none(), "a seq is filled once");
         assert_eq!(
             g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),
             [(5, 7), (8, 10)]
         );
-        assert!(g.fill(5));
-        assert!(g.fill(9));
+        assert!(g.fill(5).is_some());
+        assert!(g.fill(9).is_some());
         assert_eq!(
             g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),
             [(6, 7), (8, 9)]

@@ -4,38 +4,75 @@
 //! and commute, so order never delays one), drops duplicates, and tracks
 //! what is missing as gaps: from a seq above the known end, or from a
 //! heartbeat or `Goodbye` announcing a `next_seq` above it (tail loss).
-//! A gap goes `open → (repair) → filled | Reset`; a gap still open when it
-//! falls due delivers one `Reset` naming the missing range, and the
-//! receiver moves past it.
 //!
-//! Pure state machine: no clock, no I/O; the node passes `now` in.
+//! A gap's life: `open` (waits the reorder window plus a random back-off)
+//! → `Nak` (multicast; another receiver's `Nak` or a `Repair` overheard for
+//! it postpones ours: suppression) → filled by a `Repair`, or, when repair
+//! is impossible — `Unavailable`, the sender's heartbeat says it is older
+//! than what it holds, retries exhausted, too old — one `Reset` naming it.
+//!
+//! Pure state machine: no clock, no I/O; the node passes `now` and a seeded
+//! RNG in.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::Rng;
 
 use crate::proto::config::CoreConfig;
 use crate::proto::delivery::{Delivery, ResetReason};
 use crate::proto::ranges::{Gap, GapSet};
 use crate::proto::stats::Stats;
-use crate::wire::{Event, SeqRange};
+use crate::wire::{self, Body, Event, SeqRange};
 
-/// Where a receiver's outputs go.
+/// Where a receiver's outputs go, and what it needs from its node.
 pub struct Sink<'a> {
     /// Protocol settings.
     pub cfg: &'a CoreConfig,
     /// Deliveries for the application.
     pub deliveries: &'a mut VecDeque<Delivery>,
+    /// Datagrams to send (`Nak`s).
+    pub out: &'a mut VecDeque<Body>,
     /// Counters.
     pub stats: &'a mut Stats,
+    /// The node's seeded RNG (back-off).
+    pub rng: &'a mut SmallRng,
 }
 
 impl Sink<'_> {
-    fn reset(&mut self, reason: ResetReason) {
+    /// Delivers a `Reset`.
+    pub fn reset(&mut self, reason: ResetReason) {
         tracing::debug!(kind = reason.kind(), ?reason, "reset");
         self.stats.reset(reason.kind());
         self.deliveries.push_back(Delivery::Reset { reason });
     }
+
+    fn backoff(&mut self) -> Duration {
+        let max = self.cfg.nak_backoff.as_micros() as u64;
+        Duration::from_micros(if max == 0 {
+            0
+        } else {
+            self.rng.gen_range(0..=max)
+        })
+    }
+
+    /// When a gap that just got a `Nak` (sent or overheard) should be
+    /// looked at again: the retry interval doubling per try, plus back-off.
+    fn retry_due(&mut self, now: Instant, tries: u32) -> Instant {
+        let exp = tries.saturating_sub(1).min(10);
+        now + self.cfg.nak_retry * (1u32 << exp) + self.backoff()
+    }
+}
+
+/// How a batch of events reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Fresh `Data`.
+    Data,
+    /// A `Repair` (ours or another receiver's).
+    Repair,
 }
 
 /// Receiving state of one remote stream.
@@ -109,26 +146,42 @@ impl StreamReceiver {
         }
     }
 
-    /// Events `first_seq..` arrived (data or repair).
+    /// Events `first_seq..` arrived.
     pub fn on_events(
         &mut self,
         now: Instant,
         first_seq: u64,
         events: Vec<Event>,
+        how: Arrival,
         sink: &mut Sink<'_>,
     ) {
+        if how == Arrival::Repair {
+            sink.stats.repairs_received += 1;
+            let end = first_seq + events.len() as u64;
+            // Someone is repairing this stretch: what is still missing right
+            // after it is likely on its way too (suppression).
+            self.postpone(now, first_seq, end, sink);
+        }
         for (seq, event) in (first_seq..).zip(events) {
             if seq < self.base {
                 sink.stats.before_start += 1;
                 continue;
             }
             if seq >= self.known_end {
+                // (A repair asked for by a receiver that knew more than we
+                // did also tells us the stream's position.)
                 if seq > self.known_end {
                     self.open_gap(now, self.known_end, seq, sink);
                 }
                 self.known_end = seq + 1;
-            } else if self.gaps.fill(seq) {
-                sink.stats.reordered += 1;
+            } else if let Some(gap) = self.gaps.fill(seq) {
+                match how {
+                    Arrival::Repair => {
+                        sink.stats.events_repaired += 1;
+                        sink.stats.repair_time.record(now - gap.opened);
+                    }
+                    Arrival::Data => sink.stats.reordered += 1,
+                }
             } else {
                 sink.stats.duplicates += 1;
                 continue;
@@ -144,18 +197,68 @@ impl StreamReceiver {
     }
 
     /// The stream announced that everything below `next_seq` was sent
-    /// (heartbeat or `Goodbye`): what we have not seen of it is a gap.
-    pub fn on_position(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
+    /// (heartbeat or `Goodbye`) and, for a heartbeat, that it still holds
+    /// everything from `oldest` on.
+    pub fn on_position(
+        &mut self,
+        now: Instant,
+        next_seq: u64,
+        oldest: Option<u64>,
+        sink: &mut Sink<'_>,
+    ) {
         if next_seq > self.known_end {
             self.open_gap(now, self.known_end, next_seq, sink);
             self.known_end = next_seq;
+        }
+        if let Some(oldest) = oldest {
+            if self.gaps.first().is_some_and(|(s, _)| s < oldest) {
+                self.unavailable(&[(1, oldest)], sink);
+            }
         }
     }
 
     /// The stream said `Goodbye` at `next_seq`.
     pub fn on_goodbye(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
-        self.on_position(now, next_seq, sink);
+        self.on_position(now, next_seq, None, sink);
         self.ending = Some(next_seq);
+    }
+
+    /// The stream's sender no longer holds `ranges`: give up those gaps.
+    pub fn unavailable(&mut self, ranges: &[SeqRange], sink: &mut Sink<'_>) {
+        let mut lost: Option<SeqRange> = None;
+        for &(start, end) in ranges {
+            for (s, e) in self.gaps.remove_range(start, end) {
+                lost = Some(lost.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+            }
+        }
+        if let Some(missing) = lost {
+            sink.reset(ResetReason::Unavailable {
+                stream: self.stream,
+                missing,
+            });
+        }
+    }
+
+    /// Another receiver asked for `start..end` of this stream: our own
+    /// `Nak` for it would be redundant, so wait for the repair instead.
+    pub fn on_overheard_nak(&mut self, now: Instant, ranges: &[SeqRange], sink: &mut Sink<'_>) {
+        for &(start, end) in ranges {
+            self.postpone(now, start, end, sink);
+        }
+    }
+
+    fn postpone(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
+        let hit: Vec<u64> = self.gaps.overlapping(start, end).map(|(s, _)| s).collect();
+        for s in hit {
+            let tries = self.gaps.get_mut(s).map_or(0, |g| g.tries);
+            let due = sink.retry_due(now, tries.max(1));
+            if let Some(g) = self.gaps.get_mut(s) {
+                if g.due < due {
+                    g.due = due;
+                    sink.stats.naks_suppressed += 1;
+                }
+            }
+        }
     }
 
     /// True once the stream said `Goodbye` and nothing below its end is missing.
@@ -166,12 +269,13 @@ impl StreamReceiver {
     fn open_gap(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
         sink.stats.gaps_opened += 1;
         tracing::trace!(stream = self.stream, start, end, "gap");
+        let due = now + sink.cfg.reorder_window + sink.backoff();
         self.gaps.insert(
             start,
             Gap {
                 end,
                 opened: now,
-                due: now + sink.cfg.reorder_window,
+                due,
                 tries: 0,
             },
         );
@@ -179,7 +283,7 @@ impl StreamReceiver {
         while self.gaps.len() > sink.cfg.max_gaps {
             if let Some((s, g)) = self.gaps.first() {
                 self.gaps.remove(s);
-                sink.reset(ResetReason::Gap {
+                sink.reset(ResetReason::TooManyGaps {
                     stream: self.stream,
                     missing: (s, g.end),
                 });
@@ -187,25 +291,67 @@ impl StreamReceiver {
         }
     }
 
+    /// Drops every gap without a `Reset`: the caller delivered one that
+    /// covers them (everything missing was sent before it).
+    pub fn cover_gaps(&mut self, sink: &mut Sink<'_>) {
+        sink.stats.gaps_covered_by_reset += self.gaps.len() as u64;
+        self.gaps = GapSet::new();
+    }
+
     /// When [`StreamReceiver::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.gaps.next_due()
     }
 
-    /// Acts on due gaps: gives them up with one `Reset` covering them.
+    /// Acts on due gaps: a `Nak` for those that may still be repaired, one
+    /// `Reset` for those that cannot.
     pub fn handle_timeout(&mut self, now: Instant, sink: &mut Sink<'_>) {
         let due: Vec<(u64, Gap)> = self.gaps.iter().filter(|(_, g)| g.due <= now).collect();
         if due.is_empty() {
             return;
         }
-        for (s, _) in &due {
-            self.gaps.remove(*s);
+        let cfg = sink.cfg;
+        let mut too_old: Option<SeqRange> = None;
+        let mut exhausted: Option<(SeqRange, u32)> = None;
+        let mut ask = Vec::new();
+        for (s, g) in due {
+            if now.saturating_duration_since(g.opened) >= cfg.max_gap_age {
+                self.gaps.remove(s);
+                too_old = Some(too_old.map_or((s, g.end), |(a, _)| (a, g.end)));
+            } else if g.tries >= cfg.max_nak_tries {
+                self.gaps.remove(s);
+                exhausted = Some(exhausted.map_or(((s, g.end), g.tries), |((a, _), t)| {
+                    ((a, g.end), t.max(g.tries))
+                }));
+            } else {
+                ask.push((s, g.end));
+                let due = sink.retry_due(now, g.tries + 1);
+                if let Some(g) = self.gaps.get_mut(s) {
+                    g.tries += 1;
+                    g.due = due;
+                }
+            }
         }
-        let missing: SeqRange = (due[0].0, due[due.len() - 1].1.end);
-        sink.reset(ResetReason::Gap {
-            stream: self.stream,
-            missing,
-        });
+        for ranges in ask.chunks(wire::MAX_RANGES) {
+            sink.stats.naks_sent += 1;
+            sink.out.push_back(Body::Nak {
+                stream: self.stream,
+                ranges: ranges.to_vec(),
+            });
+        }
+        if let Some(missing) = too_old {
+            sink.reset(ResetReason::TooOld {
+                stream: self.stream,
+                missing,
+            });
+        }
+        if let Some((missing, tries)) = exhausted {
+            sink.reset(ResetReason::RetriesExhausted {
+                stream: self.stream,
+                missing,
+                tries,
+            });
+        }
     }
 
     /// The stream is evicted (table full): a `Reset` if anything is still

@@ -7,16 +7,23 @@
 //! loss of the last datagram is noticed in milliseconds. Answers `Hello`
 //! with a jittered, rate-limited heartbeat, and ends with `Goodbye`.
 //!
+//! Repair: keeps what it sent in a [`RetransmitRing`]; answers `Nak` with
+//! multicast `Repair`s (packed, not repeated within `repair_linger`, paced
+//! by a token bucket at `repair_rate`) and with `Unavailable` for what has
+//! left the ring. It keeps answering after `Goodbye`, while it lingers.
+//!
 //! Pure state machine: time is passed in, randomness comes from the
 //! caller's seeded RNG, bodies go to the caller's outgoing queue.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use crate::proto::config::CoreConfig;
-use crate::wire::{self, Body, Event, EventError};
+use crate::proto::ring::RetransmitRing;
+use crate::proto::stats::Stats;
+use crate::wire::{self, Body, Event, EventError, SeqRange};
 
 /// Why an event was not published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +57,18 @@ pub struct Sender {
     hello_answer_at: Option<Instant>,
     last_hello_answer: Option<Instant>,
     closed: bool,
+
+    stream: u64,
+    ring: RetransmitRing,
+    /// Seq ranges asked for and not yet repaired: start → end.
+    pending: BTreeMap<u64, u64>,
+    repair_linger: Duration,
+    repair_rate: u64,
+    repair_burst: f64,
+    tokens: f64,
+    tokens_at: Instant,
+    /// When the token bucket allows the next pending repair.
+    repair_at: Option<Instant>,
 }
 
 impl Sender {
@@ -70,7 +89,21 @@ impl Sender {
             hello_answer_at: None,
             last_hello_answer: None,
             closed: false,
+            stream: cfg.stream,
+            ring: RetransmitRing::new(cfg.retransmit_bytes, cfg.retransmit_age),
+            pending: BTreeMap::new(),
+            repair_linger: cfg.repair_linger,
+            repair_rate: cfg.repair_rate,
+            repair_burst: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
+            tokens: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
+            tokens_at: now,
+            repair_at: None,
         }
+    }
+
+    /// The oldest seq still held for repair.
+    pub fn oldest(&self) -> u64 {
+        self.ring.oldest()
     }
 
     /// The seq the next published event gets.
@@ -85,11 +118,17 @@ impl Sender {
 
     /// Assigns the next seq to `event` and adds it to the open batch; a full
     /// batch is moved to `out` first. Returns the seq.
-    pub fn publish(&mut self, event: Event, out: &mut VecDeque<Body>) -> Result<u64, PublishError> {
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        event: Event,
+        out: &mut VecDeque<Body>,
+    ) -> Result<u64, PublishError> {
         if self.closed {
             return Err(PublishError::Closed);
         }
         let size = wire::check_event(&event, self.max_datagram)?;
+        self.ring.push(event.clone(), size, now);
         if !self.batch.is_empty()
             && wire::DATA_OVERHEAD + self.batch_bytes + size > self.max_datagram
         {
@@ -151,17 +190,147 @@ impl Sender {
 
     /// The next time [`Sender::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed {
-            return None;
-        }
-        Some(match self.hello_answer_at {
+        let beat = (!self.closed).then(|| match self.hello_answer_at {
             Some(t) => t.min(self.heartbeat_at),
             None => self.heartbeat_at,
-        })
+        });
+        match (beat, self.repair_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Sends due heartbeats. Returns true if one was queued.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut VecDeque<Body>) -> bool {
+    /// A `Nak` for this stream: queue repairs for what the ring holds and
+    /// answer `Unavailable` for what it no longer does.
+    pub fn on_nak(
+        &mut self,
+        now: Instant,
+        ranges: &[SeqRange],
+        out: &mut VecDeque<Body>,
+        stats: &mut Stats,
+    ) {
+        stats.naks_received += 1;
+        self.ring.expire(now);
+        // Events still in the open batch were never sent: they need no repair.
+        let sent_end = self.next_seq - self.batch.len() as u64;
+        let oldest = self.ring.oldest();
+        let mut unavailable = Vec::new();
+        for &(start, end) in ranges {
+            let end = end.min(sent_end);
+            if start >= end {
+                continue;
+            }
+            if start < oldest {
+                unavailable.push((start, end.min(oldest)));
+            }
+            let start = start.max(oldest);
+            if start < end {
+                self.add_pending(start, end);
+            }
+        }
+        if !unavailable.is_empty() {
+            stats.unavailable_sent += 1;
+            out.push_back(Body::Unavailable {
+                stream: self.stream,
+                ranges: unavailable,
+            });
+        }
+        self.send_repairs(now, out, stats);
+    }
+
+    fn add_pending(&mut self, mut start: u64, mut end: u64) {
+        // Merge with every overlapping or adjacent range.
+        let touching: Vec<(u64, u64)> = self
+            .pending
+            .range(..=end)
+            .rev()
+            .take_while(|(_, e)| **e >= start)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in touching {
+            self.pending.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.pending.insert(start, end);
+    }
+
+    /// Sends pending repairs while the token bucket allows.
+    fn send_repairs(&mut self, now: Instant, out: &mut VecDeque<Body>, stats: &mut Stats) {
+        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.repair_rate as f64).min(self.repair_burst);
+        self.tokens_at = now;
+        self.repair_at = None;
+        while let Some((&start, &end)) = self.pending.iter().next() {
+            let mut seq = start;
+            let mut first = None;
+            let mut events = Vec::new();
+            let mut bytes = wire::DATA_OVERHEAD;
+            while seq < end {
+                let Some(entry) = self.ring.get_mut(seq) else {
+                    // Left the ring since the Nak: the next Nak learns it.
+                    if first.is_some() {
+                        break;
+                    }
+                    seq += 1;
+                    continue;
+                };
+                if entry.repaired.is_some_and(|t| now < t + self.repair_linger) {
+                    if first.is_some() {
+                        break;
+                    }
+                    stats.repairs_lingered += 1;
+                    seq += 1;
+                    continue;
+                }
+                if first.is_some() && bytes + entry.size > self.max_datagram {
+                    break;
+                }
+                first.get_or_insert(seq);
+                bytes += entry.size;
+                events.push(entry.event.clone());
+                seq += 1;
+            }
+            let Some(first) = first else {
+                self.pending.remove(&start);
+                continue;
+            };
+            if self.tokens < bytes as f64 {
+                let wait = (bytes as f64 - self.tokens) / self.repair_rate as f64;
+                self.repair_at = Some(now + Duration::from_secs_f64(wait));
+                stats.repairs_deferred += 1;
+                return;
+            }
+            self.tokens -= bytes as f64;
+            for q in first..seq {
+                if let Some(e) = self.ring.get_mut(q) {
+                    e.repaired = Some(now);
+                }
+            }
+            self.pending.remove(&start);
+            if seq < end {
+                self.pending.insert(seq, end);
+            }
+            stats.repairs_sent += 1;
+            stats.repaired_events_sent += events.len() as u64;
+            out.push_back(Body::Repair {
+                first_seq: first,
+                events,
+            });
+        }
+    }
+
+    /// Sends due heartbeats and paced repairs. Returns true if a heartbeat
+    /// was queued.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        out: &mut VecDeque<Body>,
+        stats: &mut Stats,
+    ) -> bool {
+        if self.repair_at.is_some_and(|t| t <= now) {
+            self.send_repairs(now, out, stats);
+        }
         if self.closed {
             return false;
         }
@@ -180,9 +349,10 @@ impl Sender {
             // Events still in the open batch are not sent yet: announce only
             // what was.
             let next_seq = self.next_seq - self.batch.len() as u64;
+            self.ring.expire(now);
             out.push_back(Body::Heartbeat {
                 next_seq,
-                oldest: next_seq,
+                oldest: self.ring.oldest().min(next_seq),
                 node: self.node.clone(),
             });
         }

@@ -39,6 +39,32 @@ pub struct Stats {
     pub streams_timed_out: u64,
     /// Streams evicted because the table was full.
     pub streams_evicted: u64,
+    /// `Nak`s this node sent for gaps of other streams.
+    pub naks_sent: u64,
+    /// `Nak`s not sent because another receiver's `Nak` or a `Repair` for
+    /// the same gap was heard first.
+    pub naks_suppressed: u64,
+    /// `Nak`s for this node's stream that it received.
+    pub naks_received: u64,
+    /// `Repair` datagrams this node sent.
+    pub repairs_sent: u64,
+    /// Events those repairs carried.
+    pub repaired_events_sent: u64,
+    /// Repairs not repeated because the same seq was repaired within the linger.
+    pub repairs_lingered: u64,
+    /// Times the repair rate limit made repairs wait.
+    pub repairs_deferred: u64,
+    /// `Unavailable` answers this node sent.
+    pub unavailable_sent: u64,
+    /// `Repair` datagrams received for followed streams.
+    pub repairs_received: u64,
+    /// Missing events that a repair filled.
+    pub events_repaired: u64,
+    /// Gaps dropped because a `Reset` was delivered after them (a Reset
+    /// covers everything sent before it, so they need no repair).
+    pub gaps_covered_by_reset: u64,
+    /// Time from noticing a gap to the repair that filled it.
+    pub repair_time: Histogram,
     /// Received datagrams dropped, by reason (`DecodeError::kind`, or
     /// `ended_stream` for late datagrams of a stream that said Goodbye).
     pub dropped: BTreeMap<&'static str, u64>,
@@ -65,5 +91,123 @@ impl Stats {
     /// Total datagrams dropped for all reasons.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
+    }
+}
+
+/// A log-scale histogram of durations, in microseconds: 4 buckets per power
+/// of two from 1 µs to about 1.2 hours (relative error under 19 %).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max_us: u64,
+}
+
+const SUB: u32 = 4;
+
+impl Histogram {
+    fn bucket(us: u64) -> usize {
+        if us < 4 {
+            return us as usize;
+        }
+        let log = 63 - us.leading_zeros();
+        let frac = ((us >> (log - 2)) & 3) as u32;
+        (4 + (log - 2) * SUB + frac) as usize
+    }
+
+    fn bucket_floor(b: usize) -> u64 {
+        if b < 4 {
+            return b as u64;
+        }
+        let b = b as u32 - 4;
+        let log = b / SUB + 2;
+        let frac = u64::from(b % SUB);
+        (1u64 << log) + (frac << (log - 2))
+    }
+
+    /// Records one duration.
+    pub fn record(&mut self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(1 << 32);
+        let b = Self::bucket(us);
+        if self.counts.len() <= b {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += 1;
+        self.total += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Number of durations recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q` quantile (0..=1), in microseconds (the lower edge of its
+    /// bucket); 0 when empty.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::bucket_floor(b).min(self.max_us);
+            }
+        }
+        self.max_us
+    }
+
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Histogram", 4)?;
+        st.serialize_field("count", &self.total)?;
+        st.serialize_field("p50_us", &self.quantile_us(0.5))?;
+        st.serialize_field("p99_us", &self.quantile_us(0.99))?;
+        st.serialize_field("max_us", &self.max_us)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_are_monotonic_and_quantiles_close() {
+        let mut last = 0;
+        for us in 0..100_000u64 {
+            let b = Histogram::bucket(us);
+            assert!(b >= last);
+            assert!(Histogram::bucket_floor(b) <= us, "{us}");
+            last = b;
+        }
+        let mut h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile_us(0.5);
+        let p99 = h.quantile_us(0.99);
+        assert!((400..=500).contains(&p50), "{p50}");
+        assert!((800..=990).contains(&p99), "{p99}");
+        assert_eq!(h.count(), 1000);
     }
 }

@@ -1,0 +1,133 @@
+//! NAK repair on real sockets, on loopback (interface 127.0.0.1, TTL 0).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use cachecast::node::{Delivery, Node, ResetReason};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let mut cfg = c.config("lossy");
+    // Drop 10 % of every received datagram: data, heartbeats and repairs.
+    let rng = Mutex::new(SmallRng::seed_from_u64(7));
+    cfg.drop_incoming = Some(Arc::new(move |_: &[u8]| rng.lock().unwrap().gen_bool(0.10)));
+    let receiver = Node::join(cfg).await.unwrap();
+    let mut sub = receiver.subscribe();
+
+    let publisher = sender.clone();
+    let publish = tokio::spawn(async move {
+        for i in 0..5000 {
+            publisher.invalidate([format!("k{i}")]).await.unwrap();
+            if i % 10 == 9 {
+                // Pace the publisher (load shaping, not a wait for a
+                // condition): many datagrams, not a few big ones.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let mut seen = HashSet::new();
+    let end = tokio::time::Instant::now() + DEADLINE * 4;
+    while seen.len() < 5000 {
+        let d = tokio::time::timeout_at(end, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 5000 events arrived", seen.len()))
+            .expect("subscription open");
+        match d {
+            Delivery::Event { seq, .. } => {
+                seen.insert(seq);
+            }
+            Delivery::Reset { reason } => panic!("unexpected reset: {reason:?}"),
+        }
+    }
+    publish.await.unwrap();
+    let rx = receiver.stats().await;
+    let tx = sender.stats().await.protocol;
+    let p = &rx.protocol;
+    eprintln!(
+        "5000 events in {} datagrams; receiver dropped {}; NAKs sent {}, suppressed {}; \
+         repairs sent {} ({} events), received {}; events repaired {}; \
+         time to repair p50 {} µs, p99 {} µs",
+        tx.data_sent,
+        rx.hook_dropped,
+        p.naks_sent,
+        p.naks_suppressed,
+        tx.repairs_sent,
+        tx.repaired_events_sent,
+        p.repairs_received,
+        p.events_repaired,
+        p.repair_time.quantile_us(0.5),
+        p.repair_time.quantile_us(0.99),
+    );
+    assert_eq!(p.resets_total(), 0);
+    assert!(rx.hook_dropped > 0 && p.events_repaired > 0);
+    assert!(
+        tx.data_sent >= 200,
+        "the test needs many datagrams: {}",
+        tx.data_sent
+    );
+}
+
+#[tokio::test]
+async fn a_loss_the_sender_no_longer_holds_is_a_reset_with_reason_unavailable() {
+    let c = Cluster::new();
+    let mut tx_cfg = c.config("sender");
+    // A ring of a few events only.
+    tx_cfg.protocol.retransmit_bytes = 200;
+    let sender = Node::join(tx_cfg).await.unwrap();
+    let mut cfg = c.config("receiver");
+    cfg.drop_incoming = Some(drop_data(&c.name, |first, _| first == 1));
+    let receiver = Node::join(cfg).await.unwrap();
+    let mut sub = receiver.subscribe();
+    sender.invalidate(["lost"]).await.unwrap();
+    for i in 0..100 {
+        sender
+            .invalidate([format!("pushes-lost-out-of-the-ring-{i}")])
+            .await
+            .unwrap();
+    }
+    let d = recv_until(&mut sub, "the reset", |d| {
+        matches!(d, Delivery::Reset { .. })
+    })
+    .await;
+    // The dropped datagram held seq 1 and whatever was batched with it.
+    let Delivery::Reset {
+        reason: ResetReason::Unavailable { stream, missing },
+    } = d
+    else {
+        panic!("expected Unavailable, got {d:?}");
+    };
+    assert_eq!(stream, sender.stream());
+    assert!(
+        missing.0 == 1 && missing.1 > 1 && missing.1 <= 101,
+        "{missing:?}"
+    );
+    let s = receiver.stats().await.protocol;
+    assert_eq!(s.resets.get("unavailable"), Some(&1));
+    assert_eq!(s.events_repaired, 0);
+}
+
+#[tokio::test]
+async fn shutdown_lingers_to_repair_a_lost_last_event() {
+    let c = Cluster::new();
+    let mut tx_cfg = c.config("sender");
+    tx_cfg.linger = std::time::Duration::from_millis(300);
+    let sender = Node::join(tx_cfg).await.unwrap();
+    let stream = sender.stream();
+    let mut cfg = c.config("receiver");
+    cfg.drop_incoming = Some(drop_data(&c.name, |_, _| true));
+    let receiver = Node::join(cfg).await.unwrap();
+    let mut sub = receiver.subscribe();
+    sender.invalidate(["last-words"]).await.unwrap();
+    sender.shutdown().await;
+    let d = recv_until(&mut sub, "the repaired event", |_| true).await;
+    assert!(is_key(&d, stream, "last-words"), "{d:?}");
+    assert_eq!(receiver.stats().await.protocol.resets_total(), 0);
+}
