@@ -365,7 +365,7 @@ fn goodbye_with_tail_loss_and_no_linger_resets() {
     let resets = sim.resets(1);
     assert_eq!(resets.len(), 1, "{resets:?}");
     assert!(
-        matches!(resets[0].1, ResetReason::RetriesExhausted { stream, missing: (1, 2), tries: 6 } if stream == s0),
+        matches!(resets[0].1, ResetReason::RetriesExhausted { stream, missing: (1, 2), tries: 10 } if stream == s0),
         "{resets:?}"
     );
     assert!(sim.core(1).unwrap().stream_state(s0).is_none());

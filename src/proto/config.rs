@@ -43,11 +43,11 @@ pub struct CoreConfig {
     /// with the number of receivers that share a loss. Default 5 ms.
     pub nak_backoff: Duration,
     /// How long to wait for a repair before asking again; doubles with
-    /// every try. Default 20 ms.
+    /// every try, up to 16 times this. Default 20 ms.
     pub nak_retry: Duration,
     /// `Nak`s (sent or overheard) per gap before giving up with a `Reset`.
     /// 0 disables repair: a gap becomes a `Reset` after the reorder window.
-    /// Default 6.
+    /// Default 10 (about 2.2 s of asking).
     pub max_nak_tries: u32,
     /// A gap open longer than this is given up with a `Reset`. Default 5 s.
     pub max_gap_age: Duration,
@@ -92,7 +92,7 @@ impl Default for CoreConfig {
             reorder_window: Duration::from_millis(5),
             nak_backoff: Duration::from_millis(5),
             nak_retry: Duration::from_millis(20),
-            max_nak_tries: 6,
+            max_nak_tries: 10,
             max_gap_age: Duration::from_secs(5),
             retransmit_bytes: 4 << 20,
             retransmit_age: Duration::from_secs(30),

@@ -20,7 +20,7 @@
 //! The core never reads a clock, a socket or a global RNG: `now` is always a
 //! parameter, randomness comes from `CoreConfig::seed`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use rand::rngs::SmallRng;
@@ -58,6 +58,12 @@ pub struct NodeCore {
     next_hello: Option<Instant>,
     sender: Sender,
     streams: HashMap<u64, StreamReceiver>,
+    /// When each stream with open gaps wants to be woken, so that neither a
+    /// datagram nor a timeout has to look at every stream. Entries may be
+    /// stale (earlier than needed); a stale one only costs a wake-up.
+    wakes: BTreeSet<(Instant, u64)>,
+    /// Next scan of every stream for the silence timeout.
+    sweep_at: Instant,
     /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`.
     ended: VecDeque<u64>,
     ended_set: HashSet<u64>,
@@ -79,6 +85,8 @@ impl NodeCore {
             next_hello: Some(now),
             sender: Sender::new(&cfg, now),
             streams: HashMap::new(),
+            wakes: BTreeSet::new(),
+            sweep_at: now + cfg.stream_timeout / 20,
             ended: VecDeque::new(),
             ended_set: HashSet::new(),
             out: VecDeque::new(),
@@ -166,13 +174,19 @@ impl NodeCore {
         let mut sink = sink!(self);
         let streams = &mut self.streams;
         let ended = &self.ended_set;
+        let in_sync = now < sync_until;
+        let nak_target = match &dgram.body {
+            Body::Nak { stream, .. } => Some(*stream),
+            _ => None,
+        };
         match dgram.body {
             Body::Hello { node } => {
                 self.sender.on_hello(now, sink.rng);
                 // A joiner publishes nothing before its join returns: its
                 // stream starts at 1.
-                if let Some(r) = receiver_for(streams, ended, &mut sink, now, sync_until, from, 1) {
-                    r.heard(now);
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, Some(1))
+                {
                     r.set_node(&node);
                 }
             }
@@ -182,31 +196,42 @@ impl NodeCore {
                 } else if let Some(r) = streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
-                touch(streams, now, from);
+                // Knowing that the NAK's sender exists matters: if it dies
+                // unheard, its stream times out with a Reset.
+                receiver_for(streams, ended, &mut sink, now, sync_until, from, None);
             }
             Body::Unavailable { stream, ranges } => {
-                // Only a stream's own sender speaks for what it holds.
-                if stream == from {
-                    if let Some(r) = streams.get_mut(&stream) {
-                        r.heard(now);
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, None)
+                {
+                    // Only a stream's own sender speaks for what it holds.
+                    if stream == from {
                         r.unavailable(&ranges, &mut sink);
                     }
                 }
             }
             Body::Data { first_seq, events } => {
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, first_seq)
-                {
-                    r.heard(now);
+                if let Some(r) = receiver_for(
+                    streams,
+                    ended,
+                    &mut sink,
+                    now,
+                    sync_until,
+                    from,
+                    Some(first_seq),
+                ) {
                     r.on_events(now, first_seq, events, Arrival::Data, &mut sink);
                 }
             }
             Body::Repair { first_seq, events } => {
-                // Repairs never introduce a stream: one met through another
-                // receiver's repair would start at an arbitrary old seq.
-                if let Some(r) = streams.get_mut(&from) {
-                    r.heard(now);
-                    r.on_events(now, first_seq, events, Arrival::Repair, &mut sink);
+                if let Some(r) =
+                    receiver_for(streams, ended, &mut sink, now, sync_until, from, None)
+                {
+                    // A repair (asked for by someone else) does not place a
+                    // stream: it would start at an arbitrary old seq.
+                    if r.is_placed() || !in_sync {
+                        r.on_events(now, first_seq, events, Arrival::Repair, &mut sink);
+                    }
                 }
             }
             Body::Heartbeat {
@@ -214,25 +239,46 @@ impl NodeCore {
                 oldest,
                 node,
             } => {
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, next_seq)
-                {
-                    r.heard(now);
+                if let Some(r) = receiver_for(
+                    streams,
+                    ended,
+                    &mut sink,
+                    now,
+                    sync_until,
+                    from,
+                    Some(next_seq),
+                ) {
                     r.set_node(&node);
                     r.on_position(now, next_seq, Some(oldest), &mut sink);
                 }
             }
             Body::Goodbye { next_seq } => {
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, next_seq)
-                {
-                    r.heard(now);
+                if let Some(r) = receiver_for(
+                    streams,
+                    ended,
+                    &mut sink,
+                    now,
+                    sync_until,
+                    from,
+                    Some(next_seq),
+                ) {
                     r.on_goodbye(now, next_seq, &mut sink);
                 }
             }
         }
         self.after_resets(resets_before);
+        self.schedule(from);
+        if let Some(target) = nak_target {
+            self.schedule(target);
+        }
         self.retire_if_finished(from);
+    }
+
+    /// Records when `stream` next wants to be woken (its earliest gap).
+    fn schedule(&mut self, stream: u64) {
+        if let Some(t) = self.streams.get(&stream).and_then(|r| r.poll_timeout()) {
+            self.wakes.insert((t, stream));
+        }
     }
 
     /// A `Reset` tells the application to clear everything, which covers
@@ -283,29 +329,48 @@ impl NodeCore {
             self.stats.heartbeats_sent += 1;
         }
         let resets_before = self.stats.resets_total();
-        let mut sink = sink!(self);
         let mut finished = Vec::new();
-        let mut timed_out = Vec::new();
-        for r in self.streams.values_mut() {
-            if r.poll_timeout().is_some_and(|t| t <= now) {
-                r.handle_timeout(now, &mut sink);
+        let mut woken = Vec::new();
+        while let Some(&(t, stream)) = self.wakes.first() {
+            if t > now {
+                break;
+            }
+            self.wakes.remove(&(t, stream));
+            woken.push(stream);
+        }
+        let mut sink = sink!(self);
+        for &stream in &woken {
+            if let Some(r) = self.streams.get_mut(&stream) {
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now, &mut sink);
+                }
                 if r.is_finished() {
-                    finished.push(r.stream());
+                    finished.push(stream);
                 }
             }
-            if r.last_heard() + self.cfg.stream_timeout <= now {
-                timed_out.push(r.stream());
-            }
         }
-        for s in timed_out {
-            if let Some(mut r) = self.streams.remove(&s) {
-                tracing::debug!(stream = s, "stream timed out");
-                sink.stats.streams_timed_out += 1;
-                r.time_out(&mut sink);
+        if self.sweep_at <= now {
+            self.sweep_at = now + self.cfg.stream_timeout / 20;
+            let timeout = self.cfg.stream_timeout;
+            let timed_out: Vec<u64> = self
+                .streams
+                .values()
+                .filter(|r| r.last_heard() + timeout <= now)
+                .map(|r| r.stream())
+                .collect();
+            for s in timed_out {
+                if let Some(mut r) = self.streams.remove(&s) {
+                    tracing::debug!(stream = s, "stream timed out");
+                    sink.stats.streams_timed_out += 1;
+                    r.time_out(&mut sink);
+                }
             }
         }
         self.stats.streams = self.streams.len() as u64;
         self.after_resets(resets_before);
+        for s in woken {
+            self.schedule(s);
+        }
         for s in finished {
             self.retire_if_finished(s);
         }
@@ -323,10 +388,8 @@ impl NodeCore {
         if self.hellos_left > 0 {
             consider(self.next_hello);
         }
-        for r in self.streams.values() {
-            consider(r.poll_timeout());
-            consider(Some(r.last_heard() + self.cfg.stream_timeout));
-        }
+        consider(self.wakes.first().map(|(t, _)| *t));
+        consider(Some(self.sweep_at));
         t
     }
 
@@ -358,18 +421,12 @@ impl NodeCore {
     }
 }
 
-/// Marks a known stream as heard from.
-fn touch(streams: &mut HashMap<u64, StreamReceiver>, now: Instant, stream: u64) {
-    if let Some(r) = streams.get_mut(&stream) {
-        r.heard(now);
-    }
-}
-
-/// The receiver of `stream`, created if new. `pos` is the first seq the
-/// datagram that met it speaks of. A stream met during the sync window is
-/// followed from there (nothing before the join matters); one met later is
-/// followed from seq 1, so that history we never saw is a gap to repair.
-/// `None` for a stream that already said `Goodbye`.
+/// The receiver of `stream` (created if new), marked as heard from now.
+/// `pos` is the first seq the datagram speaks of, if it tells one. A stream
+/// met during the sync window is followed from its position (nothing before
+/// the join matters); one met later is followed from seq 1, so that history
+/// we never saw is a gap to repair. `None` for a stream that already said
+/// `Goodbye`.
 fn receiver_for<'a>(
     streams: &'a mut HashMap<u64, StreamReceiver>,
     ended: &HashSet<u64>,
@@ -377,22 +434,28 @@ fn receiver_for<'a>(
     now: Instant,
     sync_until: Instant,
     stream: u64,
-    pos: u64,
+    pos: Option<u64>,
 ) -> Option<&'a mut StreamReceiver> {
     if ended.contains(&stream) {
         sink.stats.drop("ended_stream");
         return None;
     }
+    let in_sync = now < sync_until;
     if !streams.contains_key(&stream) {
         if streams.len() >= sink.cfg.max_streams {
             evict_one(streams, sink);
         }
-        let start = if now < sync_until { pos } else { 1 };
-        tracing::debug!(stream, start, "new stream");
+        let start = if in_sync { pos } else { Some(1) };
+        tracing::debug!(stream, ?start, "new stream");
         streams.insert(stream, StreamReceiver::new(stream, start, now));
         sink.stats.streams = streams.len() as u64;
     }
-    streams.get_mut(&stream)
+    let r = streams.get_mut(&stream)?;
+    r.heard(now);
+    if let Some(pos) = pos {
+        r.place(pos, in_sync);
+    }
+    Some(r)
 }
 
 /// Evicts the least recently heard stream (table full).

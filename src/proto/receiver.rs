@@ -59,9 +59,10 @@ impl Sink<'_> {
     }
 
     /// When a gap that just got a `Nak` (sent or overheard) should be
-    /// looked at again: the retry interval doubling per try, plus back-off.
+    /// looked at again: the retry interval doubling per try (up to 16
+    /// times), plus back-off.
     fn retry_due(&mut self, now: Instant, tries: u32) -> Instant {
-        let exp = tries.saturating_sub(1).min(10);
+        let exp = tries.saturating_sub(1).min(4);
         now + self.cfg.nak_retry * (1u32 << exp) + self.backoff()
     }
 }
@@ -88,19 +89,45 @@ pub struct StreamReceiver {
     last_heard: Instant,
     /// `next_seq` of the stream's `Goodbye`, once heard.
     ending: Option<u64>,
+    /// False while only datagrams that do not tell the stream's position
+    /// (`Nak`, `Repair`, `Unavailable`) were heard from it.
+    placed: bool,
 }
 
 impl StreamReceiver {
-    /// Starts following `stream` at seq `start`: nothing below it is expected.
-    pub fn new(stream: u64, start: u64, now: Instant) -> Self {
+    /// Starts following `stream` at seq `start`: nothing below it is
+    /// expected. `None`: the position is not known yet; until
+    /// [`StreamReceiver::place`] says otherwise, it is followed from seq 1.
+    pub fn new(stream: u64, start: Option<u64>, now: Instant) -> Self {
+        let base = start.unwrap_or(1);
         StreamReceiver {
             stream,
             node: None,
-            base: start,
-            known_end: start,
+            base,
+            known_end: base,
             gaps: GapSet::new(),
             last_heard: now,
             ending: None,
+            placed: start.is_some(),
+        }
+    }
+
+    /// True once the stream's position is known.
+    pub fn is_placed(&self) -> bool {
+        self.placed
+    }
+
+    /// The stream's position `pos` is now known. During the joiner's sync
+    /// window, a stream not placed yet starts there (nothing before the join
+    /// matters); afterwards it stays followed from seq 1.
+    pub fn place(&mut self, pos: u64, in_sync: bool) {
+        if self.placed {
+            return;
+        }
+        self.placed = true;
+        if in_sync && self.gaps.is_empty() && self.known_end == self.base {
+            self.base = pos;
+            self.known_end = pos;
         }
     }
 
