@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 
 pub use crate::net::driver::DropHook;
 use crate::net::driver::{Command, Driver, DriverStats};
@@ -160,12 +160,19 @@ pub struct NodeStats {
 }
 
 struct Shared {
-    deliveries: broadcast::Sender<Delivery>,
+    /// Weak, so that subscriptions end when the driver stops.
+    deliveries: broadcast::WeakSender<Delivery>,
     /// Subscribed at join, so that the first subscriber misses nothing
     /// between `join` returning and its `subscribe`.
     first: Mutex<Option<broadcast::Receiver<Delivery>>>,
     lagged: Arc<AtomicU64>,
     final_stats: Arc<Mutex<Option<DriverStats>>>,
+    /// True once shutdown began. Publishers hold it for reading while they
+    /// queue an event, so that no event is queued behind the `Shutdown`
+    /// (where it would be lost while the caller was told it was sent).
+    closed: RwLock<bool>,
+    /// Becomes true when the driver has stopped.
+    done: watch::Receiver<bool>,
     max_datagram: usize,
     stream: u64,
     interface: ResolvedInterface,
@@ -239,6 +246,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(4096);
         let (deliveries, first) = broadcast::channel(config.subscriber_queue);
         let final_stats = Arc::new(Mutex::new(None));
+        let (done_tx, done) = watch::channel(false);
         let driver = Driver {
             core,
             socket: udp,
@@ -248,16 +256,19 @@ impl Node {
             drop_hook: config.drop_incoming.clone(),
             linger: config.linger,
             final_stats: final_stats.clone(),
+            done: done_tx,
         };
         tokio::spawn(driver.run());
         tokio::time::sleep_until(sync_deadline).await;
         Ok(Node {
             commands: tx,
             shared: Arc::new(Shared {
-                deliveries,
+                deliveries: deliveries.downgrade(),
                 first: Mutex::new(Some(first)),
                 lagged: Arc::new(AtomicU64::new(0)),
                 final_stats,
+                closed: RwLock::new(false),
+                done,
                 max_datagram: core_cfg.max_datagram,
                 stream: core_cfg.stream,
                 interface: sock.interface,
@@ -283,6 +294,10 @@ impl Node {
     /// with whatever else is being published.
     pub async fn publish(&self, event: Event) -> Result<(), PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
+        let closed = self.shared.closed.read().await;
+        if *closed {
+            return Err(PublishError::Closed);
+        }
         self.commands
             .send(Command::Publish(event))
             .await
@@ -323,8 +338,17 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let rx = first.unwrap_or_else(|| match self.shared.deliveries.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => {
+                // The node has stopped: a subscription that has ended.
+                let (tx, rx) = broadcast::channel(1);
+                drop(tx);
+                rx
+            }
+        });
         Subscription {
-            rx: first.unwrap_or_else(|| self.shared.deliveries.subscribe()),
+            rx,
             lagged: self.shared.lagged.clone(),
         }
     }
@@ -332,8 +356,14 @@ impl Node {
     /// A snapshot of the counters (the last one, after shutdown).
     pub async fn stats(&self) -> NodeStats {
         let (tx, rx) = oneshot::channel();
+        let mut done = self.shared.done.clone();
         let d = if self.commands.send(Command::Stats(tx)).await.is_ok() {
-            rx.await.ok()
+            // The driver may stop before it reads the request: then its
+            // last counters are in `final_stats`.
+            tokio::select! {
+                r = rx => r.ok(),
+                _ = done.wait_for(|d| *d) => None,
+            }
         } else {
             None
         };
@@ -367,10 +397,15 @@ impl Node {
     /// late requests, and stops. Publishing afterwards fails with
     /// [`PublishError::Closed`]; subscriptions end.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        {
+            let mut closed = self.shared.closed.write().await;
+            if !*closed {
+                *closed = true;
+                let _ = self.commands.send(Command::Shutdown).await;
+            }
         }
+        let mut done = self.shared.done.clone();
+        let _ = done.wait_for(|d| *d).await;
     }
 }
 

@@ -1,15 +1,69 @@
 //! `cachecast send` → `cachecast listen` end to end, through the built
 //! binary, on loopback (interface 127.0.0.1, TTL 0).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
+
+/// Waits for `child` with a deadline (killing it and failing past it), and
+/// collects what it printed.
+fn finish(mut child: Child) -> Output {
+    let limit = Duration::from_secs(20);
+    let pipe = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = pipe(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = pipe(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("cachecast did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Runs a command to completion, with a deadline.
+fn run(cmd: &mut Command) -> Output {
+    finish(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
 
 fn net_args() -> Vec<String> {
     let port = UdpSocket::bind("127.0.0.1:0")
@@ -74,7 +128,7 @@ fn send(net: &[String], what: &[&str], stdin: Option<&str>) -> std::process::Out
         input.write_all(s.as_bytes()).unwrap();
     }
     drop(input);
-    child.wait_with_output().unwrap()
+    finish(child)
 }
 
 fn next(rx: &mpsc::Receiver<Value>) -> Value {
@@ -85,7 +139,7 @@ fn next(rx: &mpsc::Receiver<Value>) -> Value {
 #[test]
 fn send_reaches_listen_for_every_kind_of_event() {
     let net = net_args();
-    let (mut child, rx) = listen(&net, &["--count", "5", "--timeout", "30s", "--stats"]);
+    let (child, rx) = listen(&net, &["--count", "5", "--timeout", "30s", "--stats"]);
 
     let out = send(
         &net,
@@ -139,7 +193,7 @@ fn send_reaches_listen_for_every_kind_of_event() {
     assert_eq!(stats["type"], "stats");
     assert!(stats["events_delivered"].as_u64().unwrap() >= 5);
     assert_eq!(stats["resets"], serde_json::json!({}));
-    assert!(child.wait().unwrap().success());
+    assert!(finish(child).status.success());
 }
 
 #[test]
@@ -160,13 +214,7 @@ fn bad_input_exits_non_zero_with_a_one_line_error() {
         ),
     ];
     for (net, args, needle) in cases {
-        let out = Command::new(BIN)
-            .arg("send")
-            .args(&net)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = run(Command::new(BIN).arg("send").args(&net).args(args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -186,12 +234,12 @@ fn bad_input_exits_non_zero_with_a_one_line_error() {
 
 #[test]
 fn help_explains_the_commands() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = run(Command::new(BIN).arg("--help"));
     let help = String::from_utf8_lossy(&out.stdout);
     for word in ["send", "listen", "Reset"] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
-    let out = Command::new(BIN).args(["send", "--help"]).output().unwrap();
+    let out = run(Command::new(BIN).args(["send", "--help"]));
     let help = String::from_utf8_lossy(&out.stdout);
     for word in [
         "--group",

@@ -62,11 +62,13 @@ async fn restarted_frontend_gets_the_backends_very_next_invalidation() {
     let fe2 = c.join("frontend-2").await;
     let mut sub2 = fe2.subscribe();
     backend.invalidate(["product:1"]).await.unwrap();
-    let d = recv_until(&mut sub2, "the first invalidation after restart", |d| {
-        keys_of(d).is_some() || matches!(d, Delivery::Reset { .. })
+    // (Should the restarted frontend miss every Hello answer, it meets the
+    // backend's stream later and replays its history first: still fine.)
+    recv_until(&mut sub2, "the first invalidation after restart", |d| {
+        assert!(!matches!(d, Delivery::Reset { .. }), "{d:?}");
+        is_key(d, backend.stream(), "product:1")
     })
     .await;
-    assert!(is_key(&d, backend.stream(), "product:1"), "got {d:?}");
     assert_eq!(fe2.stats().await.protocol.resets_total(), 0);
     recv_until(&mut sub1, "frontend-1 too", |d| {
         is_key(d, backend.stream(), "product:1")
@@ -139,10 +141,8 @@ async fn tail_loss_is_noticed_and_repaired_within_50_ms() {
         "tail loss repaired after {took:?}"
     );
     let s = receiver.stats().await.protocol;
-    assert_eq!(
-        (s.naks_sent, s.events_repaired, s.resets_total()),
-        (1, 1, 0)
-    );
+    assert!(s.naks_sent >= 1);
+    assert_eq!((s.events_repaired, s.resets_total()), (1, 0));
 }
 
 #[tokio::test]
@@ -230,4 +230,46 @@ async fn publishing_after_shutdown_and_oversize_events_are_clear_errors() {
     node.shutdown().await;
     let err = node.invalidate(["k"]).await.unwrap_err();
     assert_eq!(err, cachecast::node::PublishError::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_racing_shutdown_is_sent_or_refused_never_dropped() {
+    let c = Cluster::new();
+    let rx = c.join("rx").await;
+    let mut sub = rx.subscribe();
+    let tx = c.join("tx").await;
+    let other = tx.clone();
+    let sd = tokio::spawn({
+        let tx = tx.clone();
+        async move { tx.shutdown().await }
+    });
+    // Load shaping, not a wait for a condition: land inside the linger.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let r = other.invalidate(["written-after-shutdown-began"]).await;
+    sd.await.unwrap();
+    if r.is_ok() {
+        recv_until(&mut sub, "the accepted event", |d| {
+            is_key(d, tx.stream(), "written-after-shutdown-began")
+        })
+        .await;
+    } else {
+        assert_eq!(r, Err(cachecast::node::PublishError::Closed));
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_end_after_shutdown() {
+    let c = Cluster::new();
+    let n = c.join("n").await;
+    let mut sub = n.subscribe();
+    n.shutdown().await;
+    let r = tokio::time::timeout(DEADLINE, sub.recv()).await;
+    assert!(matches!(r, Ok(None)), "recv() after shutdown: {r:?}");
+    let mut late = n.subscribe();
+    assert!(
+        late.recv().await.is_none(),
+        "a subscription made after shutdown has ended"
+    );
+    // And the counters are still there.
+    assert_eq!(n.stats().await.protocol.hellos_sent, 3);
 }

@@ -130,6 +130,8 @@ pub fn pack_keys(keys: Vec<String>, max_datagram: usize) -> Result<Vec<Event>, S
 pub async fn run(args: SendArgs) -> Result<(), String> {
     let mut config = args.net.config("send");
     config.linger = args.linger;
+    // `send` never subscribes: keep no backlog of deliveries.
+    config.subscriber_queue = 16;
     let events = events(&args.what, config.protocol.max_datagram)?;
     let node = Node::join(config).await.map_err(|e| e.to_string())?;
     let n = events.len();

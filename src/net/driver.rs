@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::proto::{Delivery, NodeCore, Stats};
@@ -21,7 +21,7 @@ pub type DropHook = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 pub(crate) enum Command {
     Publish(Event),
     Stats(oneshot::Sender<DriverStats>),
-    Shutdown(oneshot::Sender<()>),
+    Shutdown,
 }
 
 /// Counters of the protocol plus the driver's own.
@@ -43,6 +43,8 @@ pub(crate) struct Driver {
     pub linger: Duration,
     /// Where the driver leaves its last counters when it stops.
     pub final_stats: Arc<Mutex<Option<DriverStats>>>,
+    /// Set to true when the driver has stopped, after `final_stats`.
+    pub done: watch::Sender<bool>,
 }
 
 /// Publishes at most this many queued events per loop turn, so that
@@ -60,34 +62,18 @@ impl Driver {
         let mut rx_buf = vec![0u8; crate::wire::MAX_DATAGRAM + 1];
         let mut tx_buf = Vec::with_capacity(2048);
         let mut stats = DriverStats::default();
-        let mut closing: Option<(Instant, Option<oneshot::Sender<()>>)> = None;
+        let mut linger_end: Option<Instant> = None;
+        let mut handles_alive = true;
         loop {
+            // Timers first, whatever else is busy: a flood of datagrams or
+            // of publishes must not hold back heartbeats, Naks or Resets.
+            let now = Self::now();
+            if self.core.poll_timeout().is_some_and(|w| w <= now) {
+                self.core.handle_timeout(now);
+                self.drain(&mut tx_buf, &mut stats).await;
+            }
             let wake = self.core.poll_timeout().map(Instant::from_std);
-            let linger_end = closing.as_ref().map(|(t, _)| *t);
             tokio::select! {
-                biased;
-                cmd = self.commands.recv(), if closing.is_none() => {
-                    let now = Self::now();
-                    match cmd {
-                        Some(Command::Publish(event)) => {
-                            self.publish(now, event);
-                            // Opportunistic batching: whatever else is queued
-                            // goes into the same datagrams.
-                            for _ in 0..MAX_PUBLISH_BATCH {
-                                match self.commands.try_recv() {
-                                    Ok(Command::Publish(event)) => self.publish(now, event),
-                                    Ok(other) => { self.other(other, &mut stats, &mut closing); break; }
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Some(other) => self.other(other, &mut stats, &mut closing),
-                        None => {
-                            self.core.close(now);
-                            closing = Some((Instant::now() + self.linger, None));
-                        }
-                    }
-                }
                 r = self.socket.recv_from(&mut rx_buf) => {
                     match r {
                         Ok((n, _from)) => {
@@ -104,6 +90,26 @@ impl Driver {
                         }
                     }
                 }
+                cmd = self.commands.recv(), if handles_alive => {
+                    match cmd {
+                        Some(cmd) => {
+                            self.command(cmd, &mut stats, &mut linger_end);
+                            // Opportunistic batching: whatever else is queued
+                            // goes into the same datagrams.
+                            for _ in 0..MAX_PUBLISH_BATCH {
+                                match self.commands.try_recv() {
+                                    Ok(cmd) => self.command(cmd, &mut stats, &mut linger_end),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        None => {
+                            // Every handle is gone: end as if shut down.
+                            handles_alive = false;
+                            self.command(Command::Shutdown, &mut stats, &mut linger_end);
+                        }
+                    }
+                }
                 _ = sleep_until_opt(wake) => {
                     self.core.handle_timeout(Self::now());
                 }
@@ -115,9 +121,7 @@ impl Driver {
         }
         stats.protocol = self.core.stats().clone();
         *self.final_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
-        if let Some((_, Some(ack))) = closing {
-            let _ = ack.send(());
-        }
+        self.done.send_replace(true);
     }
 
     fn publish(&mut self, now: std::time::Instant, event: Event) {
@@ -128,21 +132,18 @@ impl Driver {
         }
     }
 
-    fn other(
-        &mut self,
-        cmd: Command,
-        stats: &mut DriverStats,
-        closing: &mut Option<(Instant, Option<oneshot::Sender<()>>)>,
-    ) {
+    fn command(&mut self, cmd: Command, stats: &mut DriverStats, linger_end: &mut Option<Instant>) {
         match cmd {
             Command::Publish(event) => self.publish(Self::now(), event),
             Command::Stats(tx) => {
                 stats.protocol = self.core.stats().clone();
                 let _ = tx.send(stats.clone());
             }
-            Command::Shutdown(ack) => {
-                self.core.close(Self::now());
-                *closing = Some((Instant::now() + self.linger, Some(ack)));
+            Command::Shutdown => {
+                if linger_end.is_none() {
+                    self.core.close(Self::now());
+                    *linger_end = Some(Instant::now() + self.linger);
+                }
             }
         }
     }

@@ -45,11 +45,13 @@ pub struct CoreConfig {
     /// How long to wait for a repair before asking again; doubles with
     /// every try, up to 16 times this. Default 20 ms.
     pub nak_retry: Duration,
-    /// `Nak`s (sent or overheard) per gap before giving up with a `Reset`.
+    /// `Nak`s sent per gap before giving up with a `Reset` (an overheard
+    /// `Nak` postpones ours but does not count).
     /// 0 disables repair: a gap becomes a `Reset` after the reorder window.
     /// Default 10 (about 2.2 s of asking).
     pub max_nak_tries: u32,
-    /// A gap open longer than this is given up with a `Reset`. Default 5 s.
+    /// A gap open longer than this is given up with a `Reset`, however
+    /// often its `Nak`s were postponed. Default 5 s.
     pub max_gap_age: Duration,
     /// Retransmit ring: bytes of sent events kept for repair. Default 4 MiB.
     pub retransmit_bytes: usize,

@@ -289,8 +289,16 @@ impl NodeCore {
             return;
         }
         let mut sink = sink!(self);
+        let mut finished = Vec::new();
         for r in self.streams.values_mut() {
             r.cover_gaps(&mut sink);
+            if r.is_finished() {
+                finished.push(r.stream());
+            }
+        }
+        // A stream that said Goodbye and only waited for these gaps is done.
+        for s in finished {
+            self.retire_if_finished(s);
         }
     }
 

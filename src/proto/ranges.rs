@@ -147,6 +147,76 @@ impl GapSet {
     }
 }
 
+/// A bounded set of disjoint seq ranges without metadata: the ranges a
+/// receiver gave up on (after a `Reset`), so that an event of them that
+/// still arrives late is delivered rather than taken for a duplicate.
+#[derive(Debug, Default, Clone)]
+pub struct RangeSet {
+    ranges: BTreeMap<u64, u64>,
+    max: usize,
+}
+
+impl RangeSet {
+    /// An empty set that keeps at most `max` ranges (the lowest go first).
+    pub fn new(max: usize) -> Self {
+        RangeSet {
+            ranges: BTreeMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Adds `start..end`, merging with overlapping or adjacent ranges.
+    pub fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        let touching: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=end)
+            .rev()
+            .take_while(|(_, e)| **e >= start)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in touching {
+            self.ranges.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.ranges.insert(start, end);
+        while self.ranges.len() > self.max {
+            self.ranges.pop_first();
+        }
+    }
+
+    /// Removes `seq` if present (splitting its range); true if it was.
+    pub fn take(&mut self, seq: u64) -> bool {
+        let Some((&start, &end)) = self.ranges.range(..=seq).next_back() else {
+            return false;
+        };
+        if seq >= end {
+            return false;
+        }
+        self.ranges.remove(&start);
+        if start < seq {
+            self.ranges.insert(start, seq);
+        }
+        if seq + 1 < end {
+            self.ranges.insert(seq + 1, end);
+        }
+        true
+    }
+
+    /// Number of disjoint ranges.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +252,20 @@ mod tests {
         assert_eq!(g.missing_count(), 2);
         assert_eq!(g.hull(), Some((6, 9)));
         assert!(g.contains(6) && !g.contains(7) && g.contains(8));
+    }
+
+    #[test]
+    fn range_set_merges_splits_and_stays_bounded() {
+        let mut r = RangeSet::new(2);
+        r.insert(10, 20);
+        r.insert(20, 25);
+        r.insert(5, 11);
+        assert_eq!(r.len(), 1);
+        assert!(r.take(7) && !r.take(7) && !r.take(25) && r.take(24));
+        assert_eq!(r.len(), 2);
+        r.insert(100, 101);
+        assert_eq!(r.len(), 2, "the lowest range went");
+        assert!(!r.take(5) && r.take(100));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use rand::Rng;
 
 use crate::proto::config::CoreConfig;
 use crate::proto::delivery::{Delivery, ResetReason};
-use crate::proto::ranges::{Gap, GapSet};
+use crate::proto::ranges::{Gap, GapSet, RangeSet};
 use crate::proto::stats::Stats;
 use crate::wire::{self, Body, Event, SeqRange};
 
@@ -58,12 +58,13 @@ impl Sink<'_> {
         })
     }
 
-    /// When a gap that just got a `Nak` (sent or overheard) should be
-    /// looked at again: the retry interval doubling per try (up to 16
-    /// times), plus back-off.
-    fn retry_due(&mut self, now: Instant, tries: u32) -> Instant {
+    /// When a gap opened at `opened` that just got a `Nak` (sent or
+    /// overheard) should be looked at again: the retry interval doubling per
+    /// try (up to 16 times), plus back-off; never past its maximum age.
+    fn retry_due(&mut self, now: Instant, opened: Instant, tries: u32) -> Instant {
         let exp = tries.saturating_sub(1).min(4);
-        now + self.cfg.nak_retry * (1u32 << exp) + self.backoff()
+        let due = now + self.cfg.nak_retry * (1u32 << exp) + self.backoff();
+        due.min(opened + self.cfg.max_gap_age).max(now)
     }
 }
 
@@ -89,6 +90,8 @@ pub struct StreamReceiver {
     last_heard: Instant,
     /// `next_seq` of the stream's `Goodbye`, once heard.
     ending: Option<u64>,
+    /// Ranges given up with a `Reset`; bounded by `max_gaps`.
+    given_up: RangeSet,
     /// False while only datagrams that do not tell the stream's position
     /// (`Nak`, `Repair`, `Unavailable`) were heard from it.
     placed: bool,
@@ -108,6 +111,7 @@ impl StreamReceiver {
             gaps: GapSet::new(),
             last_heard: now,
             ending: None,
+            given_up: RangeSet::new(256),
             placed: start.is_some(),
         }
     }
@@ -201,6 +205,12 @@ impl StreamReceiver {
                     self.open_gap(now, self.known_end, seq, sink);
                 }
                 self.known_end = seq + 1;
+            } else if self.given_up.take(seq) {
+                // Given up (a Reset covered it) but here after all: deliver
+                // it anyway, which is harmless, rather than drop it as a
+                // duplicate, which would be wrong if the range was bogus
+                // (e.g. a far-future seq that made a huge gap).
+                sink.stats.late_after_reset += 1;
             } else if let Some(gap) = self.gaps.fill(seq) {
                 match how {
                     Arrival::Repair => {
@@ -255,6 +265,7 @@ impl StreamReceiver {
         let mut lost: Option<SeqRange> = None;
         for &(start, end) in ranges {
             for (s, e) in self.gaps.remove_range(start, end) {
+                self.given_up.insert(s, e);
                 lost = Some(lost.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
             }
         }
@@ -277,8 +288,11 @@ impl StreamReceiver {
     fn postpone(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
         let hit: Vec<u64> = self.gaps.overlapping(start, end).map(|(s, _)| s).collect();
         for s in hit {
-            let tries = self.gaps.get_mut(s).map_or(0, |g| g.tries);
-            let due = sink.retry_due(now, tries.max(1));
+            let Some(g) = self.gaps.get_mut(s) else {
+                continue;
+            };
+            let (tries, opened) = (g.tries, g.opened);
+            let due = sink.retry_due(now, opened, tries.max(1));
             if let Some(g) = self.gaps.get_mut(s) {
                 if g.due < due {
                     g.due = due;
@@ -310,6 +324,7 @@ impl StreamReceiver {
         while self.gaps.len() > sink.cfg.max_gaps {
             if let Some((s, g)) = self.gaps.first() {
                 self.gaps.remove(s);
+                self.given_up.insert(s, g.end);
                 sink.reset(ResetReason::TooManyGaps {
                     stream: self.stream,
                     missing: (s, g.end),
@@ -322,6 +337,9 @@ impl StreamReceiver {
     /// covers them (everything missing was sent before it).
     pub fn cover_gaps(&mut self, sink: &mut Sink<'_>) {
         sink.stats.gaps_covered_by_reset += self.gaps.len() as u64;
+        for (s, g) in self.gaps.iter() {
+            self.given_up.insert(s, g.end);
+        }
         self.gaps = GapSet::new();
     }
 
@@ -344,15 +362,17 @@ impl StreamReceiver {
         for (s, g) in due {
             if now.saturating_duration_since(g.opened) >= cfg.max_gap_age {
                 self.gaps.remove(s);
+                self.given_up.insert(s, g.end);
                 too_old = Some(too_old.map_or((s, g.end), |(a, _)| (a, g.end)));
             } else if g.tries >= cfg.max_nak_tries {
                 self.gaps.remove(s);
+                self.given_up.insert(s, g.end);
                 exhausted = Some(exhausted.map_or(((s, g.end), g.tries), |((a, _), t)| {
                     ((a, g.end), t.max(g.tries))
                 }));
             } else {
                 ask.push((s, g.end));
-                let due = sink.retry_due(now, g.tries + 1);
+                let due = sink.retry_due(now, g.opened, g.tries + 1);
                 if let Some(g) = self.gaps.get_mut(s) {
                     g.tries += 1;
                     g.due = due;

@@ -129,9 +129,9 @@ impl Sender {
         }
         let size = wire::check_event(&event, self.max_datagram)?;
         self.ring.push(event.clone(), size, now);
-        if !self.batch.is_empty()
-            && wire::DATA_OVERHEAD + self.batch_bytes + size > self.max_datagram
-        {
+        let full = wire::DATA_OVERHEAD + self.batch_bytes + size > self.max_datagram
+            || self.batch.len() >= wire::MAX_EVENTS;
+        if !self.batch.is_empty() && full {
             self.seal(out);
         }
         self.batch.push(event);
@@ -283,7 +283,9 @@ impl Sender {
                     seq += 1;
                     continue;
                 }
-                if first.is_some() && bytes + entry.size > self.max_datagram {
+                if first.is_some()
+                    && (bytes + entry.size > self.max_datagram || events.len() >= wire::MAX_EVENTS)
+                {
                     break;
                 }
                 first.get_or_insert(seq);
@@ -296,8 +298,10 @@ impl Sender {
                 continue;
             };
             if self.tokens < bytes as f64 {
-                let wait = (bytes as f64 - self.tokens) / self.repair_rate as f64;
-                self.repair_at = Some(now + Duration::from_secs_f64(wait));
+                // Rounded up to a whole microsecond, so that the bucket has
+                // refilled when the timer fires (never a wake-up at `now`).
+                let wait_us = ((bytes as f64 - self.tokens) / self.repair_rate as f64 * 1e6).ceil();
+                self.repair_at = Some(now + Duration::from_micros((wait_us as u64).max(1)));
                 stats.repairs_deferred += 1;
                 return;
             }

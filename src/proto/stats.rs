@@ -60,6 +60,9 @@ pub struct Stats {
     pub repairs_received: u64,
     /// Missing events that a repair filled.
     pub events_repaired: u64,
+    /// Events that arrived after their gap was given up with a `Reset`
+    /// (delivered anyway).
+    pub late_after_reset: u64,
     /// Gaps dropped because a `Reset` was delivered after them (a Reset
     /// covers everything sent before it, so they need no repair).
     pub gaps_covered_by_reset: u64,

@@ -1,0 +1,423 @@
+//! Edge cases of the protocol core (found in review), each once a bug:
+//! driven through the sans-IO core or the simulator, in virtual time.
+
+use std::time::{Duration, Instant};
+
+use cachecast::proto::{CoreConfig, Delivery, NodeCore};
+use cachecast::sim::{data_seqs, Sim};
+use cachecast::wire::{self, Body, Event, Header};
+
+fn key(i: u64) -> Event {
+    Event::Invalidate {
+        keys: vec![format!("key-{i}")],
+    }
+}
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The repair token bucket once asked to be woken at `now` with no
+/// progress possible (a sub-nanosecond deficit rounded to a zero wait): a
+/// same-instant livelock, which the simulator turns into a panic.
+#[test]
+fn repair_pacing_never_wakes_at_the_same_instant_forever() {
+    let mut sim = Sim::new(1);
+    let tx = CoreConfig {
+        repair_rate: 1200, // bytes/s, the smallest that validates is max_datagram
+        ..CoreConfig::default()
+    };
+    sim.add_node("tx", tx);
+    sim.add_node("rx", CoreConfig::default());
+    sim.run_for(ms(200));
+    // rx loses every Data datagram: everything must come by repair.
+    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    for i in 0..2000 {
+        sim.publish(0, key(i));
+        sim.run_for(Duration::from_micros(300));
+    }
+    sim.run_for(Duration::from_secs(30)); // panics "livelock: 1,000,000 steps at the same instant"
+    let tx = sim.core(0).unwrap().stats().clone();
+    let rx = sim.core(1).unwrap().stats().clone();
+    eprintln!(
+        "deferred {} repairs_sent {} rx resets {:?} delivered {}",
+        tx.repairs_deferred, tx.repairs_sent, rx.resets, rx.events_delivered
+    );
+    assert!(tx.repairs_deferred > 0, "the rate limit was exercised");
+    assert!(rx.events_repaired > 0);
+    if let Err(v) = sim.check() {
+        panic!("{v}");
+    }
+}
+
+/// The sender once packed more than `wire::MAX_EVENTS` small events into
+/// one datagram, which every receiver rejects as invalid.
+#[test]
+fn many_tiny_events_are_split_at_max_events_per_datagram() {
+    let mut sim = Sim::new(2);
+    sim.add_nodes("n", 2);
+    sim.run_for(ms(200));
+    sim.publish_batch(0, (0..2000).map(|_| Event::ClearAll).collect());
+    sim.run_for(Duration::from_secs(3));
+    let s = sim.core(1).unwrap().stats().clone();
+    eprintln!(
+        "dropped {:?} resets {:?} delivered {}",
+        s.dropped, s.resets, s.events_delivered
+    );
+    assert_eq!(
+        s.events_delivered, 2000,
+        "dropped {:?} resets {:?}",
+        s.dropped, s.resets
+    );
+}
+
+fn dgram(cluster: u32, stream: u64, body: Body) -> Vec<u8> {
+    let mut b = Vec::new();
+    wire::encode(&Header::new(cluster, stream), &body, &mut b);
+    b
+}
+
+fn drain(core: &mut NodeCore, out: &mut Vec<Delivery>) {
+    let mut buf = Vec::new();
+    while core.poll_transmit(Instant::now(), &mut buf) {}
+    while let Some(d) = core.poll_delivery() {
+        out.push(d);
+    }
+}
+
+/// One heartbeat with a far-future `next_seq` (a bug, or a spoofed
+/// datagram: there is no authentication) costs one Reset; the real events
+/// of that stream that follow must still be delivered, not dropped as
+/// "duplicates" of the given-up range.
+#[test]
+fn a_far_future_heartbeat_does_not_blind_the_receiver() {
+    let cfg = CoreConfig::default();
+    let t0 = Instant::now();
+    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
+    let mut got = Vec::new();
+    let s = 42u64;
+    // Met during the sync window at seq 1.
+    core.handle_datagram(
+        t0,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Heartbeat {
+                next_seq: 1,
+                oldest: 1,
+                node: "tx".into(),
+            },
+        ),
+    );
+    let mut t = t0 + ms(200);
+    core.handle_datagram(
+        t,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Data {
+                first_seq: 1,
+                events: vec![key(1)],
+            },
+        ),
+    );
+    // The bogus position.
+    core.handle_datagram(
+        t,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Heartbeat {
+                next_seq: 1 << 40,
+                oldest: 1,
+                node: "tx".into(),
+            },
+        ),
+    );
+    for _ in 0..400 {
+        t += ms(10);
+        core.handle_timeout(t);
+        drain(&mut core, &mut got);
+    }
+    let resets_after_bogus = got
+        .iter()
+        .filter(|d| matches!(d, Delivery::Reset { .. }))
+        .count();
+    assert_eq!(resets_after_bogus, 1, "{got:?}");
+    got.clear();
+    // The real stream carries on: seq 2, 3, ... published well after that Reset.
+    for q in 2..10 {
+        t += ms(10);
+        core.handle_datagram(
+            t,
+            &dgram(
+                cfg.cluster,
+                s,
+                Body::Data {
+                    first_seq: q,
+                    events: vec![key(q)],
+                },
+            ),
+        );
+        core.handle_timeout(t);
+        drain(&mut core, &mut got);
+    }
+    assert!(
+        got.iter()
+            .any(|d| matches!(d, Delivery::Event { .. } | Delivery::Reset { .. })),
+        "seqs 2..10 neither delivered nor Reset: silent loss; duplicates counted = {}",
+        core.stats().duplicates
+    );
+}
+
+/// Overheard Naks postpone a gap's own Nak; they must not keep it open
+/// (no delivery, no Reset) past `max_gap_age`.
+#[test]
+fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
+    let cfg = CoreConfig::default();
+    let t0 = Instant::now();
+    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
+    let mut got = Vec::new();
+    let s = 42u64;
+    let peer = 43u64;
+    core.handle_datagram(
+        t0,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Heartbeat {
+                next_seq: 1,
+                oldest: 1,
+                node: "tx".into(),
+            },
+        ),
+    );
+    let mut t = t0 + ms(200);
+    core.handle_datagram(
+        t,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Data {
+                first_seq: 1,
+                events: vec![key(1)],
+            },
+        ),
+    );
+    core.handle_datagram(
+        t,
+        &dgram(
+            cfg.cluster,
+            s,
+            Body::Data {
+                first_seq: 3,
+                events: vec![key(3)],
+            },
+        ),
+    );
+    // For 30 s: the stream stays alive (heartbeats), and some other receiver
+    // keeps asking for seq 2 every 10 ms; the repairs never reach us.
+    for i in 0..3000 {
+        t += ms(10);
+        core.handle_datagram(
+            t,
+            &dgram(
+                cfg.cluster,
+                peer,
+                Body::Nak {
+                    stream: s,
+                    ranges: vec![(2, 3)],
+                },
+            ),
+        );
+        if i % 50 == 0 {
+            core.handle_datagram(
+                t,
+                &dgram(
+                    cfg.cluster,
+                    s,
+                    Body::Heartbeat {
+                        next_seq: 4,
+                        oldest: 1,
+                        node: "tx".into(),
+                    },
+                ),
+            );
+        }
+        if core.poll_timeout().is_some_and(|w| w <= t) {
+            core.handle_timeout(t);
+        }
+        drain(&mut core, &mut got);
+    }
+    let st = core.stream_state(s).unwrap();
+    assert!(
+        got.iter().any(|d| matches!(d, Delivery::Reset { .. })),
+        "gap {:?} still open after 30 s (max_gap_age {:?}), no Reset; naks sent {}",
+        st.gaps()
+            .iter()
+            .map(|(a, g)| (a, g.end, g.tries))
+            .collect::<Vec<_>>(),
+        cfg.max_gap_age,
+        core.stats().naks_sent
+    );
+}
+
+/// A stream that said Goodbye with a gap open, whose gap is then covered
+/// by a Reset of another stream, is finished: it must be retired, not time
+/// out 10 s later with a spurious `StreamTimedOut` Reset.
+#[test]
+fn goodbye_stream_covered_by_another_reset_is_retired() {
+    let cfg = CoreConfig::default();
+    let t0 = Instant::now();
+    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
+    let mut got = Vec::new();
+    let (a, b) = (42u64, 44u64);
+    for s in [a, b] {
+        core.handle_datagram(
+            t0,
+            &dgram(
+                cfg.cluster,
+                s,
+                Body::Heartbeat {
+                    next_seq: 1,
+                    oldest: 1,
+                    node: "x".into(),
+                },
+            ),
+        );
+    }
+    let mut t = t0 + ms(200);
+    // b: the sender no longer holds seq 1..3 -> Reset (Unavailable).
+    // a: Goodbye at 2, but seq 1 never arrived -> gap (1, 2), ending set.
+    core.handle_datagram(t, &dgram(cfg.cluster, a, Body::Goodbye { next_seq: 2 }));
+    core.handle_datagram(
+        t,
+        &dgram(
+            cfg.cluster,
+            b,
+            Body::Heartbeat {
+                next_seq: 3,
+                oldest: 3,
+                node: "x".into(),
+            },
+        ),
+    );
+    drain(&mut core, &mut got);
+    assert!(
+        core.stream_state(a).is_none(),
+        "a retired once b's Reset covered its gap"
+    );
+    got.clear();
+    for _ in 0..1200 {
+        t += ms(10);
+        core.handle_datagram(
+            t,
+            &dgram(
+                cfg.cluster,
+                b,
+                Body::Heartbeat {
+                    next_seq: 3,
+                    oldest: 3,
+                    node: "x".into(),
+                },
+            ),
+        );
+        if core.poll_timeout().is_some_and(|w| w <= t) {
+            core.handle_timeout(t);
+        }
+        drain(&mut core, &mut got);
+    }
+    assert!(got.is_empty(), "spurious: {got:?}");
+}
+
+/// Random mutations of valid datagrams never panic the core.
+#[test]
+fn mutated_datagrams_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let cfg = CoreConfig::default();
+    let t0 = Instant::now();
+    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
+    let seeds = [
+        dgram(
+            cfg.cluster,
+            7,
+            Body::Data {
+                first_seq: 3,
+                events: vec![
+                    key(1),
+                    Event::Custom {
+                        topic: "t".into(),
+                        payload: vec![1, 2, 3],
+                    },
+                    Event::InvalidatePrefix { prefix: "p".into() },
+                    Event::ClearAll,
+                ],
+            },
+        ),
+        dgram(
+            cfg.cluster,
+            7,
+            Body::Heartbeat {
+                next_seq: 9,
+                oldest: 2,
+                node: "n".into(),
+            },
+        ),
+        dgram(
+            cfg.cluster,
+            7,
+            Body::Nak {
+                stream: 1,
+                ranges: vec![(1, 5), (7, 9)],
+            },
+        ),
+        dgram(
+            cfg.cluster,
+            7,
+            Body::Unavailable {
+                stream: 7,
+                ranges: vec![(1, 5)],
+            },
+        ),
+        dgram(
+            cfg.cluster,
+            7,
+            Body::Repair {
+                first_seq: 1,
+                events: vec![key(1)],
+            },
+        ),
+        dgram(cfg.cluster, 7, Body::Goodbye { next_seq: 4 }),
+    ];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+    let mut t = t0;
+    for i in 0..300_000u64 {
+        let mut b = seeds[(i % seeds.len() as u64) as usize].clone();
+        for _ in 0..rng.gen_range(1..4) {
+            match rng.gen_range(0..3) {
+                0 => {
+                    let j = rng.gen_range(0..b.len());
+                    b[j] = rng.gen();
+                }
+                1 => {
+                    let j = rng.gen_range(0..=b.len());
+                    b.insert(j, rng.gen());
+                }
+                _ => {
+                    if b.len() > 1 {
+                        let j = rng.gen_range(0..b.len());
+                        b.remove(j);
+                    }
+                }
+            }
+        }
+        t += Duration::from_micros(50);
+        core.handle_datagram(t, &b);
+        if core.poll_timeout().is_some_and(|w| w <= t) {
+            core.handle_timeout(t);
+        }
+        let mut buf = Vec::new();
+        while core.poll_transmit(t, &mut buf) {}
+        while core.poll_delivery().is_some() {}
+    }
+    eprintln!("{:?}", core.stats().dropped);
+}
