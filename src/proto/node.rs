@@ -206,6 +206,7 @@ impl NodeCore {
                 {
                     // Only a stream's own sender speaks for what it holds.
                     if stream == from {
+                        sink.stats.unavailable_received += 1;
                         r.unavailable(&ranges, &mut sink);
                     }
                 }

@@ -56,6 +56,8 @@ pub struct Stats {
     pub repairs_deferred: u64,
     /// `Unavailable` answers this node sent.
     pub unavailable_sent: u64,
+    /// `Unavailable` answers received for followed streams.
+    pub unavailable_received: u64,
     /// `Repair` datagrams received for followed streams.
     pub repairs_received: u64,
     /// Missing events that a repair filled.
