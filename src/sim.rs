@@ -585,6 +585,33 @@ impl Sim {
         self.now = self.now.max(deadline);
     }
 
+    /// Runs until the network is quiet — nothing in flight, no node with an
+    /// open gap — and returns the virtual time that took. Panics if that
+    /// takes more than `limit` of virtual time (a protocol that never
+    /// settles), or on livelock.
+    pub fn drive(&mut self, limit: Duration) -> Duration {
+        let start = self.now;
+        let step = Duration::from_millis(1);
+        loop {
+            let quiet = self.queue.is_empty()
+                && self.nodes.iter().all(|n| {
+                    n.core
+                        .as_ref()
+                        .is_none_or(|c| c.open_gaps() == 0 && !c.has_pending_output())
+                });
+            if quiet {
+                return self.now - start;
+            }
+            assert!(
+                self.now - start <= limit,
+                "the network did not settle within {limit:?} (t={:?}): {} datagrams in flight",
+                self.elapsed(),
+                self.queue.len()
+            );
+            self.run_for(step);
+        }
+    }
+
     /// Runs for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         self.run_until(self.now + d);

@@ -182,7 +182,8 @@ fn reordering_inside_the_window_is_not_loss() {
         sim.publish(0, key(i));
         sim.run_for(Duration::from_micros(200));
     }
-    sim.run_for(ms(50));
+    let settled = sim.drive(ms(100));
+    assert!(settled < ms(20), "settled after {settled:?}");
     let stats = sim.core(1).unwrap().stats().clone();
     assert_eq!(sim.delivered_events(1).len(), 200);
     assert!(stats.reordered > 0, "the jitter should reorder something");
@@ -587,4 +588,17 @@ fn random_loss_never_loses_silently() {
             panic!("seed {seed}: {v}");
         }
     }
+}
+
+#[test]
+#[should_panic(expected = "did not settle")]
+fn drive_fails_loudly_when_the_network_never_settles() {
+    let mut sim = cluster(20, 2);
+    // Node 1 never gets data or repairs: its gap stays open (for up to
+    // max_gap_age), longer than drive's limit.
+    sim.set_drop_filter(|f| {
+        f.to == 1 && matches!(f.datagram.body, Body::Data { .. } | Body::Repair { .. })
+    });
+    sim.publish(0, key(1));
+    sim.drive(ms(500));
 }

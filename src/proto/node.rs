@@ -122,6 +122,16 @@ impl NodeCore {
         self.streams.get(&stream)
     }
 
+    /// Open gaps over all followed streams.
+    pub fn open_gaps(&self) -> usize {
+        self.streams.values().map(|r| r.gaps().len()).sum()
+    }
+
+    /// True while datagrams or deliveries wait to be polled.
+    pub fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || !self.deliveries.is_empty() || self.sender.has_batch()
+    }
+
     /// Number of remote streams followed.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
