@@ -12,6 +12,7 @@
 //! API).
 
 pub mod cli;
+pub mod harness;
 pub mod net;
 pub mod node;
 pub mod proto;

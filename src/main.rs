@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => cli::demo::run(args).await,
         Command::Send(args) => cli::send::run(args).await,
         Command::Listen(args) => cli::listen::run(args).await,
     };

@@ -32,8 +32,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 
-pub use crate::net::driver::DropHook;
 use crate::net::driver::{Command, Driver, DriverStats};
+pub use crate::net::driver::{DropHook, FaultInjector, Verdict};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 pub use crate::proto::{ConfigError, CoreConfig, Delivery, PublishError, ResetReason, Stats};
@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// Test hook: received datagrams for which it returns true are dropped
     /// before the protocol sees them (counted in `hook_dropped`).
     pub drop_incoming: Option<DropHook>,
+    /// Test hook: fault injection on receive and send (loss, duplication,
+    /// delay, partition); see [`crate::harness`].
+    pub faults: Option<Arc<dyn FaultInjector>>,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +104,7 @@ impl Default for NodeConfig {
             seed: None,
             protocol: CoreConfig::default(),
             drop_incoming: None,
+            faults: None,
         }
     }
 }
@@ -119,6 +123,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("linger", &self.linger)
             .field("protocol", &self.protocol)
             .field("drop_incoming", &self.drop_incoming.is_some())
+            .field("faults", &self.faults.is_some())
             .finish()
     }
 }
@@ -173,6 +178,8 @@ struct Shared {
     closed: RwLock<bool>,
     /// Becomes true when the driver has stopped.
     done: watch::Receiver<bool>,
+    /// Stops the driver without `Goodbye` (a simulated crash).
+    task: tokio::task::AbortHandle,
     max_datagram: usize,
     stream: u64,
     interface: ResolvedInterface,
@@ -254,11 +261,12 @@ impl Node {
             commands: rx,
             deliveries: deliveries.clone(),
             drop_hook: config.drop_incoming.clone(),
+            faults: config.faults.clone(),
             linger: config.linger,
             final_stats: final_stats.clone(),
             done: done_tx,
         };
-        tokio::spawn(driver.run());
+        let task = tokio::spawn(driver.run());
         tokio::time::sleep_until(sync_deadline).await;
         Ok(Node {
             commands: tx,
@@ -268,6 +276,7 @@ impl Node {
                 lagged: Arc::new(AtomicU64::new(0)),
                 final_stats,
                 closed: RwLock::new(false),
+                task: task.abort_handle(),
                 done,
                 max_datagram: core_cfg.max_datagram,
                 stream: core_cfg.stream,
@@ -391,6 +400,12 @@ impl Node {
             recv_buffer_granted: self.shared.recv_buffer_granted,
             interface: self.shared.interface.name.clone(),
         }
+    }
+
+    /// Stops at once, as a crashing process would: no `Goodbye`, nothing
+    /// more sent. For fault injection (see [`crate::harness`]).
+    pub(crate) fn crash(&self) {
+        self.shared.task.abort();
     }
 
     /// Sends everything published so far, says `Goodbye`, lingers to answer

@@ -254,3 +254,39 @@ fn help_explains_the_commands() {
         assert!(help.contains(word), "send --help lacks {word}: {help}");
     }
 }
+
+#[test]
+fn the_demo_ends_with_a_no_silent_loss_verdict() {
+    let out = run(Command::new(BIN).args(["demo", "--seed", "1"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for scene in [
+        "recycles",
+        "delivered product:42",
+        "repaired",
+        "heartbeat revealed the loss",
+        "crashes",
+        "Lagged",
+    ] {
+        assert!(
+            text.contains(scene),
+            "the timeline lacks {scene:?}:\n{text}"
+        );
+    }
+    let verdict = text.lines().last().unwrap_or_default();
+    assert!(
+        verdict.starts_with("verdict:") && verdict.ends_with("no silent loss"),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn the_demo_rejects_bad_options() {
+    let out = run(Command::new(BIN).args(["demo", "--loss", "150"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--loss"));
+}

@@ -1,5 +1,6 @@
 //! The `cachecast` command line: one file per subcommand.
 
+pub mod demo;
 pub mod listen;
 pub mod send;
 
@@ -25,6 +26,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replay the incident that motivated cachecast, and more, on loopback:
+    /// a recycled frontend, a loss burst, tail loss, a backend crash, a slow
+    /// subscriber. Prints a timeline and the no-silent-loss verdict; exits
+    /// non-zero if anything was lost silently.
+    Demo(demo::DemoArgs),
     /// Publish one invalidation (or a batch from standard input) and exit.
     Send(send::SendArgs),
     /// Print every delivery as one JSON object per line.

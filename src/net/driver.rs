@@ -17,6 +17,31 @@ use crate::wire::Event;
 /// protocol sees it (fault injection for tests). True drops.
 pub type DropHook = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
+/// What a [`FaultInjector`] does with a received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand it to the protocol.
+    Deliver,
+    /// Lose it.
+    Drop,
+    /// Hand it to the protocol twice.
+    Duplicate,
+    /// Hand it to the protocol this much later (reordering it).
+    Delay(Duration),
+}
+
+/// Fault injection at the socket, for tests (see [`crate::harness`]).
+pub trait FaultInjector: Send + Sync {
+    /// Decides the fate of a received datagram.
+    fn on_receive(&self, bytes: &[u8]) -> Verdict;
+    /// True to lose a datagram this node is about to send.
+    fn drop_outgoing(&self, bytes: &[u8]) -> bool;
+}
+
+/// Delayed datagrams held by the driver at most; past it they are
+/// delivered at once.
+const MAX_DELAYED: usize = 4096;
+
 /// What the [`crate::node::Node`] handle asks of the driver.
 pub(crate) enum Command {
     Publish(Event),
@@ -28,6 +53,8 @@ pub(crate) enum Command {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DriverStats {
     pub protocol: Stats,
+    /// Order of delayed datagrams with the same due time.
+    pub delayed_seq: u64,
     pub hook_dropped: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
@@ -40,6 +67,7 @@ pub(crate) struct Driver {
     pub commands: mpsc::Receiver<Command>,
     pub deliveries: broadcast::Sender<Delivery>,
     pub drop_hook: Option<DropHook>,
+    pub faults: Option<Arc<dyn FaultInjector>>,
     pub linger: Duration,
     /// Where the driver leaves its last counters when it stops.
     pub final_stats: Arc<Mutex<Option<DriverStats>>>,
@@ -63,6 +91,7 @@ impl Driver {
         let mut tx_buf = Vec::with_capacity(2048);
         let mut stats = DriverStats::default();
         let mut linger_end: Option<Instant> = None;
+        let mut delayed: Delayed = std::collections::BinaryHeap::new();
         let mut handles_alive = true;
         loop {
             // Timers first, whatever else is busy: a flood of datagrams or
@@ -81,7 +110,7 @@ impl Driver {
                             if self.drop_hook.as_ref().is_some_and(|h| h(bytes)) {
                                 stats.hook_dropped += 1;
                             } else {
-                                self.core.handle_datagram(Self::now(), bytes);
+                                self.receive(bytes, &mut delayed, &mut stats);
                             }
                         }
                         Err(e) => {
@@ -113,13 +142,21 @@ impl Driver {
                 _ = sleep_until_opt(wake) => {
                     self.core.handle_timeout(Self::now());
                 }
+                _ = sleep_until_opt(delayed.peek().map(|d| d.0 .0)) => {
+                    let now = Instant::now();
+                    while delayed.peek().is_some_and(|d| d.0 .0 <= now) {
+                        if let Some(std::cmp::Reverse((_, _, bytes))) = delayed.pop() {
+                            self.core.handle_datagram(Self::now(), &bytes);
+                        }
+                    }
+                }
                 _ = sleep_until_opt(linger_end) => {
                     break;
                 }
             }
             self.drain(&mut tx_buf, &mut stats).await;
         }
-        stats.protocol = self.core.stats().clone();
+        stats.protocol = self.core.stats_snapshot();
         *self.final_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
         self.done.send_replace(true);
     }
@@ -136,7 +173,7 @@ impl Driver {
         match cmd {
             Command::Publish(event) => self.publish(Self::now(), event),
             Command::Stats(tx) => {
-                stats.protocol = self.core.stats().clone();
+                stats.protocol = self.core.stats_snapshot();
                 let _ = tx.send(stats.clone());
             }
             Command::Shutdown => {
@@ -148,10 +185,43 @@ impl Driver {
         }
     }
 
+    /// A received datagram, through the fault injector if there is one.
+    fn receive(&mut self, bytes: &[u8], delayed: &mut Delayed, stats: &mut DriverStats) {
+        let verdict = self
+            .faults
+            .as_ref()
+            .map_or(Verdict::Deliver, |f| f.on_receive(bytes));
+        match verdict {
+            Verdict::Deliver => self.core.handle_datagram(Self::now(), bytes),
+            Verdict::Drop => stats.hook_dropped += 1,
+            Verdict::Duplicate => {
+                self.core.handle_datagram(Self::now(), bytes);
+                self.core.handle_datagram(Self::now(), bytes);
+            }
+            Verdict::Delay(d) if delayed.len() < MAX_DELAYED => {
+                stats.delayed_seq += 1;
+                delayed.push(std::cmp::Reverse((
+                    Instant::now() + d,
+                    stats.delayed_seq,
+                    bytes.to_vec(),
+                )));
+            }
+            Verdict::Delay(_) => self.core.handle_datagram(Self::now(), bytes),
+        }
+    }
+
     /// Sends everything the core wants sent and hands deliveries out.
     async fn drain(&mut self, tx_buf: &mut Vec<u8>, stats: &mut DriverStats) {
         let now = Self::now();
         while self.core.poll_transmit(now, tx_buf) {
+            if self
+                .faults
+                .as_ref()
+                .is_some_and(|f| f.drop_outgoing(tx_buf))
+            {
+                stats.hook_dropped += 1;
+                continue;
+            }
             if let Err(e) = self.socket.send_to(tx_buf, self.group).await {
                 stats.send_errors += 1;
                 tracing::debug!(error = %e, group = %self.group, "send failed");
@@ -163,6 +233,9 @@ impl Driver {
         }
     }
 }
+
+/// Datagrams held back by a [`Verdict::Delay`], earliest first.
+type Delayed = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Vec<u8>)>>;
 
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {

@@ -122,6 +122,14 @@ impl NodeCore {
         self.streams.get(&stream)
     }
 
+    /// A copy of the counters with the gauges filled in.
+    pub fn stats_snapshot(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.open_gaps = self.open_gaps() as u64;
+        s.streams = self.streams.len() as u64;
+        s
+    }
+
     /// Open gaps over all followed streams.
     pub fn open_gaps(&self) -> usize {
         self.streams.values().map(|r| r.gaps().len()).sum()

@@ -33,6 +33,9 @@ pub struct Stats {
     pub own_ignored: u64,
     /// Streams currently tracked.
     pub streams: u64,
+    /// Gaps currently open (waiting for repair), over all streams. Filled
+    /// in when a snapshot is taken ([`crate::proto::NodeCore::stats_snapshot`]).
+    pub open_gaps: u64,
     /// Streams that ended with `Goodbye`.
     pub streams_ended: u64,
     /// Streams dropped after their timeout.

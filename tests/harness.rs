@@ -1,0 +1,190 @@
+//! Scenarios written with the public loopback harness, each ending with the
+//! no-silent-loss checker.
+
+use std::time::Duration;
+
+use cachecast::harness::Cluster;
+use cachecast::node::Delivery;
+use cachecast::wire::{Body, Event};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn settle_and_check(c: &Cluster) -> cachecast::harness::CheckReport {
+    assert!(c.settle(SETTLE).await, "the cluster did not settle");
+    match c.check() {
+        Ok(r) => r,
+        Err(v) => panic!("{v}"),
+    }
+}
+
+fn resets(c: &Cluster, i: usize) -> usize {
+    c.deliveries(i)
+        .iter()
+        .filter(|(_, d)| matches!(d, Delivery::Reset { .. }))
+        .count()
+}
+
+fn got_keys(c: &Cluster, i: usize) -> Vec<String> {
+    c.deliveries(i)
+        .into_iter()
+        .filter_map(|(_, d)| match d {
+            Delivery::Event {
+                event: Event::Invalidate { keys },
+                ..
+            } => Some(keys),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_incident_a_recycled_frontend_gets_the_next_invalidation() {
+    // n0 is the backend, n1 and n2 the frontends.
+    let mut c = Cluster::start(3).await.unwrap();
+    for i in 0..20 {
+        c.publish(0, [format!("warm-{i}")]).await.unwrap();
+    }
+    c.restart(2).await.unwrap();
+    c.publish(0, ["product:1"]).await.unwrap();
+    let report = settle_and_check(&c).await;
+    assert!(got_keys(&c, 2).contains(&"product:1".to_string()));
+    assert_eq!(resets(&c, 2), 0);
+    assert_eq!(report.delivered, 21 + 1, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_heal_is_repaired() {
+    let mut c = Cluster::start(3).await.unwrap();
+    c.faults(2).partition(true);
+    for i in 0..50 {
+        c.publish(0, [format!("during-{i}")]).await.unwrap();
+    }
+    // Longer than the reorder window, far shorter than the stream timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.faults(2).partition(false);
+    c.publish(0, ["after"]).await.unwrap();
+    let report = settle_and_check(&c).await;
+    assert_eq!(
+        report.covered_by_reset, 0,
+        "repaired, not Reset: {report:?}"
+    );
+    assert_eq!(got_keys(&c, 2).len(), 51);
+    let s = c.stats(2).await.unwrap().protocol;
+    assert!(s.events_repaired >= 50, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_crashing_mid_stream_and_restarting() {
+    let mut c = Cluster::start_with(3, 7, |cfg| {
+        // A short stream timeout so that the crash is noticed quickly.
+        cfg.protocol.stream_timeout = Duration::from_secs(3);
+    })
+    .await
+    .unwrap();
+    for i in 0..30 {
+        c.publish(0, [format!("before-{i}")]).await.unwrap();
+    }
+    // The last datagrams before the crash are lost to node 1.
+    c.faults(1).drop_next(1_000);
+    c.publish(0, ["lost-with-the-crash"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.crash(0);
+    c.faults(1).clear();
+    c.restart(0).await.unwrap();
+    for i in 0..30 {
+        c.publish(0, [format!("after-{i}")]).await.unwrap();
+    }
+    // Past the (short) stream timeout of the crashed stream.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let report = settle_and_check(&c).await;
+    assert!(
+        report.covered_by_reset >= 1 || got_keys(&c, 1).contains(&"lost-with-the-crash".into())
+    );
+    for r in [1, 2] {
+        let keys = got_keys(&c, r);
+        assert!(keys.contains(&"after-29".to_string()), "node {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_is_in_sync_from_its_join() {
+    let mut c = Cluster::start(2).await.unwrap();
+    for i in 0..20 {
+        c.publish(0, [format!("early-{i}")]).await.unwrap();
+    }
+    let late = c.add_node("late").await.unwrap();
+    for i in 0..20 {
+        c.publish(1, [format!("late-{i}")]).await.unwrap();
+    }
+    settle_and_check(&c).await;
+    let keys = got_keys(&c, late);
+    assert_eq!(keys.iter().filter(|k| k.starts_with("late-")).count(), 20);
+    assert_eq!(resets(&c, late), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplication_and_reordering_deliver_each_event_once() {
+    let mut c = Cluster::start(3).await.unwrap();
+    c.faults(1)
+        .duplicate_probability(0.3)
+        .delay(Some((Duration::ZERO, Duration::from_millis(4))));
+    c.faults(2).drop_probability(0.1);
+    for i in 0..300 {
+        c.publish(0, [format!("k{i}")]).await.unwrap();
+        if i % 10 == 9 {
+            // Load shaping: many datagrams, not a few large ones.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    settle_and_check(&c).await;
+    for r in [1, 2] {
+        let mut keys = got_keys(&c, r);
+        assert_eq!(keys.len(), 300, "node {r}: each event exactly once");
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 300, "node {r}");
+        assert_eq!(resets(&c, r), 0, "node {r}");
+    }
+    let s = c.stats(1).await.unwrap().protocol;
+    assert!(s.duplicates > 0 && s.reordered > 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_of_a_burst_is_repaired_via_the_heartbeat() {
+    let mut c = Cluster::start(2).await.unwrap();
+    c.faults(1).drop_if(Some(|d: &cachecast::wire::Datagram| {
+        matches!(&d.body, Body::Data { events, .. }
+            if events.iter().any(|e| matches!(e, Event::Invalidate { keys } if keys == &["last"])))
+    }));
+    c.publish(0, ["first"]).await.unwrap();
+    c.publish(0, ["last"]).await.unwrap();
+    settle_and_check(&c).await;
+    assert!(got_keys(&c, 1).contains(&"last".to_string()));
+    assert_eq!(resets(&c, 1), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_silent_loss() {
+    // A node that never gets an event and is never told: the checker must
+    // fail. (Built by cutting a node off and crashing the publisher while
+    // it is cut off, after the receiver heard it: the receiver's stream
+    // timeout is made long so that no Reset comes in time.)
+    let mut c = Cluster::start_with(2, 3, |cfg| {
+        cfg.protocol.stream_timeout = Duration::from_secs(60);
+    })
+    .await
+    .unwrap();
+    c.publish(0, ["seen"]).await.unwrap();
+    assert!(c.settle(SETTLE).await);
+    c.faults(1).partition(true);
+    c.publish(0, ["never-seen"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.crash(0);
+    c.faults(1).partition(false);
+    assert!(c.settle(SETTLE).await);
+    let v = c
+        .check()
+        .expect_err("a silent loss (for now) must be reported");
+    assert!(v.to_string().contains("never-seen"), "{v}");
+}
