@@ -95,8 +95,17 @@ async fn a_sender_crashing_mid_stream_and_restarting() {
     for i in 0..30 {
         c.publish(0, [format!("after-{i}")]).await.unwrap();
     }
-    // Past the (short) stream timeout of the crashed stream.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // Until both receivers have given up the crashed stream (its timeout).
+    let end = std::time::Instant::now() + SETTLE;
+    for r in [1, 2] {
+        while c.stats(r).await.unwrap().protocol.streams_timed_out == 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "node {r} never timed the crashed stream out"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let report = settle_and_check(&c).await;
     assert!(
         report.covered_by_reset >= 1 || got_keys(&c, 1).contains(&"lost-with-the-crash".into())
