@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Send(args) => cli::send::run(args).await,
         Command::Listen(args) => cli::listen::run(args).await,
+        Command::Doctor(args) => cli::doctor::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
