@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args).await,
         Command::Send(args) => cli::send::run(args).await,
         Command::Listen(args) => cli::listen::run(args).await,
+        Command::Doctor(args) => cli::doctor::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The `cachecast` command line: one file per subcommand.
 
 pub mod demo;
+pub mod doctor;
 pub mod listen;
 pub mod send;
 
@@ -35,6 +36,9 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print every delivery as one JSON object per line.
     Listen(listen::ListenArgs),
+    /// Check this host's multicast set-up for a group: interfaces, a
+    /// loopback probe, TTL, socket options, receive buffer.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Where the cluster is: shared by every subcommand.

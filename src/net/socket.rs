@@ -3,8 +3,10 @@
 //!
 //! This file is the only place in the crate with platform `cfg`s. It turns
 //! a [`SocketOptions`] into a bound, joined, non-blocking
-//! [`std::net::UdpSocket`] ([`open`]) and lists the host's interfaces
-//! ([`list_interfaces`]) for diagnostics.
+//! [`std::net::UdpSocket`] ([`open`]), and for diagnostics (`cachecast
+//! doctor`) lists the host's interfaces ([`list_interfaces`]) and reads
+//! the receive buffer limit ([`recv_buffer_limit`]) and socket state
+//! ([`MulticastSocket::multicast_all`]).
 //!
 //! What it may not do: no protocol logic, no wire format, no I/O loop and
 //! no retries. It never sends or receives a datagram; the driver
@@ -190,6 +192,36 @@ pub struct MulticastSocket {
     /// What `getsockopt(SO_RCVBUF)` reports after setting (Linux reports
     /// double the usable size); 0 if it could not be read.
     pub recv_buffer_granted: usize,
+}
+
+impl MulticastSocket {
+    /// The receive buffer the socket can actually use: the granted size,
+    /// halved on Linux, which reports double what it grants.
+    pub fn recv_buffer_usable(&self) -> usize {
+        sys::usable_recv_buffer(self.recv_buffer_granted)
+    }
+
+    /// True when the system granted less receive buffer than was requested
+    /// (usually capped by `net.core.rmem_max` on Linux).
+    pub fn recv_buffer_capped(&self) -> bool {
+        self.recv_buffer_requested > 0
+            && sys::recv_buffer_capped(self.recv_buffer_requested, self.recv_buffer_granted)
+    }
+
+    /// Whether the socket also receives datagrams of groups that only other
+    /// sockets joined (`IP_MULTICAST_ALL` / `IPV6_MULTICAST_ALL`):
+    /// `Some(false)` after [`open`] on Linux; `None` where the option does
+    /// not exist (other systems never do that) or cannot be read.
+    pub fn multicast_all(&self) -> Option<bool> {
+        sys::multicast_all(&self.socket, self.group.is_ipv4())
+    }
+}
+
+/// The system's upper limit for a requested receive buffer, in bytes
+/// (`net.core.rmem_max` on Linux, read from `/proc`); `None` where unknown.
+/// Root raises it with `sysctl -w net.core.rmem_max=<bytes>`.
+pub fn recv_buffer_limit() -> Option<usize> {
+    sys::recv_buffer_limit()
 }
 
 /// Why [`open`] (or parsing an [`InterfaceSpec`]) failed.
@@ -673,6 +705,40 @@ mod sys {
         }
     }
 
+    pub(super) fn usable_recv_buffer(granted: usize) -> usize {
+        if cfg!(target_os = "linux") {
+            granted / 2
+        } else {
+            granted
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn recv_buffer_limit() -> Option<usize> {
+        let text = std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok()?;
+        text.trim().parse().ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn recv_buffer_limit() -> Option<usize> {
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn multicast_all(socket: &std::net::UdpSocket, v4: bool) -> Option<bool> {
+        let socket = socket2::SockRef::from(socket);
+        if v4 {
+            socket.multicast_all_v4().ok()
+        } else {
+            socket.multicast_all_v6().ok()
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn multicast_all(_: &std::net::UdpSocket, _: bool) -> Option<bool> {
+        None
+    }
+
     #[cfg(target_os = "linux")]
     pub(super) fn force_recv_buffer(socket: &Socket, requested: usize) -> io::Result<()> {
         use std::os::fd::AsRawFd;
@@ -806,6 +872,18 @@ mod sys {
 
     pub(super) fn force_recv_buffer(_: &Socket, _: usize) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(super) fn usable_recv_buffer(granted: usize) -> usize {
+        granted
+    }
+
+    pub(super) fn recv_buffer_limit() -> Option<usize> {
+        None
+    }
+
+    pub(super) fn multicast_all(_: &std::net::UdpSocket, _: bool) -> Option<bool> {
+        None
     }
 
     pub(super) fn name_to_index(_: &str) -> Option<u32> {

@@ -1,0 +1,480 @@
+//! The probe of `cachecast doctor`: a `Hello` of a fresh stream of the
+//! cluster and that stream's `Goodbye` (twice), sent from one of two
+//! sockets opened as a node opens them; both must hear the `Hello`. Live
+//! nodes answer the `Hello` with a `Heartbeat` (so doctor can list them) and
+//! retire the stream on its `Goodbye` rather than time it out later with a
+//! `Reset`. Listening is bounded in time (`--wait`, at most 10 s) and in
+//! datagrams.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Peer, Probe, Report, Section, Status};
+use crate::cli::listen::stream_hex;
+use crate::net::socket::{InterfaceInfo, InterfaceSpec, SocketOptions};
+use crate::wire::{self, Body, DecodeError, Header};
+
+/// How long to keep listening for other nodes' answers once both sockets
+/// heard the probe (nodes answer a `Hello` within a few milliseconds).
+const ANSWER_WINDOW: Duration = Duration::from_millis(100);
+/// At most this many received datagrams are looked at.
+const MAX_DATAGRAMS: usize = 10_000;
+/// At most this many other nodes are listed.
+const MAX_PEERS: usize = 64;
+
+/// The probe's datagrams: a `Hello` of `stream` and its `Goodbye`, after
+/// which nodes retire the stream (nothing was published on it).
+fn probe_datagrams(cluster: u32, stream: u64, node: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut node = node.to_owned();
+    while node.len() > wire::MAX_NODE_NAME {
+        node.pop();
+    }
+    let header = Header::new(cluster, stream);
+    let (mut hello, mut goodbye) = (Vec::new(), Vec::new());
+    wire::encode(&header, &Body::Hello { node }, &mut hello);
+    wire::encode(&header, &Body::Goodbye { next_seq: 1 }, &mut goodbye);
+    (hello, goodbye)
+}
+
+/// What the probe found, before it is judged.
+pub(super) struct ProbeRun {
+    probe: Probe,
+    send_error: Option<io::Error>,
+    recv_error: Option<io::Error>,
+}
+
+pub(super) async fn run_probe(
+    a: &tokio::net::UdpSocket,
+    b: &tokio::net::UdpSocket,
+    group: SocketAddr,
+    cluster: u32,
+    node: &str,
+    wait: Duration,
+) -> ProbeRun {
+    let stream = loop {
+        let s: u64 = rand::random();
+        if s != 0 {
+            break s;
+        }
+    };
+    let (hello, goodbye) = probe_datagrams(cluster, stream, node);
+    let mut probe = Probe {
+        stream: stream_hex(stream),
+        bytes: hello.len(),
+        sent: false,
+        heard: false,
+        heard_by: [false; 2],
+        latency_ms: [None; 2],
+        peers: Vec::new(),
+        foreign_cluster: 0,
+        not_cachecast: 0,
+        listened_ms: 0.0,
+    };
+    let start = Instant::now();
+    let mut send_error = None;
+    for d in [&hello, &goodbye, &goodbye] {
+        if let Err(e) = a.send_to(d, group).await {
+            send_error = Some(e);
+            break;
+        }
+        probe.sent = true;
+    }
+    if send_error.is_some() && !probe.sent {
+        return ProbeRun {
+            probe,
+            send_error,
+            recv_error: None,
+        };
+    }
+
+    let mut end = start + wait;
+    let mut shortened = false;
+    let mut recv_error = None;
+    let mut peers: BTreeMap<u64, Peer> = BTreeMap::new();
+    let (mut buf_a, mut buf_b) = (vec![0u8; wire::MAX_DATAGRAM], vec![0u8; wire::MAX_DATAGRAM]);
+    for _ in 0..MAX_DATAGRAMS {
+        let (i, res) = tokio::select! {
+            r = a.recv_from(&mut buf_a) => (0, r),
+            r = b.recv_from(&mut buf_b) => (1, r),
+            () = tokio::time::sleep_until(end) => break,
+        };
+        let (n, from) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                recv_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let bytes = if i == 0 { &buf_a[..n] } else { &buf_b[..n] };
+        match wire::decode(bytes, cluster) {
+            Ok(d) if d.header.stream == stream => {
+                if matches!(d.body, Body::Hello { .. }) && !probe.heard_by[i] {
+                    probe.heard_by[i] = true;
+                    probe.latency_ms[i] = Some(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Ok(d) => {
+                let name = match d.body {
+                    Body::Heartbeat { node, .. } | Body::Hello { node } => Some(node),
+                    _ => None,
+                };
+                if peers.len() < MAX_PEERS || peers.contains_key(&d.header.stream) {
+                    let peer = peers.entry(d.header.stream).or_insert_with(|| Peer {
+                        stream: stream_hex(d.header.stream),
+                        node: None,
+                        from: from.to_string(),
+                    });
+                    if name.is_some() {
+                        peer.node = name;
+                    }
+                }
+            }
+            Err(DecodeError::WrongCluster(_)) if i == 0 => probe.foreign_cluster += 1,
+            Err(_) if i == 0 => probe.not_cachecast += 1,
+            Err(_) => {}
+        }
+        if probe.heard_by == [true, true] && !shortened {
+            shortened = true;
+            end = end.min(Instant::now() + ANSWER_WINDOW);
+        }
+    }
+    probe.heard = probe.heard_by == [true, true];
+    probe.peers = peers.into_values().collect();
+    probe.listened_ms = start.elapsed().as_secs_f64() * 1e3;
+    ProbeRun {
+        probe,
+        send_error,
+        recv_error,
+    }
+}
+
+/// Likely reasons a probe was not heard, with what to check.
+fn not_heard_hints(
+    opts: &SocketOptions,
+    used: Option<&InterfaceInfo>,
+    looped: Option<bool>,
+) -> Vec<String> {
+    let group = opts.group;
+    let mut hints = vec![format!(
+        "a firewall drops it: look for rules on UDP port {} (input) or destination {} \
+         (output) in `nft list ruleset` or `iptables -S`",
+        group.port(),
+        group.ip()
+    )];
+    match used {
+        Some(i) if !i.up => hints.push(format!("{} is down: `ip link set {} up`", i.name, i.name)),
+        Some(i) if !i.multicast && !i.loopback => hints.push(format!(
+            "multicast is off on {}: `ip link set {} multicast on`",
+            i.name, i.name
+        )),
+        Some(i) if i.loopback && group.is_ipv6() => hints.push(format!(
+            "IPv6 multicast does not loop back on {} (Linux): use a real interface",
+            i.name
+        )),
+        _ => {}
+    }
+    if opts.interface == InterfaceSpec::Default {
+        hints.push(format!(
+            "no multicast route: `ip route get {}` should name the interface; add one with \
+             `ip route add 224.0.0.0/4 dev <interface>`, or pass --interface",
+            group.ip()
+        ));
+    }
+    hints.push(match looped {
+        Some(false) => "IP_MULTICAST_LOOP is off, so this host does not hear itself".into(),
+        _ => "IP_MULTICAST_LOOP is on (checked above), so not that".into(),
+    });
+    hints
+}
+
+pub(super) fn report_probe(
+    r: &mut Report,
+    run: ProbeRun,
+    opts: &SocketOptions,
+    used: Option<&InterfaceInfo>,
+    wait: Duration,
+) {
+    let p = &run.probe;
+    let group = opts.group;
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+    match &run.send_error {
+        Some(e) if p.sent => r.push(
+            Section::Probe,
+            Status::Problem,
+            format!(
+                "sent the probe's Hello to {group} but not its Goodbye: {e}; live nodes of \
+                 the cluster will time the probe's stream out with a Reset"
+            ),
+            Vec::new(),
+        ),
+        Some(e) => r.push(
+            Section::Probe,
+            Status::Problem,
+            format!("could not send the probe to {group}: {e}"),
+            not_heard_hints(opts, used, r.multicast_loop),
+        ),
+        None => {}
+    }
+    if p.sent {
+        match p.heard_by {
+            [true, true] => r.push(
+                Section::Probe,
+                Status::Ok,
+                format!(
+                    "heard: the probe (a {}-byte Hello, stream {}) came back to both sockets, \
+                     in {} and {}",
+                    p.bytes,
+                    p.stream,
+                    ms(p.latency_ms[0]),
+                    ms(p.latency_ms[1])
+                ),
+                Vec::new(),
+            ),
+            [false, false] => r.push(
+                Section::Probe,
+                Status::Problem,
+                format!(
+                    "NOT HEARD: neither socket received the probe within {}",
+                    humantime::format_duration(wait)
+                ),
+                not_heard_hints(opts, used, r.multicast_loop),
+            ),
+            [a, _] => {
+                let mut hints = vec![format!(
+                    "another program on port {} without SO_REUSEPORT may take the datagrams: \
+                     `ss -ulpn 'sport = :{}'`",
+                    group.port(),
+                    group.port()
+                )];
+                hints.extend(not_heard_hints(opts, used, r.multicast_loop));
+                r.push(
+                    Section::Probe,
+                    Status::Problem,
+                    format!(
+                        "heard by only one of the two sockets (the {} one) within {}",
+                        if a { "sending" } else { "other" },
+                        humantime::format_duration(wait)
+                    ),
+                    hints,
+                );
+            }
+        }
+    }
+    if let Some(e) = &run.recv_error {
+        r.push(
+            Section::Probe,
+            Status::Warn,
+            format!("receiving on the group failed: {e}"),
+            Vec::new(),
+        );
+    }
+    let listened = Duration::from_millis(p.listened_ms as u64);
+    if p.peers.is_empty() {
+        r.push(
+            Section::Probe,
+            Status::Info,
+            format!(
+                "no other node of cluster {:?} answered within {}: none runs on this group, \
+                 or they cannot be heard here",
+                r.cluster,
+                humantime::format_duration(listened)
+            ),
+            Vec::new(),
+        );
+    } else {
+        let list: Vec<String> = p
+            .peers
+            .iter()
+            .map(|q| {
+                format!(
+                    "{} (stream {}, from {})",
+                    q.node.as_deref().unwrap_or("?"),
+                    q.stream,
+                    q.from
+                )
+            })
+            .collect();
+        r.push(
+            Section::Probe,
+            Status::Info,
+            format!(
+                "{} other node(s) of cluster {:?} heard: {}",
+                p.peers.len(),
+                r.cluster,
+                list.join(", ")
+            ),
+            Vec::new(),
+        );
+    }
+    if p.foreign_cluster > 0 {
+        r.push(
+            Section::Probe,
+            Status::Warn,
+            format!(
+                "{} datagram(s) of another cachecast cluster on this group and port: nodes \
+                 drop them, but both clusters pay for each other's traffic",
+                p.foreign_cluster
+            ),
+            vec!["give each cluster its own group or port".into()],
+        );
+    }
+    if p.not_cachecast > 0 {
+        r.push(
+            Section::Probe,
+            Status::Warn,
+            format!(
+                "{} datagram(s) that are not cachecast on this group and port: another \
+                 application uses it",
+                p.not_cachecast
+            ),
+            vec!["choose another group or port".into()],
+        );
+    }
+    r.probe = Some(run.probe);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::doctor::tests::empty_report;
+    use crate::proto::{CoreConfig, Delivery, NodeCore};
+
+    fn unheard(heard_by: [bool; 2]) -> ProbeRun {
+        ProbeRun {
+            probe: Probe {
+                stream: stream_hex(5),
+                bytes: 30,
+                sent: true,
+                heard: false,
+                heard_by,
+                latency_ms: [None; 2],
+                peers: Vec::new(),
+                foreign_cluster: 2,
+                not_cachecast: 0,
+                listened_ms: 1000.0,
+            },
+            send_error: None,
+            recv_error: None,
+        }
+    }
+
+    #[test]
+    fn an_unheard_probe_is_a_problem_with_its_likely_causes() {
+        let opts = SocketOptions::new("239.255.1.2:4242".parse().unwrap());
+        let eth = InterfaceInfo {
+            name: "eth7".into(),
+            index: 7,
+            addrs: vec!["192.0.2.7".parse().unwrap()],
+            up: true,
+            multicast: false,
+            loopback: false,
+        };
+        let mut r = empty_report();
+        r.multicast_loop = Some(true);
+        report_probe(
+            &mut r,
+            unheard([false, false]),
+            &opts,
+            Some(&eth),
+            Duration::from_secs(1),
+        );
+        let r = r.finish();
+        let f = &r.findings[0];
+        assert_eq!(f.status, Status::Problem);
+        assert!(f.message.starts_with("NOT HEARD"), "{}", f.message);
+        let hints = f.hints.join("\n");
+        for needle in [
+            "firewall",
+            "port 4242",
+            "ip link set eth7 multicast on",
+            "ip route get 239.255.1.2",
+            "IP_MULTICAST_LOOP is on",
+        ] {
+            assert!(hints.contains(needle), "{needle:?} in {hints}");
+        }
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.status == Status::Warn && f.message.contains("another cachecast cluster")));
+
+        let mut r = empty_report();
+        report_probe(
+            &mut r,
+            unheard([true, false]),
+            &opts,
+            None,
+            Duration::from_secs(1),
+        );
+        let f = &r.finish().findings[0];
+        assert!(
+            f.message.contains("only one of the two sockets"),
+            "{}",
+            f.message
+        );
+        assert!(f.hints[0].contains("SO_REUSEPORT"), "{:?}", f.hints);
+    }
+
+    #[test]
+    fn probe_datagrams_are_valid_and_truncate_long_names() {
+        let (hello, goodbye) = probe_datagrams(7, 9, &"n".repeat(100));
+        let d = wire::decode(&hello, 7).unwrap();
+        assert_eq!(d.header.stream, 9);
+        assert!(matches!(d.body, Body::Hello { node } if node.len() == wire::MAX_NODE_NAME));
+        let d = wire::decode(&goodbye, 7).unwrap();
+        assert_eq!(d.body, Body::Goodbye { next_seq: 1 });
+    }
+
+    /// Feeds the probe to a node, then runs it well past the stream timeout;
+    /// returns the Resets it delivered.
+    fn resets_after(datagrams: &[&[u8]]) -> Vec<Delivery> {
+        let start = std::time::Instant::now();
+        let cfg = CoreConfig {
+            cluster: 7,
+            stream: 1,
+            node_name: "live".into(),
+            ..CoreConfig::default()
+        };
+        let timeout = cfg.stream_timeout;
+        let mut core = NodeCore::new(cfg, start).unwrap();
+        let mut buf = Vec::new();
+        // Past the node's sync window, as a running node is.
+        let mut now = start + Duration::from_secs(1);
+        core.handle_timeout(now);
+        for d in datagrams {
+            core.handle_datagram(now, d);
+        }
+        let end = now + timeout * 3;
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            while core.poll_transmit(now, &mut buf) {}
+            while let Some(d) = core.poll_delivery() {
+                out.push(d);
+            }
+            match core.poll_timeout() {
+                Some(t) if t <= end => {
+                    now = now.max(t);
+                    core.handle_timeout(now);
+                }
+                _ => break,
+            }
+        }
+        out.retain(|d| matches!(d, Delivery::Reset { .. }));
+        out
+    }
+
+    #[test]
+    fn the_probe_makes_live_nodes_reset_nothing() {
+        let (hello, goodbye) = probe_datagrams(7, 99, "doctor-1");
+        assert!(resets_after(&[&hello, &goodbye, &goodbye]).is_empty());
+        // Even with the Hello lost, or the Goodbye first.
+        assert!(resets_after(&[&goodbye]).is_empty());
+        assert!(resets_after(&[&goodbye, &hello]).is_empty());
+        // Without its Goodbye the stream would time out with a Reset: that
+        // is why doctor sends one.
+        assert_eq!(resets_after(&[&hello]).len(), 1);
+    }
+}
