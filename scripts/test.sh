@@ -11,3 +11,22 @@ echo "== cargo clippy (warnings denied)"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+
+# Multi-host and IPv6 on real sockets: network namespaces joined by a bridge
+# (all created and removed by the script), loss injected by nft.
+echo "== scripts/lan-sim.sh (network namespaces, IPv4 + IPv6, nft loss)"
+lan_sim_skip=""
+if [ "$(id -u)" -ne 0 ]; then
+  lan_sim_skip="not root: network namespaces need root"
+elif ! command -v ip >/dev/null; then
+  lan_sim_skip="'ip' not found: install iproute2"
+elif ! command -v nft >/dev/null; then
+  lan_sim_skip="'nft' not found: install nftables"
+fi
+if [ -n "$lan_sim_skip" ]; then
+  echo "lan-sim: SKIPPED ($lan_sim_skip)"
+else
+  # The binary cargo test just built: no extra release build here.
+  cargo build --locked --quiet --bin cachecast
+  scripts/lan-sim.sh --bin "${CARGO_TARGET_DIR:-target}/debug/cachecast"
+fi

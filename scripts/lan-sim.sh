@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# LAN simulation: cachecast between real hosts, with loss made by the kernel.
+#
+#   sudo scripts/lan-sim.sh [--hosts K] [--keys N] [--batches B] [--loss PCT]
+#                           [--lossy-hosts M] [--family 4|6|both] [--settle S]
+#                           [--bin PATH] [--keep]
+#
+# Builds K hosts (default 3) as network namespaces whose veths meet on a
+# bridge in a namespace of its own: nothing is added to this host's own
+# network namespace, and nothing is sent anywhere else. Addresses are
+# 10.77.0.H/24 and fd77::H/64; groups 239.255.77.77:7777 and [ff15::77]:7777.
+# For IPv4, then IPv6: host 1 sends N unique keys (default 2000) with
+# `cachecast send invalidate --stdin`, in B batches (default 20; each batch
+# is a new process, hence a new stream), while every other host runs
+# `cachecast listen`; nft drops PCT % (default 5) of the cachecast datagrams
+# arriving at M of the listening hosts (default 1). Then every listener's
+# JSON is checked against the promise: each key was delivered, or a Reset
+# was delivered after it was sent. Exit 0 only if every host passed for
+# every family.
+#
+#   --hosts K        hosts, one of them the sender (default 3, at least 2)
+#   --keys N         unique keys sent per family (default 2000)
+#   --batches B      `send` runs the keys are split into (default 20)
+#   --loss PCT       % of incoming cachecast datagrams dropped (default 5)
+#   --lossy-hosts M  listening hosts with that loss (default 1)
+#   --family F       4, 6 or both (default both)
+#   --settle S       seconds listeners keep running after the last send
+#                    (default 12: past the 10 s stream timeout, so that a
+#                    Reset for a stream whose end was lost is seen)
+#   --bin PATH       cachecast binary (default: cargo build --release)
+#   --keep           leave namespaces and output files for debugging
+#
+# Prints, per family, a line per listening host (keys delivered, missing and
+# whether a Reset came after them, events repaired, NAKs, Resets by reason)
+# and a summary line; with --keep, the listeners' JSON lines (each prefixed
+# with the time it was read) are in the work directory it names.
+#
+# Needs root, `ip` (iproute2) and `nft` (nftables); exits 2 without them.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+HOSTS=3 KEYS=2000 BATCHES=20 LOSS=5 LOSSY=1 FAMILY=both SETTLE=12 BIN="" KEEP=0
+PORT=7777
+GROUP4="239.255.77.77:$PORT"
+GROUP6="[ff15::77]:$PORT"
+KEY_BYTES=64   # long keys: fewer per datagram, so more datagrams to lose
+PAUSE=0.1      # between batches
+
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "lan-sim: $*" >&2; exit 2; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hosts) HOSTS="${2:-}"; shift 2 ;;
+    --keys) KEYS="${2:-}"; shift 2 ;;
+    --batches) BATCHES="${2:-}"; shift 2 ;;
+    --loss) LOSS="${2:-}"; shift 2 ;;
+    --lossy-hosts) LOSSY="${2:-}"; shift 2 ;;
+    --family) FAMILY="${2:-}"; shift 2 ;;
+    --settle) SETTLE="${2:-}"; shift 2 ;;
+    --bin) BIN="${2:-}"; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+for opt in "--hosts $HOSTS" "--keys $KEYS" "--batches $BATCHES" "--loss $LOSS" \
+           "--lossy-hosts $LOSSY" "--settle $SETTLE"; do
+  is_uint "${opt#* }" || die "${opt%% *} wants a whole number, not '${opt#* }'"
+done
+if [ "$HOSTS" -lt 2 ] || [ "$HOSTS" -gt 50 ]; then die "--hosts must be 2..50"; fi
+[ "$LOSS" -le 100 ] || die "--loss is a percentage (0..100)"
+[ "$LOSSY" -le $((HOSTS - 1)) ] || die "--lossy-hosts must be at most --hosts - 1 ($((HOSTS - 1)))"
+if [ "$BATCHES" -lt 1 ] || [ "$KEYS" -lt "$BATCHES" ]; then die "need --keys >= --batches >= 1"; fi
+case "$FAMILY" in
+  4) FAMILIES=(4) ;; 6) FAMILIES=(6) ;; both) FAMILIES=(4 6) ;;
+  *) die "--family is 4, 6 or both" ;;
+esac
+
+[ "$(id -u)" -eq 0 ] || die "must run as root: it creates network namespaces, veths and nft tables (try: sudo $0)"
+command -v ip >/dev/null || die "'ip' not found: install iproute2"
+command -v nft >/dev/null || die "'nft' not found: install nftables"
+[ -n "${EPOCHREALTIME:-}" ] || die "needs bash 5 (EPOCHREALTIME)"
+if [ "$FAMILY" != 4 ] && [ ! -d /proc/sys/net/ipv6 ]; then
+  die "IPv6 is disabled in this kernel (no /proc/sys/net/ipv6): run with --family 4"
+fi
+
+if [ -z "$BIN" ]; then
+  echo "lan-sim: cargo build --release"
+  cargo build --release --locked --quiet
+  BIN="${CARGO_TARGET_DIR:-target}/release/cachecast"
+fi
+[ -x "$BIN" ] || die "no executable at $BIN"
+BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+
+# Unique per run: namespace names, cluster, keys. Parallel runs never meet
+# (each has its own bridge).
+RUN="$(printf '%04x%04x' "$RANDOM" "$$" | cut -c1-8)"
+PFX="ccsim-$RUN"
+BRNS="$PFX-br"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/lan-sim.$RUN.XXXXXX")"
+NSES=()   # every namespace created, bridge last
+PIDS=()   # every background process started
+T_START=$EPOCHREALTIME
+
+ns() { echo "$PFX-h$1"; }
+# A sleep that a signal interrupts at once (the trap runs without waiting).
+nap() { sleep "$1" & PIDS+=($!); wait $! || true; }
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() {
+  local rc=$? pid n
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for n in "${NSES[@]}"; do   # anything else started in our namespaces
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+  done
+  for _ in $(seq 20); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  if [ "$KEEP" -eq 1 ]; then
+    echo "lan-sim: --keep: namespaces ${NSES[*]:-none} and files in $WORK left in place"
+    echo "lan-sim: remove with: for n in ${NSES[*]:-}; do ip netns del \$n; done; rm -rf $WORK"
+  else
+    for n in "${NSES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "lan-sim: interrupted" >&2; exit 130' INT
+trap 'echo "lan-sim: terminated" >&2; exit 143' TERM
+
+# ---------------------------------------------------------------- topology
+# bridge namespace: br0 (no STP, no multicast snooping: multicast floods)
+# host namespace H: lo, cc0 = veth to port pH of br0
+setup() {
+  NSES+=("$BRNS"); ip netns add "$BRNS"   # recorded first: a signal in between leaks nothing
+  ip -n "$BRNS" link set lo up
+  # The bridge and its ports need no addresses: no IPv6 on them either.
+  ip netns exec "$BRNS" sh -c 'echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6' 2>/dev/null || true
+  ip -n "$BRNS" link add br0 type bridge stp_state 0 mcast_snooping 0
+  ip -n "$BRNS" link set br0 up
+  local h n
+  for h in $(seq 1 "$HOSTS"); do
+    n="$(ns "$h")"
+    NSES=("$n" "${NSES[@]}"); ip netns add "$n"
+    ip -n "$n" link set lo up
+    # No duplicate address detection (for the link-local address too), so
+    # IPv6 is usable at once.
+    ip netns exec "$n" sh -c 'echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad' 2>/dev/null || true
+    ip -n "$BRNS" link add "p$h" type veth peer name cc0 netns "$n"
+    ip -n "$BRNS" link set "p$h" master br0
+    ip -n "$BRNS" link set "p$h" up
+    ip -n "$n" addr add "10.77.0.$h/24" dev cc0
+    if [ "$FAMILY" != 4 ]; then ip -n "$n" -6 addr add "fd77::$h/64" dev cc0 nodad; fi
+    ip -n "$n" link set cc0 up
+    ip -n "$n" route add 224.0.0.0/4 dev cc0
+    if [ "$FAMILY" != 4 ]; then ip -n "$n" -6 route replace ff00::/8 dev cc0; fi
+  done
+  # Bounded wait until every veth is up at both ends.
+  local deadline=$((SECONDS + 10))
+  for h in $(seq 1 "$HOSTS"); do
+    until ip -n "$(ns "$h")" link show cc0 | grep -q 'state UP'; do
+      [ $SECONDS -lt $deadline ] || die "cc0 in $(ns "$h") did not come up"
+      sleep 0.05
+    done
+  done
+}
+
+# --------------------------------------------------------------- loss (nft)
+# Drops LOSS % of the UDP datagrams to the group port arriving at a host;
+# a first rule counts all of them, the second the ones dropped.
+add_loss() {
+  ip netns exec "$(ns "$1")" nft -f - <<EOF
+table inet lansim {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    udp dport $PORT counter
+    udp dport $PORT numgen random mod 100 < $LOSS counter drop
+  }
+}
+EOF
+}
+# Prints "seen dropped" and removes the table.
+take_loss() {
+  local n; n="$(ns "$1")"
+  ip netns exec "$n" nft list table inet lansim |
+    awk '/counter packets/ { for (i = 1; i < NF; i++) if ($i == "packets") c[++k] = $(i + 1) }
+         END { printf "%d %d\n", c[1], c[2] }'
+  ip netns exec "$n" nft delete table inet lansim
+}
+
+# -------------------------------------------------------------- listeners
+# Every output line of a listener is prefixed with the time it was read
+# (one clock for all namespaces), so that Resets can be placed in time.
+stamp() {
+  local line
+  while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done
+}
+
+# ------------------------------------------------------------------ check
+# One listener's stamped output against what was sent.
+# Inputs (in order): phase=batch <batches>  phase=keys <keys>
+#                    phase=map <every listener's output>  phase=check <this one>
+# A key that was not delivered is covered by a Reset line R when
+#   - R names the key's stream and its missing range holds the key's seq
+#     (the seq known from the other listeners), or
+#   - R comes in this output after an event that was sent after the key
+#     (a later seq of the same stream, or an event of a later batch), or
+#   - R was read after the key's batch had ended (its `send` had exited).
+# Each of these means the Reset came after the key was sent, which is the
+# promise (a Reset clears everything, so it covers all sent before it). A
+# key covered by none is a silent loss. Reported besides: how many missing
+# keys had a Reset naming their own stream, and how long after its batch
+# ended the first Reset covering a key came (the longest such wait).
+# shellcheck disable=SC2016  # awk program, not shell
+CHECK_AWK='
+function jstr(s, k,   r) {
+  if (!match(s, "\"" k "\":\"[^\"]*\"")) return ""
+  r = substr(s, RSTART + length(k) + 4, RLENGTH - length(k) - 5); return r
+}
+function jnum(s, k,   r) {
+  if (!match(s, "\"" k "\":[0-9]+")) return -1
+  return substr(s, RSTART + length(k) + 3, RLENGTH - length(k) - 3) + 0
+}
+function jobj(s, k) {
+  if (!match(s, "\"" k "\":[{][^}]*[}]")) return ""
+  return substr(s, RSTART + length(k) + 3, RLENGTH - length(k) - 3)
+}
+function keys_of(s, arr,   n, r) {
+  if (!match(s, /"keys":\[[^]]*\]/)) return 0
+  r = substr(s, RSTART + 8, RLENGTH - 9); gsub(/"/, "", r)
+  return split(r, arr, ",")
+}
+function hex16(s) { sub(/^0x/, "", s); while (length(s) < 16) s = "0" s; return s }
+function problem(msg) { nprob++; if (nprob <= 8) print "    PROBLEM: " msg }
+phase == "batch" { bstart[$1] = $2; bend[$1] = $3; if ($4 != "-") bstream[$1] = hex16($4); next }
+phase == "keys"  { keyb[$2] = $1; nkeys++; next }
+{ t = $1; j = substr($0, length($1) + 2); ty = jstr(j, "type") }
+phase == "map" && ty == "event" {
+  s = jstr(j, "stream"); q = jnum(j, "seq"); n = keys_of(j, ks)
+  for (i = 1; i <= n; i++) {
+    k = ks[i]
+    if (!(k in keyb)) continue   # reported by the check phase
+    b = keyb[k]
+    if ((k in kseq) && (kstream[k] != s || kseq[k] != q))
+      problem("key " k " delivered as stream " s " seq " q " and as stream " kstream[k] " seq " kseq[k])
+    kstream[k] = s; kseq[k] = q
+    if (b in bstream) { if (bstream[b] != s && !((b, s) in told)) { told[b, s] = 1; problem("batch " b " was sent on stream " bstream[b] " but key " k " came on stream " s) } }
+    else bstream[b] = s
+  }
+  next
+}
+phase == "map" { next }
+phase == "check" && ty == "ready" { ready = 1; next }
+phase == "check" && ty == "event" {
+  lines++; s = jstr(j, "stream"); q = jnum(j, "seq"); n = keys_of(j, ks)
+  if (!(s in maxseq) || q > maxseq[s]) maxseq[s] = q
+  for (i = 1; i <= n; i++) {
+    k = ks[i]
+    if (!(k in keyb)) { problem("delivered a key that was never sent: " k); continue }
+    if (k in got) dups++; else { got[k] = 1; delivered++ }
+    if (keyb[k] > maxbatch) maxbatch = keyb[k]
+  }
+  next
+}
+phase == "check" && ty == "reset" {
+  nr++; rt[nr] = t; rline[nr] = j
+  rkind[nr] = jstr(j, "kind"); rstream[nr] = jstr(j, "stream"); rlo[nr] = -1; rhi[nr] = -1
+  if (match(j, /"missing":\[[0-9]+,[0-9]+\]/)) {
+    split(substr(j, RSTART + 11, RLENGTH - 12), mm, ","); rlo[nr] = mm[1] + 0; rhi[nr] = mm[2] + 0
+  }
+  rmaxbatch[nr] = maxbatch + 0
+  for (s in maxseq) rmaxseq[nr, s] = maxseq[s]
+  byk[rkind[nr]]++
+  next
+}
+phase == "check" && ty == "stats" {
+  stats = 1
+  st_delivered = jnum(j, "events_delivered"); st_repaired = jnum(j, "events_repaired")
+  st_naks = jnum(j, "naks_sent"); st_supp = jnum(j, "naks_suppressed")
+  st_gaps = jnum(j, "gaps_opened"); st_late = jnum(j, "late_after_reset")
+  st_covered = jnum(j, "gaps_covered_by_reset")
+  rtm = jobj(j, "repair_time"); st_p50 = jnum(rtm, "p50_us"); st_p99 = jnum(rtm, "p99_us"); st_max = jnum(rtm, "max_us")
+  st_resets = jobj(j, "resets"); gsub(/[{}"]/, "", st_resets)
+  next
+}
+phase == "check" { problem("unexpected line: " j); next }
+END {
+  for (k in keyb) {
+    if (k in got) continue
+    missing++; b = keyb[k]; S = (b in bstream) ? bstream[b] : ""; q = (k in kseq) ? kseq[k] : -1
+    covered = 0; named = 0; first = -1
+    for (r = 1; r <= nr; r++) {
+      after = (S != "" && q >= 0 && rstream[r] == S && rlo[r] <= q && q < rhi[r]) ||
+              rmaxbatch[r] > b || (S != "" && q >= 0 && ((r, S) in rmaxseq) && rmaxseq[r, S] > q) ||
+              rt[r] >= bend[b]
+      if (!after) continue
+      covered = 1
+      if (S != "" && rstream[r] == S) named = 1
+      if (first < 0 || rt[r] < first) first = rt[r]
+    }
+    if (!covered) {
+      silent++
+      if (silent <= 5) printf "    SILENT LOSS: key %s (batch %d, stream %s, seq %s): no Reset after it\n", k, b, (S == "" ? "?" : S), (q < 0 ? "?" : q)
+      continue
+    }
+    if (named) nnamed++; else nother++
+    # How long after its batch ended the first Reset covering it came.
+    if (first - bend[b] > late) late = first - bend[b]
+  }
+  if (silent > 0) for (r = 1; r <= nr; r++) printf "    reset %d at %.6f: %s\n", r, rt[r], rline[r]
+  if (!ready) problem("no ready line")
+  if (!stats) problem("no stats line (listener did not exit cleanly)")
+  printf "RESULT %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %d %s %d %d %.1f\n",
+    delivered + 0, nkeys + 0, missing + 0, silent + 0, nr + 0, dups + 0, lines + 0,
+    st_repaired, st_naks, st_supp, st_gaps, st_late, st_covered, st_p50, st_p99,
+    nprob + 0, nnamed + nother, (st_resets == "" ? "-" : st_resets),
+    nnamed + 0, nother + 0, late + 0
+}'
+
+# ---------------------------------------------------------------- one run
+# run_family 4|6: prints a line per host and a summary; returns 0 if all passed.
+run_family() {
+  local fam=$1 group label dir h n pid b rc
+  if [ "$fam" = 4 ]; then group=$GROUP4 label=IPv4; else group=$GROUP6 label=IPv6; fi
+  dir="$WORK/v$fam"; mkdir -p "$dir"
+  local cluster="lansim-$RUN-v$fam" t0=$EPOCHREALTIME
+  echo "== $label: group $group, $HOSTS hosts (h1 sends), $KEYS keys in $BATCHES batches, $LOSS % loss on $LOSSY host(s)"
+
+  # Keys: batch b, key i. All unique across runs and families.
+  awk -v n="$KEYS" -v nb="$BATCHES" -v run="$RUN" -v fam="$fam" -v len="$KEY_BYTES" -v dir="$dir" 'BEGIN {
+    pad = ""; while (length(pad) < len) pad = pad "x"
+    for (i = 0; i < n; i++) {
+      b = int(i * nb / n) + 1
+      k = sprintf("lansim-%s-v%s-b%03d-k%05d-", run, fam, b, i); k = k substr(pad, 1, len - length(k))
+      print k > (dir "/batch-" b ".keys"); print b, k > (dir "/keys")
+    }
+  }'
+
+  # Listeners on h2..hK; loss on the first LOSSY of them.
+  local lpids=() spids=() max_listen=$((60 + BATCHES * 3 + SETTLE))
+  for h in $(seq 2 "$HOSTS"); do
+    n="$(ns "$h")"
+    mkfifo "$dir/h$h.fifo"
+    stamp <"$dir/h$h.fifo" >"$dir/h$h.out" &
+    spids[h]=$!; PIDS+=($!)
+    ip netns exec "$n" "$BIN" listen --group "$group" --interface cc0 --ttl 1 \
+      --cluster "$cluster" --name "h$h" --timeout "${max_listen}s" --stats \
+      >"$dir/h$h.fifo" 2>"$dir/h$h.err" &
+    lpids[h]=$!; PIDS+=($!)
+  done
+  local deadline=$((SECONDS + 15))
+  for h in $(seq 2 "$HOSTS"); do
+    until grep -q '"type":"ready"' "$dir/h$h.out" 2>/dev/null; do
+      if ! kill -0 "${lpids[h]}" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+        echo "lan-sim: $label: listener on h$h never became ready:" >&2
+        cat "$dir/h$h.err" >&2
+        return 1
+      fi
+      sleep 0.05
+    done
+  done
+  for h in $(seq 2 $((1 + LOSSY))); do add_loss "$h"; done
+
+  # Send, batch by batch, from h1. Each batch: start time, end time, stream.
+  local send_fail=0 datagrams=0 bt0 stream d
+  for b in $(seq 1 "$BATCHES"); do
+    bt0=$EPOCHREALTIME
+    NO_COLOR=1 RUST_LOG=cachecast=info timeout 30 ip netns exec "$(ns 1)" "$BIN" send \
+      --group "$group" --interface cc0 --ttl 1 --cluster "$cluster" --name "h1-b$b" \
+      invalidate --stdin <"$dir/batch-$b.keys" >"$dir/send-$b.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    rc=0; wait "$pid" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      send_fail=$((send_fail + 1))
+      echo "lan-sim: $label: send of batch $b failed (exit $rc):" >&2
+      sed 's/^/    /' "$dir/send-$b.log" >&2
+    fi
+    stream="$(sed -n 's/.*joining.* stream=\(0x[0-9a-f]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
+    d="$(sed -n 's/.* sent .*datagrams=\([0-9]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
+    datagrams=$((datagrams + ${d:-0}))
+    echo "$b $bt0 $EPOCHREALTIME ${stream:--}" >>"$dir/batches"
+    sleep "$PAUSE"
+  done
+  local send_s; send_s="$(elapsed "$t0")"
+
+  # Let late repairs, retries and stream time-outs happen, then stop the
+  # listeners (SIGINT: they print their stats and exit).
+  nap "$SETTLE"
+  local loss_seen=() loss_drop=() seen_total=0 drop_total=0
+  for h in $(seq 2 $((1 + LOSSY))); do
+    read -r "loss_seen[h]" "loss_drop[h]" < <(take_loss "$h")
+    seen_total=$((seen_total + loss_seen[h])); drop_total=$((drop_total + loss_drop[h]))
+  done
+  local lrc=()
+  for h in $(seq 2 "$HOSTS"); do kill -INT "${lpids[h]}" 2>/dev/null || true; done
+  for h in $(seq 2 "$HOSTS"); do
+    deadline=$((SECONDS + 10))
+    while kill -0 "${lpids[h]}" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+    kill -KILL "${lpids[h]}" 2>/dev/null || true
+    lrc[h]=0; wait "${lpids[h]}" 2>/dev/null || lrc[h]=$?
+    deadline=$((SECONDS + 5))
+    while kill -0 "${spids[h]}" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+    kill -KILL "${spids[h]}" 2>/dev/null || true
+    wait "${spids[h]}" 2>/dev/null || true
+  done
+
+  # Check every listener.
+  local outs=() ok=1 tot_del=0 tot_exp=0 tot_rep=0 tot_naks=0 tot_resets=0 tot_silent=0 tot_miss=0
+  for h in $(seq 2 "$HOSTS"); do outs+=("$dir/h$h.out"); done
+  for h in $(seq 2 "$HOSTS"); do
+    local res verdict=PASS lossdesc="no loss"
+    res="$(awk "$CHECK_AWK" phase=batch "$dir/batches" phase=keys "$dir/keys" \
+      phase=map "${outs[@]}" phase=check "$dir/h$h.out")" || { ok=0; echo "lan-sim: checker failed on h$h" >&2; continue; }
+    # RESULT delivered expected missing silent resets dups lines repaired naks
+    #        suppressed gaps late_after_reset covered_by_reset p50 p99 problems
+    #        covered kinds covered_naming covered_other longest_wait
+    local r=(); read -r -a r <<<"$(grep '^RESULT ' <<<"$res")"
+    if [ "${r[4]}" -ne 0 ] || [ "${r[16]}" -ne 0 ] || [ "${lrc[h]}" -ne 0 ] || [ "$send_fail" -ne 0 ]; then
+      verdict=FAIL; ok=0
+    fi
+    if [ "$h" -le $((1 + LOSSY)) ]; then
+      lossdesc="$LOSS % loss, nft dropped ${loss_drop[h]}/${loss_seen[h]}"
+    fi
+    local missdesc="${r[3]}"
+    if [ "${r[3]}" -ne 0 ]; then
+      missdesc="${r[3]} (after them a Reset: ${r[17]} [naming their stream: ${r[19]}, another: ${r[20]}; at most ${r[21]} s after the send]; silent: ${r[4]})"
+    fi
+    printf '  h%-2s %s: delivered %s/%s keys in %s events, missing %s; repaired %s events (p50/p99 %s/%s us), NAKs %s sent, %s suppressed; resets %s {%s}; duplicates %s; exit %s -> %s\n' \
+      "$h" "($lossdesc)" "${r[1]}" "${r[2]}" "${r[7]}" "$missdesc" "${r[8]}" "${r[14]}" "${r[15]}" \
+      "${r[9]}" "${r[10]}" "${r[5]}" "${r[18]}" "${r[6]}" "${lrc[h]}" "$verdict"
+    grep -v '^RESULT ' <<<"$res" || true
+    if [ "$verdict" = FAIL ] && [ -s "$dir/h$h.err" ]; then sed 's/^/    stderr: /' "$dir/h$h.err" | tail -n 5; fi
+    tot_del=$((tot_del + r[1])); tot_exp=$((tot_exp + r[2])); tot_rep=$((tot_rep + r[8]))
+    tot_naks=$((tot_naks + r[9])); tot_resets=$((tot_resets + r[5])); tot_silent=$((tot_silent + r[4])); tot_miss=$((tot_miss + r[3]))
+  done
+  local verdict=PASS; [ "$ok" -eq 1 ] || verdict=FAIL
+  [ "$send_fail" -eq 0 ] || echo "  $send_fail of $BATCHES sends failed"
+  if [ "$LOSS" -gt 0 ] && [ "$LOSSY" -gt 0 ] && [ "$drop_total" -eq 0 ]; then
+    echo "  WARNING: nft dropped nothing: this run did not exercise repair"
+  fi
+  echo "$label $verdict: $KEYS keys in $BATCHES sends ($datagrams data datagrams) to $((HOSTS - 1)) listeners; nft dropped $drop_total of $seen_total datagrams on $LOSSY host(s); delivered $tot_del/$tot_exp keys (missing $tot_miss, of them silent $tot_silent), repaired $tot_rep, NAKs $tot_naks, resets $tot_resets; sending ${send_s} s, total $(elapsed "$t0") s"
+  [ "$ok" -eq 1 ]
+}
+
+setup
+echo "lan-sim: run $RUN: namespaces $PFX-{br,h1..h$HOSTS}, binary $BIN"
+status=0 summary=()
+for fam in "${FAMILIES[@]}"; do
+  if run_family "$fam"; then summary+=("IPv$fam PASS"); else summary+=("IPv$fam FAIL"); status=1; fi
+done
+echo "lan-sim: ${summary[*]} ($(elapsed "$T_START") s)"
+exit "$status"
