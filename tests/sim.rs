@@ -602,3 +602,35 @@ fn drive_fails_loudly_when_the_network_never_settles() {
     sim.publish(0, key(1));
     sim.drive(ms(500));
 }
+
+#[test]
+fn a_lost_goodbye_and_a_lost_last_datagram_are_recovered_while_the_sender_lingers() {
+    let mut sim = cluster(21, 2);
+    let s0 = stream_of(&sim, 0);
+    // The last Data datagram and the first Goodbye are lost on their way
+    // to node 1; the repeated Goodbye reveals the loss and ends the stream.
+    let mut goodbyes = 0;
+    sim.set_drop_filter(move |f| {
+        if f.to != 1 {
+            return false;
+        }
+        match f.datagram.body {
+            Body::Data { .. } => true,
+            Body::Goodbye { .. } => {
+                goodbyes += 1;
+                goodbyes == 1
+            }
+            _ => false,
+        }
+    });
+    sim.publish(0, key(1));
+    sim.close(0);
+    // A linger of 50 ms (the default).
+    sim.run_for(ms(50));
+    sim.crash(0);
+    sim.clear_drop_filter();
+    sim.run_for(Duration::from_secs(12));
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    assert_eq!(sim.delivered_events(1), [(s0, 1)]);
+    assert_eq!(sim.core(1).unwrap().stats().streams_ended, 1);
+}

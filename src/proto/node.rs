@@ -160,8 +160,8 @@ impl NodeCore {
     }
 
     /// Ends this node's stream: everything published goes out, then `Goodbye`.
-    pub fn close(&mut self, _now: Instant) {
-        self.sender.close(&mut self.out);
+    pub fn close(&mut self, now: Instant) {
+        self.sender.close(now, &mut self.out);
         self.next_hello = None;
     }
 

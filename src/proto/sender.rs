@@ -190,7 +190,7 @@ impl Sender {
 
     /// The next time [`Sender::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let beat = (!self.closed).then(|| match self.hello_answer_at {
+        let beat = Some(match self.hello_answer_at {
             Some(t) => t.min(self.heartbeat_at),
             None => self.heartbeat_at,
         });
@@ -336,6 +336,13 @@ impl Sender {
             self.send_repairs(now, out, stats);
         }
         if self.closed {
+            if self.heartbeat_at <= now {
+                self.heartbeat_interval = (self.heartbeat_interval * 2).min(self.heartbeat_idle);
+                self.heartbeat_at = now + self.heartbeat_interval;
+                out.push_back(Body::Goodbye {
+                    next_seq: self.next_seq,
+                });
+            }
             return false;
         }
         let mut send = false;
@@ -363,8 +370,12 @@ impl Sender {
         send
     }
 
-    /// Ends the stream: seals the batch and queues `Goodbye`.
-    pub fn close(&mut self, out: &mut VecDeque<Body>) {
+    /// Ends the stream: seals the batch and queues `Goodbye`, which is then
+    /// repeated on the fast heartbeat schedule (1, 2, 4 … ms, up to the idle
+    /// interval) for as long as the node lingers: a single lost `Goodbye`
+    /// would leave receivers unaware of a lost last datagram, and cost them
+    /// a timeout `Reset` even when nothing was lost.
+    pub fn close(&mut self, now: Instant, out: &mut VecDeque<Body>) {
         if self.closed {
             return;
         }
@@ -373,5 +384,8 @@ impl Sender {
             next_seq: self.next_seq,
         });
         self.closed = true;
+        self.hello_answer_at = None;
+        self.heartbeat_interval = self.heartbeat_min;
+        self.heartbeat_at = now + self.heartbeat_min;
     }
 }
