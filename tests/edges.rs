@@ -89,7 +89,7 @@ fn drain(core: &mut NodeCore, out: &mut Vec<Delivery>) {
 /// of that stream that follow must still be delivered, not dropped as
 /// "duplicates" of the given-up range.
 #[test]
-fn a_far_future_heartbeat_does_not_blind_the_receiver() {
+fn a_far_future_heartbeat_does_not_block_the_events_that_follow() {
     let cfg = CoreConfig::default();
     let t0 = Instant::now();
     let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
@@ -420,4 +420,36 @@ fn mutated_datagrams_never_panic() {
         while core.poll_delivery().is_some() {}
     }
     eprintln!("{:?}", core.stats().dropped);
+}
+
+/// A stream evicted without a gap, whose next event is lost and which then
+/// dies, was once forgotten for good: no gap, no timeout, no Reset.
+#[test]
+fn an_evicted_stream_that_dies_unseen_is_reset_at_its_timeout() {
+    let mut sim = Sim::new(11);
+    let rx_cfg = CoreConfig {
+        max_streams: 1,
+        ..CoreConfig::default()
+    };
+    let a = sim.add_node("a", CoreConfig::default());
+    let b = sim.add_node("b", CoreConfig::default());
+    let rx = sim.add_node("rx", rx_cfg);
+    sim.run_for(ms(300));
+    sim.publish(a, key(1));
+    sim.run_for(ms(50));
+    sim.publish(b, key(2)); // rx meets b: a is evicted, with no gap
+    sim.run_for(ms(5));
+    sim.set_drop_filter(move |f| f.to == rx && f.from == a);
+    sim.publish(a, key(3)); // lost to rx...
+    sim.run_for(ms(1));
+    sim.crash(a); // ...and a dies
+    sim.clear_drop_filter();
+    sim.run_for(Duration::from_secs(15));
+    if let Err(v) = sim.check() {
+        panic!("{v}");
+    }
+    assert!(sim
+        .resets(rx)
+        .iter()
+        .any(|(_, r)| matches!(r, cachecast::proto::ResetReason::StreamTimedOut { .. })));
 }

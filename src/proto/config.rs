@@ -53,7 +53,8 @@ pub struct CoreConfig {
     /// A gap open longer than this is given up with a `Reset`, however
     /// often its `Nak`s were postponed. Default 5 s.
     pub max_gap_age: Duration,
-    /// Retransmit ring: bytes of sent events kept for repair. Default 4 MiB.
+    /// Retransmit ring: memory for sent events kept for repair (each counts
+    /// its encoded size plus 128 bytes of bookkeeping). Default 4 MiB.
     pub retransmit_bytes: usize,
     /// Retransmit ring: events older than this are dropped. Default 30 s.
     pub retransmit_age: Duration,

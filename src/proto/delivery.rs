@@ -50,7 +50,9 @@ pub enum ResetReason {
     /// or a partition): anything from `next_expected` on may have been lost,
     /// since a sender that dies right after sending can leave no trace.
     StreamTimedOut { stream: u64, next_expected: u64 },
-    /// The stream was evicted (table full, `max_streams`) with `missing` open.
+    /// The stream was evicted (table full, `max_streams`) with `missing`
+    /// open (or, when `missing` is empty, it could no longer be tracked at
+    /// all: from `missing.0` on anything may be lost).
     StreamEvicted { stream: u64, missing: SeqRange },
     /// The subscriber fell behind and `missed` deliveries were dropped.
     Lagged { missed: u64 },

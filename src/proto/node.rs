@@ -27,7 +27,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::proto::config::{ConfigError, CoreConfig};
-use crate::proto::delivery::Delivery;
+use crate::proto::delivery::{Delivery, ResetReason};
 use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
@@ -62,6 +62,8 @@ pub struct NodeCore {
     /// datagram nor a timeout has to look at every stream. Entries may be
     /// stale (earlier than needed); a stale one only costs a wake-up.
     wakes: BTreeSet<(Instant, u64)>,
+    /// Streams evicted without a gap, until met again or timed out.
+    evicted: Evicted,
     /// Next scan of every stream for the silence timeout.
     sweep_at: Instant,
     /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`.
@@ -86,6 +88,7 @@ impl NodeCore {
             sender: Sender::new(&cfg, now),
             streams: HashMap::new(),
             wakes: BTreeSet::new(),
+            evicted: Evicted::default(),
             sweep_at: now + cfg.stream_timeout / 20,
             ended: VecDeque::new(),
             ended_set: HashSet::new(),
@@ -191,6 +194,7 @@ impl NodeCore {
         let sync_until = self.sync_until;
         let mut sink = sink!(self);
         let streams = &mut self.streams;
+        let evicted = &mut self.evicted;
         let ended = &self.ended_set;
         let in_sync = now < sync_until;
         let nak_target = match &dgram.body {
@@ -202,9 +206,16 @@ impl NodeCore {
                 self.sender.on_hello(now, sink.rng);
                 // A joiner publishes nothing before its join returns: its
                 // stream starts at 1.
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, Some(1))
-                {
+                if let Some(r) = receiver_for(
+                    streams,
+                    evicted,
+                    ended,
+                    &mut sink,
+                    now,
+                    sync_until,
+                    from,
+                    Some(1),
+                ) {
                     r.set_node(&node);
                 }
             }
@@ -216,12 +227,14 @@ impl NodeCore {
                 }
                 // Knowing that the NAK's sender exists matters: if it dies
                 // unheard, its stream times out with a Reset.
-                receiver_for(streams, ended, &mut sink, now, sync_until, from, None);
+                receiver_for(
+                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
+                );
             }
             Body::Unavailable { stream, ranges } => {
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, None)
-                {
+                if let Some(r) = receiver_for(
+                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
+                ) {
                     // Only a stream's own sender speaks for what it holds.
                     if stream == from {
                         sink.stats.unavailable_received += 1;
@@ -232,6 +245,7 @@ impl NodeCore {
             Body::Data { first_seq, events } => {
                 if let Some(r) = receiver_for(
                     streams,
+                    evicted,
                     ended,
                     &mut sink,
                     now,
@@ -243,9 +257,9 @@ impl NodeCore {
                 }
             }
             Body::Repair { first_seq, events } => {
-                if let Some(r) =
-                    receiver_for(streams, ended, &mut sink, now, sync_until, from, None)
-                {
+                if let Some(r) = receiver_for(
+                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
+                ) {
                     // A repair (asked for by someone else) does not place a
                     // stream: it would start at an arbitrary old seq.
                     if r.is_placed() || !in_sync {
@@ -260,6 +274,7 @@ impl NodeCore {
             } => {
                 if let Some(r) = receiver_for(
                     streams,
+                    evicted,
                     ended,
                     &mut sink,
                     now,
@@ -274,6 +289,7 @@ impl NodeCore {
             Body::Goodbye { next_seq } => {
                 if let Some(r) = receiver_for(
                     streams,
+                    evicted,
                     ended,
                     &mut sink,
                     now,
@@ -392,6 +408,7 @@ impl NodeCore {
                     r.time_out(&mut sink);
                 }
             }
+            self.evicted.sweep(now, &mut sink);
         }
         self.stats.streams = self.streams.len() as u64;
         self.after_resets(resets_before);
@@ -454,8 +471,11 @@ impl NodeCore {
 /// the join matters); one met later is followed from seq 1, so that history
 /// we never saw is a gap to repair. `None` for a stream that already said
 /// `Goodbye`.
+// The node's fields, borrowed apart (the caller holds other fields too).
+#[allow(clippy::too_many_arguments)]
 fn receiver_for<'a>(
     streams: &'a mut HashMap<u64, StreamReceiver>,
+    evicted: &mut Evicted,
     ended: &HashSet<u64>,
     sink: &mut Sink<'_>,
     now: Instant,
@@ -470,8 +490,11 @@ fn receiver_for<'a>(
     let in_sync = now < sync_until;
     if !streams.contains_key(&stream) {
         if streams.len() >= sink.cfg.max_streams {
-            evict_one(streams, sink);
+            evict_one(streams, evicted, sink);
         }
+        // Met again after an eviction: followed from seq 1 (it is after the
+        // sync window), so nothing it sent meanwhile is lost silently.
+        evicted.remove(stream);
         let start = if in_sync { pos } else { Some(1) };
         tracing::debug!(stream, ?start, "new stream");
         streams.insert(stream, StreamReceiver::new(stream, start, now));
@@ -486,7 +509,11 @@ fn receiver_for<'a>(
 }
 
 /// Evicts the least recently heard stream (table full).
-fn evict_one(streams: &mut HashMap<u64, StreamReceiver>, sink: &mut Sink<'_>) {
+fn evict_one(
+    streams: &mut HashMap<u64, StreamReceiver>,
+    evicted: &mut Evicted,
+    sink: &mut Sink<'_>,
+) {
     let Some(victim) = streams
         .values()
         .min_by_key(|r| r.last_heard())
@@ -497,6 +524,67 @@ fn evict_one(streams: &mut HashMap<u64, StreamReceiver>, sink: &mut Sink<'_>) {
     if let Some(mut r) = streams.remove(&victim) {
         tracing::debug!(stream = victim, "stream evicted: table full");
         sink.stats.streams_evicted += 1;
-        r.evict(sink);
+        if !r.evict(sink) {
+            evicted.insert(victim, r.last_heard(), r.next_expected(), sink);
+        }
+    }
+}
+
+/// Streams evicted (table full) with no gap open. One that is met again is
+/// followed from seq 1; one that is never met again may have died with its
+/// last events lost, so it gets the Reset of a timed-out stream when its
+/// timeout comes. Bounded by `max_streams`; past it the oldest is Reset.
+#[derive(Debug, Default)]
+struct Evicted {
+    streams: HashMap<u64, (Instant, u64)>,
+    order: VecDeque<u64>,
+}
+
+impl Evicted {
+    fn insert(
+        &mut self,
+        stream: u64,
+        last_heard: Instant,
+        next_expected: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        self.streams.insert(stream, (last_heard, next_expected));
+        self.order.push_back(stream);
+        while self.streams.len() > sink.cfg.max_streams {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, next)) = self.streams.remove(&old) {
+                sink.reset(ResetReason::StreamEvicted {
+                    stream: old,
+                    missing: (next, next),
+                });
+            }
+        }
+    }
+
+    fn remove(&mut self, stream: u64) {
+        if self.streams.remove(&stream).is_some() {
+            self.order.retain(|s| *s != stream);
+        }
+    }
+
+    /// Resets for every evicted stream whose timeout passed unseen.
+    fn sweep(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        let timeout = sink.cfg.stream_timeout;
+        let due: Vec<(u64, u64)> = self
+            .streams
+            .iter()
+            .filter(|(_, (heard, _))| *heard + timeout <= now)
+            .map(|(s, (_, next))| (*s, *next))
+            .collect();
+        for (stream, next_expected) in due {
+            self.remove(stream);
+            sink.stats.streams_timed_out += 1;
+            sink.reset(ResetReason::StreamTimedOut {
+                stream,
+                next_expected,
+            });
+        }
     }
 }

@@ -402,15 +402,20 @@ impl StreamReceiver {
     }
 
     /// The stream is evicted (table full): a `Reset` if anything is still
-    /// missing. Nothing after it can be lost silently: if the stream is met
-    /// again, it is met later, with its history a gap from seq 1.
-    pub fn evict(&mut self, sink: &mut Sink<'_>) {
-        if let Some(missing) = self.gaps.hull() {
-            self.gaps = GapSet::new();
-            sink.reset(ResetReason::StreamEvicted {
-                stream: self.stream,
-                missing,
-            });
+    /// missing (returns true then). If the stream is met again, it is met
+    /// later, with its history a gap from seq 1; if it is not, the node
+    /// Resets at its timeout (it may have died with its last events lost).
+    pub fn evict(&mut self, sink: &mut Sink<'_>) -> bool {
+        match self.gaps.hull() {
+            Some(missing) => {
+                self.gaps = GapSet::new();
+                sink.reset(ResetReason::StreamEvicted {
+                    stream: self.stream,
+                    missing,
+                });
+                true
+            }
+            None => false,
         }
     }
 

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::wire::Event;
 
+/// What one held event costs besides its encoded bytes: the entry itself
+/// and the heap blocks of its strings, roughly.
+pub const ENTRY_OVERHEAD: usize = 128;
+
 /// One sent event.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -43,7 +47,9 @@ impl RetransmitRing {
         }
     }
 
-    /// Adds the next event; evicts the oldest past the byte bound.
+    /// Adds the next event; evicts the oldest past the byte bound. Each
+    /// event counts its encoded size plus [`ENTRY_OVERHEAD`], so that the
+    /// bound holds for memory, not only for bytes on the wire.
     pub fn push(&mut self, event: Event, size: usize, now: Instant) {
         self.entries.push_back(Entry {
             event,
@@ -51,7 +57,7 @@ impl RetransmitRing {
             sent: now,
             repaired: None,
         });
-        self.bytes += size;
+        self.bytes += size + ENTRY_OVERHEAD;
         while self.bytes > self.max_bytes {
             self.pop();
         }
@@ -59,7 +65,7 @@ impl RetransmitRing {
 
     fn pop(&mut self) {
         if let Some(e) = self.entries.pop_front() {
-            self.bytes -= e.size;
+            self.bytes -= e.size + ENTRY_OVERHEAD;
             self.first_seq += 1;
         }
     }
@@ -108,11 +114,12 @@ mod tests {
     #[test]
     fn bounded_by_bytes_and_age() {
         let t = Instant::now();
-        let mut r = RetransmitRing::new(30, Duration::from_secs(1));
+        let cost = 10 + ENTRY_OVERHEAD;
+        let mut r = RetransmitRing::new(3 * cost, Duration::from_secs(1));
         for i in 0..5 {
             r.push(ev(), 10, t + Duration::from_millis(i * 300));
         }
-        assert_eq!((r.oldest(), r.end(), r.bytes()), (3, 6, 30));
+        assert_eq!((r.oldest(), r.end(), r.bytes()), (3, 6, 3 * cost));
         assert!(r.get_mut(2).is_none() && r.get_mut(3).is_some() && r.get_mut(6).is_none());
         r.expire(t + Duration::from_millis(1700));
         assert_eq!((r.oldest(), r.end()), (4, 6));
