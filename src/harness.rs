@@ -58,6 +58,9 @@ pub struct Faults {
     rng: Mutex<SmallRng>,
     /// Streams the node's current life received a datagram of.
     heard: Mutex<HashSet<u64>>,
+    /// The current life's record: deliveries are stamped and stored the
+    /// moment the protocol makes them.
+    life: Mutex<Option<Arc<Mutex<Life>>>>,
 }
 
 impl Faults {
@@ -67,6 +70,16 @@ impl Faults {
             state: Mutex::new(FaultState::default()),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             heard: Mutex::new(HashSet::new()),
+            life: Mutex::new(None),
+        }
+    }
+
+    fn hear(&self, decoded: &Option<Datagram>) {
+        if let Some(d) = decoded {
+            self.heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d.header.stream);
         }
     }
 
@@ -134,15 +147,34 @@ impl Faults {
 impl FaultInjector for Faults {
     fn on_receive(&self, bytes: &[u8]) -> Verdict {
         let decoded = wire::decode(bytes, self.cluster).ok();
+        let verdict = self.verdict(&decoded);
+        if verdict != Verdict::Drop {
+            self.hear(&decoded);
+        }
+        verdict
+    }
+
+    fn drop_outgoing(&self, _bytes: &[u8]) -> bool {
+        self.with(|s| s.partitioned)
+    }
+
+    fn observe(&self, delivery: &Delivery) {
+        if let Some(life) = self.life.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            life.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deliveries
+                .push((Instant::now(), delivery.clone()));
+        }
+    }
+}
+
+impl Faults {
+    fn verdict(&self, decoded: &Option<Datagram>) -> Verdict {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.partitioned {
             return Verdict::Drop;
         }
-        if let Some(d) = &decoded {
-            self.heard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(d.header.stream);
+        if let Some(d) = decoded {
             if st.drop_next > 0 && matches!(d.body, Body::Data { .. }) {
                 st.drop_next -= 1;
                 return Verdict::Drop;
@@ -173,10 +205,6 @@ impl FaultInjector for Faults {
         }
         Verdict::Deliver
     }
-
-    fn drop_outgoing(&self, _bytes: &[u8]) -> bool {
-        self.with(|s| s.partitioned)
-    }
 }
 
 /// One life of a node: from join to crash, shutdown or now.
@@ -203,9 +231,11 @@ pub struct Published {
     pub node: usize,
     /// Its stream at the time.
     pub stream: u64,
+    /// The seq it got.
+    pub seq: u64,
     /// The event.
     pub event: Event,
-    /// When it was handed to the node.
+    /// When the protocol took it (the driver's clock).
     pub at: Instant,
 }
 
@@ -358,26 +388,21 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let node = Node::join(cfg).await?;
         let life = Arc::new(Mutex::new(Life {
             node: i,
-            stream: node.stream(),
+            stream: 0,
             synced: Instant::now(),
             ended: None,
             deliveries: Vec::new(),
             heard: HashSet::new(),
         }));
-        let mut sub = node.subscribe();
-        let record = life.clone();
-        tokio::spawn(async move {
-            while let Some(d) = sub.recv().await {
-                record
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .deliveries
-                    .push((Instant::now(), d));
-            }
-        });
+        *faults.life.lock().unwrap_or_else(|p| p.into_inner()) = Some(life.clone());
+        let node = Node::join(cfg).await?;
+        {
+            let mut l = life.lock().unwrap_or_else(|p| p.into_inner());
+            l.stream = node.stream();
+            l.synced = Instant::now();
+        }
         self.lives.push(life.clone());
         Ok((node, life))
     }
@@ -422,11 +447,11 @@ impl Cluster {
     /// Publishes `event` from node `i`.
     pub async fn publish_event(&mut self, i: usize, event: Event) -> Result<(), PublishError> {
         let node = self.members[i].node.as_ref().ok_or(PublishError::Closed)?;
-        let at = Instant::now();
-        node.publish(event.clone()).await?;
+        let (seq, at) = node.publish_acked(event.clone()).await?;
         self.published.push(Published {
             node: i,
             stream: node.stream(),
+            seq,
             event,
             at,
         });
@@ -451,6 +476,7 @@ impl Cluster {
 
     fn end_life(&mut self, i: usize) {
         let m = &self.members[i];
+        *m.faults.life.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut life = m.life.lock().unwrap_or_else(|p| p.into_inner());
         life.ended = Some(Instant::now());
         life.heard = m
@@ -465,6 +491,18 @@ impl Cluster {
     /// a new stream and a fresh join.
     pub async fn restart(&mut self, i: usize) -> Result<(), JoinError> {
         self.crash(i);
+        let name = self.members[i].name.clone();
+        let faults = self.members[i].faults.clone();
+        let (node, life) = self.join_life(i, &name, &faults).await?;
+        self.members[i].node = Some(node);
+        self.members[i].life = life;
+        Ok(())
+    }
+
+    /// Recycles node `i` cleanly, as a deploy would: `Goodbye`, then a new
+    /// process with a new stream and a fresh join.
+    pub async fn recycle(&mut self, i: usize) -> Result<(), JoinError> {
+        self.shutdown(i).await;
         let name = self.members[i].name.clone();
         let faults = self.members[i].faults.clone();
         let (node, life) = self.join_life(i, &name, &faults).await?;
@@ -498,35 +536,27 @@ impl Cluster {
         self.started
     }
 
-    /// Waits until every live node has no open gap and its deliveries have
-    /// stopped changing, or `limit` passes. Returns true if it settled.
+    /// Waits until the promise is fulfilled — every live node delivered
+    /// every event it should have seen, or a `Reset` after it
+    /// ([`Cluster::check`] passes) — and no node has a gap open, or until
+    /// `limit` passes. Returns true if it settled; on false, `check` says
+    /// what is missing.
     pub async fn settle(&self, limit: Duration) -> bool {
         let end = tokio::time::Instant::now() + limit;
-        let mut last: Option<Vec<u64>> = None;
         loop {
-            let mut now = Vec::new();
             let mut open = 0;
             for m in &self.members {
                 if let Some(node) = &m.node {
-                    let s = node.stats().await.protocol;
-                    open += s.open_gaps;
-                    let recorded = m
-                        .life
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .deliveries
-                        .len();
-                    now.push(s.events_delivered + s.resets_total() + recorded as u64);
+                    open += node.stats().await.protocol.open_gaps;
                 }
             }
-            if open == 0 && last.as_ref() == Some(&now) {
+            if open == 0 && self.check().is_ok() {
                 return true;
             }
             if tokio::time::Instant::now() >= end {
                 return false;
             }
-            last = Some(now);
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -554,11 +584,11 @@ impl Cluster {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let got: HashSet<(u64, &Event)> = life
+            let got: HashSet<(u64, u64)> = life
                 .deliveries
                 .iter()
                 .filter_map(|(_, d)| match d {
-                    Delivery::Event { stream, event, .. } => Some((*stream, event)),
+                    Delivery::Event { stream, seq, .. } => Some((*stream, *seq)),
                     Delivery::Reset { .. } => None,
                 })
                 .collect();
@@ -579,7 +609,7 @@ impl Cluster {
                     continue;
                 }
                 report.expected += 1;
-                if got.contains(&(p.stream, &p.event)) {
+                if got.contains(&(p.stream, p.seq)) {
                     report.delivered += 1;
                 } else if last_reset.is_some_and(|r| r >= p.at) {
                     report.covered_by_reset += 1;

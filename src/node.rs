@@ -69,7 +69,8 @@ pub struct NodeConfig {
     /// size is in [`NodeStats`].
     pub recv_buffer: usize,
     /// Deliveries a subscriber may fall behind by before it gets a
-    /// `Reset { Lagged }` instead. Default 65536.
+    /// `Reset { Lagged }` instead (rounded up to a power of two). Default
+    /// 65536.
     pub subscriber_queue: usize,
     /// After `Goodbye`, how long `shutdown` keeps the node running to
     /// answer late requests. Default 50 ms.
@@ -311,6 +312,31 @@ impl Node {
             .send(Command::Publish(event))
             .await
             .map_err(|_| PublishError::Closed)
+    }
+
+    /// Publishes `event` and returns the seq it got and when (the driver's
+    /// clock): for the harness, which checks deliveries by seq.
+    pub(crate) async fn publish_acked(
+        &self,
+        event: Event,
+    ) -> Result<(u64, std::time::Instant), PublishError> {
+        wire::check_event(&event, self.shared.max_datagram)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let closed = self.shared.closed.read().await;
+            if *closed {
+                return Err(PublishError::Closed);
+            }
+            self.commands
+                .send(Command::PublishAcked(event, tx))
+                .await
+                .map_err(|_| PublishError::Closed)?;
+        }
+        let mut done = self.shared.done.clone();
+        tokio::select! {
+            r = rx => r.unwrap_or(Err(PublishError::Closed)),
+            _ = done.wait_for(|d| *d) => Err(PublishError::Closed),
+        }
     }
 
     /// Invalidates these keys everywhere.

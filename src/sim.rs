@@ -108,7 +108,10 @@ pub struct Incarnation {
     /// Index into `deliveries` where this life's deliveries start.
     pub first_delivery: usize,
     /// Streams this life received at least one datagram of.
-    pub heard: std::collections::HashSet<u64>,
+    /// Streams this life received datagrams of, with the last time.
+    pub heard: HashMap<u64, Instant>,
+    /// When it said `Goodbye` (it may linger after).
+    pub closed: Option<Instant>,
 }
 
 /// An event some node published.
@@ -258,7 +261,8 @@ impl Sim {
             synced: core.sync_deadline(),
             ended: None,
             first_delivery: node.deliveries.len(),
-            heard: std::collections::HashSet::new(),
+            heard: HashMap::new(),
+            closed: None,
         });
         node.core = Some(core);
         self.pump(id);
@@ -407,6 +411,9 @@ impl Sim {
         let now = self.now;
         if let Some(core) = self.nodes[id].core.as_mut() {
             core.close(now);
+            if let Some(life) = self.nodes[id].incarnations.last_mut() {
+                life.closed.get_or_insert(now);
+            }
         }
         self.pump(id);
     }
@@ -626,7 +633,7 @@ impl Sim {
             if let Some(core) = node.core.as_mut() {
                 core.handle_datagram(t, &a.bytes);
                 if let Some(life) = node.incarnations.last_mut() {
-                    life.heard.insert(a.stream);
+                    life.heard.insert(a.stream, t);
                 }
                 self.pump(a.to);
             }
@@ -734,18 +741,32 @@ pub fn check_no_silent_loss(sim: &Sim) -> Result<CheckReport, Box<Violation>> {
                     Delivery::Reset { .. } => last_reset = Some(*t),
                 }
             }
+            let timed_out: HashMap<u64, Instant> = deliveries
+                .iter()
+                .filter_map(|(t, d)| match d {
+                    Delivery::Reset {
+                        reason: crate::proto::ResetReason::StreamTimedOut { stream, .. },
+                    } => Some((*stream, *t)),
+                    _ => None,
+                })
+                .collect();
             for p in &sim.published {
                 if p.stream == life.stream || p.at < life.synced {
                     continue;
                 }
-                // A publisher that was never heard by this life, and is
-                // dead, cannot be known to it by any protocol (cut off from
-                // it for its whole life, then crashed): a documented limit.
+                // A publisher that is dead (or said Goodbye) and was never heard
+                // by this life, or not since this life gave its stream up with
+                // a timeout Reset, cannot be known to it by any protocol (cut
+                // off from it, then dead): a documented limit.
                 let publisher_dead = sim.nodes[p.node]
                     .incarnations
                     .iter()
-                    .any(|l| l.stream == p.stream && l.ended.is_some());
-                if publisher_dead && !life.heard.contains(&p.stream) {
+                    .any(|l| l.stream == p.stream && (l.ended.is_some() || l.closed.is_some()));
+                let unseen = match life.heard.get(&p.stream) {
+                    None => true,
+                    Some(heard) => timed_out.get(&p.stream).is_some_and(|t| heard <= t),
+                };
+                if publisher_dead && unseen {
                     continue;
                 }
                 report.expected += 1;

@@ -191,9 +191,59 @@ async fn the_checker_catches_a_silent_loss() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     c.crash(0);
     c.faults(1).partition(false);
-    assert!(c.settle(SETTLE).await);
+    // It never settles: the event is neither delivered nor followed by a Reset.
+    assert!(!c.settle(Duration::from_secs(2)).await);
     let v = c
         .check()
         .expect_err("a silent loss (for now) must be reported");
     assert!(v.to_string().contains("never-seen"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_matches_by_seq_so_a_lost_repeat_of_a_key_is_caught() {
+    let mut c = Cluster::start_with(2, 3, |cfg| {
+        cfg.protocol.stream_timeout = Duration::from_secs(60);
+    })
+    .await
+    .unwrap();
+    c.publish(0, ["user:1"]).await.unwrap();
+    assert!(c.settle(SETTLE).await);
+    c.faults(1).partition(true);
+    c.publish(0, ["user:1"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.crash(0);
+    c.faults(1).partition(false);
+    assert!(!c.settle(Duration::from_secs(2)).await);
+    assert!(c.check().is_err(), "the second user:1 was lost silently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_waits_for_delayed_datagrams() {
+    let mut c = Cluster::start(2).await.unwrap();
+    c.faults(1).delay(Some((
+        Duration::from_millis(100),
+        Duration::from_millis(150),
+    )));
+    c.publish(0, ["k"]).await.unwrap();
+    assert!(c.settle(SETTLE).await);
+    c.check().unwrap();
+    assert_eq!(got_keys(&c, 1), ["k"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_whose_every_datagram_was_lost_does_not_count_as_heard() {
+    let mut c = Cluster::start_with(1, 5, |cfg| {
+        cfg.protocol.stream_timeout = Duration::from_secs(60);
+    })
+    .await
+    .unwrap();
+    c.faults(0).drop_probability(1.0);
+    let p = c.add_node("publisher").await.unwrap();
+    c.publish(p, ["x"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.crash(p);
+    c.faults(0).clear();
+    // Node 0 never received anything of the publisher: no protocol can
+    // know of its event, so the checker does not count it.
+    assert!(c.settle(SETTLE).await);
 }

@@ -91,8 +91,11 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
             .map_err(|e| err(&e))?;
     }
     let last = c.len() - 1;
-    t.say(&names[last], "recycles (restart: new process, new stream)");
-    c.restart(last).await.map_err(|e| err(&e))?;
+    t.say(
+        &names[last],
+        "recycles (Goodbye, then a new process with a new stream)",
+    );
+    c.recycle(last).await.map_err(|e| err(&e))?;
     t.say(&names[last], "joined: in sync after the 100 ms join window");
     let sent = Instant::now();
     c.publish(0, ["product:42"]).await.map_err(|e| err(&e))?;
@@ -168,7 +171,11 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
     c.publish(0, ["crash:last-words"])
         .await
         .map_err(|e| err(&e))?;
+    // Long enough for the datagram to leave, too short for a heartbeat to
+    // reveal its loss to frontend-1 reliably... then the crash.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     c.crash(0);
+    c.faults(1).clear();
     t.say(
         "backend",
         "invalidates crash:last-words, then crashes (no Goodbye)",

@@ -36,6 +36,8 @@ pub trait FaultInjector: Send + Sync {
     fn on_receive(&self, bytes: &[u8]) -> Verdict;
     /// True to lose a datagram this node is about to send.
     fn drop_outgoing(&self, bytes: &[u8]) -> bool;
+    /// Sees every delivery the moment the protocol makes it.
+    fn observe(&self, _delivery: &Delivery) {}
 }
 
 /// Delayed datagrams held by the driver at most; past it they are
@@ -45,6 +47,11 @@ const MAX_DELAYED: usize = 4096;
 /// What the [`crate::node::Node`] handle asks of the driver.
 pub(crate) enum Command {
     Publish(Event),
+    /// Publish and say which seq it got, and when (for the harness).
+    PublishAcked(
+        Event,
+        oneshot::Sender<Result<(u64, std::time::Instant), crate::proto::PublishError>>,
+    ),
     Stats(oneshot::Sender<DriverStats>),
     Shutdown,
 }
@@ -172,6 +179,10 @@ impl Driver {
     fn command(&mut self, cmd: Command, stats: &mut DriverStats, linger_end: &mut Option<Instant>) {
         match cmd {
             Command::Publish(event) => self.publish(Self::now(), event),
+            Command::PublishAcked(event, ack) => {
+                let now = Self::now();
+                let _ = ack.send(self.core.publish(now, event).map(|seq| (seq, now)));
+            }
             Command::Stats(tx) => {
                 stats.protocol = self.core.stats_snapshot();
                 let _ = tx.send(stats.clone());
@@ -228,6 +239,9 @@ impl Driver {
             }
         }
         while let Some(d) = self.core.poll_delivery() {
+            if let Some(f) = &self.faults {
+                f.observe(&d);
+            }
             // No subscriber is not an error: nobody is caching yet.
             let _ = self.deliveries.send(d);
         }
