@@ -491,18 +491,17 @@ impl Cluster {
     /// a new stream and a fresh join.
     pub async fn restart(&mut self, i: usize) -> Result<(), JoinError> {
         self.crash(i);
-        let name = self.members[i].name.clone();
-        let faults = self.members[i].faults.clone();
-        let (node, life) = self.join_life(i, &name, &faults).await?;
-        self.members[i].node = Some(node);
-        self.members[i].life = life;
-        Ok(())
+        self.rejoin(i).await
     }
 
     /// Recycles node `i` cleanly, as a deploy would: `Goodbye`, then a new
     /// process with a new stream and a fresh join.
     pub async fn recycle(&mut self, i: usize) -> Result<(), JoinError> {
         self.shutdown(i).await;
+        self.rejoin(i).await
+    }
+
+    async fn rejoin(&mut self, i: usize) -> Result<(), JoinError> {
         let name = self.members[i].name.clone();
         let faults = self.members[i].faults.clone();
         let (node, life) = self.join_life(i, &name, &faults).await?;
