@@ -510,6 +510,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until everything node `i` published has left it (so that a
+    /// crash that follows cannot take it along), or `limit` passes.
+    pub async fn wait_sent(&self, i: usize, limit: Duration) -> bool {
+        let end = tokio::time::Instant::now() + limit;
+        while let Some(s) = self.stats(i).await {
+            if s.protocol.events_sent >= s.protocol.events_published {
+                return true;
+            }
+            if tokio::time::Instant::now() >= end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    }
+
     /// Node `i`'s counters (of its current life).
     pub async fn stats(&self, i: usize) -> Option<NodeStats> {
         Some(self.members[i].node.as_ref()?.stats().await)

@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
 
 use crate::net::driver::{Command, Driver, DriverStats};
-pub use crate::net::driver::{DropHook, FaultInjector, Verdict};
+pub use crate::net::driver::{FaultInjector, Verdict};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 pub use crate::proto::{ConfigError, CoreConfig, Delivery, PublishError, ResetReason, Stats};
@@ -82,9 +82,6 @@ pub struct NodeConfig {
     /// …). Its `cluster`, `stream`, `node_name` and `seed` are set from the
     /// fields above at join.
     pub protocol: CoreConfig,
-    /// Test hook: received datagrams for which it returns true are dropped
-    /// before the protocol sees them (counted in `hook_dropped`).
-    pub drop_incoming: Option<DropHook>,
     /// Test hook: fault injection on receive and send (loss, duplication,
     /// delay, partition); see [`crate::harness`].
     pub faults: Option<Arc<dyn FaultInjector>>,
@@ -104,7 +101,6 @@ impl Default for NodeConfig {
             linger: Duration::from_millis(50),
             seed: None,
             protocol: CoreConfig::default(),
-            drop_incoming: None,
             faults: None,
         }
     }
@@ -123,7 +119,6 @@ impl std::fmt::Debug for NodeConfig {
             .field("subscriber_queue", &self.subscriber_queue)
             .field("linger", &self.linger)
             .field("protocol", &self.protocol)
-            .field("drop_incoming", &self.drop_incoming.is_some())
             .field("faults", &self.faults.is_some())
             .finish()
     }
@@ -151,7 +146,7 @@ pub struct NodeStats {
     pub protocol: Stats,
     /// `Reset { Lagged }` given to subscribers that fell behind.
     pub lagged_resets: u64,
-    /// Datagrams dropped by the `drop_incoming` test hook.
+    /// Datagrams lost by the `faults` test hook (received or to be sent).
     pub hook_dropped: u64,
     /// Sends the OS refused.
     pub send_errors: u64,
@@ -261,7 +256,7 @@ impl Node {
             group: config.group,
             commands: rx,
             deliveries: deliveries.clone(),
-            drop_hook: config.drop_incoming.clone(),
+
             faults: config.faults.clone(),
             linger: config.linger,
             final_stats: final_stats.clone(),

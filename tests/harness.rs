@@ -88,7 +88,7 @@ async fn a_sender_crashing_mid_stream_and_restarting() {
     // The last datagrams before the crash are lost to node 1.
     c.faults(1).drop_next(1_000);
     c.publish(0, ["lost-with-the-crash"]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(c.wait_sent(0, SETTLE).await);
     c.crash(0);
     c.faults(1).clear();
     c.restart(0).await.unwrap();
@@ -188,7 +188,7 @@ async fn the_checker_catches_a_silent_loss() {
     assert!(c.settle(SETTLE).await);
     c.faults(1).partition(true);
     c.publish(0, ["never-seen"]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(c.wait_sent(0, SETTLE).await);
     c.crash(0);
     c.faults(1).partition(false);
     // It never settles: the event is neither delivered nor followed by a Reset.
@@ -210,7 +210,7 @@ async fn the_checker_matches_by_seq_so_a_lost_repeat_of_a_key_is_caught() {
     assert!(c.settle(SETTLE).await);
     c.faults(1).partition(true);
     c.publish(0, ["user:1"]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(c.wait_sent(0, SETTLE).await);
     c.crash(0);
     c.faults(1).partition(false);
     assert!(!c.settle(Duration::from_secs(2)).await);
@@ -240,7 +240,7 @@ async fn a_publisher_whose_every_datagram_was_lost_does_not_count_as_heard() {
     c.faults(0).drop_probability(1.0);
     let p = c.add_node("publisher").await.unwrap();
     c.publish(p, ["x"]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(c.wait_sent(p, SETTLE).await);
     c.crash(p);
     c.faults(0).clear();
     // Node 0 never received anything of the publisher: no protocol can

@@ -82,9 +82,7 @@ async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range_when_repair_
     let sender = c.join("sender").await;
     let mut cfg = c.config("receiver");
     cfg.protocol.max_nak_tries = 0;
-    cfg.drop_incoming = Some(drop_data(&c.name, |first, n| {
-        (first..first + n).contains(&2)
-    }));
+    cfg.faults = drop_data(&c.name, |first, n| (first..first + n).contains(&2));
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["k1"]).await.unwrap();
@@ -120,7 +118,7 @@ async fn tail_loss_is_noticed_and_repaired_within_50_ms() {
     let dropping = Arc::new(AtomicBool::new(false));
     let mut cfg = c.config("receiver");
     let flag = dropping.clone();
-    cfg.drop_incoming = Some(drop_data(&c.name, move |_, _| flag.load(Ordering::SeqCst)));
+    cfg.faults = drop_data(&c.name, move |_, _| flag.load(Ordering::SeqCst));
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["first"]).await.unwrap();

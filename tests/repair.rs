@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -18,7 +18,7 @@ async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset()
     let mut cfg = c.config("lossy");
     // Drop 10 % of every received datagram: data, heartbeats and repairs.
     let rng = Mutex::new(SmallRng::seed_from_u64(7));
-    cfg.drop_incoming = Some(Arc::new(move |_: &[u8]| rng.lock().unwrap().gen_bool(0.10)));
+    cfg.faults = drop_if(move |_: &[u8]| rng.lock().unwrap().gen_bool(0.10));
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
 
@@ -83,7 +83,7 @@ async fn a_loss_the_sender_no_longer_holds_is_a_reset_with_reason_unavailable() 
     tx_cfg.protocol.retransmit_bytes = 200;
     let sender = Node::join(tx_cfg).await.unwrap();
     let mut cfg = c.config("receiver");
-    cfg.drop_incoming = Some(drop_data(&c.name, |first, _| first == 1));
+    cfg.faults = drop_data(&c.name, |first, _| first == 1);
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["lost"]).await.unwrap();
@@ -122,7 +122,7 @@ async fn shutdown_lingers_to_repair_a_lost_last_event() {
     let sender = Node::join(tx_cfg).await.unwrap();
     let stream = sender.stream();
     let mut cfg = c.config("receiver");
-    cfg.drop_incoming = Some(drop_data(&c.name, |_, _| true));
+    cfg.faults = drop_data(&c.name, |_, _| true);
     let receiver = Node::join(cfg).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["last-words"]).await.unwrap();

@@ -171,9 +171,8 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
     c.publish(0, ["crash:last-words"])
         .await
         .map_err(|e| err(&e))?;
-    // Long enough for the datagram to leave, too short for a heartbeat to
-    // reveal its loss to frontend-1 reliably... then the crash.
-    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Once the datagram has left (before a heartbeat can follow), the crash.
+    c.wait_sent(0, Duration::from_secs(5)).await;
     c.crash(0);
     c.faults(1).clear();
     t.say(

@@ -13,10 +13,6 @@ use tokio::time::Instant;
 use crate::proto::{Delivery, NodeCore, Stats};
 use crate::wire::Event;
 
-/// Decides, for a received datagram, whether to drop it before the
-/// protocol sees it (fault injection for tests). True drops.
-pub type DropHook = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
-
 /// What a [`FaultInjector`] does with a received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -73,7 +69,7 @@ pub(crate) struct Driver {
     pub group: SocketAddr,
     pub commands: mpsc::Receiver<Command>,
     pub deliveries: broadcast::Sender<Delivery>,
-    pub drop_hook: Option<DropHook>,
+
     pub faults: Option<Arc<dyn FaultInjector>>,
     pub linger: Duration,
     /// Where the driver leaves its last counters when it stops.
@@ -113,12 +109,7 @@ impl Driver {
                 r = self.socket.recv_from(&mut rx_buf) => {
                     match r {
                         Ok((n, _from)) => {
-                            let bytes = &rx_buf[..n];
-                            if self.drop_hook.as_ref().is_some_and(|h| h(bytes)) {
-                                stats.hook_dropped += 1;
-                            } else {
-                                self.receive(bytes, &mut delayed, &mut stats);
-                            }
+                            self.receive(&rx_buf[..n], &mut delayed, &mut stats);
                         }
                         Err(e) => {
                             stats.recv_errors += 1;

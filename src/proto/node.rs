@@ -449,8 +449,9 @@ impl NodeCore {
         let Some(body) = self.out.pop_front() else {
             return false;
         };
-        if matches!(body, Body::Data { .. }) {
+        if let Body::Data { events, .. } = &body {
             self.stats.data_sent += 1;
+            self.stats.events_sent += events.len() as u64;
         }
         wire::encode(&self.header, &body, buf);
         self.stats.datagrams_sent += 1;

@@ -149,7 +149,8 @@ impl GapSet {
 
 /// A bounded set of disjoint seq ranges without metadata: the ranges a
 /// receiver gave up on (after a `Reset`), so that an event of them that
-/// still arrives late is delivered rather than taken for a duplicate.
+/// still arrives late is delivered rather than taken for a duplicate; and
+/// the ranges a sender was asked to repair.
 #[derive(Debug, Default, Clone)]
 pub struct RangeSet {
     ranges: BTreeMap<u64, u64>,
@@ -204,6 +205,16 @@ impl RangeSet {
             self.ranges.insert(seq + 1, end);
         }
         true
+    }
+
+    /// The lowest range.
+    pub fn first(&self) -> Option<(u64, u64)> {
+        self.ranges.first_key_value().map(|(s, e)| (*s, *e))
+    }
+
+    /// Removes the range starting at `start`.
+    pub fn remove(&mut self, start: u64) {
+        self.ranges.remove(&start);
     }
 
     /// Number of disjoint ranges.

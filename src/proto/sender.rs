@@ -15,12 +15,13 @@
 //! Pure state machine: time is passed in, randomness comes from the
 //! caller's seeded RNG, bodies go to the caller's outgoing queue.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use crate::proto::config::CoreConfig;
+use crate::proto::ranges::RangeSet;
 use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
 use crate::wire::{self, Body, Event, EventError, SeqRange};
@@ -61,7 +62,7 @@ pub struct Sender {
     stream: u64,
     ring: RetransmitRing,
     /// Seq ranges asked for and not yet repaired: start → end.
-    pending: BTreeMap<u64, u64>,
+    pending: RangeSet,
     repair_linger: Duration,
     repair_rate: u64,
     repair_burst: f64,
@@ -91,7 +92,7 @@ impl Sender {
             closed: false,
             stream: cfg.stream,
             ring: RetransmitRing::new(cfg.retransmit_bytes, cfg.retransmit_age),
-            pending: BTreeMap::new(),
+            pending: RangeSet::new(usize::MAX),
             repair_linger: cfg.repair_linger,
             repair_rate: cfg.repair_rate,
             repair_burst: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
@@ -225,7 +226,7 @@ impl Sender {
             }
             let start = start.max(oldest);
             if start < end {
-                self.add_pending(start, end);
+                self.pending.insert(start, end);
             }
         }
         if !unavailable.is_empty() {
@@ -238,30 +239,13 @@ impl Sender {
         self.send_repairs(now, out, stats);
     }
 
-    fn add_pending(&mut self, mut start: u64, mut end: u64) {
-        // Merge with every overlapping or adjacent range.
-        let touching: Vec<(u64, u64)> = self
-            .pending
-            .range(..=end)
-            .rev()
-            .take_while(|(_, e)| **e >= start)
-            .map(|(s, e)| (*s, *e))
-            .collect();
-        for (s, e) in touching {
-            self.pending.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
-        }
-        self.pending.insert(start, end);
-    }
-
     /// Sends pending repairs while the token bucket allows.
     fn send_repairs(&mut self, now: Instant, out: &mut VecDeque<Body>, stats: &mut Stats) {
         let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.repair_rate as f64).min(self.repair_burst);
         self.tokens_at = now;
         self.repair_at = None;
-        while let Some((&start, &end)) = self.pending.iter().next() {
+        while let Some((start, end)) = self.pending.first() {
             let mut seq = start;
             let mut first = None;
             let mut events = Vec::new();
@@ -294,7 +278,7 @@ impl Sender {
                 seq += 1;
             }
             let Some(first) = first else {
-                self.pending.remove(&start);
+                self.pending.remove(start);
                 continue;
             };
             if self.tokens < bytes as f64 {
@@ -311,7 +295,7 @@ impl Sender {
                     e.repaired = Some(now);
                 }
             }
-            self.pending.remove(&start);
+            self.pending.remove(start);
             if seq < end {
                 self.pending.insert(seq, end);
             }

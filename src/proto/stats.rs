@@ -13,6 +13,9 @@ pub struct Stats {
     pub datagrams_sent: u64,
     /// Events this node published.
     pub events_published: u64,
+    /// Events that left in `Data` datagrams (equals `events_published` once
+    /// everything published was sent).
+    pub events_sent: u64,
     /// `Data` datagrams sent (each carries one or more events).
     pub data_sent: u64,
     /// Heartbeats sent (after data, idle, and answers to `Hello`).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::node::{Delivery, Node, NodeConfig, Subscription};
+use cachecast::node::{Delivery, FaultInjector, Node, NodeConfig, Subscription, Verdict};
 use cachecast::wire::{self, Body, Event};
 
 pub fn free_port() -> u16 {
@@ -100,14 +100,39 @@ pub fn is_key(d: &Delivery, stream: u64, key: &str) -> bool {
     keys_of(d).is_some_and(|(s, k)| s == stream && k == [key])
 }
 
-/// A drop hook for `NodeConfig::drop_incoming`: drops `Data` datagrams of
-/// cluster `name` for which `pred(first_seq, event count)` is true.
+/// Fault injection that drops every received datagram for which the
+/// closure returns true.
+pub struct DropIf<F>(pub F);
+
+impl<F: Fn(&[u8]) -> bool + Send + Sync> FaultInjector for DropIf<F> {
+    fn on_receive(&self, bytes: &[u8]) -> Verdict {
+        if (self.0)(bytes) {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }
+
+    fn drop_outgoing(&self, _bytes: &[u8]) -> bool {
+        false
+    }
+}
+
+/// For `NodeConfig::faults`: drops received datagrams for which `pred` is true.
+pub fn drop_if(
+    pred: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
+) -> Option<Arc<dyn FaultInjector>> {
+    Some(Arc::new(DropIf(pred)))
+}
+
+/// For `NodeConfig::faults`: drops received `Data` datagrams of cluster
+/// `name` for which `pred(first_seq, event count)` is true.
 pub fn drop_data(
     name: &str,
     pred: impl Fn(u64, u64) -> bool + Send + Sync + 'static,
-) -> cachecast::node::DropHook {
+) -> Option<Arc<dyn FaultInjector>> {
     let hash = wire::cluster_hash(name);
-    Arc::new(move |bytes: &[u8]| match wire::decode(bytes, hash) {
+    drop_if(move |bytes: &[u8]| match wire::decode(bytes, hash) {
         Ok(d) => {
             matches!(d.body, Body::Data { first_seq, ref events } if pred(first_seq, events.len() as u64))
         }
