@@ -17,6 +17,8 @@ async fn main() -> ExitCode {
         Command::Send(args) => cli::send::run(args).await,
         Command::Listen(args) => cli::listen::run(args).await,
         Command::Doctor(args) => cli::doctor::run(args).await,
+        Command::Bench(args) => cli::bench::run(args).await.map_err(|e| e.to_string()),
+        Command::BenchSub(args) => cli::bench::run_sub(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

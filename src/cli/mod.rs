@@ -1,5 +1,6 @@
 //! The `cachecast` command line: one file per subcommand.
 
+pub mod bench;
 pub mod demo;
 pub mod doctor;
 pub mod listen;
@@ -39,6 +40,13 @@ pub enum Command {
     /// Check this host's multicast set-up for a group: interfaces, a
     /// loopback probe, TTL, socket options, receive buffer.
     Doctor(doctor::DoctorArgs),
+    /// Measure cachecast against raw UDP multicast (and Redis / NATS) on
+    /// this host: flat-out throughput, latency at a fixed rate, a rate
+    /// sweep.
+    Bench(bench::BenchArgs),
+    /// One subscriber process of `cachecast bench` (internal).
+    #[command(hide = true)]
+    BenchSub(bench::SubArgs),
 }
 
 /// Where the cluster is: shared by every subcommand.

@@ -378,7 +378,7 @@ pub(super) fn check_socket(r: &mut Report, a: &socket::MulticastSocket) {
 }
 
 fn bytes(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 10) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 10) {
         format!("{n} bytes ({:.1} MiB)", n as f64 / f64::from(1 << 20))
     } else {
         format!("{n} bytes")

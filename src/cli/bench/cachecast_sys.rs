@@ -1,0 +1,126 @@
+//! cachecast itself in the benchmark: a publisher node and subscriber
+//! nodes, each on its own single-threaded tokio runtime, through the
+//! public API only (`Node::join`, `publish`, `subscribe`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::node::{Node, NodeConfig};
+use crate::proto::Delivery;
+use crate::wire::Event;
+
+use super::common::{
+    loopback_opts, message, mono_ns, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
+};
+
+fn config(group: SocketAddr, name: &str) -> NodeConfig {
+    let o = loopback_opts(group);
+    NodeConfig {
+        group,
+        interface: o.interface,
+        ttl: o.ttl,
+        cluster: "cachecast-bench".into(),
+        node_name: name.into(),
+        ..NodeConfig::default()
+    }
+}
+
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn event(plan: &Plan) -> Event {
+    Event::Invalidate {
+        keys: (0..plan.keys_per_event)
+            .map(|_| message(plan.key_size))
+            .collect(),
+    }
+}
+
+/// Publishes `plan` from one node, then shuts it down (Goodbye).
+pub fn publish(group: SocketAddr, plan: &Plan) -> io::Result<PubReport> {
+    runtime()?.block_on(async {
+        let node = Node::join(config(group, "bench-pub"))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let cpu0 = thread_cpu();
+        let pacer = Pacer::new(plan);
+        let start_ns = mono_ns();
+        let mut sent = 0u64;
+        while sent < plan.events && !pacer.expired(plan) {
+            let due = pacer.due();
+            if due <= sent {
+                // Let the driver send what was published, then sleep.
+                tokio::task::yield_now().await;
+                pacer.wait_for(sent);
+                continue;
+            }
+            while sent < due {
+                node.publish(event(plan))
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                sent += 1;
+                if sent.is_multiple_of(4096) {
+                    PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        node.shutdown().await;
+        let end_ns = mono_ns();
+        let stats = node.stats().await;
+        Ok(PubReport {
+            published: sent,
+            start_ns,
+            end_ns,
+            cpu_s: thread_cpu() - cpu0,
+            datagrams: stats.protocol.data_sent,
+        })
+    })
+}
+
+/// One subscriber node until `done`.
+pub fn subscribe(
+    group: SocketAddr,
+    name: &str,
+    done: &Done,
+    ready: impl FnOnce(),
+) -> io::Result<(Recorder, crate::node::NodeStats)> {
+    runtime()?.block_on(async {
+        let node = Node::join(config(group, name))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut sub = node.subscribe();
+        let mut rec = Recorder::new();
+        ready();
+        rec.start();
+        let mut resets = 0u64;
+        while !done.check(&rec) {
+            let first = match tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
+            let now = mono_ns();
+            let mut next = Some(first);
+            while let Some(d) = next {
+                match d {
+                    Delivery::Event {
+                        event: Event::Invalidate { keys },
+                        ..
+                    } => rec.record(keys.first().map_or(&b""[..], |k| k.as_bytes()), now),
+                    Delivery::Event { .. } => rec.record(b"", now),
+                    Delivery::Reset { .. } => resets += 1,
+                }
+                next = sub.try_recv();
+            }
+        }
+        let stats = node.stats().await;
+        let _ = resets;
+        node.shutdown().await;
+        Ok((rec, stats))
+    })
+}

@@ -1,0 +1,844 @@
+//! `cachecast bench`: cachecast side by side with raw UDP multicast and,
+//! when given, Redis pub/sub and NATS, on this host.
+//!
+//! One publisher (in this process) and `--subscribers` subscriber
+//! processes (this binary again, as the hidden `bench-sub`), on loopback
+//! multicast (interface 127.0.0.1, TTL 0) or the broker on 127.0.0.1.
+//! Three modes: flat-out throughput, paced latency, and a rate sweep.
+//! Timestamps travel in the messages and come from `CLOCK_MONOTONIC`,
+//! which every process of the host shares.
+
+pub mod cachecast_sys;
+pub mod common;
+pub mod peers;
+pub mod plot;
+pub mod udp;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use common::{Done, Plan, PubReport, SubReport, MIN_KEY_SIZE, PROGRESS};
+
+use super::parse_duration;
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// cachecast nodes (the public API).
+    Cachecast,
+    /// Raw UDP multicast, one sendto / recvfrom per datagram.
+    Udp,
+    /// Raw UDP multicast with GSO (32 segments per send) and GRO/recvmmsg.
+    UdpGso,
+    /// Redis pub/sub (needs --redis).
+    Redis,
+    /// NATS core pub/sub (needs --nats).
+    Nats,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Cachecast => "cachecast",
+            System::Udp => "udp",
+            System::UdpGso => "udp-gso",
+            System::Redis => "redis",
+            System::Nats => "nats",
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Flat out: events/s delivered per subscriber, CPU, Resets.
+    Throughput,
+    /// Paced at --rate: publish-to-delivery p50/p99/p99.9.
+    Latency,
+    /// Paced at each --sweep rate: the highest rate with no loss.
+    Sweep,
+    /// Throughput, latency, then the sweep.
+    All,
+}
+
+/// A rate such as 10000, 250k or 1.5M (events per second).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(pub f64);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (num, mul) = match s.chars().last() {
+            Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
+            Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
+            _ => (s, 1.0),
+        };
+        match num.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Ok(Rate(v * mul)),
+            _ => Err(format!(
+                "{s:?} is not a positive rate (write e.g. 10000, 250k, 1.5M)"
+            )),
+        }
+    }
+}
+
+/// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
+/// host: flat-out throughput, latency at a fixed rate, and a rate sweep.
+///
+/// Everything stays on this host: multicast on interface 127.0.0.1 with
+/// TTL 0, brokers on 127.0.0.1. Prints a progress line on standard error
+/// and a table at the end (--json for machines). scripts/bench.sh --peers
+/// starts Redis and NATS and passes --redis / --nats.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    pub mode: Mode,
+    /// Systems to compare, comma-separated; --redis / --nats add theirs.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cachecast,udp,udp-gso"
+    )]
+    pub systems: Vec<System>,
+    /// A Redis server to compare with (e.g. 127.0.0.1:6379).
+    #[arg(long)]
+    pub redis: Option<SocketAddr>,
+    /// A NATS server to compare with (e.g. 127.0.0.1:4222).
+    #[arg(long)]
+    pub nats: Option<SocketAddr>,
+    /// Subscriber processes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub subscribers: u16,
+    /// Bytes per key (at least 16: the timestamp).
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    /// Keys per event.
+    #[arg(long, default_value_t = 1)]
+    pub keys_per_event: usize,
+    /// Events published in a throughput run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Events per second in a latency run (10000, 250k, 1.5M).
+    #[arg(long, default_value = "10k")]
+    pub rate: Rate,
+    /// Length of a latency run.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Offered rates of the sweep, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100k,300k,1M,2M,3M,4M,6M"
+    )]
+    pub sweep: Vec<Rate>,
+    /// Length of each sweep step.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub step: Duration,
+    /// Repeat each measurement this many times and keep the median run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub runs: u16,
+    /// Multicast group address (a port is picked per run).
+    #[arg(long, default_value = "239.255.77.77")]
+    pub group: Ipv4Addr,
+    /// Any one run publishes for at most this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub max_time: Duration,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG plot of the sweep here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The subscriber side of one run: a process of its own.
+#[derive(Debug, Clone, Args)]
+pub struct SubArgs {
+    #[arg(long, value_enum)]
+    pub system: System,
+    /// Multicast group:port, or the broker's address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Bytes per event (key size × keys per event).
+    #[arg(long)]
+    pub msg_len: usize,
+    /// Stop once this many events arrived.
+    #[arg(long)]
+    pub expect: u64,
+    /// Stop after this long without anything.
+    #[arg(long, value_parser = parse_duration)]
+    pub idle: Duration,
+    #[arg(long)]
+    pub name: String,
+}
+
+/// The result of one run of one system.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub system: System,
+    /// Offered events/s; `None` for flat out.
+    pub offered: Option<f64>,
+    pub publisher: PubReport,
+    pub subscribers: Vec<SubReport>,
+    /// Derived figures, per subscriber (mean unless said).
+    pub delivered_per_s: f64,
+    pub delivered_min_per_s: f64,
+    pub datagrams_per_s: f64,
+    pub mb_per_s: f64,
+    /// Fraction of published events not delivered (mean over subscribers).
+    pub loss: f64,
+    pub resets: u64,
+    pub repaired: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// CPU seconds per million events: publisher, and a subscriber (mean).
+    pub pub_cpu_s_per_m: f64,
+    pub sub_cpu_s_per_m: f64,
+    /// Peak RSS of the largest subscriber, MiB.
+    pub sub_rss_mib: f64,
+}
+
+impl RunResult {
+    fn new(system: System, offered: Option<f64>, p: PubReport, subs: Vec<SubReport>) -> Self {
+        let n = subs.len().max(1) as f64;
+        let window = |s: &SubReport| {
+            let end = s.last_ns.max(p.start_ns + 1);
+            (end - p.start_ns) as f64 * 1e-9
+        };
+        let rates: Vec<f64> = subs.iter().map(|s| s.received as f64 / window(s)).collect();
+        let mean = |f: &dyn Fn(&SubReport) -> f64| subs.iter().map(f).sum::<f64>() / n;
+        let msg_len = 1.0; // scaled below by the caller's message length
+        let mut p50s: Vec<u64> = subs.iter().map(|s| s.p50_ns).collect();
+        p50s.sort_unstable();
+        RunResult {
+            system,
+            offered,
+            delivered_per_s: rates.iter().sum::<f64>() / n,
+            delivered_min_per_s: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            datagrams_per_s: mean(&|s| s.datagrams as f64 / window(s)),
+            mb_per_s: msg_len,
+            loss: mean(&|s| {
+                if p.published == 0 {
+                    0.0
+                } else {
+                    1.0 - (s.received as f64 / p.published as f64).min(1.0)
+                }
+            }),
+            resets: subs.iter().map(|s| s.resets).sum(),
+            repaired: subs.iter().map(|s| s.repaired).sum(),
+            p50_us: p50s.get(p50s.len() / 2).copied().unwrap_or(0) as f64 / 1e3,
+            p99_us: subs.iter().map(|s| s.p99_ns).max().unwrap_or(0) as f64 / 1e3,
+            p999_us: subs.iter().map(|s| s.p999_ns).max().unwrap_or(0) as f64 / 1e3,
+            pub_cpu_s_per_m: if p.published == 0 {
+                0.0
+            } else {
+                p.cpu_s / p.published as f64 * 1e6
+            },
+            sub_cpu_s_per_m: mean(&|s| {
+                if s.received == 0 {
+                    0.0
+                } else {
+                    s.cpu_s / s.received as f64 * 1e6
+                }
+            }),
+            sub_rss_mib: subs.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+            publisher: p,
+            subscribers: subs,
+        }
+    }
+
+    /// True when nothing was lost and nothing Reset.
+    pub fn clean(&self) -> bool {
+        self.resets == 0 && self.loss == 0.0 && self.subscribers.iter().all(|s| s.error.is_none())
+    }
+}
+
+/// Everything one `cachecast bench` measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub subscribers: u16,
+    pub key_size: usize,
+    pub keys_per_event: usize,
+    /// Events (messages) per datagram for cachecast and raw UDP.
+    pub events_per_datagram: usize,
+    pub throughput: Vec<RunResult>,
+    pub latency: Vec<RunResult>,
+    pub sweep: Vec<RunResult>,
+    /// Systems that could not be run, and why.
+    pub skipped: Vec<(System, String)>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // The bench blocks (processes, pacing): keep it off the async runtime.
+    tokio::task::spawn_blocking(move || run_blocking(args).map_err(|e| e.to_string()))
+        .await?
+        .map_err(Into::into)
+}
+
+fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.key_size < MIN_KEY_SIZE || args.key_size > crate::wire::MAX_KEY_LEN {
+        return Err(format!(
+            "--key-size must be {MIN_KEY_SIZE}..={} (it carries a 16-digit timestamp)",
+            crate::wire::MAX_KEY_LEN
+        )
+        .into());
+    }
+    if args.keys_per_event == 0 {
+        return Err("--keys-per-event must be at least 1".into());
+    }
+    if !args.group.is_multicast() {
+        return Err(format!("--group {} is not a multicast address", args.group).into());
+    }
+    let sample = crate::wire::Event::Invalidate {
+        keys: vec!["k".repeat(args.key_size); args.keys_per_event],
+    };
+    let max_datagram = crate::proto::CoreConfig::default().max_datagram;
+    let ev_len = crate::wire::check_event(&sample, max_datagram)
+        .map_err(|e| format!("an event of this size cannot be published: {e}"))?;
+    let per_datagram =
+        ((max_datagram - crate::wire::DATA_OVERHEAD) / ev_len).clamp(1, crate::wire::MAX_EVENTS);
+    if args.redis.is_some() && !args.systems.contains(&System::Redis) {
+        args.systems.push(System::Redis);
+    }
+    if args.nats.is_some() && !args.systems.contains(&System::Nats) {
+        args.systems.push(System::Nats);
+    }
+    let mut results = Results {
+        subscribers: args.subscribers,
+        key_size: args.key_size,
+        keys_per_event: args.keys_per_event,
+        events_per_datagram: per_datagram,
+        ..Results::default()
+    };
+    let mut systems = Vec::new();
+    for &s in &args.systems {
+        match s {
+            System::Redis if args.redis.is_none() => results.skipped.push((
+                s,
+                "no --redis address (scripts/bench.sh --peers starts one)".into(),
+            )),
+            System::Nats if args.nats.is_none() => results.skipped.push((
+                s,
+                "no --nats address (scripts/bench.sh --peers starts one)".into(),
+            )),
+            _ if !systems.contains(&s) => systems.push(s),
+            _ => {}
+        }
+    }
+    for (s, why) in &results.skipped {
+        eprintln!("bench: skipping {}: {why}", s.name());
+    }
+    let ctx = Ctx {
+        args: &args,
+        per_datagram,
+        msg_len: args.key_size * args.keys_per_event,
+    };
+    let mode = args.mode;
+    if matches!(mode, Mode::Throughput | Mode::All) {
+        for &s in &systems {
+            let plan = ctx.plan(args.events, None);
+            if let Some(r) = ctx.median(s, &plan, "throughput", &mut results.skipped) {
+                results.throughput.push(r);
+            }
+        }
+    }
+    if matches!(mode, Mode::Latency | Mode::All) {
+        for &s in &systems {
+            let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
+            let plan = ctx.plan(n.max(1), Some(args.rate.0));
+            if let Some(r) = ctx.median(s, &plan, "latency", &mut results.skipped) {
+                results.latency.push(r);
+            }
+        }
+    }
+    if matches!(mode, Mode::Sweep | Mode::All) {
+        for &s in &systems {
+            for rate in &args.sweep {
+                let n = (rate.0 * args.step.as_secs_f64()).ceil() as u64;
+                let plan = ctx.plan(n.max(1), Some(rate.0));
+                if let Some(r) = ctx.median(s, &plan, "sweep", &mut results.skipped) {
+                    results.sweep.push(r);
+                }
+            }
+        }
+    }
+    if !args.quiet {
+        eprint!("\r{:80}\r", "");
+    }
+    if let Some(path) = &args.plot {
+        plot::write_svg(path, &results)?;
+        eprintln!("bench: plot written to {}", path.display());
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &results)?;
+        writeln!(out)?;
+    } else {
+        print_tables(&mut out, &results)?;
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    args: &'a BenchArgs,
+    per_datagram: usize,
+    msg_len: usize,
+}
+
+impl Ctx<'_> {
+    fn plan(&self, events: u64, rate: Option<f64>) -> Plan {
+        Plan {
+            events,
+            rate,
+            key_size: self.args.key_size,
+            keys_per_event: self.args.keys_per_event,
+            max_time: self.args.max_time,
+        }
+    }
+
+    /// `--runs` runs of `system`, keeping the median by delivered rate.
+    fn median(
+        &self,
+        system: System,
+        plan: &Plan,
+        label: &str,
+        skipped: &mut Vec<(System, String)>,
+    ) -> Option<RunResult> {
+        let mut runs = Vec::new();
+        for i in 0..self.args.runs {
+            match self.run_once(system, plan, label, i) {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    eprintln!("\rbench: {} {label} failed: {e}", system.name());
+                    skipped.push((system, format!("{label}: {e}")));
+                    return None;
+                }
+            }
+        }
+        runs.sort_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
+        let mid = runs.len() / 2;
+        Some(runs.swap_remove(mid))
+    }
+
+    fn addr(&self, system: System) -> SocketAddr {
+        match system {
+            System::Redis => self.args.redis.expect("checked"),
+            System::Nats => self.args.nats.expect("checked"),
+            // A fresh port per run: nothing of an earlier run arrives.
+            _ => SocketAddr::from((self.args.group, rand::random::<u16>() % 30_000 + 20_000)),
+        }
+    }
+
+    fn run_once(
+        &self,
+        system: System,
+        plan: &Plan,
+        label: &str,
+        run: u16,
+    ) -> Result<RunResult, Box<dyn std::error::Error>> {
+        let addr = self.addr(system);
+        let idle = Duration::from_millis(500);
+        let mut subs = Vec::new();
+        for i in 0..self.args.subscribers {
+            subs.push(SubProcess::spawn(&[
+                "bench-sub".into(),
+                "--system".into(),
+                system.name().into(),
+                "--addr".into(),
+                addr.to_string(),
+                "--msg-len".into(),
+                self.msg_len.to_string(),
+                "--expect".into(),
+                plan.events.to_string(),
+                "--idle".into(),
+                format!("{}ms", idle.as_millis()),
+                "--name".into(),
+                format!("bench-sub-{i}"),
+            ])?);
+        }
+        for s in &mut subs {
+            s.wait_ready(Duration::from_secs(15))?;
+        }
+        PROGRESS.store(0, Ordering::Relaxed);
+        let plan2 = plan.clone();
+        let per_datagram = self.per_datagram;
+        let publisher = std::thread::spawn(move || -> std::io::Result<PubReport> {
+            common::tighten_timer_slack();
+            match system {
+                System::Cachecast => cachecast_sys::publish(addr, &plan2),
+                System::Udp => udp::publish(addr, &plan2, per_datagram, false),
+                System::UdpGso => udp::publish(addr, &plan2, per_datagram, true),
+                System::Redis => peers::publish(peers::Broker::Redis, addr, &plan2),
+                System::Nats => peers::publish(peers::Broker::Nats, addr, &plan2),
+            }
+        });
+        let t0 = Instant::now();
+        let what = match plan.rate {
+            None => format!("{label} {} flat out", system.name()),
+            Some(r) => format!("{label} {} at {}/s", system.name(), si(r)),
+        };
+        let run_note = if self.args.runs > 1 {
+            format!(" (run {}/{})", run + 1, self.args.runs)
+        } else {
+            String::new()
+        };
+        while !publisher.is_finished() {
+            if !self.args.quiet {
+                let n = PROGRESS.load(Ordering::Relaxed);
+                eprint!(
+                    "\rbench: {what}{run_note}: {}/{} events, {:.1}s   ",
+                    si(n as f64),
+                    si(plan.events as f64),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let report = publisher
+            .join()
+            .map_err(|_| "the publisher panicked")?
+            .map_err(|e| format!("publisher: {e}"))?;
+        if !self.args.quiet {
+            eprint!("\rbench: {what}{run_note}: published, waiting for subscribers      ");
+        }
+        // Subscribers stop on their own (all arrived, or idle); past this
+        // deadline they are told to stop, then killed.
+        let deadline = Instant::now() + Duration::from_secs(10) + idle;
+        let mut reports = Vec::new();
+        for s in &mut subs {
+            reports.push(s.finish(deadline)?);
+        }
+        Ok(RunResult::new(system, plan.rate, report, reports).scaled(self.msg_len))
+    }
+}
+
+impl RunResult {
+    fn scaled(mut self, msg_len: usize) -> Self {
+        self.mb_per_s = self.delivered_per_s * msg_len as f64 / 1e6;
+        self
+    }
+}
+
+/// A subscriber child process.
+struct SubProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl SubProcess {
+    fn spawn(args: &[String]) -> std::io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(SubProcess {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l == "READY" => return Ok(()),
+                Ok(l) if l.starts_with("REPORT ") => {
+                    let r: SubReport = serde_json::from_str(&l[7..]).unwrap_or_default();
+                    return Err(format!(
+                        "subscriber failed to start: {}",
+                        r.error.unwrap_or_default()
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    return Err("subscriber did not start within 15 s".into());
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, deadline: Instant) -> Result<SubReport, String> {
+        let mut told = false;
+        loop {
+            let wait = if told {
+                Duration::from_secs(5)
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            match self.lines.recv_timeout(wait) {
+                Ok(l) => {
+                    if let Some(json) = l.strip_prefix("REPORT ") {
+                        let _ = self.child.wait();
+                        return serde_json::from_str(json)
+                            .map_err(|e| format!("bad subscriber report: {e}"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !told => {
+                    // Closing its standard input tells it to stop.
+                    self.stdin = None;
+                    told = true;
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err("a subscriber neither reported nor stopped".into());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SubProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cachecast bench-sub`: one subscriber, reporting one JSON line. Runs on
+/// a thread of its own (the subscriber builds its own runtime).
+pub fn run_sub(args: SubArgs) -> Result<(), String> {
+    std::thread::spawn(move || sub_main(args).map_err(|e| e.to_string()))
+        .join()
+        .map_err(|_| "the subscriber panicked".to_string())?
+}
+
+fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // End of input (the parent closed it, or died) means stop.
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let done = Done {
+        expect: args.expect,
+        idle: args.idle,
+        stop,
+    };
+    let ready = || {
+        println!("READY");
+        let _ = std::io::stdout().flush();
+    };
+    let result = match args.system {
+        System::Cachecast => {
+            cachecast_sys::subscribe(args.addr, &args.name, &done, ready).map(|(rec, stats)| {
+                let mut r = rec.report();
+                r.resets = stats.protocol.resets_total();
+                r.repaired = stats.protocol.events_repaired;
+                r.naks = stats.protocol.naks_sent;
+                r.datagrams = stats.protocol.datagrams_received;
+                r
+            })
+        }
+        System::Udp => {
+            udp::subscribe(args.addr, args.msg_len, false, &done, ready).map(|r| r.report())
+        }
+        System::UdpGso => {
+            udp::subscribe(args.addr, args.msg_len, true, &done, ready).map(|r| r.report())
+        }
+        System::Redis => {
+            peers::subscribe(peers::Broker::Redis, args.addr, args.msg_len, &done, ready)
+                .map(|r| r.report())
+        }
+        System::Nats => {
+            peers::subscribe(peers::Broker::Nats, args.addr, args.msg_len, &done, ready)
+                .map(|r| r.report())
+        }
+    };
+    let report = result.unwrap_or_else(|e| SubReport {
+        error: Some(e.to_string()),
+        ..SubReport::default()
+    });
+    println!("REPORT {}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// 1234567 → "1.23M".
+pub fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn ratio(v: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{:.2}×", v / b),
+        _ => "—".into(),
+    }
+}
+
+fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "cachecast bench: 1 publisher → {} subscribers, {}-byte keys, {} key(s) per event, {} events per datagram (cachecast and raw UDP)",
+        r.subscribers, r.key_size, r.keys_per_event, r.events_per_datagram
+    )?;
+    let base = |v: &[RunResult], f: fn(&RunResult) -> f64| {
+        v.iter().find(|x| x.system == System::Cachecast).map(f)
+    };
+    if !r.throughput.is_empty() {
+        writeln!(
+            out,
+            "\nflat out (per subscriber; ratio = system / cachecast)"
+        )?;
+        writeln!(
+            out,
+            "{:<10} {:>11} {:>7} {:>11} {:>8} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8}",
+            "system",
+            "events/s",
+            "ratio",
+            "datagrams/s",
+            "MB/s",
+            "loss",
+            "Resets",
+            "repaired",
+            "p99",
+            "pub CPU/M",
+            "sub CPU/M",
+            "sub RSS"
+        )?;
+        let b = base(&r.throughput, |x| x.delivered_per_s);
+        for x in &r.throughput {
+            writeln!(
+                out,
+                "{:<10} {:>11} {:>7} {:>11} {:>8.1} {:>6.2}% {:>7} {:>8} {:>9} {:>8.2}s {:>8.2}s {:>6.1}MB",
+                x.system.name(),
+                si(x.delivered_per_s),
+                ratio(x.delivered_per_s, b),
+                si(x.datagrams_per_s),
+                x.mb_per_s,
+                x.loss * 100.0,
+                x.resets,
+                x.repaired,
+                us(x.p99_us),
+                x.pub_cpu_s_per_m,
+                x.sub_cpu_s_per_m,
+                x.sub_rss_mib
+            )?;
+        }
+    }
+    if !r.latency.is_empty() {
+        let rate = r.latency[0].offered.unwrap_or(0.0);
+        writeln!(
+            out,
+            "\nlatency at {}/s, publish → delivery (ratio = system / cachecast)",
+            si(rate)
+        )?;
+        writeln!(
+            out,
+            "{:<10} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>7}",
+            "system", "p50", "ratio", "p99", "ratio", "p99.9", "loss", "Resets"
+        )?;
+        let b50 = base(&r.latency, |x| x.p50_us);
+        let b99 = base(&r.latency, |x| x.p99_us);
+        for x in &r.latency {
+            writeln!(
+                out,
+                "{:<10} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6.2}% {:>7}",
+                x.system.name(),
+                us(x.p50_us),
+                ratio(x.p50_us, b50),
+                us(x.p99_us),
+                ratio(x.p99_us, b99),
+                us(x.p999_us),
+                x.loss * 100.0,
+                x.resets
+            )?;
+        }
+    }
+    if !r.sweep.is_empty() {
+        writeln!(
+            out,
+            "\nrate sweep (delivered per subscriber, p99, loss, Resets)"
+        )?;
+        let mut systems: Vec<System> = r.sweep.iter().map(|x| x.system).collect();
+        systems.dedup();
+        for s in systems {
+            let rows: Vec<&RunResult> = r.sweep.iter().filter(|x| x.system == s).collect();
+            let best = rows
+                .iter()
+                .filter(|x| x.clean())
+                .map(|x| x.offered.unwrap_or(0.0))
+                .fold(0.0, f64::max);
+            writeln!(
+                out,
+                "{}: highest rate with nothing lost: {}",
+                s.name(),
+                if best > 0.0 {
+                    format!("{}/s", si(best))
+                } else {
+                    "none".into()
+                }
+            )?;
+            for x in rows {
+                writeln!(
+                    out,
+                    "  offered {:>8}/s  delivered {:>8}/s  p99 {:>9}  loss {:>6.2}%  Resets {}",
+                    si(x.offered.unwrap_or(0.0)),
+                    si(x.delivered_per_s),
+                    us(x.p99_us),
+                    x.loss * 100.0,
+                    x.resets
+                )?;
+            }
+        }
+    }
+    for (s, why) in &r.skipped {
+        writeln!(out, "\nskipped {}: {why}", s.name())?;
+    }
+    Ok(())
+}
+
+fn us(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.1}ms", v / 1000.0)
+    } else {
+        format!("{v:.0}µs")
+    }
+}
