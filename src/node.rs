@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, RwLock};
+use tokio::sync::{mpsc, oneshot, watch, RwLock};
+
+use crate::net::hub::{Cursor, Hub, Take};
 
 use crate::net::driver::{Command, Driver, DriverStats};
 pub use crate::net::driver::{FaultInjector, Verdict};
@@ -69,7 +71,7 @@ pub struct NodeConfig {
     /// size is in [`NodeStats`].
     pub recv_buffer: usize,
     /// Deliveries a subscriber may fall behind by before it gets a
-    /// `Reset { Lagged }` instead (rounded up to a power of two). Default
+    /// `Reset { Lagged }` instead. Default
     /// 65536.
     pub subscriber_queue: usize,
     /// After `Goodbye`, how long `shutdown` keeps the node running to
@@ -162,10 +164,10 @@ pub struct NodeStats {
 
 struct Shared {
     /// Weak, so that subscriptions end when the driver stops.
-    deliveries: broadcast::WeakSender<Delivery>,
+    deliveries: Arc<Hub>,
     /// Subscribed at join, so that the first subscriber misses nothing
     /// between `join` returning and its `subscribe`.
-    first: Mutex<Option<broadcast::Receiver<Delivery>>>,
+    first: Mutex<Option<Cursor>>,
     lagged: Arc<AtomicU64>,
     final_stats: Arc<Mutex<Option<DriverStats>>>,
     /// True once shutdown began. Publishers hold it for reading while they
@@ -176,6 +178,7 @@ struct Shared {
     done: watch::Receiver<bool>,
     /// Stops the driver without `Goodbye` (a simulated crash).
     task: tokio::task::AbortHandle,
+    crashed: Arc<std::sync::atomic::AtomicBool>,
     max_datagram: usize,
     stream: u64,
     interface: ResolvedInterface,
@@ -232,7 +235,9 @@ impl Node {
             recv_buffer: config.recv_buffer,
         })?;
         let local_addr = sock.socket.local_addr().ok();
-        let udp = tokio::net::UdpSocket::from_std(sock.socket).map_err(JoinError::Runtime)?;
+        let udp = tokio::net::UdpSocket::from_std(sock.socket)
+            .and_then(crate::net::batch::BatchSocket::new)
+            .map_err(JoinError::Runtime)?;
         tracing::info!(
             group = %config.group,
             interface = %sock.interface.name,
@@ -247,10 +252,13 @@ impl Node {
         let core = NodeCore::new(core_cfg.clone(), now.into_std())?;
         let sync_deadline = tokio::time::Instant::from_std(core.sync_deadline());
         let (tx, rx) = mpsc::channel(4096);
-        let (deliveries, first) = broadcast::channel(config.subscriber_queue);
+        let deliveries = Hub::new(config.subscriber_queue);
+        let first = deliveries.subscribe();
         let final_stats = Arc::new(Mutex::new(None));
         let (done_tx, done) = watch::channel(false);
+        let crashed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let driver = Driver {
+            crashed: crashed.clone(),
             core,
             socket: udp,
             group: config.group,
@@ -267,12 +275,13 @@ impl Node {
         Ok(Node {
             commands: tx,
             shared: Arc::new(Shared {
-                deliveries: deliveries.downgrade(),
+                deliveries,
                 first: Mutex::new(Some(first)),
                 lagged: Arc::new(AtomicU64::new(0)),
                 final_stats,
                 closed: RwLock::new(false),
                 task: task.abort_handle(),
+                crashed,
                 done,
                 max_datagram: core_cfg.max_datagram,
                 stream: core_cfg.stream,
@@ -305,6 +314,30 @@ impl Node {
         }
         self.commands
             .send(Command::Publish(event))
+            .await
+            .map_err(|_| PublishError::Closed)
+    }
+
+    /// Publishes several events at once, in order: one hand-over to the
+    /// driver for all of them (the fast way to publish many). Every event is
+    /// checked first; if one is invalid, none is published.
+    pub async fn publish_many(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<(), PublishError> {
+        let events: Vec<Event> = events.into_iter().collect();
+        for event in &events {
+            wire::check_event(event, self.shared.max_datagram)?;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let closed = self.shared.closed.read().await;
+        if *closed {
+            return Err(PublishError::Closed);
+        }
+        self.commands
+            .send(Command::PublishMany(events))
             .await
             .map_err(|_| PublishError::Closed)
     }
@@ -368,17 +401,9 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let rx = first.unwrap_or_else(|| match self.shared.deliveries.upgrade() {
-            Some(tx) => tx.subscribe(),
-            None => {
-                // The node has stopped: a subscription that has ended.
-                let (tx, rx) = broadcast::channel(1);
-                drop(tx);
-                rx
-            }
-        });
+        self.shared.deliveries.activate();
         Subscription {
-            rx,
+            cursor: first.unwrap_or_else(|| self.shared.deliveries.subscribe()),
             lagged: self.shared.lagged.clone(),
         }
     }
@@ -426,6 +451,7 @@ impl Node {
     /// Stops at once, as a crashing process would: no `Goodbye`, nothing
     /// more sent. For fault injection (see [`crate::harness`]).
     pub(crate) fn crash(&self) {
+        self.shared.crashed.store(true, Ordering::SeqCst);
         self.shared.task.abort();
     }
 
@@ -449,37 +475,45 @@ impl Node {
 /// `subscriber_queue` deliveries behind gets `Reset { Lagged }` in place of
 /// what it missed, never a silent drop.
 pub struct Subscription {
-    rx: broadcast::Receiver<Delivery>,
+    cursor: Cursor,
     lagged: Arc<AtomicU64>,
 }
 
 impl Subscription {
-    /// The next delivery; `None` once the node has stopped.
+    /// The next delivery; `None` once the node has stopped and everything
+    /// before was read.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        match self.rx.recv().await {
-            Ok(d) => Some(d),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                self.lagged.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(missed, "subscriber fell behind: Reset");
-                Some(Delivery::Reset {
-                    reason: ResetReason::Lagged { missed },
-                })
+        loop {
+            if let Some(d) = self.try_take() {
+                return d;
             }
-            Err(broadcast::error::RecvError::Closed) => None,
+            self.cursor.changed().await;
         }
     }
 
     /// The next delivery if one is ready, without waiting.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        match self.rx.try_recv() {
-            Ok(d) => Some(d),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                self.lagged.fetch_add(1, Ordering::Relaxed);
-                Some(Delivery::Reset {
-                    reason: ResetReason::Lagged { missed },
-                })
+        self.try_take().flatten()
+    }
+
+    /// `Some(next)` when there is an answer now (`Some(None)`: ended).
+    fn try_take(&mut self) -> Option<Option<Delivery>> {
+        loop {
+            if let Some(d) = self.cursor.next_in_batch() {
+                return Some(Some(d));
             }
-            Err(_) => None,
+            match self.cursor.next_batch() {
+                Take::Batch => continue,
+                Take::Lagged(missed) => {
+                    self.lagged.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(missed, "subscriber fell behind: Reset");
+                    return Some(Some(Delivery::Reset {
+                        reason: ResetReason::Lagged { missed },
+                    }));
+                }
+                Take::Closed => return Some(None),
+                Take::Empty => return None,
+            }
         }
     }
 }

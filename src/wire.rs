@@ -247,6 +247,23 @@ pub fn check_event(event: &Event, max_datagram: usize) -> Result<usize, EventErr
     Ok(size)
 }
 
+/// Checks `event` like [`check_event`] and appends its encoding to `out`
+/// in the same pass; returns its length. On error `out` is unchanged.
+pub fn encode_checked(
+    event: &Event,
+    max_datagram: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, EventError> {
+    validate_event(event)?;
+    let before = out.len();
+    let size = encode_event(event, out);
+    if size + DATA_OVERHEAD > max_datagram {
+        out.truncate(before);
+        return Err(EventError::TooLarge { size, max_datagram });
+    }
+    Ok(size)
+}
+
 fn validate_event(event: &Event) -> Result<(), EventError> {
     let check = |s: &str| {
         if s.len() > MAX_KEY_LEN {
@@ -271,8 +288,10 @@ fn validate_event(event: &Event) -> Result<(), EventError> {
     }
 }
 
-/// Decodes and validates one received datagram of cluster `cluster`.
-pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
+/// Decodes and validates the header of a received datagram of cluster
+/// `cluster`; returns it and the offset of the body. Cheap: the node checks
+/// the stream (its own traffic is ignored) before the body is decoded.
+pub fn decode_header(bytes: &[u8], cluster: u32) -> Result<(Header, usize), DecodeError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
@@ -292,14 +311,45 @@ pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
     if header.cluster != cluster {
         return Err(DecodeError::WrongCluster(header.cluster));
     }
-    let rest = &bytes[used..];
+    Ok((header, used))
+}
+
+/// Decodes and validates one received datagram of cluster `cluster`.
+pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
+    let (header, used) = decode_header(bytes, cluster)?;
+    let body = decode_body(&bytes[used..])?;
+    Ok(Datagram { header, body })
+}
+
+/// Decodes and validates the body that follows a header.
+pub fn decode_body(rest: &[u8]) -> Result<Body, DecodeError> {
     let (body, used): (Body, usize) =
         bincode::serde::decode_from_slice(rest, config()).map_err(malformed)?;
     if used != rest.len() {
         return Err(DecodeError::TrailingBytes(rest.len() - used));
     }
     validate_body(&body)?;
-    Ok(Datagram { header, body })
+    Ok(body)
+}
+
+/// Appends the encoding of `event` to `out` (as it appears inside a `Data`
+/// or `Repair` body) and returns its length.
+pub fn encode_event(event: &Event, out: &mut Vec<u8>) -> usize {
+    let before = out.len();
+    bincode::serde::encode_into_std_write(event, out, config())
+        .expect("encoding into a Vec cannot fail");
+    out.len() - before
+}
+
+/// Decodes one event encoded by [`encode_event`] (exactly `bytes`).
+pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let (event, used): (Event, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    validate_event(&event).map_err(|_| DecodeError::Invalid("bad event"))?;
+    Ok(event)
 }
 
 fn seq_ok(seq: u64) -> bool {

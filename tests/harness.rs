@@ -101,7 +101,8 @@ async fn a_sender_crashing_mid_stream_and_restarting() {
         while c.stats(r).await.unwrap().protocol.streams_timed_out == 0 {
             assert!(
                 std::time::Instant::now() < end,
-                "node {r} never timed the crashed stream out"
+                "node {r} never timed the crashed stream out: {:?}",
+                c.stats(r).await.unwrap().protocol
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -192,7 +193,13 @@ async fn the_checker_catches_a_silent_loss() {
     c.crash(0);
     c.faults(1).partition(false);
     // It never settles: the event is neither delivered nor followed by a Reset.
-    assert!(!c.settle(Duration::from_secs(2)).await);
+    let settled = c.settle(Duration::from_secs(2)).await;
+    assert!(
+        !settled,
+        "settled: {:?} {:?}",
+        c.deliveries(1),
+        c.stats(1).await.unwrap().protocol
+    );
     let v = c
         .check()
         .expect_err("a silent loss (for now) must be reported");
@@ -213,7 +220,13 @@ async fn the_checker_matches_by_seq_so_a_lost_repeat_of_a_key_is_caught() {
     assert!(c.wait_sent(0, SETTLE).await);
     c.crash(0);
     c.faults(1).partition(false);
-    assert!(!c.settle(Duration::from_secs(2)).await);
+    let settled = c.settle(Duration::from_secs(2)).await;
+    assert!(
+        !settled,
+        "settled: {:?} {:?}",
+        c.deliveries(1),
+        c.stats(1).await.unwrap().protocol
+    );
     assert!(c.check().is_err(), "the second user:1 was lost silently");
 }
 

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::batch::{BatchSocket, RecvBuffers, SendBatch};
+use super::hub::Hub;
 use tokio::time::Instant;
 
 use crate::proto::{Delivery, NodeCore, Stats};
@@ -43,6 +45,8 @@ const MAX_DELAYED: usize = 4096;
 /// What the [`crate::node::Node`] handle asks of the driver.
 pub(crate) enum Command {
     Publish(Event),
+    /// Several events at once (`Node::publish_many`).
+    PublishMany(Vec<Event>),
     /// Publish and say which seq it got, and when (for the harness).
     PublishAcked(
         Event,
@@ -65,10 +69,10 @@ pub(crate) struct DriverStats {
 
 pub(crate) struct Driver {
     pub core: NodeCore,
-    pub socket: UdpSocket,
+    pub socket: BatchSocket,
     pub group: SocketAddr,
     pub commands: mpsc::Receiver<Command>,
-    pub deliveries: broadcast::Sender<Delivery>,
+    pub deliveries: Arc<Hub>,
 
     pub faults: Option<Arc<dyn FaultInjector>>,
     pub linger: Duration,
@@ -76,7 +80,14 @@ pub(crate) struct Driver {
     pub final_stats: Arc<Mutex<Option<DriverStats>>>,
     /// Set to true when the driver has stopped, after `final_stats`.
     pub done: watch::Sender<bool>,
+    /// Set by a simulated crash (`Node::crash`) before the task is aborted:
+    /// from then on nothing is sent, even before the abort takes effect.
+    pub crashed: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long the driver stops reading for a subscription that does not
+/// move (see `run`).
+const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// Publishes at most this many queued events per loop turn, so that
 /// receiving never starves behind a flood of publishes.
@@ -90,26 +101,49 @@ impl Driver {
     /// Runs until shut down (or every handle is dropped), then says
     /// `Goodbye` and lingers to answer late requests.
     pub async fn run(mut self) {
-        let mut rx_buf = vec![0u8; crate::wire::MAX_DATAGRAM + 1];
+        let mut rx = RecvBuffers::new();
         let mut tx_buf = Vec::with_capacity(2048);
+        let mut tx = SendBatch::new();
         let mut stats = DriverStats::default();
         let mut linger_end: Option<Instant> = None;
         let mut delayed: Delayed = std::collections::BinaryHeap::new();
         let mut handles_alive = true;
+        let mut paused_at: Option<Instant> = None;
+        let mut gave_up = false;
         loop {
             // Timers first, whatever else is busy: a flood of datagrams or
             // of publishes must not hold back heartbeats, Naks or Resets.
             let now = Self::now();
             if self.core.poll_timeout().is_some_and(|w| w <= now) {
                 self.core.handle_timeout(now);
-                self.drain(&mut tx_buf, &mut stats).await;
+                self.drain(&mut tx_buf, &mut tx, &mut stats).await;
             }
             let wake = self.core.poll_timeout().map(Instant::from_std);
+            // Backpressure: while a subscription is far behind, leave
+            // datagrams in the socket (the kernel buffers them; what
+            // overflows is repaired) rather than drop deliveries. A
+            // subscription that does not move for MAX_PAUSE is given up
+            // on until it catches up: it will get `Reset { Lagged }`.
+            let pause = !gave_up && self.deliveries.wants_pause();
+            if !pause {
+                paused_at = None;
+                gave_up = gave_up && self.deliveries.wants_pause();
+            }
+            let pause_end = pause.then(|| *paused_at.get_or_insert_with(Instant::now) + MAX_PAUSE);
             tokio::select! {
-                r = self.socket.recv_from(&mut rx_buf) => {
+                _ = self.deliveries.room(), if pause => {
+                    paused_at = None;
+                }
+                _ = sleep_until_opt(pause_end), if pause => {
+                    gave_up = true;
+                    tracing::debug!("a subscription stopped reading: no longer waiting for it");
+                }
+                r = self.socket.recv(&mut rx), if !pause => {
                     match r {
-                        Ok((n, _from)) => {
-                            self.receive(&rx_buf[..n], &mut delayed, &mut stats);
+                        Ok(()) => {
+                            for d in rx.datagrams() {
+                                self.receive(d, &mut delayed, &mut stats);
+                            }
                         }
                         Err(e) => {
                             stats.recv_errors += 1;
@@ -120,12 +154,19 @@ impl Driver {
                 cmd = self.commands.recv(), if handles_alive => {
                     match cmd {
                         Some(cmd) => {
-                            self.command(cmd, &mut stats, &mut linger_end);
+                            // One clock reading for the whole batch.
+                            let now = Self::now();
+                            let mut budget = MAX_PUBLISH_BATCH;
+                            budget = budget.saturating_sub(self.command(cmd, now, &mut stats, &mut linger_end));
                             // Opportunistic batching: whatever else is queued
                             // goes into the same datagrams.
-                            for _ in 0..MAX_PUBLISH_BATCH {
+                            while budget > 0 {
                                 match self.commands.try_recv() {
-                                    Ok(cmd) => self.command(cmd, &mut stats, &mut linger_end),
+                                    Ok(cmd) => {
+                                        budget = budget.saturating_sub(
+                                            self.command(cmd, now, &mut stats, &mut linger_end),
+                                        );
+                                    }
                                     Err(_) => break,
                                 }
                             }
@@ -133,7 +174,7 @@ impl Driver {
                         None => {
                             // Every handle is gone: end as if shut down.
                             handles_alive = false;
-                            self.command(Command::Shutdown, &mut stats, &mut linger_end);
+                            self.command(Command::Shutdown, Self::now(), &mut stats, &mut linger_end);
                         }
                     }
                 }
@@ -152,7 +193,7 @@ impl Driver {
                     break;
                 }
             }
-            self.drain(&mut tx_buf, &mut stats).await;
+            self.drain(&mut tx_buf, &mut tx, &mut stats).await;
         }
         stats.protocol = self.core.stats_snapshot();
         *self.final_stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
@@ -167,11 +208,24 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, cmd: Command, stats: &mut DriverStats, linger_end: &mut Option<Instant>) {
+    /// Carries out one command; returns how many events it published.
+    fn command(
+        &mut self,
+        cmd: Command,
+        now: std::time::Instant,
+        stats: &mut DriverStats,
+        linger_end: &mut Option<Instant>,
+    ) -> usize {
         match cmd {
-            Command::Publish(event) => self.publish(Self::now(), event),
+            Command::Publish(event) => self.publish(now, event),
+            Command::PublishMany(events) => {
+                let n = events.len();
+                for event in events {
+                    self.publish(now, event);
+                }
+                return n;
+            }
             Command::PublishAcked(event, ack) => {
-                let now = Self::now();
                 let _ = ack.send(self.core.publish(now, event).map(|seq| (seq, now)));
             }
             Command::Stats(tx) => {
@@ -180,11 +234,12 @@ impl Driver {
             }
             Command::Shutdown => {
                 if linger_end.is_none() {
-                    self.core.close(Self::now());
+                    self.core.close(now);
                     *linger_end = Some(Instant::now() + self.linger);
                 }
             }
         }
+        1
     }
 
     /// A received datagram, through the fault injector if there is one.
@@ -213,8 +268,12 @@ impl Driver {
     }
 
     /// Sends everything the core wants sent and hands deliveries out.
-    async fn drain(&mut self, tx_buf: &mut Vec<u8>, stats: &mut DriverStats) {
+    /// Datagrams of one size go out together (GSO), however many the core
+    /// produced since the last turn: opportunistic batching all the way to
+    /// the kernel, with no timer holding anything back.
+    async fn drain(&mut self, tx_buf: &mut Vec<u8>, tx: &mut SendBatch, stats: &mut DriverStats) {
         let now = Self::now();
+        let max = self.socket.max_segments();
         while self.core.poll_transmit(now, tx_buf) {
             if self
                 .faults
@@ -224,18 +283,45 @@ impl Driver {
                 stats.hook_dropped += 1;
                 continue;
             }
-            if let Err(e) = self.socket.send_to(tx_buf, self.group).await {
-                stats.send_errors += 1;
-                tracing::debug!(error = %e, group = %self.group, "send failed");
+            if !tx.try_push(tx_buf, max) {
+                self.flush(tx, stats).await;
+                tx.try_push(tx_buf, max);
             }
         }
+        if !tx.is_empty() {
+            self.flush(tx, stats).await;
+        }
+        // Everything delivered in this turn goes to the subscriptions as one
+        // batch (no subscriber is not an error: nobody is caching yet).
+        let mut batch = Vec::new();
         while let Some(d) = self.core.poll_delivery() {
             if let Some(f) = &self.faults {
                 f.observe(&d);
             }
-            // No subscriber is not an error: nobody is caching yet.
-            let _ = self.deliveries.send(d);
+            batch.push(d);
         }
+        self.deliveries.push(batch);
+    }
+}
+
+impl Driver {
+    async fn flush(&mut self, tx: &mut SendBatch, stats: &mut DriverStats) {
+        if self.crashed.load(std::sync::atomic::Ordering::SeqCst) {
+            tx.clear();
+            return;
+        }
+        if let Err(e) = self.socket.send(self.group, tx).await {
+            stats.send_errors += 1;
+            tracing::debug!(error = %e, group = %self.group, "send failed");
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// However the driver ends (stopped, or aborted by a crash), its
+    /// subscriptions end after what they have not read yet.
+    fn drop(&mut self) {
+        self.deliveries.close();
     }
 }
 

@@ -177,7 +177,19 @@ impl NodeCore {
     /// validate is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         self.stats.datagrams_received += 1;
-        let dgram = match wire::decode(bytes, self.cfg.cluster) {
+        // The header first: this node's own traffic (multicast loops back)
+        // is ignored before its body is decoded.
+        let dgram = match wire::decode_header(bytes, self.cfg.cluster) {
+            Ok((header, _)) if header.stream == self.cfg.stream => {
+                self.stats.own_ignored += 1;
+                return;
+            }
+            Ok((header, used)) => {
+                wire::decode_body(&bytes[used..]).map(|body| wire::Datagram { header, body })
+            }
+            Err(e) => Err(e),
+        };
+        let dgram = match dgram {
             Ok(d) => d,
             Err(e) => {
                 tracing::trace!(error = %e, "dropped datagram");
@@ -186,10 +198,6 @@ impl NodeCore {
             }
         };
         let from = dgram.header.stream;
-        if from == self.cfg.stream {
-            self.stats.own_ignored += 1;
-            return;
-        }
         let resets_before = self.stats.resets_total();
         let sync_until = self.sync_until;
         let mut sink = sink!(self);

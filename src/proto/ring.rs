@@ -2,23 +2,24 @@
 //! bounded by bytes and by age (like str0m's `RtxCache::new(max_count,
 //! max_age)`). Each entry remembers when it was last repaired, so that many
 //! `Nak`s for one loss cost one repair (Aeron's retransmit linger).
+//!
+//! Events are held encoded, back to back in one byte queue: pushing one
+//! allocates nothing once the queues have grown (no clone of the event),
+//! and the rare repair decodes what it resends.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::wire::Event;
-
-/// What one held event costs besides its encoded bytes: the entry itself
-/// and the heap blocks of its strings, roughly.
-pub const ENTRY_OVERHEAD: usize = 128;
+/// What one held event costs besides its encoded bytes: its entry.
+pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
 
 /// One sent event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Entry {
-    /// The event.
-    pub event: Event,
+    /// Where its bytes start, counted from the first byte ever held.
+    start: u64,
     /// Its encoded size.
-    pub size: usize,
+    pub size: u32,
     /// When it was published.
     pub sent: Instant,
     /// When it was last repaired.
@@ -29,6 +30,9 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct RetransmitRing {
     entries: VecDeque<Entry>,
+    /// The encoded events; `data[0]` is byte `data_start` of the stream.
+    data: VecDeque<u8>,
+    data_start: u64,
     first_seq: u64,
     bytes: usize,
     max_bytes: usize,
@@ -36,10 +40,13 @@ pub struct RetransmitRing {
 }
 
 impl RetransmitRing {
-    /// An empty ring whose next event is seq 1.
+    /// An empty ring holding at most `max_bytes` (encoded events plus
+    /// [`ENTRY_OVERHEAD`] each) for at most `max_age`.
     pub fn new(max_bytes: usize, max_age: Duration) -> Self {
         RetransmitRing {
             entries: VecDeque::new(),
+            data: VecDeque::new(),
+            data_start: 0,
             first_seq: 1,
             bytes: 0,
             max_bytes,
@@ -47,17 +54,17 @@ impl RetransmitRing {
         }
     }
 
-    /// Adds the next event; evicts the oldest past the byte bound. Each
-    /// event counts its encoded size plus [`ENTRY_OVERHEAD`], so that the
-    /// bound holds for memory, not only for bytes on the wire.
-    pub fn push(&mut self, event: Event, size: usize, now: Instant) {
+    /// Holds the next event (seq `end()`), given encoded, dropping the
+    /// oldest ones while over the byte bound.
+    pub fn push(&mut self, encoded: &[u8], now: Instant) {
         self.entries.push_back(Entry {
-            event,
-            size,
+            start: self.data_start + self.data.len() as u64,
+            size: encoded.len() as u32,
             sent: now,
             repaired: None,
         });
-        self.bytes += size + ENTRY_OVERHEAD;
+        self.data.extend(encoded);
+        self.bytes += encoded.len() + ENTRY_OVERHEAD;
         while self.bytes > self.max_bytes {
             self.pop();
         }
@@ -65,12 +72,15 @@ impl RetransmitRing {
 
     fn pop(&mut self) {
         if let Some(e) = self.entries.pop_front() {
-            self.bytes -= e.size + ENTRY_OVERHEAD;
+            let size = e.size as usize;
+            self.bytes -= size + ENTRY_OVERHEAD;
+            self.data.drain(..size);
+            self.data_start += size as u64;
             self.first_seq += 1;
         }
     }
 
-    /// Drops events older than the age bound.
+    /// Drops what is older than `max_age`.
     pub fn expire(&mut self, now: Instant) {
         while self
             .entries
@@ -81,7 +91,7 @@ impl RetransmitRing {
         }
     }
 
-    /// The oldest seq still held (equals the next seq when empty).
+    /// The oldest seq held (`end()` when empty).
     pub fn oldest(&self) -> u64 {
         self.first_seq
     }
@@ -91,10 +101,24 @@ impl RetransmitRing {
         self.first_seq + self.entries.len() as u64
     }
 
-    /// The entry of `seq`, if still held.
+    /// The entry of `seq`, if held.
     pub fn get_mut(&mut self, seq: u64) -> Option<&mut Entry> {
         let i = seq.checked_sub(self.first_seq)?;
         self.entries.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// Appends the encoded bytes of `seq` to `out`; false if not held.
+    pub fn copy_event(&self, seq: u64, out: &mut Vec<u8>) -> bool {
+        let Some(e) = seq
+            .checked_sub(self.first_seq)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.entries.get(i))
+        else {
+            return false;
+        };
+        let from = (e.start - self.data_start) as usize;
+        out.extend(self.data.range(from..from + e.size as usize));
+        true
     }
 
     /// Bytes held.
@@ -107,23 +131,37 @@ impl RetransmitRing {
 mod tests {
     use super::*;
 
-    fn ev() -> Event {
-        Event::ClearAll
-    }
-
     #[test]
     fn bounded_by_bytes_and_age() {
         let t = Instant::now();
         let cost = 10 + ENTRY_OVERHEAD;
         let mut r = RetransmitRing::new(3 * cost, Duration::from_secs(1));
-        for i in 0..5 {
-            r.push(ev(), 10, t + Duration::from_millis(i * 300));
+        for i in 0..5u8 {
+            r.push(&[i; 10], t + Duration::from_millis(u64::from(i) * 300));
         }
         assert_eq!((r.oldest(), r.end(), r.bytes()), (3, 6, 3 * cost));
         assert!(r.get_mut(2).is_none() && r.get_mut(3).is_some() && r.get_mut(6).is_none());
+        let mut out = Vec::new();
+        assert!(!r.copy_event(2, &mut out) && out.is_empty());
+        assert!(r.copy_event(4, &mut out) && r.copy_event(5, &mut out));
+        assert_eq!(out, [[3u8; 10], [4u8; 10]].concat());
         r.expire(t + Duration::from_millis(1700));
         assert_eq!((r.oldest(), r.end()), (4, 6));
         r.expire(t + Duration::from_secs(10));
         assert_eq!((r.oldest(), r.end(), r.bytes()), (6, 6, 0));
+    }
+
+    #[test]
+    fn events_of_different_sizes_come_back_whole() {
+        let t = Instant::now();
+        let mut r = RetransmitRing::new(1 << 20, Duration::from_secs(1));
+        for n in 1..=20u8 {
+            r.push(&vec![n; n as usize], t);
+        }
+        for n in 1..=20u8 {
+            let mut out = Vec::new();
+            assert!(r.copy_event(u64::from(n), &mut out));
+            assert_eq!(out, vec![n; n as usize]);
+        }
     }
 }

@@ -70,6 +70,8 @@ pub struct Sender {
     tokens_at: Instant,
     /// When the token bucket allows the next pending repair.
     repair_at: Option<Instant>,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
 }
 
 impl Sender {
@@ -99,6 +101,7 @@ impl Sender {
             tokens: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
             tokens_at: now,
             repair_at: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -128,8 +131,9 @@ impl Sender {
         if self.closed {
             return Err(PublishError::Closed);
         }
-        let size = wire::check_event(&event, self.max_datagram)?;
-        self.ring.push(event.clone(), size, now);
+        self.scratch.clear();
+        let size = wire::encode_checked(&event, self.max_datagram, &mut self.scratch)?;
+        self.ring.push(&self.scratch, now);
         let full = wire::DATA_OVERHEAD + self.batch_bytes + size > self.max_datagram
             || self.batch.len() >= wire::MAX_EVENTS;
         if !self.batch.is_empty() && full {
@@ -251,7 +255,7 @@ impl Sender {
             let mut events = Vec::new();
             let mut bytes = wire::DATA_OVERHEAD;
             while seq < end {
-                let Some(entry) = self.ring.get_mut(seq) else {
+                let Some(entry) = self.ring.get_mut(seq).copied() else {
                     // Left the ring since the Nak: the next Nak learns it.
                     if first.is_some() {
                         break;
@@ -267,14 +271,23 @@ impl Sender {
                     seq += 1;
                     continue;
                 }
+                let size = entry.size as usize;
                 if first.is_some()
-                    && (bytes + entry.size > self.max_datagram || events.len() >= wire::MAX_EVENTS)
+                    && (bytes + size > self.max_datagram || events.len() >= wire::MAX_EVENTS)
                 {
                     break;
                 }
+                // The ring holds what this sender encoded: it decodes.
+                self.scratch.clear();
+                self.ring.copy_event(seq, &mut self.scratch);
+                let Ok(event) = wire::decode_event(&self.scratch) else {
+                    debug_assert!(false, "the ring holds an event it cannot decode");
+                    seq += 1;
+                    continue;
+                };
                 first.get_or_insert(seq);
-                bytes += entry.size;
-                events.push(entry.event.clone());
+                bytes += size;
+                events.push(event);
                 seq += 1;
             }
             let Some(first) = first else {

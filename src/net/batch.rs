@@ -1,0 +1,270 @@
+//! Batched datagram I/O for the driver, through quinn-udp: on send, UDP
+//! GSO (one `sendmsg` carries up to 64 datagrams of one size); on receive,
+//! `recvmmsg` and UDP GRO (one call returns many datagrams, a GRO buffer
+//! holding several of one size). Where the kernel or the device lacks GSO,
+//! quinn-udp says so (`max_gso_segments() == 1`) and datagrams go one per
+//! call.
+//!
+//! [`SendBatch`] collects the datagrams the core produces into runs that
+//! GSO can carry: every datagram of a run has the size of the first,
+//! except the last, which may be shorter.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams per GSO send at most (the kernel's UDP_MAX_SEGMENTS is 64).
+const MAX_SEGMENTS: usize = 64;
+/// Bytes per GSO send at most (one IP packet before segmentation).
+const MAX_GSO_BYTES: usize = 65_000;
+/// Buffers per `recvmmsg`, each large enough for a full GRO batch.
+pub const RECV_BUFFERS: usize = 8;
+const RECV_BUFFER_SIZE: usize = 65_536;
+
+/// The driver's socket.
+pub(crate) struct BatchSocket {
+    socket: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl BatchSocket {
+    /// Wraps a bound, joined socket.
+    pub fn new(socket: UdpSocket) -> io::Result<Self> {
+        // quinn-udp forbids IP fragmentation (it is built for QUIC). A
+        // cachecast datagram larger than the path MTU (a `max_datagram`
+        // raised on purpose) relies on it: keep the socket's own setting.
+        let saved = get_int(&socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER);
+        let saved6 = get_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER);
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        if let Some(v) = saved {
+            set_int(&socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v);
+        }
+        if let Some(v) = saved6 {
+            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, v);
+            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
+        }
+        Ok(BatchSocket { socket, state })
+    }
+
+    /// Datagrams one send may carry now.
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().clamp(1, MAX_SEGMENTS)
+    }
+
+    /// Sends `batch` (taken: it is empty afterwards) to `dest`.
+    pub async fn send(&self, dest: SocketAddr, batch: &mut SendBatch) -> io::Result<()> {
+        let result = if batch.count > 1 && self.max_segments() > 1 {
+            match self.send_one(dest, &batch.buf, Some(batch.segment)).await {
+                // GSO refused (a device without checksum offload, a segment
+                // over the MTU): quinn-udp stops offering it; send singly.
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                    tracing::debug!(error = %e, "GSO send failed: one datagram per call");
+                    self.send_each(dest, batch).await
+                }
+                r => r,
+            }
+        } else {
+            self.send_each(dest, batch).await
+        };
+        batch.clear();
+        result
+    }
+
+    async fn send_each(&self, dest: SocketAddr, batch: &SendBatch) -> io::Result<()> {
+        let mut result = Ok(());
+        for d in batch.buf.chunks(batch.segment.max(1)) {
+            if let Err(e) = self.send_one(dest, d, None).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    async fn send_one(
+        &self,
+        dest: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let t = quinn_udp::Transmit {
+            destination: dest,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &t)
+            })
+            .await
+    }
+
+    /// Waits for datagrams and reads as many as are ready into `bufs`.
+    pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
+        bufs.filled = 0;
+        let RecvBuffers {
+            storage,
+            meta,
+            filled,
+        } = bufs;
+        let n = self
+            .socket
+            .async_io(Interest::READABLE, || {
+                let mut chunks = storage.chunks_mut(RECV_BUFFER_SIZE);
+                let mut iovs: [IoSliceMut; RECV_BUFFERS] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                self.state
+                    .recv((&self.socket).into(), &mut iovs, &mut meta[..])
+            })
+            .await?;
+        *filled = n;
+        Ok(())
+    }
+}
+
+fn get_int(s: &UdpSocket, level: i32, name: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd, and an int-sized out-buffer with its length.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+fn set_int(s: &UdpSocket, level: i32, name: i32, v: i32) {
+    // SAFETY: a valid fd, and an int-sized value with its length.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Received datagrams: up to [`RECV_BUFFERS`] buffers, each holding one
+/// datagram or a GRO batch of same-sized ones.
+pub(crate) struct RecvBuffers {
+    storage: Vec<u8>,
+    meta: [quinn_udp::RecvMeta; RECV_BUFFERS],
+    filled: usize,
+}
+
+impl RecvBuffers {
+    pub fn new() -> Self {
+        RecvBuffers {
+            storage: vec![0; RECV_BUFFERS * RECV_BUFFER_SIZE],
+            meta: [quinn_udp::RecvMeta::default(); RECV_BUFFERS],
+            filled: 0,
+        }
+    }
+
+    /// Every datagram of the last receive, in order.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        self.meta[..self.filled]
+            .iter()
+            .zip(self.storage.chunks(RECV_BUFFER_SIZE))
+            .flat_map(|(m, buf)| {
+                let len = m.len.min(buf.len());
+                buf[..len].chunks(m.stride.max(1))
+            })
+    }
+}
+
+/// Datagrams waiting to go out in one GSO send.
+pub(crate) struct SendBatch {
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter than `segment`: the run is closed.
+    closed: bool,
+}
+
+impl SendBatch {
+    pub fn new() -> Self {
+        SendBatch {
+            buf: Vec::with_capacity(MAX_GSO_BYTES),
+            segment: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+        self.segment = 0;
+        self.closed = false;
+    }
+
+    /// Adds `datagram` if it can join the run (at most `max` datagrams);
+    /// false if the batch must be sent first.
+    pub fn try_push(&mut self, datagram: &[u8], max: usize) -> bool {
+        if self.count == 0 {
+            self.buf.extend_from_slice(datagram);
+            self.segment = datagram.len();
+            self.count = 1;
+            return true;
+        }
+        if self.closed
+            || self.count >= max
+            || datagram.len() > self.segment
+            || self.buf.len() + datagram.len() > MAX_GSO_BYTES
+        {
+            return false;
+        }
+        self.closed = datagram.len() < self.segment;
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_same_sized_with_a_shorter_last() {
+        let mut b = SendBatch::new();
+        assert!(b.try_push(&[1; 100], 64));
+        assert!(b.try_push(&[2; 100], 64));
+        assert!(!b.try_push(&[3; 101], 64), "longer than the segment");
+        assert!(b.try_push(&[4; 40], 64), "a shorter last one");
+        assert!(!b.try_push(&[5; 40], 64), "nothing after a shorter one");
+        assert_eq!((b.count, b.segment, b.buf.len()), (3, 100, 240));
+        b.clear();
+        assert!(b.is_empty());
+        for _ in 0..3 {
+            assert!(b.try_push(&[0; 10], 3));
+        }
+        assert!(!b.try_push(&[0; 10], 3), "at most max datagrams");
+    }
+
+    #[test]
+    fn a_gso_run_never_exceeds_the_ip_limit() {
+        let mut b = SendBatch::new();
+        let mut n = 0;
+        while b.try_push(&[0; 1400], 64) {
+            n += 1;
+        }
+        assert_eq!(n, MAX_GSO_BYTES / 1400);
+    }
+}

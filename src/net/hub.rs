@@ -1,0 +1,308 @@
+//! Fan-out of deliveries from the driver to the node's subscriptions.
+//!
+//! The driver hands over everything one turn of its loop produced as one
+//! batch: one lock and one wake-up per batch, not per event. Each batch is
+//! counted by the subscribers that have yet to take it; the last one takes
+//! it out of the queue, and when no other subscription still holds it, it
+//! gets the deliveries themselves (moved, not cloned). With one subscriber,
+//! the common case, nothing is ever cloned.
+//!
+//! The queue holds at most `capacity` deliveries. Past it the oldest are
+//! dropped, and a subscriber that had not taken them learns exactly how
+//! many it missed (`Reset { Lagged }`), never a silent drop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::proto::Delivery;
+
+struct Slot {
+    /// Index (since the node started) of `items[0]`.
+    first: u64,
+    items: Arc<Vec<Delivery>>,
+    /// Leading items dropped for capacity.
+    skip: usize,
+    /// Subscriptions that have yet to take this batch.
+    rem: usize,
+}
+
+impl Slot {
+    fn start(&self) -> u64 {
+        self.first + self.skip as u64
+    }
+    fn end(&self) -> u64 {
+        self.first + self.items.len() as u64
+    }
+}
+
+struct State {
+    slots: VecDeque<Slot>,
+    /// Index of the next delivery to be pushed.
+    end: u64,
+    /// Deliveries held (not skipped).
+    queued: usize,
+    capacity: usize,
+    subscribers: usize,
+    closed: bool,
+    /// A subscription was handed to the application: from then on the
+    /// driver holds back (reads no more) while the queue is half full.
+    active: bool,
+}
+
+/// The queue between one driver and its node's subscriptions.
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    /// Wakes subscriptions: something was pushed, or the hub closed.
+    notify: Notify,
+    /// Wakes the driver: the queue fell below half its capacity.
+    room: Notify,
+}
+
+/// What [`Cursor::next_batch`] found.
+pub(crate) enum Take {
+    /// The cursor has a batch to read.
+    Batch,
+    /// This many deliveries were dropped before the cursor took them.
+    Lagged(u64),
+    /// Nothing yet.
+    Empty,
+    /// The driver has stopped and everything was read.
+    Closed,
+}
+
+enum Current {
+    Owned(std::vec::IntoIter<Delivery>),
+    Shared(Arc<Vec<Delivery>>, usize),
+}
+
+/// One subscription's position in the hub.
+pub(crate) struct Cursor {
+    hub: Arc<Hub>,
+    /// Index of the next delivery this cursor wants.
+    next: u64,
+    current: Option<Current>,
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            state: Mutex::new(State {
+                slots: VecDeque::new(),
+                end: 0,
+                queued: 0,
+                capacity: capacity.max(1),
+                subscribers: 0,
+                closed: false,
+                active: false,
+            }),
+            notify: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new cursor that reads everything pushed from now on.
+    pub fn subscribe(self: &Arc<Self>) -> Cursor {
+        let mut st = self.lock();
+        st.subscribers += 1;
+        Cursor {
+            hub: self.clone(),
+            next: st.end,
+            current: None,
+        }
+    }
+
+    /// Hands a batch to every subscription (dropped if there is none).
+    pub fn push(&self, items: Vec<Delivery>) {
+        if items.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            let n = items.len();
+            let first = st.end;
+            st.end += n as u64;
+            if st.subscribers == 0 {
+                return;
+            }
+            let rem = st.subscribers;
+            st.slots.push_back(Slot {
+                first,
+                items: Arc::new(items),
+                skip: 0,
+                rem,
+            });
+            st.queued += n;
+            // Drop the oldest past capacity, partly from a batch if needed.
+            while st.queued > st.capacity {
+                let over = st.queued - st.capacity;
+                let Some(front) = st.slots.front_mut() else {
+                    break;
+                };
+                let held = (front.end() - front.start()) as usize;
+                if held <= over {
+                    st.slots.pop_front();
+                    st.queued -= held;
+                } else {
+                    front.skip += over;
+                    st.queued -= over;
+                }
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Marks that the application holds a subscription (see [`Hub::wants_pause`]).
+    pub fn activate(&self) {
+        self.lock().active = true;
+    }
+
+    /// True when the driver should stop reading for a while: a
+    /// subscription is half its queue behind. Socket loss is repaired by
+    /// the protocol; a `Reset { Lagged }` is not.
+    pub fn wants_pause(&self) -> bool {
+        let st = self.lock();
+        st.active && st.queued * 2 >= st.capacity
+    }
+
+    /// Waits until the queue is below half its capacity.
+    pub async fn room(&self) {
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = self.lock();
+            if st.queued * 2 < st.capacity || st.closed {
+                return;
+            }
+        }
+        notified.await;
+    }
+
+    /// No more batches: subscriptions end once they have read what is left.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
+    }
+}
+
+impl Cursor {
+    /// The next delivery of the batch in hand, if any.
+    pub fn next_in_batch(&mut self) -> Option<Delivery> {
+        let d = match self.current.as_mut()? {
+            Current::Owned(it) => it.next(),
+            Current::Shared(items, pos) => {
+                let d = items.get(*pos).cloned();
+                *pos += 1;
+                d
+            }
+        };
+        if d.is_none() {
+            self.current = None;
+        }
+        d
+    }
+
+    /// Takes the next batch into hand.
+    pub fn next_batch(&mut self) -> Take {
+        let mut st = self.hub.lock();
+        let Some(front_start) = st.slots.front().map(Slot::start) else {
+            if st.closed {
+                return Take::Closed;
+            }
+            // What this cursor had not taken was dropped for capacity.
+            if self.next < st.end {
+                let missed = st.end - self.next;
+                self.next = st.end;
+                return Take::Lagged(missed);
+            }
+            return Take::Empty;
+        };
+        if self.next < front_start {
+            let missed = front_start - self.next;
+            self.next = front_start;
+            return Take::Lagged(missed);
+        }
+        let Some(i) = st
+            .slots
+            .iter()
+            .position(|s| s.start() <= self.next && self.next < s.end())
+        else {
+            return if st.closed { Take::Closed } else { Take::Empty };
+        };
+        let slot = &mut st.slots[i];
+        slot.rem = slot.rem.saturating_sub(1);
+        let pos = (self.next - slot.first) as usize;
+        self.next = slot.end();
+        if slot.rem == 0 && i == 0 {
+            let Some(slot) = st.slots.pop_front() else {
+                return Take::Empty;
+            };
+            st.queued -= (slot.end() - slot.start()) as usize;
+            st.pop_taken();
+            let room = st.queued * 2 < st.capacity;
+            drop(st);
+            if room {
+                self.hub.room.notify_waiters();
+            }
+            self.current = Some(match Arc::try_unwrap(slot.items) {
+                Ok(mut items) => {
+                    items.drain(..pos);
+                    Current::Owned(items.into_iter())
+                }
+                Err(shared) => Current::Shared(shared, pos),
+            });
+        } else {
+            self.current = Some(Current::Shared(slot.items.clone(), pos));
+        }
+        Take::Batch
+    }
+
+    /// Waits until [`Cursor::next_batch`] may find something new.
+    pub async fn changed(&self) {
+        let notified = self.hub.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = self.hub.lock();
+            if st.closed
+                || st.end > self.next
+                || st.slots.front().is_some_and(|s| s.start() > self.next)
+            {
+                return;
+            }
+        }
+        notified.await;
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        let mut st = self.hub.lock();
+        st.subscribers = st.subscribers.saturating_sub(1);
+        // Batches this cursor will never take no longer wait for it.
+        let next = self.next;
+        for s in st.slots.iter_mut().filter(|s| s.end() > next) {
+            s.rem = s.rem.saturating_sub(1);
+        }
+        st.pop_taken();
+        drop(st);
+        self.hub.room.notify_waiters();
+    }
+}
+
+impl State {
+    /// Drops leading batches every subscription has taken.
+    fn pop_taken(&mut self) {
+        while self.slots.front().is_some_and(|s| s.rem == 0) {
+            if let Some(s) = self.slots.pop_front() {
+                self.queued -= (s.end() - s.start()) as usize;
+            }
+        }
+    }
+}
