@@ -1,28 +1,217 @@
 #!/usr/bin/env bash
 # Benchmarks. Performance targets live here, never in timed unit tests.
 #
-#   scripts/bench.sh            all benchmarks
+#   scripts/bench.sh [all]      repair (with its defaults), then speed
 #   scripts/bench.sh repair     NAK repair efficiency in the simulator
 #                               (1,000 receivers, 1 % loss: <= 2 NAKs and
 #                               <= 1.2 repairs per lost datagram)
+#   scripts/bench.sh speed      `cachecast bench`: cachecast against raw UDP
+#                               multicast on loopback (throughput, latency,
+#                               rate sweep); Redis and NATS with --peers
 #
-# Extra arguments after the benchmark name go to it, e.g.
+# Extra arguments after the benchmark name go to it (for all: to speed), e.g.
 #   scripts/bench.sh repair --receivers 200 --loss 0.05 --json
+#   scripts/bench.sh speed --mode throughput --events 300000 --plot sweep.svg
+#   scripts/bench.sh speed --help           (every option of the bench)
+#
+#   --peers   (speed, all) also compare with Redis pub/sub and NATS: start
+#             redis-server and nats-server on 127.0.0.1 (free ports, no
+#             persistence, slow-subscriber limits lifted), pass --redis /
+#             --nats, stop them on exit. Missing servers are installed with
+#             apt-get when running as root; a server that cannot be
+#             installed or started is skipped, the rest still runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-what="${1:-all}"
-[ $# -gt 0 ] && shift
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+say() { echo "bench.sh: $*" >&2; }
+
+what=all
+case "${1:-}" in
+  repair|speed|all) what="$1"; shift ;;
+  -h|--help) usage; exit 0 ;;
+  ""|-*) ;;   # options only: all
+  *) say "unknown benchmark: $1 (try: repair, speed, all)"; exit 2 ;;
+esac
+
+peers=0
+args=()
+for a in "$@"; do
+  if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
+done
+if [ "$peers" -eq 1 ] && [ "$what" = repair ]; then
+  say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
+fi
+
+# ------------------------------------------------------------------ peers
+PIDS=()   # servers started here, stopped by PID on exit
+TMPS=()   # their temporary directories
+BENCH=""  # the running benchmark
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  if [ -n "$BENCH" ]; then   # interrupted: the benchmark first
+    kill -TERM "$BENCH" 2>/dev/null || true
+    wait "$BENCH" 2>/dev/null || true
+  fi
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for d in "${TMPS[@]}"; do rm -rf "$d"; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'say interrupted; exit 130' INT
+trap 'say terminated; exit 143' TERM
+
+# True if something listens on 127.0.0.1:$1 (or on every address).
+port_busy() {
+  if command -v ss >/dev/null; then
+    [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
+# A TCP port nobody listens on (random in 20000..59999, 100 tries).
+free_port() {
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    port_busy "$p" || { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# Installs the package $2 unless the command $1 exists; false if it cannot.
+ensure() {
+  command -v "$1" >/dev/null && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    say "$1 not found and cannot be installed here (needs root and apt-get): the bench runs without it"
+    return 1
+  fi
+  say "installing $2 with apt-get"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >&2; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >&2 || true
+  fi
+  command -v "$1" >/dev/null && return 0
+  say "could not install $2: the bench runs without $1"
+  return 1
+}
+
+# Waits (10 s at most) until probe "$@" succeeds while PID $1 lives.
+await() {
+  local pid=$1; shift
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+redis_up() {
+  if command -v redis-cli >/dev/null; then
+    [ "$(timeout 2 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
+  else
+    # shellcheck disable=SC2016  # $1 of the inner shell
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+  fi
+}
+
+# A NATS server greets with INFO.
+nats_up() {
+  local greeting
+  # shellcheck disable=SC2016  # $1 of the inner shell
+  greeting="$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; head -c 4 <&3' _ "$1" 2>/dev/null)" || return 1
+  [ "$greeting" = INFO ]
+}
+
+# Says why server $1 (PID $2, port $3) is not used.
+not_up() {
+  if kill -0 "$2" 2>/dev/null; then
+    say "$1 did not answer on 127.0.0.1:$3 within 10 s: the bench runs without it"
+  else
+    say "$1 exited at start (port 127.0.0.1:$3): the bench runs without it"
+  fi
+}
+
+# Prints the last lines of $1 indented, to standard error.
+tail_log() { if [ -f "$1" ]; then tail -n 5 "$1" | sed 's/^/    /' >&2; fi; }
+
+start_redis() {
+  ensure redis-server redis-server || return 0
+  local dir port pid
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/bench-redis.XXXXXX")"; TMPS+=("$dir")
+  port="$(free_port)" || { say "no free port for redis: skipping it"; return 0; }
+  # Slow subscribers are never disconnected (pubsub 0 0 0), nothing is
+  # written to disk: the bench measures pub/sub throughput.
+  redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
+    --save "" --appendonly no --client-output-buffer-limit "pubsub 0 0 0" \
+    --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/out" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  if await "$pid" redis_up "$port"; then
+    say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port (pid $pid)"
+    args=(--redis "127.0.0.1:$port" ${args[@]+"${args[@]}"})
+  else
+    not_up redis-server "$pid" "$port"
+    tail_log "$dir/out"; tail_log "$dir/redis.log"
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+}
+
+start_nats() {
+  ensure nats-server nats-server || return 0
+  local dir port pid
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/bench-nats.XXXXXX")"; TMPS+=("$dir")
+  port="$(free_port)" || { say "no free port for nats: skipping it"; return 0; }
+  # A slow consumer is one with more than max_pending bytes queued, or a
+  # write blocked past write_deadline: raised so that flat out measures
+  # throughput rather than disconnects.
+  cat >"$dir/nats.conf" <<EOF
+listen: "127.0.0.1:$port"
+max_pending: 1073741824
+write_deadline: "60s"
+EOF
+  nats-server -c "$dir/nats.conf" -l "$dir/nats.log" </dev/null >"$dir/out" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  if await "$pid" nats_up "$port"; then
+    say "nats-server $(nats-server --version | sed 's/.*v//') on 127.0.0.1:$port (pid $pid)"
+    args=(--nats "127.0.0.1:$port" ${args[@]+"${args[@]}"})
+  else
+    not_up nats-server "$pid" "$port"
+    tail_log "$dir/out"; tail_log "$dir/nats.log"
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+}
+
+# ------------------------------------------------------------- benchmarks
+# Runs "$@" in the background and waits, so that a signal reaches the trap
+# at once (which then stops it) rather than after the benchmark.
+run() {
+  local rc=0
+  "$@" &
+  BENCH=$!
+  wait "$BENCH" || rc=$?
+  BENCH=""
+  return "$rc"
+}
+repair() { run cargo run --quiet --release --example repair_bench -- "$@"; }
+speed() {
+  if [ "$peers" -eq 1 ]; then start_redis; start_nats; fi
+  run cargo run --quiet --release -- bench ${args[@]+"${args[@]}"}
+}
 
 case "$what" in
-  repair|all)
-    cargo run --quiet --release --example repair_bench -- "$@"
-    ;;
-  -h|--help)
-    sed -n '2,11p' "$0"
-    ;;
-  *)
-    echo "unknown benchmark: $what (try: repair)" >&2
-    exit 2
-    ;;
+  repair) repair ${args[@]+"${args[@]}"} ;;
+  speed) speed ;;
+  all) repair; speed ;;
 esac
