@@ -61,9 +61,18 @@ pub struct Faults {
     /// The current life's record: deliveries are stamped and stored the
     /// moment the protocol makes them.
     life: Mutex<Option<Arc<Mutex<Life>>>>,
+    /// Received `Data` datagrams lost to a fault.
+    dropped_data: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
+    /// How many received `Data` datagrams the faults have lost so far: a
+    /// fault applies when the node reads a datagram, so a test that lifts a
+    /// fault can first wait until the datagram it meant to lose was lost.
+    pub fn dropped_data(&self) -> u64 {
+        self.dropped_data.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn new(cluster: u32, seed: u64) -> Self {
         Faults {
             cluster,
@@ -71,6 +80,7 @@ impl Faults {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             heard: Mutex::new(HashSet::new()),
             life: Mutex::new(None),
+            dropped_data: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -150,6 +160,12 @@ impl FaultInjector for Faults {
         let verdict = self.verdict(&decoded);
         if verdict != Verdict::Drop {
             self.hear(&decoded);
+        } else if decoded
+            .as_ref()
+            .is_some_and(|d| matches!(d.body, Body::Data { .. }))
+        {
+            self.dropped_data
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         verdict
     }

@@ -215,7 +215,13 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    fn new(system: System, offered: Option<f64>, p: PubReport, subs: Vec<SubReport>) -> Self {
+    fn new(
+        system: System,
+        offered: Option<f64>,
+        p: PubReport,
+        subs: Vec<SubReport>,
+        msg_len: usize,
+    ) -> Self {
         let n = subs.len().max(1) as f64;
         let window = |s: &SubReport| {
             let end = s.last_ns.max(p.start_ns + 1);
@@ -223,7 +229,6 @@ impl RunResult {
         };
         let rates: Vec<f64> = subs.iter().map(|s| s.received as f64 / window(s)).collect();
         let mean = |f: &dyn Fn(&SubReport) -> f64| subs.iter().map(f).sum::<f64>() / n;
-        let msg_len = 1.0; // scaled below by the caller's message length
         let mut p50s: Vec<u64> = subs.iter().map(|s| s.p50_ns).collect();
         p50s.sort_unstable();
         RunResult {
@@ -232,7 +237,7 @@ impl RunResult {
             delivered_per_s: rates.iter().sum::<f64>() / n,
             delivered_min_per_s: rates.iter().copied().fold(f64::INFINITY, f64::min),
             datagrams_per_s: mean(&|s| s.datagrams as f64 / window(s)),
-            mb_per_s: msg_len,
+            mb_per_s: rates.iter().sum::<f64>() / n * msg_len as f64 / 1e6,
             loss: mean(&|s| {
                 if p.published == 0 {
                     0.0
@@ -263,9 +268,18 @@ impl RunResult {
         }
     }
 
-    /// True when nothing was lost and nothing Reset.
+    /// True when nothing was lost, nothing Reset, no subscriber failed,
+    /// and (paced) every subscriber kept up with the offered rate (within
+    /// 5 %: a subscriber that falls ever further behind loses nothing in a
+    /// short run, yet cannot sustain the rate).
     pub fn clean(&self) -> bool {
-        self.resets == 0 && self.loss == 0.0 && self.subscribers.iter().all(|s| s.error.is_none())
+        let kept_up = self
+            .offered
+            .is_none_or(|r| self.delivered_min_per_s >= 0.95 * r);
+        self.resets == 0
+            && self.loss == 0.0
+            && kept_up
+            && self.subscribers.iter().all(|s| s.error.is_none())
     }
 }
 
@@ -301,6 +315,9 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.keys_per_event == 0 {
         return Err("--keys-per-event must be at least 1".into());
+    }
+    if args.plot.is_some() && !matches!(args.mode, Mode::Sweep | Mode::All) {
+        return Err("--plot draws the rate sweep: use it with --mode sweep or all".into());
     }
     if !args.group.is_multicast() {
         return Err(format!("--group {} is not a multicast address", args.group).into());
@@ -381,17 +398,19 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.quiet {
         eprint!("\r{:80}\r", "");
     }
+    {
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &results)?;
+            writeln!(out)?;
+        } else {
+            print_tables(&mut out, &results)?;
+        }
+    }
     if let Some(path) = &args.plot {
         plot::write_svg(path, &results)?;
         eprintln!("bench: plot written to {}", path.display());
-    }
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &results)?;
-        writeln!(out)?;
-    } else {
-        print_tables(&mut out, &results)?;
     }
     Ok(())
 }
@@ -525,14 +544,13 @@ impl Ctx<'_> {
         for s in &mut subs {
             reports.push(s.finish(deadline)?);
         }
-        Ok(RunResult::new(system, plan.rate, report, reports).scaled(self.msg_len))
-    }
-}
-
-impl RunResult {
-    fn scaled(mut self, msg_len: usize) -> Self {
-        self.mb_per_s = self.delivered_per_s * msg_len as f64 / 1e6;
-        self
+        Ok(RunResult::new(
+            system,
+            plan.rate,
+            report,
+            reports,
+            self.msg_len,
+        ))
     }
 }
 
@@ -657,9 +675,10 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         idle: args.idle,
         stop,
     };
+    // The parent may be gone (interrupted): a closed pipe is not an error.
     let ready = || {
-        println!("READY");
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "READY").and_then(|()| out.flush());
     };
     let result = match args.system {
         System::Cachecast => {
@@ -691,7 +710,11 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         error: Some(e.to_string()),
         ..SubReport::default()
     });
-    println!("REPORT {}", serde_json::to_string(&report)?);
+    let _ = writeln!(
+        std::io::stdout(),
+        "REPORT {}",
+        serde_json::to_string(&report)?
+    );
     Ok(())
 }
 
@@ -826,6 +849,13 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
                     x.loss * 100.0,
                     x.resets
                 )?;
+            }
+        }
+    }
+    for x in r.throughput.iter().chain(&r.latency).chain(&r.sweep) {
+        for (i, s) in x.subscribers.iter().enumerate() {
+            if let Some(e) = &s.error {
+                writeln!(out, "\n{} subscriber {i} failed: {e}", x.system.name())?;
             }
         }
     }
