@@ -89,6 +89,10 @@ pub(crate) struct Driver {
 /// move (see `run`).
 const MAX_PAUSE: Duration = Duration::from_millis(50);
 
+/// The driver takes no more publishes while this many events wait to be
+/// sent (pacing holds them).
+const MAX_UNSENT: usize = 65_536;
+
 /// Publishes at most this many queued events per loop turn, so that
 /// receiving never starves behind a flood of publishes.
 const MAX_PUBLISH_BATCH: usize = 4096;
@@ -151,7 +155,9 @@ impl Driver {
                         }
                     }
                 }
-                cmd = self.commands.recv(), if handles_alive => {
+                // While pacing holds too much back, publishes wait (in
+                // the channel, then in `publish`): nothing is dropped.
+                cmd = self.commands.recv(), if handles_alive && self.core.unsent_events() < MAX_UNSENT => {
                     match cmd {
                         Some(cmd) => {
                             // One clock reading for the whole batch.

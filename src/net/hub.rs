@@ -306,3 +306,99 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Event;
+
+    fn ev(seq: u64) -> Delivery {
+        Delivery::Event {
+            stream: 1,
+            seq,
+            node: None,
+            event: Event::ClearAll,
+        }
+    }
+
+    fn batch(seqs: std::ops::Range<u64>) -> Vec<Delivery> {
+        seqs.map(ev).collect()
+    }
+
+    /// Everything the cursor can take now: seqs, and `0` for each lag.
+    fn drain(c: &mut Cursor) -> (Vec<u64>, Vec<u64>) {
+        let (mut got, mut lags) = (Vec::new(), Vec::new());
+        loop {
+            while let Some(d) = c.next_in_batch() {
+                if let Delivery::Event { seq, .. } = d {
+                    got.push(seq);
+                }
+            }
+            match c.next_batch() {
+                Take::Batch => {}
+                Take::Lagged(n) => lags.push(n),
+                Take::Empty | Take::Closed => return (got, lags),
+            }
+        }
+    }
+
+    #[test]
+    fn every_subscription_gets_every_batch_in_order() {
+        let hub = Hub::new(100);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        hub.push(batch(1..4));
+        hub.push(batch(4..6));
+        assert_eq!(drain(&mut a), ((1..6).collect(), vec![]));
+        // `a` took both first; `b` takes them last, and they leave the queue.
+        assert_eq!(drain(&mut b), ((1..6).collect(), vec![]));
+        assert_eq!(hub.lock().queued, 0);
+        assert!(hub.lock().slots.is_empty());
+    }
+
+    #[test]
+    fn a_sole_subscription_gets_the_deliveries_moved() {
+        let hub = Hub::new(100);
+        let mut a = hub.subscribe();
+        hub.push(batch(1..3));
+        assert!(matches!(a.next_batch(), Take::Batch));
+        assert!(matches!(a.current, Some(Current::Owned(_))));
+        assert!(hub.lock().slots.is_empty(), "taken out of the queue");
+    }
+
+    #[test]
+    fn past_capacity_the_oldest_go_and_the_count_is_exact() {
+        let hub = Hub::new(8);
+        let mut a = hub.subscribe();
+        for i in 0..20 {
+            // Batches of 5: capacity cuts through them.
+            hub.push(batch(i * 5 + 1..i * 5 + 6));
+        }
+        assert_eq!(hub.lock().queued, 8);
+        let (got, lags) = drain(&mut a);
+        assert_eq!(lags, vec![92]);
+        assert_eq!(got, (93..101).collect::<Vec<_>>());
+        assert!(!hub.wants_pause(), "no subscription handed out yet");
+        hub.activate();
+        hub.push(batch(101..106));
+        assert!(hub.wants_pause(), "5 of 8 queued");
+    }
+
+    #[test]
+    fn a_dropped_subscription_holds_nothing_and_the_end_is_seen() {
+        let hub = Hub::new(100);
+        let mut a = hub.subscribe();
+        let b = hub.subscribe();
+        hub.push(batch(1..4));
+        drop(b);
+        assert_eq!(drain(&mut a).0, vec![1, 2, 3]);
+        assert!(hub.lock().slots.is_empty());
+        hub.push(batch(4..5));
+        hub.close();
+        assert_eq!(drain(&mut a).0, vec![4]);
+        assert!(matches!(a.next_batch(), Take::Closed));
+        drop(a);
+        hub.push(batch(5..6));
+        assert_eq!(hub.lock().queued, 0, "no subscription: nothing kept");
+    }
+}

@@ -54,7 +54,9 @@ pub struct CoreConfig {
     /// often its `Nak`s were postponed. Default 5 s.
     pub max_gap_age: Duration,
     /// Retransmit ring: memory for sent events kept for repair (each counts
-    /// its encoded size plus 128 bytes of bookkeeping). Default 4 MiB.
+    /// its encoded size plus its entry, about 48 bytes). Default 32 MiB: a
+    /// second of a flat-out publisher on loopback, so that receivers that
+    /// fall behind are repaired rather than Reset.
     pub retransmit_bytes: usize,
     /// Retransmit ring: events older than this are dropped. Default 30 s.
     pub retransmit_age: Duration,
@@ -65,6 +67,11 @@ pub struct CoreConfig {
     /// second's worth of burst at most 1 MiB). Repairs over it wait.
     /// Default 32 MiB/s.
     pub repair_rate: u64,
+    /// Sender pacing floor, bytes per second: after a `Nak` the sender
+    /// paces its data at 70 % of what it was sending, never below this,
+    /// and speeds up again while no `Nak` comes (see `proto::pace`). 0
+    /// turns pacing off. Default 4 MiB/s.
+    pub pace_min_rate: u64,
     /// A stream not heard from for this long is dropped. Default 10 s.
     pub stream_timeout: Duration,
     /// Most streams tracked at once; past it the least recently heard is
@@ -97,10 +104,11 @@ impl Default for CoreConfig {
             nak_retry: Duration::from_millis(20),
             max_nak_tries: 10,
             max_gap_age: Duration::from_secs(5),
-            retransmit_bytes: 4 << 20,
+            retransmit_bytes: 32 << 20,
             retransmit_age: Duration::from_secs(30),
             repair_linger: Duration::from_millis(5),
             repair_rate: 32 << 20,
+            pace_min_rate: 4 << 20,
             stream_timeout: Duration::from_secs(10),
             max_streams: 1024,
             max_gaps: 256,
@@ -175,6 +183,15 @@ impl CoreConfig {
                 "repair_rate",
                 format!(
                     "must be at least max_datagram ({}) bytes/s",
+                    self.max_datagram
+                ),
+            ));
+        }
+        if self.pace_min_rate != 0 && self.pace_min_rate < self.max_datagram as u64 {
+            return Err(ConfigError::new(
+                "pace_min_rate",
+                format!(
+                    "must be 0 (no pacing) or at least max_datagram ({}) bytes/s",
                     self.max_datagram
                 ),
             ));

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod delivery;
 pub mod node;
+pub mod pace;
 pub mod ranges;
 pub mod receiver;
 pub mod ring;

@@ -72,6 +72,10 @@ pub struct NodeCore {
     out: VecDeque<Body>,
     deliveries: VecDeque<Delivery>,
     stats: Stats,
+    /// Events published and not yet sent.
+    unsent: usize,
+    /// When pacing lets the held `Data` datagram go.
+    pace_at: Option<Instant>,
 }
 
 impl NodeCore {
@@ -95,6 +99,8 @@ impl NodeCore {
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: Stats::default(),
+            unsent: 0,
+            pace_at: None,
             cfg,
         })
     }
@@ -143,6 +149,13 @@ impl NodeCore {
         !self.out.is_empty() || !self.deliveries.is_empty() || self.sender.has_batch()
     }
 
+    /// Events published and not yet sent: pacing holds them while
+    /// receivers are losing data. The driver stops taking publishes while
+    /// too many wait.
+    pub fn unsent_events(&self) -> usize {
+        self.unsent
+    }
+
     /// Number of remote streams followed.
     pub fn stream_count(&self) -> usize {
         self.streams.len()
@@ -159,6 +172,7 @@ impl NodeCore {
     pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
         let seq = self.sender.publish(now, event, &mut self.out)?;
         self.stats.events_published += 1;
+        self.unsent += 1;
         Ok(seq)
     }
 
@@ -362,6 +376,10 @@ impl NodeCore {
 
     /// Acts on everything due at `now`: hellos, heartbeats, gaps, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.pace_at.is_some_and(|t| t <= now) {
+            // The held datagram may go on the next poll_transmit.
+            self.pace_at = None;
+        }
         if let Some(t) = self.next_hello {
             if t <= now && self.hellos_left > 0 {
                 self.out.push_back(Body::Hello {
@@ -442,6 +460,7 @@ impl NodeCore {
         }
         consider(self.wakes.first().map(|(t, _)| *t));
         consider(Some(self.sweep_at));
+        consider(self.pace_at);
         t
     }
 
@@ -454,14 +473,26 @@ impl NodeCore {
         if self.out.is_empty() && self.sender.has_batch() {
             self.sender.flush(now, &mut self.out);
         }
-        let Some(body) = self.out.pop_front() else {
+        let Some(body) = self.out.front() else {
             return false;
         };
-        if let Body::Data { events, .. } = &body {
+        wire::encode(&self.header, body, buf);
+        if let Body::Data { events, .. } = body {
+            // Data is paced (after a Nak); what is held waits, in order.
+            if let Err(at) = self.sender.pace.check(now, buf.len()) {
+                if self.pace_at.is_none() {
+                    self.stats.data_paced += 1;
+                }
+                self.pace_at = Some(at);
+                return false;
+            }
+            self.pace_at = None;
+            self.sender.pace.on_sent(now, buf.len());
             self.stats.data_sent += 1;
             self.stats.events_sent += events.len() as u64;
+            self.unsent = self.unsent.saturating_sub(events.len());
         }
-        wire::encode(&self.header, &body, buf);
+        self.out.pop_front();
         self.stats.datagrams_sent += 1;
         true
     }

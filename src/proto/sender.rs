@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::proto::config::CoreConfig;
+use crate::proto::pace::Pace;
 use crate::proto::ranges::RangeSet;
 use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
@@ -72,6 +73,8 @@ pub struct Sender {
     repair_at: Option<Instant>,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
+    /// Data pacing, driven by `Nak`s.
+    pub pace: Pace,
 }
 
 impl Sender {
@@ -102,6 +105,7 @@ impl Sender {
             tokens_at: now,
             repair_at: None,
             scratch: Vec::new(),
+            pace: Pace::new(cfg.pace_min_rate, now),
         }
     }
 
@@ -215,6 +219,7 @@ impl Sender {
         stats: &mut Stats,
     ) {
         stats.naks_received += 1;
+        self.pace.on_loss(now);
         self.ring.expire(now);
         // Events still in the open batch were never sent: they need no repair.
         let sent_end = self.next_seq - self.batch.len() as u64;

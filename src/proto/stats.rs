@@ -18,6 +18,8 @@ pub struct Stats {
     pub events_sent: u64,
     /// `Data` datagrams sent (each carries one or more events).
     pub data_sent: u64,
+    /// Times pacing held a `Data` datagram back (see `CoreConfig::pace_min_rate`).
+    pub data_paced: u64,
     /// Heartbeats sent (after data, idle, and answers to `Hello`).
     pub heartbeats_sent: u64,
     /// `Hello`s sent while joining.

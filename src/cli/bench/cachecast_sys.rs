@@ -125,3 +125,49 @@ pub fn subscribe(
         Ok((rec, stats))
     })
 }
+
+/// Publishes `plan` from `streams` nodes at once (round robin), for the
+/// receiver-memory measurement: every subscriber follows that many streams.
+pub fn publish_streams(group: SocketAddr, streams: usize, plan: &Plan) -> io::Result<PubReport> {
+    runtime()?.block_on(async {
+        let mut nodes = Vec::with_capacity(streams);
+        for i in 0..streams {
+            let node = Node::join(config(group, &format!("bench-pub-{i}")))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            nodes.push(node);
+        }
+        let cpu0 = thread_cpu();
+        let pacer = Pacer::new(plan);
+        let start_ns = mono_ns();
+        let mut sent = 0u64;
+        while sent < plan.events && !pacer.expired(plan) {
+            let due = pacer.due();
+            if due <= sent {
+                tokio::task::yield_now().await;
+                pacer.wait_for(sent);
+                continue;
+            }
+            while sent < due {
+                let node = &nodes[(sent % streams as u64) as usize];
+                node.publish(event(plan))
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                sent += 1;
+            }
+            PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut datagrams = 0;
+        for node in &nodes {
+            node.shutdown().await;
+            datagrams += node.stats().await.protocol.data_sent;
+        }
+        Ok(PubReport {
+            published: sent,
+            start_ns,
+            end_ns: mono_ns(),
+            cpu_s: thread_cpu() - cpu0,
+            datagrams,
+        })
+    })
+}

@@ -66,7 +66,9 @@ pub enum Mode {
     Latency,
     /// Paced at each --sweep rate: the highest rate with no loss.
     Sweep,
-    /// Throughput, latency, then the sweep.
+    /// Receiver memory: one subscriber follows --streams publishers.
+    Memory,
+    /// Throughput, latency, the sweep, then memory.
     All,
 }
 
@@ -146,6 +148,9 @@ pub struct BenchArgs {
     /// Length of each sweep step.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub step: Duration,
+    /// Publishing nodes in the memory run (each its own stream).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub streams: u16,
     /// Repeat each measurement this many times and keep the median run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub runs: u16,
@@ -294,6 +299,9 @@ pub struct Results {
     pub throughput: Vec<RunResult>,
     pub latency: Vec<RunResult>,
     pub sweep: Vec<RunResult>,
+    /// cachecast subscribers following `streams` publishers (memory).
+    pub memory: Vec<RunResult>,
+    pub streams: u16,
     /// Systems that could not be run, and why.
     pub skipped: Vec<(System, String)>,
 }
@@ -395,6 +403,14 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    if matches!(mode, Mode::Memory | Mode::All) {
+        let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
+        let plan = ctx.plan(n.max(1), Some(args.rate.0));
+        results.streams = args.streams;
+        if let Some(r) = ctx.median(System::Cachecast, &plan, "memory", &mut results.skipped) {
+            results.memory.push(r);
+        }
+    }
     if !args.quiet {
         eprint!("\r{:80}\r", "");
     }
@@ -473,7 +489,11 @@ impl Ctx<'_> {
         run: u16,
     ) -> Result<RunResult, Box<dyn std::error::Error>> {
         let addr = self.addr(system);
-        let idle = Duration::from_millis(500);
+        // cachecast keeps repairing after the last publish: wait longer.
+        let idle = match system {
+            System::Cachecast => Duration::from_secs(2),
+            _ => Duration::from_millis(500),
+        };
         let mut subs = Vec::new();
         for i in 0..self.args.subscribers {
             subs.push(SubProcess::spawn(&[
@@ -498,9 +518,14 @@ impl Ctx<'_> {
         PROGRESS.store(0, Ordering::Relaxed);
         let plan2 = plan.clone();
         let per_datagram = self.per_datagram;
+        let memory = label == "memory";
+        let streams = usize::from(self.args.streams);
         let publisher = std::thread::spawn(move || -> std::io::Result<PubReport> {
             common::tighten_timer_slack();
             match system {
+                System::Cachecast if memory => {
+                    cachecast_sys::publish_streams(addr, streams, &plan2)
+                }
                 System::Cachecast => cachecast_sys::publish(addr, &plan2),
                 System::Udp => udp::publish(addr, &plan2, per_datagram, false),
                 System::UdpGso => udp::publish(addr, &plan2, per_datagram, true),
@@ -852,7 +877,26 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
             }
         }
     }
-    for x in r.throughput.iter().chain(&r.latency).chain(&r.sweep) {
+    if let Some(x) = r.memory.first() {
+        writeln!(
+            out,
+            "\nmemory: a subscriber following {} streams ({} events at {}/s in all): peak RSS {:.1} MiB (largest of {} subscribers), {} Resets, {:.2}% loss",
+            r.streams,
+            x.publisher.published,
+            si(x.offered.unwrap_or(0.0)),
+            x.sub_rss_mib,
+            x.subscribers.len(),
+            x.resets,
+            x.loss * 100.0
+        )?;
+    }
+    for x in r
+        .throughput
+        .iter()
+        .chain(&r.latency)
+        .chain(&r.sweep)
+        .chain(&r.memory)
+    {
         for (i, s) in x.subscribers.iter().enumerate() {
             if let Some(e) = &s.error {
                 writeln!(out, "\n{} subscriber {i} failed: {e}", x.system.name())?;

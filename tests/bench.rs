@@ -1,0 +1,147 @@
+//! `cachecast bench` end to end, through the built binary, on loopback
+//! (interface 127.0.0.1, TTL 0): small runs that check what the bench
+//! reports, not how fast anything is (speed targets live in
+//! `scripts/bench.sh`, never in tests).
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("bench")
+        .args(["--quiet", "--max-time", "20s"])
+        .args(args)
+        .output()
+        .expect("run cachecast bench")
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = bench(&all);
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bench --json prints JSON")
+}
+
+fn run<'a>(v: &'a Value, section: &str, system: &str) -> &'a Value {
+    v[section]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["system"] == system))
+        .unwrap_or_else(|| panic!("no {section} run of {system}: {v}"))
+}
+
+#[test]
+fn flat_out_every_subscriber_gets_every_event_of_cachecast() {
+    let v = json(&[
+        "--mode",
+        "throughput",
+        "--events",
+        "50000",
+        "--subscribers",
+        "2",
+        "--systems",
+        "cachecast,udp-gso",
+    ]);
+    assert_eq!(v["events_per_datagram"], 33, "32-byte keys: {v}");
+    let c = run(&v, "throughput", "cachecast");
+    assert_eq!(c["publisher"]["published"], 50_000);
+    let subs = c["subscribers"].as_array().unwrap();
+    assert_eq!(subs.len(), 2);
+    for s in subs {
+        assert_eq!(s["error"], Value::Null, "{s}");
+        assert_eq!(s["resets"], 0, "{s}");
+        assert_eq!(s["received"], 50_000, "{s}");
+        assert!(s["p50_ns"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert!(c["delivered_per_s"].as_f64().unwrap() > 0.0);
+    assert!(c["pub_cpu_s_per_m"].as_f64().unwrap() > 0.0);
+    let raw = run(&v, "throughput", "udp-gso");
+    assert!(
+        raw["subscribers"][0]["received"].as_u64().unwrap() > 0,
+        "{raw}"
+    );
+}
+
+#[test]
+fn paced_latency_and_a_sweep_and_memory() {
+    let v = json(&[
+        "--mode",
+        "all",
+        "--events",
+        "20000",
+        "--rate",
+        "2k",
+        "--duration",
+        "500ms",
+        "--sweep",
+        "5k,20k",
+        "--step",
+        "300ms",
+        "--streams",
+        "5",
+        "--subscribers",
+        "1",
+        "--systems",
+        "cachecast,udp",
+    ]);
+    let l = run(&v, "latency", "cachecast");
+    assert_eq!(l["offered"], 2000.0);
+    assert_eq!(l["publisher"]["published"], 1000);
+    assert_eq!(l["subscribers"][0]["received"], 1000, "{l}");
+    let p50 = l["p50_us"].as_f64().unwrap();
+    let p99 = l["p99_us"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p99 >= p50, "{l}");
+    let sweep = v["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 4, "2 systems × 2 rates");
+    let m = &v["memory"][0];
+    assert_eq!(v["streams"], 5);
+    assert!(m["sub_rss_mib"].as_f64().unwrap() > 0.0, "{m}");
+    assert_eq!(m["subscribers"][0]["received"], 1000, "{m}");
+}
+
+#[test]
+fn the_table_compares_and_a_missing_peer_is_skipped() {
+    let out = bench(&[
+        "--mode",
+        "throughput",
+        "--events",
+        "5000",
+        "--subscribers",
+        "1",
+        "--systems",
+        "cachecast,udp,redis",
+    ]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("events/s") && table.contains("ratio"),
+        "{table}"
+    );
+    assert!(
+        table.contains("cachecast") && table.contains("udp"),
+        "{table}"
+    );
+    assert!(table.contains("skipped redis"), "{table}");
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    for (args, says) in [
+        (&["--key-size", "8"][..], "--key-size"),
+        (&["--mode", "throughput", "--plot", "x.svg"][..], "--plot"),
+        (&["--group", "10.0.0.1"][..], "not a multicast"),
+        (&["--rate", "fast"][..], "not a positive rate"),
+    ] {
+        let out = bench(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
