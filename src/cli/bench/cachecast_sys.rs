@@ -99,7 +99,16 @@ pub fn subscribe(
         ready();
         rec.start();
         let mut resets = 0u64;
-        while !done.check(&rec) {
+        loop {
+            // Idle is not done while a gap is open: its repair or its Reset
+            // is still to come.
+            if done.check(&rec)
+                && (rec.received >= done.expect
+                    || done.stop.load(std::sync::atomic::Ordering::Relaxed)
+                    || node.stats().await.protocol.open_gaps == 0)
+            {
+                break;
+            }
             let first = match tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
