@@ -40,9 +40,38 @@ fn event(plan: &Plan) -> Event {
     }
 }
 
-/// Publishes `plan` from one node, then shuts it down (Goodbye).
-pub fn publish(group: SocketAddr, plan: &Plan) -> io::Result<PubReport> {
-    runtime()?.block_on(async {
+/// The publisher's end: `done` gets the report once everything is
+/// published; the node(s) then keep answering until `release`, and shut
+/// down (Goodbye).
+type Release = tokio::sync::oneshot::Receiver<()>;
+
+/// Publishes `plan` from one node (see [`Release`]).
+pub fn publish(
+    group: SocketAddr,
+    plan: &Plan,
+    done: impl FnOnce(io::Result<PubReport>),
+    release: Release,
+) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return done(Err(e)),
+    };
+    rt.block_on(async {
+        let r = publish_one(group, plan).await;
+        let node = match r {
+            Ok((node, report)) => {
+                done(Ok(report));
+                node
+            }
+            Err(e) => return done(Err(e)),
+        };
+        let _ = release.await;
+        node.shutdown().await;
+    })
+}
+
+async fn publish_one(group: SocketAddr, plan: &Plan) -> io::Result<(Node, PubReport)> {
+    {
         let node = Node::join(config(group, "bench-pub"))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -70,17 +99,21 @@ pub fn publish(group: SocketAddr, plan: &Plan) -> io::Result<PubReport> {
             }
             PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
         }
-        node.shutdown().await;
+        // Everything handed over has left before the report.
+        while node.stats().await.protocol.events_sent < sent {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let end_ns = mono_ns();
         let stats = node.stats().await;
-        Ok(PubReport {
+        let report = PubReport {
             published: sent,
             start_ns,
             end_ns,
             cpu_s: thread_cpu() - cpu0,
             datagrams: stats.protocol.data_sent,
-        })
-    })
+        };
+        Ok((node, report))
+    }
 }
 
 /// One subscriber node until `done`.
@@ -137,8 +170,37 @@ pub fn subscribe(
 
 /// Publishes `plan` from `streams` nodes at once (round robin), for the
 /// receiver-memory measurement: every subscriber follows that many streams.
-pub fn publish_streams(group: SocketAddr, streams: usize, plan: &Plan) -> io::Result<PubReport> {
-    runtime()?.block_on(async {
+pub fn publish_streams(
+    group: SocketAddr,
+    streams: usize,
+    plan: &Plan,
+    done: impl FnOnce(io::Result<PubReport>),
+    release: Release,
+) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return done(Err(e)),
+    };
+    rt.block_on(async {
+        match publish_many_streams(group, streams, plan).await {
+            Ok((nodes, report)) => {
+                done(Ok(report));
+                let _ = release.await;
+                for node in &nodes {
+                    node.shutdown().await;
+                }
+            }
+            Err(e) => done(Err(e)),
+        }
+    })
+}
+
+async fn publish_many_streams(
+    group: SocketAddr,
+    streams: usize,
+    plan: &Plan,
+) -> io::Result<(Vec<Node>, PubReport)> {
+    {
         let mut nodes = Vec::with_capacity(streams);
         for i in 0..streams {
             let node = Node::join(config(group, &format!("bench-pub-{i}")))
@@ -168,15 +230,15 @@ pub fn publish_streams(group: SocketAddr, streams: usize, plan: &Plan) -> io::Re
         }
         let mut datagrams = 0;
         for node in &nodes {
-            node.shutdown().await;
             datagrams += node.stats().await.protocol.data_sent;
         }
-        Ok(PubReport {
+        let report = PubReport {
             published: sent,
             start_ns,
             end_ns: mono_ns(),
             cpu_s: thread_cpu() - cpu0,
             datagrams,
-        })
-    })
+        };
+        Ok((nodes, report))
+    }
 }

@@ -520,17 +520,26 @@ impl Ctx<'_> {
         let per_datagram = self.per_datagram;
         let memory = label == "memory";
         let streams = usize::from(self.args.streams);
-        let publisher = std::thread::spawn(move || -> std::io::Result<PubReport> {
+        // The publisher reports when it has published, and (cachecast)
+        // stays up answering Naks until the subscribers are done: a
+        // publisher that leaves early cannot repair, which is not what a
+        // running service does.
+        let (report_tx, report_rx) = mpsc::channel::<std::io::Result<PubReport>>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let publisher = std::thread::spawn(move || {
             common::tighten_timer_slack();
+            let done = |r| {
+                let _ = report_tx.send(r);
+            };
             match system {
                 System::Cachecast if memory => {
-                    cachecast_sys::publish_streams(addr, streams, &plan2)
+                    cachecast_sys::publish_streams(addr, streams, &plan2, done, released)
                 }
-                System::Cachecast => cachecast_sys::publish(addr, &plan2),
-                System::Udp => udp::publish(addr, &plan2, per_datagram, false),
-                System::UdpGso => udp::publish(addr, &plan2, per_datagram, true),
-                System::Redis => peers::publish(peers::Broker::Redis, addr, &plan2),
-                System::Nats => peers::publish(peers::Broker::Nats, addr, &plan2),
+                System::Cachecast => cachecast_sys::publish(addr, &plan2, done, released),
+                System::Udp => done(udp::publish(addr, &plan2, per_datagram, false)),
+                System::UdpGso => done(udp::publish(addr, &plan2, per_datagram, true)),
+                System::Redis => done(peers::publish(peers::Broker::Redis, addr, &plan2)),
+                System::Nats => done(peers::publish(peers::Broker::Nats, addr, &plan2)),
             }
         });
         let t0 = Instant::now();
@@ -543,7 +552,14 @@ impl Ctx<'_> {
         } else {
             String::new()
         };
-        while !publisher.is_finished() {
+        let report = loop {
+            match report_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => break r.map_err(|e| format!("publisher: {e}"))?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the publisher stopped without a report".into())
+                }
+            }
             if !self.args.quiet {
                 let n = PROGRESS.load(Ordering::Relaxed);
                 eprint!(
@@ -553,12 +569,7 @@ impl Ctx<'_> {
                     t0.elapsed().as_secs_f64()
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let report = publisher
-            .join()
-            .map_err(|_| "the publisher panicked")?
-            .map_err(|e| format!("publisher: {e}"))?;
+        };
         if !self.args.quiet {
             eprint!("\rbench: {what}{run_note}: published, waiting for subscribers      ");
         }
@@ -569,6 +580,8 @@ impl Ctx<'_> {
         for s in &mut subs {
             reports.push(s.finish(deadline)?);
         }
+        let _ = release.send(());
+        publisher.join().map_err(|_| "the publisher panicked")?;
         Ok(RunResult::new(
             system,
             plan.rate,
