@@ -71,8 +71,10 @@ pub struct NodeConfig {
     /// size is in [`NodeStats`].
     pub recv_buffer: usize,
     /// Deliveries a subscriber may fall behind by before it gets a
-    /// `Reset { Lagged }` instead. Default
-    /// 65536.
+    /// `Reset { Lagged }` instead. From half of it on, the node stops
+    /// reading its socket (for at most 50 ms at a time) so that the
+    /// subscriber can catch up: what the kernel then drops is repaired.
+    /// Default 65536.
     pub subscriber_queue: usize,
     /// After `Goodbye`, how long `shutdown` keeps the node running to
     /// answer late requests. Default 50 ms.
@@ -308,12 +310,18 @@ impl Node {
     /// with whatever else is being published.
     pub async fn publish(&self, event: Event) -> Result<(), PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
+        self.send_publish(Command::Publish(event)).await
+    }
+
+    /// Hands a publish command to the driver, unless the node is shut
+    /// down: the gate makes a publish either sent or refused, never lost.
+    async fn send_publish(&self, cmd: Command) -> Result<(), PublishError> {
         let closed = self.shared.closed.read().await;
         if *closed {
             return Err(PublishError::Closed);
         }
         self.commands
-            .send(Command::Publish(event))
+            .send(cmd)
             .await
             .map_err(|_| PublishError::Closed)
     }
@@ -332,14 +340,7 @@ impl Node {
         if events.is_empty() {
             return Ok(());
         }
-        let closed = self.shared.closed.read().await;
-        if *closed {
-            return Err(PublishError::Closed);
-        }
-        self.commands
-            .send(Command::PublishMany(events))
-            .await
-            .map_err(|_| PublishError::Closed)
+        self.send_publish(Command::PublishMany(events)).await
     }
 
     /// Publishes `event` and returns the seq it got and when (the driver's
@@ -350,16 +351,7 @@ impl Node {
     ) -> Result<(u64, std::time::Instant), PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
         let (tx, rx) = oneshot::channel();
-        {
-            let closed = self.shared.closed.read().await;
-            if *closed {
-                return Err(PublishError::Closed);
-            }
-            self.commands
-                .send(Command::PublishAcked(event, tx))
-                .await
-                .map_err(|_| PublishError::Closed)?;
-        }
+        self.send_publish(Command::PublishAcked(event, tx)).await?;
         let mut done = self.shared.done.clone();
         tokio::select! {
             r = rx => r.unwrap_or(Err(PublishError::Closed)),

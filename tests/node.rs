@@ -271,3 +271,39 @@ async fn subscriptions_end_after_shutdown() {
     // And the counters are still there.
     assert_eq!(n.stats().await.protocol.hellos_sent, 3);
 }
+
+#[tokio::test]
+async fn publish_many_delivers_all_in_order_or_refuses_all() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let rx = c.join("rx").await;
+    let mut sub = rx.subscribe();
+    let huge = Event::Invalidate {
+        keys: vec!["x".repeat(1000), "y".repeat(1000)],
+    };
+    let bad = [
+        Event::Invalidate {
+            keys: vec!["never".into()],
+        },
+        huge,
+    ];
+    assert!(sender.publish_many(bad).await.is_err());
+    sender
+        .publish_many((0..500).map(|i| Event::Invalidate {
+            keys: vec![format!("k{i}")],
+        }))
+        .await
+        .unwrap();
+    for i in 0..500 {
+        let d = tokio::time::timeout(DEADLINE, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{i}: {d:?}");
+    }
+    assert_eq!(
+        rx.stats().await.protocol.events_delivered,
+        500,
+        "nothing of the refused batch"
+    );
+}

@@ -42,7 +42,7 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Measure cachecast against raw UDP multicast (and Redis / NATS) on
     /// this host: flat-out throughput, latency at a fixed rate, a rate
-    /// sweep.
+    /// sweep, a subscriber's memory.
     Bench(bench::BenchArgs),
     /// One subscriber process of `cachecast bench` (internal).
     #[command(hide = true)]

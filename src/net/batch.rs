@@ -11,7 +11,6 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -33,19 +32,9 @@ pub(crate) struct BatchSocket {
 impl BatchSocket {
     /// Wraps a bound, joined socket.
     pub fn new(socket: UdpSocket) -> io::Result<Self> {
-        // quinn-udp forbids IP fragmentation (it is built for QUIC). A
-        // cachecast datagram larger than the path MTU (a `max_datagram`
-        // raised on purpose) relies on it: keep the socket's own setting.
-        let saved = get_int(&socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER);
-        let saved6 = get_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER);
-        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-        if let Some(v) = saved {
-            set_int(&socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v);
-        }
-        if let Some(v) = saved6 {
-            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, v);
-            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
-        }
+        let state = super::socket::keeping_fragmentation(&socket, || {
+            quinn_udp::UdpSocketState::new((&socket).into())
+        })?;
         Ok(BatchSocket { socket, state })
     }
 
@@ -106,53 +95,10 @@ impl BatchSocket {
     /// Waits for datagrams and reads as many as are ready into `bufs`.
     pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
         bufs.filled = 0;
-        let RecvBuffers {
-            storage,
-            meta,
-            filled,
-        } = bufs;
-        let n = self
-            .socket
-            .async_io(Interest::READABLE, || {
-                let mut chunks = storage.chunks_mut(RECV_BUFFER_SIZE);
-                let mut iovs: [IoSliceMut; RECV_BUFFERS] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                self.state
-                    .recv((&self.socket).into(), &mut iovs, &mut meta[..])
-            })
-            .await?;
-        *filled = n;
-        Ok(())
+        self.socket
+            .async_io(Interest::READABLE, || bufs.fill(&self.state, &self.socket))
+            .await
     }
-}
-
-fn get_int(s: &UdpSocket, level: i32, name: i32) -> Option<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid fd, and an int-sized out-buffer with its length.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(v)
-}
-
-fn set_int(s: &UdpSocket, level: i32, name: i32, v: i32) {
-    // SAFETY: a valid fd, and an int-sized value with its length.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 /// Received datagrams: up to [`RECV_BUFFERS`] buffers, each holding one
@@ -170,6 +116,21 @@ impl RecvBuffers {
             meta: [quinn_udp::RecvMeta::default(); RECV_BUFFERS],
             filled: 0,
         }
+    }
+
+    /// Reads what is ready on `socket` (non-blocking, as quinn-udp sets it)
+    /// with one `recvmmsg`; `WouldBlock` when nothing is.
+    pub fn fill(
+        &mut self,
+        state: &quinn_udp::UdpSocketState,
+        socket: &impl std::os::fd::AsFd,
+    ) -> io::Result<()> {
+        self.filled = 0;
+        let mut chunks = self.storage.chunks_mut(RECV_BUFFER_SIZE);
+        let mut iovs: [IoSliceMut; RECV_BUFFERS] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+        self.filled = state.recv(socket.into(), &mut iovs, &mut self.meta)?;
+        Ok(())
     }
 
     /// Every datagram of the last receive, in order.
@@ -240,6 +201,37 @@ impl SendBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// quinn-udp forbids IP fragmentation; the driver's socket keeps its
+    /// own setting (a `max_datagram` above the path MTU relies on it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_socket_keeps_its_fragmentation_setting() {
+        use std::os::fd::AsRawFd;
+        let mtu_discover = |s: &UdpSocket| {
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: an int-sized out-buffer with its length.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let before = mtu_discover(&plain);
+        let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        quinn_udp::UdpSocketState::new((&probe).into()).unwrap();
+        assert_ne!(mtu_discover(&probe), before, "quinn-udp changes it");
+        let kept = BatchSocket::new(plain).unwrap();
+        assert_eq!(mtu_discover(&kept.socket), before);
+    }
 
     #[test]
     fn runs_are_same_sized_with_a_shorter_last() {

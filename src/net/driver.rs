@@ -128,16 +128,15 @@ impl Driver {
             // overflows is repaired) rather than drop deliveries. A
             // subscription that does not move for MAX_PAUSE is given up
             // on until it catches up: it will get `Reset { Lagged }`.
-            let pause = !gave_up && self.deliveries.wants_pause();
-            if !pause {
+            let behind = self.deliveries.wants_pause();
+            if !behind {
                 paused_at = None;
-                gave_up = gave_up && self.deliveries.wants_pause();
+                gave_up = false;
             }
+            let pause = behind && !gave_up;
             let pause_end = pause.then(|| *paused_at.get_or_insert_with(Instant::now) + MAX_PAUSE);
             tokio::select! {
-                _ = self.deliveries.room(), if pause => {
-                    paused_at = None;
-                }
+                _ = self.deliveries.room(), if pause => {}
                 _ = sleep_until_opt(pause_end), if pause => {
                     gave_up = true;
                     tracing::debug!("a subscription stopped reading: no longer waiting for it");
@@ -160,21 +159,15 @@ impl Driver {
                 cmd = self.commands.recv(), if handles_alive && self.core.unsent_events() < MAX_UNSENT => {
                     match cmd {
                         Some(cmd) => {
-                            // One clock reading for the whole batch.
+                            // Opportunistic batching: whatever else is queued
+                            // goes into the same datagrams, up to a budget,
+                            // with one clock reading for all of it.
                             let now = Self::now();
                             let mut budget = MAX_PUBLISH_BATCH;
-                            budget = budget.saturating_sub(self.command(cmd, now, &mut stats, &mut linger_end));
-                            // Opportunistic batching: whatever else is queued
-                            // goes into the same datagrams.
-                            while budget > 0 {
-                                match self.commands.try_recv() {
-                                    Ok(cmd) => {
-                                        budget = budget.saturating_sub(
-                                            self.command(cmd, now, &mut stats, &mut linger_end),
-                                        );
-                                    }
-                                    Err(_) => break,
-                                }
+                            let mut next = Some(cmd);
+                            while let Some(cmd) = next {
+                                budget = budget.saturating_sub(self.command(cmd, now, &mut stats, &mut linger_end));
+                                next = if budget > 0 { self.commands.try_recv().ok() } else { None };
                             }
                         }
                         None => {

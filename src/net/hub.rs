@@ -211,21 +211,11 @@ impl Cursor {
     /// Takes the next batch into hand.
     pub fn next_batch(&mut self) -> Take {
         let mut st = self.hub.lock();
-        let Some(front_start) = st.slots.front().map(Slot::start) else {
-            if st.closed {
-                return Take::Closed;
-            }
-            // What this cursor had not taken was dropped for capacity.
-            if self.next < st.end {
-                let missed = st.end - self.next;
-                self.next = st.end;
-                return Take::Lagged(missed);
-            }
-            return Take::Empty;
-        };
-        if self.next < front_start {
-            let missed = front_start - self.next;
-            self.next = front_start;
+        // Lag first, even after close: what was dropped is never silent.
+        let start = st.slots.front().map_or(st.end, Slot::start);
+        if self.next < start {
+            let missed = start - self.next;
+            self.next = start;
             return Take::Lagged(missed);
         }
         let Some(i) = st
@@ -270,10 +260,7 @@ impl Cursor {
         notified.as_mut().enable();
         {
             let st = self.hub.lock();
-            if st.closed
-                || st.end > self.next
-                || st.slots.front().is_some_and(|s| s.start() > self.next)
-            {
+            if st.closed || st.end > self.next {
                 return;
             }
         }
@@ -382,6 +369,16 @@ mod tests {
         hub.activate();
         hub.push(batch(101..106));
         assert!(hub.wants_pause(), "5 of 8 queued");
+    }
+
+    #[test]
+    fn a_lag_is_reported_even_after_the_end() {
+        let hub = Hub::new(4);
+        let mut a = hub.subscribe();
+        hub.push(batch(1..11));
+        hub.close();
+        assert_eq!(drain(&mut a), ((7..11).collect(), vec![6]));
+        assert!(matches!(a.next_batch(), Take::Closed));
     }
 
     #[test]

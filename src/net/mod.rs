@@ -1,4 +1,6 @@
-//! Networking: socket setup ([`socket`]) and the tokio driver ([`driver`]).
+//! Networking: socket setup ([`socket`]), batched datagram I/O (`batch`:
+//! GSO, `recvmmsg`, GRO), the tokio driver ([`driver`]) and the fan-out of
+//! deliveries to subscriptions (`hub`).
 //!
 //! Nothing here takes a protocol decision; that is `proto`'s job.
 

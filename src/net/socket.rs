@@ -625,6 +625,25 @@ fn set_recv_buffer(
     granted
 }
 
+/// Runs `f`, which may change how `socket` fragments (quinn-udp forbids IP
+/// fragmentation: it is built for QUIC), and puts the socket's own setting
+/// back: a `max_datagram` raised above the path MTU relies on it.
+#[cfg(unix)]
+pub(crate) fn keeping_fragmentation<T>(
+    socket: &impl std::os::fd::AsRawFd,
+    f: impl FnOnce() -> T,
+) -> T {
+    let saved = sys::fragmentation(socket.as_raw_fd());
+    let r = f();
+    sys::set_fragmentation(socket.as_raw_fd(), saved);
+    r
+}
+
+#[cfg(not(unix))]
+pub(crate) fn keeping_fragmentation<S, T>(_: &S, f: impl FnOnce() -> T) -> T {
+    f()
+}
+
 #[cfg(target_os = "linux")]
 const MAX_INTERFACE_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 #[cfg(not(target_os = "linux"))]
@@ -743,12 +762,22 @@ mod sys {
     pub(super) fn force_recv_buffer(socket: &Socket, requested: usize) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let value = libc::c_int::try_from(requested).unwrap_or(libc::c_int::MAX);
-        // SAFETY: a valid fd and a c_int option value of the size given.
+        set_int(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            value,
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    fn set_int(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: a c_int option value of the size given; a bad fd is an error.
         let rc = unsafe {
             libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
+                fd,
+                level,
+                name,
                 (&value as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
@@ -759,6 +788,57 @@ mod sys {
             Err(io::Error::last_os_error())
         }
     }
+
+    #[cfg(target_os = "linux")]
+    fn get_int(fd: i32, level: i32, name: i32) -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int-sized out-buffer with its length; a bad fd is an error.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    }
+
+    /// The socket's IP fragmentation options (path MTU discovery, IPv4 and
+    /// IPv6, and IPv6 don't-fragment), to be put back by [`set_fragmentation`].
+    #[cfg(target_os = "linux")]
+    pub(super) type Fragmentation = [Option<libc::c_int>; 3];
+    #[cfg(not(target_os = "linux"))]
+    pub(super) type Fragmentation = ();
+
+    #[cfg(target_os = "linux")]
+    const FRAGMENTATION: [(i32, i32); 3] = [
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG),
+    ];
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn fragmentation(fd: i32) -> Fragmentation {
+        FRAGMENTATION.map(|(level, name)| get_int(fd, level, name))
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn set_fragmentation(fd: i32, saved: Fragmentation) {
+        for ((level, name), v) in FRAGMENTATION.into_iter().zip(saved) {
+            if let Some(v) = v {
+                let _ = set_int(fd, level, name, v);
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn fragmentation(_: i32) -> Fragmentation {}
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn set_fragmentation(_: i32, _: Fragmentation) {}
 
     #[cfg(not(target_os = "linux"))]
     pub(super) fn force_recv_buffer(_: &Socket, _: usize) -> io::Result<()> {

@@ -72,8 +72,6 @@ pub struct NodeCore {
     out: VecDeque<Body>,
     deliveries: VecDeque<Delivery>,
     stats: Stats,
-    /// Events published and not yet sent.
-    unsent: usize,
     /// When pacing lets the held `Data` datagram go.
     pace_at: Option<Instant>,
 }
@@ -99,7 +97,6 @@ impl NodeCore {
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: Stats::default(),
-            unsent: 0,
             pace_at: None,
             cfg,
         })
@@ -153,7 +150,10 @@ impl NodeCore {
     /// receivers are losing data. The driver stops taking publishes while
     /// too many wait.
     pub fn unsent_events(&self) -> usize {
-        self.unsent
+        (self
+            .stats
+            .events_published
+            .saturating_sub(self.stats.events_sent)) as usize
     }
 
     /// Number of remote streams followed.
@@ -172,7 +172,6 @@ impl NodeCore {
     pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
         let seq = self.sender.publish(now, event, &mut self.out)?;
         self.stats.events_published += 1;
-        self.unsent += 1;
         Ok(seq)
     }
 
@@ -490,7 +489,6 @@ impl NodeCore {
             self.sender.pace.on_sent(now, buf.len());
             self.stats.data_sent += 1;
             self.stats.events_sent += events.len() as u64;
-            self.unsent = self.unsent.saturating_sub(events.len());
         }
         self.out.pop_front();
         self.stats.datagrams_sent += 1;

@@ -40,80 +40,105 @@ fn event(plan: &Plan) -> Event {
     }
 }
 
-/// The publisher's end: `done` gets the report once everything is
-/// published; the node(s) then keep answering until `release`, and shut
-/// down (Goodbye).
-type Release = tokio::sync::oneshot::Receiver<()>;
-
-/// Publishes `plan` from one node (see [`Release`]).
+/// Publishes `plan` from `streams` nodes (one for the throughput, latency
+/// and sweep runs; `--streams` for the memory run, so that every subscriber
+/// follows that many streams). `done` gets the report once everything has
+/// left; the nodes keep answering `Nak`s until `release`, then shut down
+/// (`Goodbye`): a publisher that leaves early cannot repair.
 pub fn publish(
     group: SocketAddr,
+    streams: usize,
     plan: &Plan,
     done: impl FnOnce(io::Result<PubReport>),
-    release: Release,
+    release: tokio::sync::oneshot::Receiver<()>,
 ) {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return done(Err(e)),
     };
     rt.block_on(async {
-        let r = publish_one(group, plan).await;
-        let node = match r {
-            Ok((node, report)) => {
+        match publish_from(group, streams.max(1), plan).await {
+            Ok((nodes, report)) => {
                 done(Ok(report));
-                node
+                let _ = release.await;
+                for node in &nodes {
+                    node.shutdown().await;
+                }
             }
-            Err(e) => return done(Err(e)),
-        };
-        let _ = release.await;
-        node.shutdown().await;
+            Err(e) => done(Err(e)),
+        }
     })
 }
 
-async fn publish_one(group: SocketAddr, plan: &Plan) -> io::Result<(Node, PubReport)> {
-    {
-        let node = Node::join(config(group, "bench-pub"))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let cpu0 = thread_cpu();
-        let pacer = Pacer::new(plan);
-        let start_ns = mono_ns();
-        let mut sent = 0u64;
-        while sent < plan.events && !pacer.expired(plan) {
-            let due = pacer.due();
-            if due <= sent {
-                // Let the driver send what was published, then sleep.
-                tokio::task::yield_now().await;
-                pacer.wait_for(sent);
-                continue;
-            }
-            // What is due goes to the driver in one hand-over (at most
-            // 1024 events at a time), as a pipelining client would.
-            while sent < due {
-                let n = (due - sent).min(1024);
-                node.publish_many((0..n).map(|_| event(plan)))
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                sent += n;
-                PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
-            }
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+async fn publish_from(
+    group: SocketAddr,
+    streams: usize,
+    plan: &Plan,
+) -> io::Result<(Vec<Node>, PubReport)> {
+    let mut nodes = Vec::with_capacity(streams);
+    for i in 0..streams {
+        nodes.push(
+            Node::join(config(group, &format!("bench-pub-{i}")))
+                .await
+                .map_err(io_err)?,
+        );
+    }
+    let cpu0 = thread_cpu();
+    let pacer = Pacer::new(plan);
+    let start_ns = mono_ns();
+    let (mut sent, mut turn) = (0u64, 0usize);
+    while sent < plan.events && !pacer.expired(plan) {
+        let due = pacer.due();
+        if due <= sent {
+            // Let the drivers send what was published, then sleep.
+            tokio::task::yield_now().await;
+            pacer.wait_for(sent);
+            continue;
+        }
+        // What is due goes to a driver in one hand-over (at most 1024
+        // events at a time), as a pipelining client would; with several
+        // nodes, each hand-over to the next one.
+        while sent < due {
+            let n = (due - sent).min(1024);
+            nodes[turn % streams]
+                .publish_many((0..n).map(|_| event(plan)))
+                .await
+                .map_err(io_err)?;
+            turn += 1;
+            sent += n;
             PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
         }
-        // Everything handed over has left before the report.
-        while node.stats().await.protocol.events_sent < sent {
+    }
+    // The report once everything handed over has left (bounded: a node
+    // that cannot send is an error, not a hang).
+    let deadline = tokio::time::Instant::now() + plan.max_time;
+    let mut datagrams = 0;
+    for node in &nodes {
+        let published = node.stats().await.protocol.events_published;
+        loop {
+            let stats = node.stats().await.protocol;
+            if stats.events_sent >= published {
+                datagrams += stats.data_sent;
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(io_err("published events never left the node"));
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let end_ns = mono_ns();
-        let stats = node.stats().await;
-        let report = PubReport {
-            published: sent,
-            start_ns,
-            end_ns,
-            cpu_s: thread_cpu() - cpu0,
-            datagrams: stats.protocol.data_sent,
-        };
-        Ok((node, report))
     }
+    let report = PubReport {
+        published: sent,
+        start_ns,
+        end_ns: mono_ns(),
+        cpu_s: thread_cpu() - cpu0,
+        datagrams,
+    };
+    Ok((nodes, report))
 }
 
 /// One subscriber node until `done`.
@@ -124,21 +149,16 @@ pub fn subscribe(
     ready: impl FnOnce(),
 ) -> io::Result<(Recorder, crate::node::NodeStats)> {
     runtime()?.block_on(async {
-        let node = Node::join(config(group, name))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let node = Node::join(config(group, name)).await.map_err(io_err)?;
         let mut sub = node.subscribe();
         let mut rec = Recorder::new();
         ready();
         rec.start();
-        let mut resets = 0u64;
         loop {
             // Idle is not done while a gap is open: its repair or its Reset
-            // is still to come.
-            if done.check(&rec)
-                && (rec.received >= done.expect
-                    || done.stop.load(std::sync::atomic::Ordering::Relaxed)
-                    || node.stats().await.protocol.open_gaps == 0)
+            // is still to come. (Resets are counted by the node's stats.)
+            if done.complete(&rec)
+                || (done.idle(&rec) && node.stats().await.protocol.open_gaps == 0)
             {
                 break;
             }
@@ -156,89 +176,13 @@ pub fn subscribe(
                         ..
                     } => rec.record(keys.first().map_or(&b""[..], |k| k.as_bytes()), now),
                     Delivery::Event { .. } => rec.record(b"", now),
-                    Delivery::Reset { .. } => resets += 1,
+                    Delivery::Reset { .. } => {}
                 }
                 next = sub.try_recv();
             }
         }
         let stats = node.stats().await;
-        let _ = resets;
         node.shutdown().await;
         Ok((rec, stats))
     })
-}
-
-/// Publishes `plan` from `streams` nodes at once (round robin), for the
-/// receiver-memory measurement: every subscriber follows that many streams.
-pub fn publish_streams(
-    group: SocketAddr,
-    streams: usize,
-    plan: &Plan,
-    done: impl FnOnce(io::Result<PubReport>),
-    release: Release,
-) {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return done(Err(e)),
-    };
-    rt.block_on(async {
-        match publish_many_streams(group, streams, plan).await {
-            Ok((nodes, report)) => {
-                done(Ok(report));
-                let _ = release.await;
-                for node in &nodes {
-                    node.shutdown().await;
-                }
-            }
-            Err(e) => done(Err(e)),
-        }
-    })
-}
-
-async fn publish_many_streams(
-    group: SocketAddr,
-    streams: usize,
-    plan: &Plan,
-) -> io::Result<(Vec<Node>, PubReport)> {
-    {
-        let mut nodes = Vec::with_capacity(streams);
-        for i in 0..streams {
-            let node = Node::join(config(group, &format!("bench-pub-{i}")))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            nodes.push(node);
-        }
-        let cpu0 = thread_cpu();
-        let pacer = Pacer::new(plan);
-        let start_ns = mono_ns();
-        let mut sent = 0u64;
-        while sent < plan.events && !pacer.expired(plan) {
-            let due = pacer.due();
-            if due <= sent {
-                tokio::task::yield_now().await;
-                pacer.wait_for(sent);
-                continue;
-            }
-            while sent < due {
-                let node = &nodes[(sent % streams as u64) as usize];
-                node.publish(event(plan))
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                sent += 1;
-            }
-            PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
-        }
-        let mut datagrams = 0;
-        for node in &nodes {
-            datagrams += node.stats().await.protocol.data_sent;
-        }
-        let report = PubReport {
-            published: sent,
-            start_ns,
-            end_ns: mono_ns(),
-            cpu_s: thread_cpu() - cpu0,
-            datagrams,
-        };
-        Ok((nodes, report))
-    }
 }

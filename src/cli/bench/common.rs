@@ -282,14 +282,19 @@ pub struct Done {
 }
 
 impl Done {
-    pub fn check(&self, rec: &Recorder) -> bool {
-        if self.stop.load(Ordering::Relaxed) {
-            return true;
-        }
-        if rec.received >= self.expect {
-            return true;
-        }
+    /// Everything arrived, or the parent said stop.
+    pub fn complete(&self, rec: &Recorder) -> bool {
+        self.stop.load(Ordering::Relaxed) || rec.received >= self.expect
+    }
+
+    /// Something arrived, then nothing for `idle`.
+    pub fn idle(&self, rec: &Recorder) -> bool {
         rec.last_ns != 0 && mono_ns() - rec.last_ns > self.idle.as_nanos() as u64
+    }
+
+    /// Complete or idle.
+    pub fn check(&self, rec: &Recorder) -> bool {
+        self.complete(rec) || self.idle(rec)
     }
 }
 

@@ -4,7 +4,8 @@
 //! One publisher (in this process) and `--subscribers` subscriber
 //! processes (this binary again, as the hidden `bench-sub`), on loopback
 //! multicast (interface 127.0.0.1, TTL 0) or the broker on 127.0.0.1.
-//! Three modes: flat-out throughput, paced latency, and a rate sweep.
+//! Four modes: flat-out throughput, paced latency, a rate sweep, and the
+//! memory of a subscriber following many streams.
 //! Timestamps travel in the messages and come from `CLOCK_MONOTONIC`,
 //! which every process of the host shares.
 
@@ -95,7 +96,8 @@ impl std::str::FromStr for Rate {
 }
 
 /// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
-/// host: flat-out throughput, latency at a fixed rate, and a rate sweep.
+/// host: flat-out throughput, latency at a fixed rate, a rate sweep, and
+/// a subscriber's memory with many streams.
 ///
 /// Everything stays on this host: multicast on interface 127.0.0.1 with
 /// TTL 0, brokers on 127.0.0.1. Prints a progress line on standard error
@@ -518,8 +520,11 @@ impl Ctx<'_> {
         PROGRESS.store(0, Ordering::Relaxed);
         let plan2 = plan.clone();
         let per_datagram = self.per_datagram;
-        let memory = label == "memory";
-        let streams = usize::from(self.args.streams);
+        let streams = if label == "memory" {
+            usize::from(self.args.streams)
+        } else {
+            1
+        };
         // The publisher reports when it has published, and (cachecast)
         // stays up answering Naks until the subscribers are done: a
         // publisher that leaves early cannot repair, which is not what a
@@ -532,10 +537,7 @@ impl Ctx<'_> {
                 let _ = report_tx.send(r);
             };
             match system {
-                System::Cachecast if memory => {
-                    cachecast_sys::publish_streams(addr, streams, &plan2, done, released)
-                }
-                System::Cachecast => cachecast_sys::publish(addr, &plan2, done, released),
+                System::Cachecast => cachecast_sys::publish(addr, streams, &plan2, done, released),
                 System::Udp => done(udp::publish(addr, &plan2, per_datagram, false)),
                 System::UdpGso => done(udp::publish(addr, &plan2, per_datagram, true)),
                 System::Redis => done(peers::publish(peers::Broker::Redis, addr, &plan2)),

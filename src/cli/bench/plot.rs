@@ -344,7 +344,7 @@ where
     text(&mut x, "clean run")?;
     area.draw(&Cross::new((x + 6, y), 6, GREY.stroke_width(3)))?;
     x += 18;
-    text(&mut x, "not clean (loss or Resets)")?;
+    text(&mut x, "not clean (loss, Resets, or fell behind)")?;
     Ok(())
 }
 
@@ -453,7 +453,7 @@ mod tests {
         }
         assert!(!svg.contains("redis") && !svg.contains("nats"));
         assert!(svg.contains("1 publisher → 3 subscribers, 32-byte keys"));
-        assert!(svg.contains("not clean (loss or Resets)"));
+        assert!(svg.contains("not clean (loss, Resets, or fell behind)"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! `sendmsg` (UDP GSO) and receives with `recvmmsg` and UDP GRO, through
 //! quinn-udp.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -136,30 +136,20 @@ pub fn subscribe(
     let mut rec = Recorder::new();
     let tick = Duration::from_millis(50);
     if gso {
+        // The same batched receive as the driver's: recvmmsg + GRO.
         let state = quinn_udp::UdpSocketState::new((&sock).into())?;
-        const BUFS: usize = 8;
-        let mut storage = vec![0u8; BUFS * 65_536];
-        let mut meta = [quinn_udp::RecvMeta::default(); BUFS];
+        let mut bufs = crate::net::batch::RecvBuffers::new();
         ready();
         rec.start();
         while !done.check(&rec) {
-            if !wait_fd(fd, libc::POLLIN, tick) {
+            if !wait_fd(fd, libc::POLLIN, tick) || bufs.fill(&state, &sock).is_err() {
                 continue;
             }
-            let mut bufs: Vec<IoSliceMut> =
-                storage.chunks_mut(65_536).map(IoSliceMut::new).collect();
-            let n = match state.recv((&sock).into(), &mut bufs, &mut meta) {
-                Ok(n) => n,
-                Err(_) => continue,
-            };
             let now = mono_ns();
-            for (b, m) in bufs.iter().zip(&meta).take(n) {
-                let stride = m.stride.max(1);
-                for seg in b[..m.len].chunks(stride) {
-                    rec.datagrams += 1;
-                    for msg in seg.chunks_exact(msg_len) {
-                        rec.record(msg, now);
-                    }
+            for d in bufs.datagrams() {
+                rec.datagrams += 1;
+                for msg in d.chunks_exact(msg_len) {
+                    rec.record(msg, now);
                 }
             }
         }
