@@ -14,6 +14,7 @@
 //! This module may not know anything about protocol state: it only turns
 //! values into bytes and back. Golden-byte tests pin the format.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::{fmt, marker::PhantomData};
@@ -77,14 +78,10 @@ impl Header {
 }
 
 /// What a datagram says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// Fresh events: `events[i]` has seq `first_seq + i`.
-    Data {
-        first_seq: u64,
-        #[serde(deserialize_with = "events")]
-        events: Vec<Event>,
-    },
+    /// Fresh events: the `i`th of `events` has seq `first_seq + i`.
+    Data { first_seq: u64, events: Events },
     /// The stream is alive; its next seq is `next_seq`, and the sender still
     /// holds everything from `oldest` on.
     Heartbeat {
@@ -95,45 +92,27 @@ pub enum Body {
     /// "I just joined": every stream answers with a `Heartbeat`.
     Hello { node: String },
     /// A receiver misses these half-open ranges of `stream`.
-    Nak {
-        stream: u64,
-        #[serde(deserialize_with = "ranges")]
-        ranges: Vec<SeqRange>,
-    },
-    /// Retransmitted events: `events[i]` has seq `first_seq + i`.
-    Repair {
-        first_seq: u64,
-        #[serde(deserialize_with = "events")]
-        events: Vec<Event>,
-    },
+    Nak { stream: u64, ranges: Vec<SeqRange> },
+    /// Retransmitted events: the `i`th of `events` has seq `first_seq + i`.
+    Repair { first_seq: u64, events: Events },
     /// The sender of `stream` no longer holds these ranges: receivers Reset.
-    Unavailable {
-        stream: u64,
-        #[serde(deserialize_with = "ranges")]
-        ranges: Vec<SeqRange>,
-    },
+    Unavailable { stream: u64, ranges: Vec<SeqRange> },
     /// Clean end of the stream; everything below `next_seq` was sent.
     Goodbye { next_seq: u64 },
 }
 
-/// One invalidation.
+/// One invalidation, owned: what an application publishes. A received event
+/// is an [`EncodedEvent`]; [`EncodedEvent::to_event`] turns it into this.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Event {
     /// Drop these keys.
-    Invalidate {
-        #[serde(deserialize_with = "keys")]
-        keys: Vec<String>,
-    },
+    Invalidate { keys: Vec<String> },
     /// Drop every key starting with `prefix`.
     InvalidatePrefix { prefix: String },
     /// Drop everything.
     ClearAll,
     /// Application-defined message.
-    Custom {
-        topic: String,
-        #[serde(deserialize_with = "payload")]
-        payload: Vec<u8>,
-    },
+    Custom { topic: String, payload: Vec<u8> },
 }
 
 /// A decoded datagram.
@@ -224,16 +203,66 @@ pub fn cluster_hash(name: &str) -> u32 {
 /// Encodes `header` and `body` into `buf`, replacing its contents.
 pub fn encode(header: &Header, body: &Body, buf: &mut Vec<u8>) {
     buf.clear();
+    put(buf, header);
+    // The body: its variant index, then its fields in order (what serde
+    // derive would write for the enum).
+    match body {
+        Body::Data { first_seq, events } | Body::Repair { first_seq, events } => {
+            let tag = if matches!(body, Body::Data { .. }) {
+                0
+            } else {
+                4
+            };
+            put_varint(buf, tag);
+            put_varint(buf, *first_seq);
+            put_varint(buf, events.len() as u64);
+            buf.extend_from_slice(&events.bytes);
+        }
+        Body::Heartbeat {
+            next_seq,
+            oldest,
+            node,
+        } => {
+            put_varint(buf, 1);
+            put(buf, &(next_seq, oldest, node));
+        }
+        Body::Hello { node } => {
+            put_varint(buf, 2);
+            put(buf, node);
+        }
+        Body::Nak { stream, ranges } => {
+            put_varint(buf, 3);
+            put(buf, &(stream, ranges));
+        }
+        Body::Unavailable { stream, ranges } => {
+            put_varint(buf, 5);
+            put(buf, &(stream, ranges));
+        }
+        Body::Goodbye { next_seq } => {
+            put_varint(buf, 6);
+            put(buf, next_seq);
+        }
+    }
+}
+
+/// Appends `value`, encoded with bincode.
+fn put(buf: &mut Vec<u8>, value: &impl Serialize) {
     // Writing into a Vec cannot fail, and every value here is encodable.
-    bincode::serde::encode_into_std_write((header, body), buf, config())
+    bincode::serde::encode_into_std_write(value, buf, config())
         .expect("encoding into a Vec cannot fail");
 }
 
 /// The number of bytes `event` takes inside a datagram.
 pub fn encoded_event_len(event: &Event) -> usize {
-    let mut w = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(event, &mut w, config()).expect("size of an event");
-    w.bytes_written
+    let field = |b: &[u8]| varint_len(b.len() as u64) + b.len();
+    1 + match event {
+        Event::Invalidate { keys } => {
+            varint_len(keys.len() as u64) + keys.iter().map(|k| field(k.as_bytes())).sum::<usize>()
+        }
+        Event::InvalidatePrefix { prefix } => field(prefix.as_bytes()),
+        Event::ClearAll => 0,
+        Event::Custom { topic, payload } => field(topic.as_bytes()) + field(payload),
+    }
 }
 
 /// Checks an event against the limits and `max_datagram`, before it is
@@ -242,23 +271,6 @@ pub fn check_event(event: &Event, max_datagram: usize) -> Result<usize, EventErr
     validate_event(event)?;
     let size = encoded_event_len(event);
     if size + DATA_OVERHEAD > max_datagram {
-        return Err(EventError::TooLarge { size, max_datagram });
-    }
-    Ok(size)
-}
-
-/// Checks `event` like [`check_event`] and appends its encoding to `out`
-/// in the same pass; returns its length. On error `out` is unchanged.
-pub fn encode_checked(
-    event: &Event,
-    max_datagram: usize,
-    out: &mut Vec<u8>,
-) -> Result<usize, EventError> {
-    validate_event(event)?;
-    let before = out.len();
-    let size = encode_event(event, out);
-    if size + DATA_OVERHEAD > max_datagram {
-        out.truncate(before);
         return Err(EventError::TooLarge { size, max_datagram });
     }
     Ok(size)
@@ -321,59 +333,115 @@ pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
     Ok(Datagram { header, body })
 }
 
-/// Decodes and validates the body that follows a header.
+/// Decodes and validates the body that follows a header. The events of a
+/// `Data` or `Repair` body are checked in place and copied once, whole,
+/// into the [`Events`] that shares them: no allocation per event.
 pub fn decode_body(rest: &[u8]) -> Result<Body, DecodeError> {
-    let (body, used): (Body, usize) =
-        bincode::serde::decode_from_slice(rest, config()).map_err(malformed)?;
-    if used != rest.len() {
-        return Err(DecodeError::TrailingBytes(rest.len() - used));
+    let mut r = Reader(rest, Utf8::Check);
+    let tag = r.varint_u32()?;
+    let (body, left) = match tag {
+        0 | 4 => {
+            let first_seq = r.varint()?;
+            let events = Events::decode(&mut r)?;
+            let body = if tag == 0 {
+                Body::Data { first_seq, events }
+            } else {
+                Body::Repair { first_seq, events }
+            };
+            (body, r.0.len())
+        }
+        1 => fields(r.0, |(next_seq, oldest, node)| Body::Heartbeat {
+            next_seq,
+            oldest,
+            node,
+        })?,
+        2 => fields(r.0, |node| Body::Hello { node })?,
+        3 => fields(r.0, |RangesOf { stream, ranges }| Body::Nak {
+            stream,
+            ranges,
+        })?,
+        5 => fields(r.0, |RangesOf { stream, ranges }| Body::Unavailable {
+            stream,
+            ranges,
+        })?,
+        6 => fields(r.0, |next_seq| Body::Goodbye { next_seq })?,
+        _ => return Err(DecodeError::Malformed(format!("unknown body type {tag}"))),
+    };
+    if left != 0 {
+        return Err(DecodeError::TrailingBytes(left));
     }
     validate_body(&body)?;
     Ok(body)
 }
 
+/// Decodes the fields of a control body with bincode and builds the body;
+/// also returns how many bytes were left over.
+fn fields<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    body: impl FnOnce(T) -> Body,
+) -> Result<(Body, usize), DecodeError> {
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
+    Ok((body(value), bytes.len() - used))
+}
+
+/// The fields of `Nak` and `Unavailable`.
+#[derive(Deserialize)]
+struct RangesOf {
+    stream: u64,
+    #[serde(deserialize_with = "ranges")]
+    ranges: Vec<SeqRange>,
+}
+
 /// Appends the encoding of `event` to `out` (as it appears inside a `Data`
 /// or `Repair` body) and returns its length.
-pub fn encode_event(event: &Event, out: &mut Vec<u8>) -> usize {
-    let before = out.len();
-    bincode::serde::encode_into_std_write(event, out, config())
-        .expect("encoding into a Vec cannot fail");
-    out.len() - before
+pub fn encode_event(event: &Event, out: &mut impl BufMut) -> usize {
+    match event {
+        Event::Invalidate { keys } => {
+            out.put_u8(0);
+            put_varint(out, keys.len() as u64);
+            for k in keys {
+                put_field(out, k.as_bytes());
+            }
+        }
+        Event::InvalidatePrefix { prefix } => {
+            out.put_u8(1);
+            put_field(out, prefix.as_bytes());
+        }
+        Event::ClearAll => out.put_u8(2),
+        Event::Custom { topic, payload } => {
+            out.put_u8(3);
+            put_field(out, topic.as_bytes());
+            put_field(out, payload);
+        }
+    }
+    encoded_event_len(event)
 }
 
 /// Decodes one event encoded by [`encode_event`] (exactly `bytes`).
 pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let (event, used): (Event, usize) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
-    if used != bytes.len() {
-        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    let mut r = Reader(bytes, Utf8::Check);
+    let mut invalid = None;
+    let event = read_event(&mut r, &mut invalid)?;
+    if !r.0.is_empty() {
+        return Err(DecodeError::TrailingBytes(r.0.len()));
     }
-    validate_event(&event).map_err(|_| DecodeError::Invalid("bad event"))?;
-    Ok(event)
+    if let Some(reason) = invalid {
+        return Err(DecodeError::Invalid(reason));
+    }
+    Ok(event.to_event())
 }
 
 fn seq_ok(seq: u64) -> bool {
     (1..MAX_SEQ).contains(&seq)
 }
 
-fn validate_events(first_seq: u64, events: &[Event]) -> Result<(), DecodeError> {
+fn validate_events(first_seq: u64, events: &Events) -> Result<(), DecodeError> {
     if events.is_empty() {
         return Err(DecodeError::Invalid("no events"));
     }
-    if events.len() > MAX_EVENTS {
-        return Err(DecodeError::Invalid(TOO_MANY_EVENTS));
-    }
     if !seq_ok(first_seq) || first_seq + events.len() as u64 > MAX_SEQ {
         return Err(DecodeError::Invalid("sequence number out of range"));
-    }
-    for e in events {
-        validate_event(e).map_err(|e| {
-            DecodeError::Invalid(match e {
-                EventError::TooManyKeys(_) => TOO_MANY_KEYS,
-                EventError::NoKeys => "no keys",
-                _ => "key too long",
-            })
-        })?;
     }
     Ok(())
 }
@@ -423,9 +491,475 @@ fn validate_body(body: &Body) -> Result<(), DecodeError> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Events, encoded. `Data` and `Repair` carry their events as the bytes
+// bincode writes for a `Vec<Event>` (a count, then each event: its variant
+// index and its fields). These are written and read by hand, in place: a
+// received event is checked once and then shared, never copied into an
+// owned value unless the application asks for one. The golden-byte tests
+// pin that these bytes are bincode's.
+
+/// A run of encoded events: what a `Data` or `Repair` datagram carries.
+/// Checked against the limits when built or decoded; cheap to clone (the
+/// bytes are shared).
+#[derive(Clone, Default)]
+pub struct Events {
+    bytes: Bytes,
+    count: u32,
+}
+
+impl Events {
+    /// Encodes `events`, each checked against the limits (but not against a
+    /// datagram size).
+    pub fn new(events: &[Event]) -> Result<Events, EventError> {
+        let mut out = BytesMut::new();
+        for e in events {
+            validate_event(e)?;
+            encode_event(e, &mut out);
+        }
+        Ok(Events {
+            bytes: out.freeze(),
+            count: events.len() as u32,
+        })
+    }
+
+    /// Encodes `events` without checking them: for tests that put invalid
+    /// events on the wire (receivers must reject them).
+    #[doc(hidden)]
+    pub fn new_unchecked(events: &[Event]) -> Events {
+        let mut out = BytesMut::new();
+        for e in events {
+            encode_event(e, &mut out);
+        }
+        Events {
+            bytes: out.freeze(),
+            count: events.len() as u32,
+        }
+    }
+
+    /// `count` events encoded back to back by [`encode_event`] (or copied
+    /// from an [`EncodedEvent`]), already checked.
+    pub(crate) fn from_encoded(bytes: Bytes, count: u32) -> Events {
+        Events { bytes, count }
+    }
+
+    /// Reads a count and that many events at `r`, checking each.
+    fn decode(r: &mut Reader<'_>) -> Result<Events, DecodeError> {
+        let count = r.varint()?;
+        if count > MAX_EVENTS as u64 {
+            return Err(DecodeError::Invalid(TOO_MANY_EVENTS));
+        }
+        let start = r.0;
+        // A semantic fault (no keys, a key too long) is reported after the
+        // structural walk, as decoding whole and then validating would.
+        let mut invalid = None;
+        for _ in 0..count {
+            read_event(r, &mut invalid)?;
+        }
+        if let Some(reason) = invalid {
+            return Err(DecodeError::Invalid(reason));
+        }
+        let used = start.len() - r.0.len();
+        Ok(Events {
+            bytes: Bytes::copy_from_slice(&start[..used]),
+            count: count as u32,
+        })
+    }
+
+    /// The number of events.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Their encoded size in bytes (without the count).
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The events in order, each sharing these bytes.
+    pub fn iter(&self) -> EventsIter<'_> {
+        EventsIter {
+            bytes: &self.bytes,
+            at: 0,
+            left: self.count,
+        }
+    }
+
+    /// The events, owned.
+    pub fn to_vec(&self) -> Vec<Event> {
+        self.iter().map(|e| e.to_event()).collect()
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Events {
+    fn eq(&self, other: &Events) -> bool {
+        self.count == other.count && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Events {}
+
+/// The events of an [`Events`], in order.
+pub struct EventsIter<'a> {
+    bytes: &'a Bytes,
+    at: usize,
+    left: u32,
+}
+
+impl Iterator for EventsIter<'_> {
+    type Item = EncodedEvent;
+
+    fn next(&mut self) -> Option<EncodedEvent> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let rest = self.bytes.get(self.at..)?;
+        let mut r = Reader(rest, Utf8::Checked);
+        let mut invalid = None;
+        // Checked when the run was built: this walk cannot fail.
+        read_event(&mut r, &mut invalid).ok()?;
+        let end = self.at + rest.len() - r.0.len();
+        let event = EncodedEvent(self.bytes.slice(self.at..end));
+        self.at = end;
+        Some(event)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+/// One received event, still encoded, sharing the bytes of the datagram it
+/// came in (cloning it copies nothing). Checked against the limits when it
+/// was decoded. Read it in place with [`EncodedEvent::view`], or own it with
+/// [`EncodedEvent::to_event`].
+///
+/// Holding one keeps its datagram's events (at most one datagram) alive.
+#[derive(Clone)]
+pub struct EncodedEvent(Bytes);
+
+impl EncodedEvent {
+    /// Encodes `event`, checked against the limits (but not against a
+    /// datagram size).
+    pub fn new(event: &Event) -> Result<EncodedEvent, EventError> {
+        validate_event(event)?;
+        let mut out = BytesMut::with_capacity(encoded_event_len(event));
+        encode_event(event, &mut out);
+        Ok(EncodedEvent(out.freeze()))
+    }
+
+    /// The event, borrowed from its bytes: no allocation.
+    pub fn view(&self) -> EventRef<'_> {
+        let mut r = Reader(&self.0, Utf8::Checked);
+        let mut invalid = None;
+        // Checked when it was built or decoded, so this cannot fail; were it
+        // to, clearing everything is the answer that never leaves stale data.
+        read_event(&mut r, &mut invalid).unwrap_or(EventRef::ClearAll)
+    }
+
+    /// The event, owned.
+    pub fn to_event(&self) -> Event {
+        self.view().to_event()
+    }
+
+    /// Its encoding, as it appears inside a datagram.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EncodedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_event().fmt(f)
+    }
+}
+
+impl PartialEq for EncodedEvent {
+    fn eq(&self, other: &EncodedEvent) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for EncodedEvent {}
+
+impl PartialEq<Event> for EncodedEvent {
+    fn eq(&self, other: &Event) -> bool {
+        self.view().eq_event(other)
+    }
+}
+
+impl From<&EncodedEvent> for Event {
+    fn from(e: &EncodedEvent) -> Event {
+        e.to_event()
+    }
+}
+
+/// An event read in place, borrowing its bytes: [`Event`] without the
+/// allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRef<'a> {
+    /// Drop these keys.
+    Invalidate { keys: Keys<'a> },
+    /// Drop every key starting with `prefix`.
+    InvalidatePrefix { prefix: &'a str },
+    /// Drop everything.
+    ClearAll,
+    /// Application-defined message.
+    Custom { topic: &'a str, payload: &'a [u8] },
+}
+
+impl EventRef<'_> {
+    /// The event, owned.
+    pub fn to_event(&self) -> Event {
+        match self {
+            EventRef::Invalidate { keys } => Event::Invalidate {
+                keys: keys.clone().map(str::to_owned).collect(),
+            },
+            EventRef::InvalidatePrefix { prefix } => Event::InvalidatePrefix {
+                prefix: (*prefix).to_owned(),
+            },
+            EventRef::ClearAll => Event::ClearAll,
+            EventRef::Custom { topic, payload } => Event::Custom {
+                topic: (*topic).to_owned(),
+                payload: payload.to_vec(),
+            },
+        }
+    }
+
+    fn eq_event(&self, event: &Event) -> bool {
+        match (self, event) {
+            (EventRef::Invalidate { keys: a }, Event::Invalidate { keys: b }) => {
+                a.len() == b.len() && a.clone().zip(b).all(|(a, b)| a == b)
+            }
+            (EventRef::InvalidatePrefix { prefix: a }, Event::InvalidatePrefix { prefix: b }) => {
+                a == b
+            }
+            (EventRef::ClearAll, Event::ClearAll) => true,
+            (
+                EventRef::Custom {
+                    topic: a,
+                    payload: p,
+                },
+                Event::Custom {
+                    topic: b,
+                    payload: q,
+                },
+            ) => a == b && p == q,
+            _ => false,
+        }
+    }
+}
+
+/// The keys of an [`EventRef::Invalidate`], borrowed, in order.
+#[derive(Clone)]
+pub struct Keys<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut r = Reader(self.rest, Utf8::Checked);
+        // Checked when the event was built or decoded.
+        let key = r.str().ok()?;
+        self.rest = r.0;
+        Some(key)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Keys<'_> {}
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+impl PartialEq for Keys<'_> {
+    fn eq(&self, other: &Keys<'_>) -> bool {
+        self.left == other.left && self.clone().eq(other.clone())
+    }
+}
+
+impl Eq for Keys<'_> {}
+
+/// Reads one event at `r`. A structural fault (truncated, a bad varint, a
+/// bad variant, not UTF-8, a count over its limit) is an error at once; a
+/// semantic one (no keys, a key too long) is noted in `invalid` (the first
+/// one only) and reading goes on.
+fn read_event<'a>(
+    r: &mut Reader<'a>,
+    invalid: &mut Option<&'static str>,
+) -> Result<EventRef<'a>, DecodeError> {
+    let mut note = |reason| {
+        invalid.get_or_insert(reason);
+    };
+    let mut text = |r: &mut Reader<'a>| {
+        let s = r.str()?;
+        if s.len() > MAX_KEY_LEN {
+            note("key too long");
+        }
+        Ok::<_, DecodeError>(s)
+    };
+    Ok(match r.varint_u32()? {
+        0 => {
+            let count = r.varint()?;
+            if count > MAX_KEYS as u64 {
+                return Err(DecodeError::Invalid(TOO_MANY_KEYS));
+            }
+            let start = r.0;
+            for _ in 0..count {
+                text(r)?;
+            }
+            if count == 0 {
+                invalid.get_or_insert("no keys");
+            }
+            EventRef::Invalidate {
+                keys: Keys {
+                    rest: start,
+                    left: count as u32,
+                },
+            }
+        }
+        1 => EventRef::InvalidatePrefix { prefix: text(r)? },
+        2 => EventRef::ClearAll,
+        3 => {
+            let topic = text(r)?;
+            let len = r.varint()?;
+            if len > MAX_DATAGRAM as u64 {
+                return Err(DecodeError::Invalid(PAYLOAD_TOO_LONG));
+            }
+            EventRef::Custom {
+                topic,
+                payload: r.take(len)?,
+            }
+        }
+        tag => return Err(DecodeError::Malformed(format!("unknown event type {tag}"))),
+    })
+}
+
+/// bincode 2's varint (standard config), by hand: below 251 one byte; else a
+/// marker (251, 252, 253) and a u16, u32 or u64, little-endian.
+fn put_varint(out: &mut impl BufMut, v: u64) {
+    if v < 251 {
+        out.put_u8(v as u8);
+    } else if v <= u64::from(u16::MAX) {
+        out.put_u8(251);
+        out.put_u16_le(v as u16);
+    } else if v <= u64::from(u32::MAX) {
+        out.put_u8(252);
+        out.put_u32_le(v as u32);
+    } else {
+        out.put_u8(253);
+        out.put_u64_le(v);
+    }
+}
+
+fn varint_len(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// A length-prefixed string or byte string.
+fn put_field(out: &mut impl BufMut, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.put_slice(bytes);
+}
+
+/// Reads received bytes: every read is checked, none panics or allocates.
+struct Reader<'a>(&'a [u8], Utf8);
+
+/// Whether the strings a [`Reader`] reads still need their UTF-8 checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Utf8 {
+    /// Received bytes: check.
+    Check,
+    /// The bytes of an [`Events`] or [`EncodedEvent`], read again: every
+    /// one of them was encoded from a `&str` or decoded with `Check`, and
+    /// the walk that finds a string is the one that checked it.
+    Checked,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
+        let n = usize::try_from(n).ok().filter(|&n| n <= self.0.len());
+        let n = n.ok_or_else(|| DecodeError::Malformed("truncated".into()))?;
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let bytes = self.take(N as u64)?;
+        Ok(bytes.try_into().unwrap_or([0; N]))
+    }
+
+    /// A varint for a u64 (what bincode accepts: any of the four widths).
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        Ok(match self.array::<1>()?[0] {
+            b @ 0..=250 => u64::from(b),
+            251 => u64::from(u16::from_le_bytes(self.array()?)),
+            252 => u64::from(u32::from_le_bytes(self.array()?)),
+            253 => u64::from_le_bytes(self.array()?),
+            b => return Err(DecodeError::Malformed(format!("bad varint marker {b:#x}"))),
+        })
+    }
+
+    /// A varint for a u32 (a variant index): the u64 width is refused.
+    fn varint_u32(&mut self) -> Result<u32, DecodeError> {
+        if self.0.first() == Some(&253) {
+            return Err(DecodeError::Malformed("variant index over u32".into()));
+        }
+        Ok(self.varint()? as u32)
+    }
+
+    /// A length-prefixed UTF-8 string.
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let len = self.varint()?;
+        let bytes = self.take(len)?;
+        match self.1 {
+            Utf8::Check => {
+                std::str::from_utf8(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+            }
+            // SAFETY: see `Utf8::Checked`: these exact bytes were checked
+            // (or written from a `&str`) when the events were built, and the
+            // walk that reached them is the same. Checking again would cost
+            // the receive path a third of its time.
+            Utf8::Checked => Ok(unsafe { std::str::from_utf8_unchecked(bytes) }),
+        }
+    }
+}
+
 // Bounded sequences: serde's own `Vec` visitor preallocates up to 1 MiB for
-// any claimed length, so a 20-byte datagram could cost 1 MiB. Each `Vec`
-// field decodes through these instead (its encoding is a plain `Vec`'s).
+// any claimed length, so a 20-byte datagram could cost 1 MiB. The ranges of
+// `Nak` and `Unavailable` decode through this instead (their encoding is a
+// plain `Vec`'s).
 
 const TOO_MANY_EVENTS: &str = "too many events";
 const TOO_MANY_KEYS: &str = "too many keys";
@@ -434,20 +968,8 @@ const PAYLOAD_TOO_LONG: &str = "payload too long";
 /// Elements preallocated for a sequence, whatever length it claims.
 const PREALLOC: usize = 64;
 
-fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
-    d.deserialize_seq(BoundedSeq(MAX_EVENTS, TOO_MANY_EVENTS, PhantomData))
-}
-
-fn keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    d.deserialize_seq(BoundedSeq(MAX_KEYS, TOO_MANY_KEYS, PhantomData))
-}
-
 fn ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SeqRange>, D::Error> {
     d.deserialize_seq(BoundedSeq(MAX_RANGES, BAD_RANGE_COUNT, PhantomData))
-}
-
-fn payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    d.deserialize_seq(BoundedSeq(MAX_DATAGRAM, PAYLOAD_TOO_LONG, PhantomData))
 }
 
 /// Maps a bincode error to a [`DecodeError`]: a bounded sequence over its
@@ -455,14 +977,8 @@ fn payload<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 /// else is `Malformed`.
 fn malformed(e: bincode::error::DecodeError) -> DecodeError {
     if let bincode::error::DecodeError::OtherString(msg) = &e {
-        let limits = [
-            TOO_MANY_EVENTS,
-            TOO_MANY_KEYS,
-            BAD_RANGE_COUNT,
-            PAYLOAD_TOO_LONG,
-        ];
-        if let Some(reason) = limits.into_iter().find(|r| r == msg) {
-            return DecodeError::Invalid(reason);
+        if msg == BAD_RANGE_COUNT {
+            return DecodeError::Invalid(BAD_RANGE_COUNT);
         }
     }
     DecodeError::Malformed(e.to_string())

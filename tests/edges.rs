@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cachecast::proto::{CoreConfig, Delivery, NodeCore};
 use cachecast::sim::{data_seqs, Sim};
-use cachecast::wire::{self, Body, Event, Header};
+use cachecast::wire::{self, Body, Event, Events, Header};
 
 fn key(i: u64) -> Event {
     Event::Invalidate {
@@ -116,7 +116,7 @@ fn a_far_future_heartbeat_does_not_block_the_events_that_follow() {
             s,
             Body::Data {
                 first_seq: 1,
-                events: vec![key(1)],
+                events: Events::new(&[key(1)]).unwrap(),
             },
         ),
     );
@@ -154,7 +154,7 @@ fn a_far_future_heartbeat_does_not_block_the_events_that_follow() {
                 s,
                 Body::Data {
                     first_seq: q,
-                    events: vec![key(q)],
+                    events: Events::new(&[key(q)]).unwrap(),
                 },
             ),
         );
@@ -199,7 +199,7 @@ fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
             s,
             Body::Data {
                 first_seq: 1,
-                events: vec![key(1)],
+                events: Events::new(&[key(1)]).unwrap(),
             },
         ),
     );
@@ -210,7 +210,7 @@ fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
             s,
             Body::Data {
                 first_seq: 3,
-                events: vec![key(3)],
+                events: Events::new(&[key(3)]).unwrap(),
             },
         ),
     );
@@ -342,7 +342,7 @@ fn mutated_datagrams_never_panic() {
             7,
             Body::Data {
                 first_seq: 3,
-                events: vec![
+                events: Events::new(&[
                     key(1),
                     Event::Custom {
                         topic: "t".into(),
@@ -350,7 +350,8 @@ fn mutated_datagrams_never_panic() {
                     },
                     Event::InvalidatePrefix { prefix: "p".into() },
                     Event::ClearAll,
-                ],
+                ])
+                .unwrap(),
             },
         ),
         dgram(
@@ -383,7 +384,7 @@ fn mutated_datagrams_never_panic() {
             7,
             Body::Repair {
                 first_seq: 1,
-                events: vec![key(1)],
+                events: Events::new(&[key(1)]).unwrap(),
             },
         ),
         dgram(cfg.cluster, 7, Body::Goodbye { next_seq: 4 }),

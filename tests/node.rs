@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cachecast::node::{Delivery, Node, ResetReason, Subscription};
-use cachecast::wire::{self, Body, Event, Header};
+use cachecast::wire::{self, Body, Event, Events, Header};
 use common::*;
 
 #[tokio::test]
@@ -152,7 +152,7 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
     let mut buf = Vec::new();
     let event = Body::Data {
         first_seq: 1,
-        events: vec![Event::ClearAll],
+        events: Events::new(&[Event::ClearAll]).unwrap(),
     };
     c.send_raw(b"definitely not cachecast");
     wire::encode(&Header::new(hash ^ 0xdead, 99), &event, &mut buf);
@@ -171,13 +171,13 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
     let d = recv_until(&mut sub, "the valid datagram", |_| true).await;
     assert!(
         matches!(
-            d,
+            &d,
             Delivery::Event {
                 stream: 98,
                 seq: 1,
-                event: Event::ClearAll,
+                event,
                 ..
-            }
+            } if *event == Event::ClearAll
         ),
         "{d:?}"
     );

@@ -15,12 +15,14 @@ struct Counting;
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
 
 fn count(bytes: usize) {
     let _ = COUNTING.try_with(|on| {
         if on.get() {
             let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes));
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         }
     });
 }
@@ -49,11 +51,28 @@ static GLOBAL: Counting = Counting;
 /// Runs `f` and returns its result with the bytes it allocated on this thread
 /// (every allocation and reallocation counted in full, frees not subtracted).
 fn allocated_by<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let (r, bytes, _) = counted(f);
+    (r, bytes)
+}
+
+/// Runs `f` and returns its result with the number of allocations (and
+/// reallocations) it made on this thread.
+fn allocations_by<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let (r, _, n) = counted(f);
+    (r, n)
+}
+
+fn counted<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     ALLOCATED.with(|n| n.set(0));
+    ALLOCATIONS.with(|n| n.set(0));
     COUNTING.with(|on| on.set(true));
     let r = f();
     COUNTING.with(|on| on.set(false));
-    (r, ALLOCATED.with(|n| n.get()))
+    (
+        r,
+        ALLOCATED.with(|n| n.get()),
+        ALLOCATIONS.with(|n| n.get()),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -79,7 +98,10 @@ fn roundtrip(body: Body) -> Result<Datagram, DecodeError> {
 }
 
 fn data(first_seq: u64, events: Vec<Event>) -> Body {
-    Body::Data { first_seq, events }
+    Body::Data {
+        first_seq,
+        events: Events::new_unchecked(&events),
+    }
 }
 
 fn keys(n: usize) -> Event {
@@ -196,9 +218,9 @@ fn goldens() -> Vec<(Header, Body, &'static str)> {
             big,
             Body::Repair {
                 first_seq: 70_000,
-                events: vec![Event::Invalidate {
+                events: Events::new_unchecked(&[Event::Invalidate {
                     keys: vec!["k".into()],
-                }],
+                }]),
             },
             GOLDEN_REPAIR,
         ),
@@ -225,6 +247,58 @@ fn golden_bytes() {
             "decode {golden}"
         );
     }
+}
+
+/// Events are written by hand (for the zero-copy receive path): they must
+/// be exactly the bytes bincode's serde encoding gives.
+fn assert_bincode_bytes(event: &Event) {
+    let bincode = bincode::serde::encode_to_vec(event, bincode::config::standard()).unwrap();
+    let ours = EncodedEvent::new(event).unwrap();
+    assert_eq!(ours.as_bytes(), &bincode[..], "{event:?}");
+    assert_eq!(encoded_event_len(event), bincode.len(), "{event:?}");
+}
+
+#[test]
+fn events_are_bincodes_bytes_at_every_varint_width() {
+    for len in [0, 1, 250, 251, 0xffff, 0x1_0000] {
+        assert_bincode_bytes(&Event::Custom {
+            topic: "t".into(),
+            payload: vec![7; len],
+        });
+    }
+    for n in [1, 250, 251, MAX_KEYS] {
+        assert_bincode_bytes(&keys(n));
+    }
+}
+
+#[test]
+fn received_events_are_read_without_allocating_per_event() {
+    let events: Vec<Event> = (0..200)
+        .map(|i| Event::Invalidate {
+            keys: vec![format!("user:{i:027}")],
+        })
+        .collect();
+    let bytes = enc(&hdr(), &data(1, events.clone()));
+    // One allocation for the whole run of events, whatever their number.
+    let (d, n) = allocations_by(|| decode(&bytes, cluster()).unwrap());
+    assert_eq!(n, 1, "allocations decoding 200 events");
+    let Body::Data { events: got, .. } = d.body else {
+        panic!("{:?}", d.body)
+    };
+    // Reading every key in place allocates nothing per event (sharing the
+    // run's bytes may allocate its reference count, once).
+    let (total, n) = allocations_by(|| {
+        got.iter()
+            .map(|e| match e.view() {
+                EventRef::Invalidate { keys } => keys.map(str::len).sum::<usize>(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    });
+    assert_eq!(total, 200 * 32);
+    assert!(n <= 1, "{n} allocations reading 200 events");
+    assert_eq!(got.to_vec(), events);
+    assert!(got.iter().zip(&events).all(|(a, b)| a == *b));
 }
 
 #[test]
@@ -279,7 +353,7 @@ fn ranges() -> impl Strategy<Value = Vec<SeqRange>> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        events().prop_map(|(first_seq, events)| Body::Data { first_seq, events }),
+        events().prop_map(|(first_seq, events)| data(first_seq, events)),
         seq()
             .prop_flat_map(|next| (Just(next), 1..=next, text(16)))
             .prop_map(|(next_seq, oldest, node)| Body::Heartbeat {
@@ -289,7 +363,10 @@ fn body() -> impl Strategy<Value = Body> {
             }),
         text(16).prop_map(|node| Body::Hello { node }),
         (any::<u64>(), ranges()).prop_map(|(stream, ranges)| Body::Nak { stream, ranges }),
-        events().prop_map(|(first_seq, events)| Body::Repair { first_seq, events }),
+        events().prop_map(|(first_seq, events)| Body::Repair {
+            first_seq,
+            events: Events::new_unchecked(&events)
+        }),
         (any::<u64>(), ranges()).prop_map(|(stream, ranges)| Body::Unavailable { stream, ranges }),
         seq().prop_map(|next_seq| Body::Goodbye { next_seq }),
     ]
@@ -307,6 +384,15 @@ proptest! {
     fn roundtrip_valid(header in header(), body in body()) {
         let bytes = enc(&header, &body);
         prop_assert_eq!(decode(&bytes, header.cluster), Ok(Datagram { header, body }));
+    }
+
+    #[test]
+    fn events_match_bincode_and_read_back(e in event()) {
+        assert_bincode_bytes(&e);
+        let encoded = EncodedEvent::new(&e).unwrap();
+        prop_assert_eq!(encoded.to_event(), e.clone());
+        prop_assert!(encoded == e);
+        prop_assert_eq!(decode_event(encoded.as_bytes()), Ok(e));
     }
 
     #[test]
@@ -441,7 +527,7 @@ fn rejects_bad_event_counts() {
     assert_eq!(
         roundtrip(Body::Repair {
             first_seq: 1,
-            events: too_many
+            events: Events::new_unchecked(&too_many)
         }),
         invalid("too many events")
     );
@@ -761,7 +847,7 @@ fn data_overhead_is_an_upper_bound() {
             data(first_seq, events.clone()),
             Body::Repair {
                 first_seq,
-                events: events.clone(),
+                events: Events::new_unchecked(&events),
             },
         ] {
             let bytes = enc(&header, &body);

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::harness::Cluster;
 use crate::node::Delivery;
-use crate::wire::{Body, Datagram, Event};
+use crate::wire::{Body, Datagram, EventRef};
 
 /// Options of the demo.
 #[derive(Debug, Args)]
@@ -42,7 +42,7 @@ impl Timeline {
 }
 
 fn is_key(d: &Delivery, key: &str) -> bool {
-    matches!(d, Delivery::Event { event: Event::Invalidate { keys }, .. } if keys.iter().any(|k| k == key))
+    matches!(d, Delivery::Event { event, .. } if matches!(event.view(), EventRef::Invalidate { keys } if keys.clone().any(|k| k == key)))
 }
 
 /// Waits (bounded) until node `i` delivered `key`; returns how long it took.
@@ -145,7 +145,7 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
     // 3. Tail loss: the last datagram of a burst is lost; the heartbeat 1 ms
     //    later reveals it.
     c.faults(1).drop_if(Some(|d: &Datagram| {
-        matches!(&d.body, Body::Data { events, .. } if events.iter().any(|e| matches!(e, Event::Invalidate { keys } if keys.iter().any(|k| k == "tail:last"))))
+        matches!(&d.body, Body::Data { events, .. } if events.iter().any(|e| matches!(e.view(), EventRef::Invalidate { keys } if keys.clone().any(|k| k == "tail:last"))))
     }));
     let sent = Instant::now();
     c.publish(0, ["tail:last"]).await.map_err(|e| err(&e))?;

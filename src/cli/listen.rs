@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{parse_duration, NetArgs};
 use crate::node::{Delivery, Node};
-use crate::wire::Event;
+use crate::wire::EventRef;
 
 /// Print deliveries as JSON lines.
 #[derive(Debug, Args)]
@@ -49,19 +49,19 @@ pub fn delivery_json(d: &Delivery) -> Value {
                 "node": node.as_deref(),
             });
             let obj = v.as_object_mut().expect("object");
-            match event {
-                Event::Invalidate { keys } => {
+            match event.view() {
+                EventRef::Invalidate { keys } => {
                     obj.insert("event".into(), "invalidate".into());
-                    obj.insert("keys".into(), json!(keys));
+                    obj.insert("keys".into(), json!(keys.collect::<Vec<_>>()));
                 }
-                Event::InvalidatePrefix { prefix } => {
+                EventRef::InvalidatePrefix { prefix } => {
                     obj.insert("event".into(), "prefix".into());
                     obj.insert("prefix".into(), json!(prefix));
                 }
-                Event::ClearAll => {
+                EventRef::ClearAll => {
                     obj.insert("event".into(), "clear".into());
                 }
-                Event::Custom { topic, payload } => {
+                EventRef::Custom { topic, payload } => {
                     obj.insert("event".into(), "custom".into());
                     obj.insert("topic".into(), json!(topic));
                     obj.insert(

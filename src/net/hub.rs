@@ -297,14 +297,14 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Event;
+    use crate::wire::{EncodedEvent, Event};
 
     fn ev(seq: u64) -> Delivery {
         Delivery::Event {
             stream: 1,
             seq,
             node: None,
-            event: Event::ClearAll,
+            event: EncodedEvent::new(&Event::ClearAll).unwrap(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::wire::{Event, SeqRange};
+use crate::wire::{EncodedEvent, SeqRange};
 
 /// One thing a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +18,10 @@ pub enum Delivery {
         seq: u64,
         /// The publishing node's name, once a heartbeat has told it.
         node: Option<Arc<str>>,
-        /// The invalidation itself.
-        event: Event,
+        /// The invalidation itself, still encoded and sharing the bytes it
+        /// arrived in: read it in place with [`EncodedEvent::view`] (no
+        /// allocation) or own it with [`EncodedEvent::to_event`].
+        event: EncodedEvent,
     },
     /// Something may have been missed: clear the whole cache.
     Reset {

@@ -31,7 +31,7 @@ use crate::proto::delivery::{Delivery, ResetReason};
 use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, Event, Header};
+use crate::wire::{self, Body, EncodedEvent, Event, Header};
 
 /// Borrows the node's output fields as a receiver [`Sink`] (a macro, so
 /// that the borrow of each field stays separate from `self.streams`).
@@ -170,7 +170,19 @@ impl NodeCore {
     /// sent on the next [`NodeCore::poll_transmit`], batched with whatever
     /// else was published before then.
     pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
-        let seq = self.sender.publish(now, event, &mut self.out)?;
+        let seq = self.sender.publish(now, &event, &mut self.out)?;
+        self.stats.events_published += 1;
+        Ok(seq)
+    }
+
+    /// [`NodeCore::publish`] for an event encoded already (no encoding, no
+    /// allocation).
+    pub fn publish_encoded(
+        &mut self,
+        now: Instant,
+        event: &EncodedEvent,
+    ) -> Result<u64, PublishError> {
+        let seq = self.sender.publish_encoded(now, event, &mut self.out)?;
         self.stats.events_published += 1;
         Ok(seq)
     }

@@ -25,7 +25,7 @@ use crate::proto::config::CoreConfig;
 use crate::proto::delivery::{Delivery, ResetReason};
 use crate::proto::ranges::{Gap, GapSet, RangeSet};
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, Event, SeqRange};
+use crate::wire::{self, Body, Events, SeqRange};
 
 /// Where a receiver's outputs go, and what it needs from its node.
 pub struct Sink<'a> {
@@ -182,7 +182,7 @@ impl StreamReceiver {
         &mut self,
         now: Instant,
         first_seq: u64,
-        events: Vec<Event>,
+        events: Events,
         how: Arrival,
         sink: &mut Sink<'_>,
     ) {
@@ -193,7 +193,7 @@ impl StreamReceiver {
             // after it is likely on its way too (suppression).
             self.postpone(now, first_seq, end, sink);
         }
-        for (seq, event) in (first_seq..).zip(events) {
+        for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
                 continue;

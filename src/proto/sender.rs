@@ -25,7 +25,13 @@ use crate::proto::pace::Pace;
 use crate::proto::ranges::RangeSet;
 use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, Event, EventError, SeqRange};
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::{self, Body, EncodedEvent, Event, EventError, Events, SeqRange};
+
+/// Bytes the open batch reserves at a time: sealed batches share one
+/// allocation until it is used up.
+const BATCH_BUFFER: usize = 64 * 1024;
 
 /// Why an event was not published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,10 +55,10 @@ pub struct Sender {
     hello_min_interval: Duration,
 
     next_seq: u64,
-    /// Events published but not yet put in a datagram; the first has seq
-    /// `next_seq - batch.len()`.
-    batch: Vec<Event>,
-    batch_bytes: usize,
+    /// Events published but not yet put in a datagram, encoded back to
+    /// back; the first has seq `next_seq - batch_len`.
+    batch: BytesMut,
+    batch_len: u32,
 
     heartbeat_at: Instant,
     heartbeat_interval: Duration,
@@ -88,8 +94,8 @@ impl Sender {
             hello_jitter: cfg.hello_answer_jitter,
             hello_min_interval: cfg.hello_answer_min_interval,
             next_seq: 1,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: BytesMut::new(),
+            batch_len: 0,
             heartbeat_at: now + cfg.heartbeat_idle,
             heartbeat_interval: cfg.heartbeat_idle,
             hello_answer_at: None,
@@ -129,47 +135,87 @@ impl Sender {
     pub fn publish(
         &mut self,
         now: Instant,
-        event: Event,
+        event: &Event,
         out: &mut VecDeque<Body>,
     ) -> Result<u64, PublishError> {
         if self.closed {
             return Err(PublishError::Closed);
         }
-        self.scratch.clear();
-        let size = wire::encode_checked(&event, self.max_datagram, &mut self.scratch)?;
-        self.ring.push(&self.scratch, now);
-        let full = wire::DATA_OVERHEAD + self.batch_bytes + size > self.max_datagram
-            || self.batch.len() >= wire::MAX_EVENTS;
-        if !self.batch.is_empty() && full {
+        let size = wire::check_event(event, self.max_datagram)?;
+        self.make_room(size, out);
+        let start = self.batch.len();
+        wire::encode_event(event, &mut self.batch);
+        Ok(self.added(start, now))
+    }
+
+    /// [`Sender::publish`] for an event already encoded (and so checked
+    /// against the limits, but not yet against `max_datagram`).
+    pub fn publish_encoded(
+        &mut self,
+        now: Instant,
+        event: &EncodedEvent,
+        out: &mut VecDeque<Body>,
+    ) -> Result<u64, PublishError> {
+        if self.closed {
+            return Err(PublishError::Closed);
+        }
+        let size = event.as_bytes().len();
+        if size + wire::DATA_OVERHEAD > self.max_datagram {
+            return Err(EventError::TooLarge {
+                size,
+                max_datagram: self.max_datagram,
+            }
+            .into());
+        }
+        self.make_room(size, out);
+        let start = self.batch.len();
+        self.batch.extend_from_slice(event.as_bytes());
+        Ok(self.added(start, now))
+    }
+
+    /// Seals the open batch if an event of `size` bytes does not fit in it.
+    fn make_room(&mut self, size: usize, out: &mut VecDeque<Body>) {
+        let full = wire::DATA_OVERHEAD + self.batch.len() + size > self.max_datagram
+            || self.batch_len as usize >= wire::MAX_EVENTS;
+        if full {
             self.seal(out);
         }
-        self.batch.push(event);
-        self.batch_bytes += size;
+        if self.batch.capacity() - self.batch.len() < size {
+            // Room for many datagrams at once: sealed batches share it.
+            self.batch.reserve(size.max(BATCH_BUFFER));
+        }
+    }
+
+    /// The event encoded at `batch[start..]` was added: hold it for repair
+    /// and number it.
+    fn added(&mut self, start: usize, now: Instant) -> u64 {
+        self.ring.push(&self.batch[start..], now);
+        self.batch_len += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        Ok(seq)
+        seq
     }
 
     /// True when events wait in the open batch.
     pub fn has_batch(&self) -> bool {
-        !self.batch.is_empty()
+        self.batch_len > 0
     }
 
     /// Moves the open batch, if any, into a `Data` body on `out`.
     fn seal(&mut self, out: &mut VecDeque<Body>) {
-        if self.batch.is_empty() {
+        if self.batch_len == 0 {
             return;
         }
-        let events = std::mem::take(&mut self.batch);
-        let first_seq = self.next_seq - events.len() as u64;
-        self.batch_bytes = 0;
+        let count = std::mem::take(&mut self.batch_len);
+        let events = Events::from_encoded(self.batch.split().freeze(), count);
+        let first_seq = self.next_seq - u64::from(count);
         out.push_back(Body::Data { first_seq, events });
     }
 
     /// Seals the open batch (called when the driver is about to send) and
     /// restarts the fast heartbeat schedule.
     pub fn flush(&mut self, now: Instant, out: &mut VecDeque<Body>) {
-        if self.batch.is_empty() {
+        if self.batch_len == 0 {
             return;
         }
         self.seal(out);
@@ -222,7 +268,7 @@ impl Sender {
         self.pace.on_loss(now);
         self.ring.expire(now);
         // Events still in the open batch were never sent: they need no repair.
-        let sent_end = self.next_seq - self.batch.len() as u64;
+        let sent_end = self.next_seq - u64::from(self.batch_len);
         let oldest = self.ring.oldest();
         let mut unavailable = Vec::new();
         for &(start, end) in ranges {
@@ -257,7 +303,8 @@ impl Sender {
         while let Some((start, end)) = self.pending.first() {
             let mut seq = start;
             let mut first = None;
-            let mut events = Vec::new();
+            let mut count = 0;
+            self.scratch.clear();
             let mut bytes = wire::DATA_OVERHEAD;
             while seq < end {
                 let Some(entry) = self.ring.get_mut(seq).copied() else {
@@ -278,21 +325,14 @@ impl Sender {
                 }
                 let size = entry.size as usize;
                 if first.is_some()
-                    && (bytes + size > self.max_datagram || events.len() >= wire::MAX_EVENTS)
+                    && (bytes + size > self.max_datagram || count >= wire::MAX_EVENTS)
                 {
                     break;
                 }
-                // The ring holds what this sender encoded: it decodes.
-                self.scratch.clear();
                 self.ring.copy_event(seq, &mut self.scratch);
-                let Ok(event) = wire::decode_event(&self.scratch) else {
-                    debug_assert!(false, "the ring holds an event it cannot decode");
-                    seq += 1;
-                    continue;
-                };
                 first.get_or_insert(seq);
                 bytes += size;
-                events.push(event);
+                count += 1;
                 seq += 1;
             }
             let Some(first) = first else {
@@ -318,7 +358,9 @@ impl Sender {
                 self.pending.insert(seq, end);
             }
             stats.repairs_sent += 1;
-            stats.repaired_events_sent += events.len() as u64;
+            stats.repaired_events_sent += count as u64;
+            // The ring holds events as this sender encoded them.
+            let events = Events::from_encoded(Bytes::copy_from_slice(&self.scratch), count as u32);
             out.push_back(Body::Repair {
                 first_seq: first,
                 events,
@@ -361,7 +403,7 @@ impl Sender {
         if send {
             // Events still in the open batch are not sent yet: announce only
             // what was.
-            let next_seq = self.next_seq - self.batch.len() as u64;
+            let next_seq = self.next_seq - u64::from(self.batch_len);
             self.ring.expire(now);
             out.push_back(Body::Heartbeat {
                 next_seq,

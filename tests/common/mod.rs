@@ -87,11 +87,10 @@ pub async fn recv_until(
 
 pub fn keys_of(d: &Delivery) -> Option<(u64, Vec<String>)> {
     match d {
-        Delivery::Event {
-            stream,
-            event: Event::Invalidate { keys },
-            ..
-        } => Some((*stream, keys.clone())),
+        Delivery::Event { stream, event, .. } => match event.to_event() {
+            Event::Invalidate { keys } => Some((*stream, keys)),
+            _ => None,
+        },
         _ => None,
     }
 }

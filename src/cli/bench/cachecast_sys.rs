@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::node::{Node, NodeConfig};
 use crate::proto::Delivery;
-use crate::wire::Event;
+use crate::wire::{Event, EventRef};
 
 use super::common::{
     loopback_opts, message, mono_ns, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
@@ -170,13 +170,13 @@ pub fn subscribe(
             let now = mono_ns();
             let mut next = Some(first);
             while let Some(d) = next {
-                match d {
-                    Delivery::Event {
-                        event: Event::Invalidate { keys },
-                        ..
-                    } => rec.record(keys.first().map_or(&b""[..], |k| k.as_bytes()), now),
-                    Delivery::Event { .. } => rec.record(b"", now),
-                    Delivery::Reset { .. } => {}
+                if let Delivery::Event { event, .. } = d {
+                    // Read in place: the first key carries the stamp.
+                    let key = match event.view() {
+                        EventRef::Invalidate { mut keys } => keys.next().unwrap_or(""),
+                        _ => "",
+                    };
+                    rec.record(key.as_bytes(), now);
                 }
                 next = sub.try_recv();
             }

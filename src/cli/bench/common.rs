@@ -188,8 +188,11 @@ pub struct SubReport {
     pub cpu_s: f64,
     /// Peak resident set, KiB.
     pub rss_kib: u64,
-    /// cachecast only: Resets delivered, events repaired, Naks sent.
+    /// cachecast only: Resets delivered (and by kind), events repaired,
+    /// Naks sent.
     pub resets: u64,
+    #[serde(default)]
+    pub reset_kinds: std::collections::BTreeMap<String, u64>,
     pub repaired: u64,
     pub naks: u64,
     /// A subscriber that failed says why.

@@ -15,6 +15,7 @@ pub mod peers;
 pub mod plot;
 pub mod udp;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -210,6 +211,8 @@ pub struct RunResult {
     /// Fraction of published events not delivered (mean over subscribers).
     pub loss: f64,
     pub resets: u64,
+    /// Resets by kind (`lagged`, `unavailable`, …), all subscribers.
+    pub reset_kinds: BTreeMap<String, u64>,
     pub repaired: u64,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -253,6 +256,13 @@ impl RunResult {
                 }
             }),
             resets: subs.iter().map(|s| s.resets).sum(),
+            reset_kinds: subs.iter().flat_map(|s| &s.reset_kinds).fold(
+                BTreeMap::new(),
+                |mut m, (k, n)| {
+                    *m.entry(k.clone()).or_default() += n;
+                    m
+                },
+            ),
             repaired: subs.iter().map(|s| s.repaired).sum(),
             p50_us: p50s.get(p50s.len() / 2).copied().unwrap_or(0) as f64 / 1e3,
             p99_us: subs.iter().map(|s| s.p99_ns).max().unwrap_or(0) as f64 / 1e3,
@@ -725,6 +735,9 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
             cachecast_sys::subscribe(args.addr, &args.name, &done, ready).map(|(rec, stats)| {
                 let mut r = rec.report();
                 r.resets = stats.protocol.resets_total();
+                r.reset_kinds = (stats.protocol.resets.iter())
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect();
                 r.repaired = stats.protocol.events_repaired;
                 r.naks = stats.protocol.naks_sent;
                 r.datagrams = stats.protocol.datagrams_received;
@@ -912,6 +925,21 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
         .chain(&r.sweep)
         .chain(&r.memory)
     {
+        if !x.reset_kinds.is_empty() {
+            let kinds: Vec<String> = (x.reset_kinds.iter())
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            let at = x
+                .offered
+                .map_or("flat out".into(), |r| format!("{}/s", si(r)));
+            writeln!(
+                out,
+                "
+{} Resets at {at}: {}",
+                x.system.name(),
+                kinds.join(", ")
+            )?;
+        }
         for (i, s) in x.subscribers.iter().enumerate() {
             if let Some(e) = &s.error {
                 writeln!(out, "\n{} subscriber {i} failed: {e}", x.system.name())?;

@@ -382,6 +382,7 @@ fn trim(v: f64) -> String {
 mod tests {
     use super::super::common::{PubReport, SubReport};
     use super::*;
+    use std::collections::BTreeMap;
 
     fn run(system: System, offered: f64, delivered: f64, p99_us: f64, loss: f64) -> RunResult {
         RunResult {
@@ -395,6 +396,7 @@ mod tests {
             mb_per_s: delivered * 32.0 / 1e6,
             loss,
             resets: 0,
+            reset_kinds: BTreeMap::new(),
             repaired: 0,
             p50_us: p99_us / 3.0,
             p99_us,
