@@ -183,6 +183,9 @@ pub enum EventError {
     /// A key, prefix or topic longer than [`MAX_KEY_LEN`] bytes.
     #[error("a key, prefix or topic of {0} bytes; at most {MAX_KEY_LEN}")]
     KeyTooLong(usize),
+    /// An [`EventBatch`] already holds [`MAX_BATCH`] events.
+    #[error("a batch holds at most {0} events; publish it and start another")]
+    BatchFull(usize),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -610,6 +613,115 @@ impl PartialEq for Events {
 
 impl Eq for Events {}
 
+/// Events encoded as they are added, ready to publish together
+/// (`Node::publish_batch`): one buffer for all of them, no allocation per
+/// event, and nothing left to encode on the node's side.
+#[derive(Debug, Clone, Default)]
+pub struct EventBatch {
+    bytes: BytesMut,
+    count: u32,
+    largest: usize,
+}
+
+impl EventBatch {
+    /// An empty batch.
+    pub fn new() -> EventBatch {
+        EventBatch::default()
+    }
+
+    /// An empty batch with room for `bytes` of encoded events.
+    pub fn with_capacity(bytes: usize) -> EventBatch {
+        EventBatch {
+            bytes: BytesMut::with_capacity(bytes),
+            ..EventBatch::default()
+        }
+    }
+
+    /// Adds `event`, checked against the limits (the datagram size is
+    /// checked when the batch is published). At most [`MAX_EVENTS`] ×
+    /// 1024 events.
+    pub fn push(&mut self, event: &Event) -> Result<(), EventError> {
+        validate_event(event)?;
+        self.room()?;
+        let size = encode_event(event, &mut self.bytes);
+        self.added(size);
+        Ok(())
+    }
+
+    /// Adds `Invalidate { keys }` from borrowed keys (no allocation once
+    /// the batch has room).
+    pub fn invalidate(&mut self, keys: &[&str]) -> Result<(), EventError> {
+        if keys.is_empty() {
+            return Err(EventError::NoKeys);
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(EventError::TooManyKeys(keys.len()));
+        }
+        if let Some(k) = keys.iter().find(|k| k.len() > MAX_KEY_LEN) {
+            return Err(EventError::KeyTooLong(k.len()));
+        }
+        self.room()?;
+        let start = self.bytes.len();
+        self.bytes.put_u8(0);
+        put_varint(&mut self.bytes, keys.len() as u64);
+        for k in keys {
+            put_field(&mut self.bytes, k.as_bytes());
+        }
+        let size = self.bytes.len() - start;
+        self.added(size);
+        Ok(())
+    }
+
+    fn room(&self) -> Result<(), EventError> {
+        if self.count as usize >= MAX_BATCH {
+            return Err(EventError::BatchFull(MAX_BATCH));
+        }
+        Ok(())
+    }
+
+    fn added(&mut self, size: usize) {
+        self.count += 1;
+        self.largest = self.largest.max(size);
+    }
+
+    /// The number of events.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded size of the largest event (what must fit in a datagram).
+    pub fn largest(&self) -> usize {
+        self.largest
+    }
+
+    /// Empties the batch, keeping its buffer when nothing else shares it.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+        self.largest = 0;
+    }
+
+    /// The events, shared; the batch is left empty (its remaining room is
+    /// kept for the next events).
+    pub fn take(&mut self) -> Events {
+        let events = Events {
+            bytes: self.bytes.split().freeze(),
+            count: self.count,
+        };
+        self.count = 0;
+        self.largest = 0;
+        events
+    }
+}
+
+/// Events in one [`EventBatch`].
+pub const MAX_BATCH: usize = MAX_EVENTS * 1024;
+
 /// The events of an [`Events`], in order.
 pub struct EventsIter<'a> {
     bytes: &'a Bytes,
@@ -809,6 +921,7 @@ impl Eq for Keys<'_> {}
 /// bad variant, not UTF-8, a count over its limit) is an error at once; a
 /// semantic one (no keys, a key too long) is noted in `invalid` (the first
 /// one only) and reading goes on.
+#[inline]
 fn read_event<'a>(
     r: &mut Reader<'a>,
     invalid: &mut Option<&'static str>,
@@ -907,6 +1020,7 @@ enum Utf8 {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn take(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
         let n = usize::try_from(n).ok().filter(|&n| n <= self.0.len());
         let n = n.ok_or_else(|| DecodeError::Malformed("truncated".into()))?;
@@ -921,7 +1035,15 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint for a u64 (what bincode accepts: any of the four widths).
+    #[inline]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // One byte: by far the most common (counts, lengths, tags).
+        if let Some((&b, rest)) = self.0.split_first() {
+            if b < 251 {
+                self.0 = rest;
+                return Ok(u64::from(b));
+            }
+        }
         Ok(match self.array::<1>()?[0] {
             b @ 0..=250 => u64::from(b),
             251 => u64::from(u16::from_le_bytes(self.array()?)),
@@ -932,6 +1054,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint for a u32 (a variant index): the u64 width is refused.
+    #[inline]
     fn varint_u32(&mut self) -> Result<u32, DecodeError> {
         if self.0.first() == Some(&253) {
             return Err(DecodeError::Malformed("variant index over u32".into()));
@@ -940,6 +1063,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-prefixed UTF-8 string.
+    #[inline]
     fn str(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.varint()?;
         let bytes = self.take(len)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cachecast::node::{Delivery, Node, ResetReason, Subscription};
-use cachecast::wire::{self, Body, Event, Events, Header};
+use cachecast::wire::{self, Body, Event, EventBatch, Events, Header};
 use common::*;
 
 #[tokio::test]
@@ -294,6 +294,46 @@ async fn publish_many_delivers_all_in_order_or_refuses_all() {
         }))
         .await
         .unwrap();
+    for i in 0..500 {
+        let d = tokio::time::timeout(DEADLINE, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{i}: {d:?}");
+    }
+    assert_eq!(
+        rx.stats().await.protocol.events_delivered,
+        500,
+        "nothing of the refused batch"
+    );
+}
+
+#[tokio::test]
+async fn publish_batch_delivers_all_in_order_or_refuses_all() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let rx = c.join("rx").await;
+    let mut sub = rx.subscribe();
+    let mut batch = EventBatch::new();
+    batch.invalidate(&["never"]).unwrap();
+    let (x, y) = ("x".repeat(1000), "y".repeat(1000));
+    batch.invalidate(&[&x, &y]).unwrap();
+    assert!(sender.publish_batch(&mut batch).await.is_err());
+    assert_eq!(batch.len(), 2, "a refused batch is left as it was");
+    batch.clear();
+    for i in 0..500 {
+        if i % 2 == 0 {
+            batch.invalidate(&[&format!("k{i}")]).unwrap();
+        } else {
+            batch
+                .push(&Event::Invalidate {
+                    keys: vec![format!("k{i}")],
+                })
+                .unwrap();
+        }
+    }
+    sender.publish_batch(&mut batch).await.unwrap();
+    assert!(batch.is_empty(), "a published batch is left empty");
     for i in 0..500 {
         let d = tokio::time::timeout(DEADLINE, sub.recv())
             .await

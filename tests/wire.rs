@@ -302,6 +302,40 @@ fn received_events_are_read_without_allocating_per_event() {
 }
 
 #[test]
+fn a_batch_encodes_what_events_do_without_allocating_per_event() {
+    let names: Vec<String> = (0..100).map(|i| format!("user:{i:027}")).collect();
+    let events: Vec<Event> = (names.iter())
+        .map(|k| Event::Invalidate {
+            keys: vec![k.clone()],
+        })
+        .collect();
+    let mut batch = EventBatch::with_capacity(64 * 1024);
+    let (r, n) = allocations_by(|| names.iter().try_for_each(|k| batch.invalidate(&[k])));
+    assert_eq!((r, n), (Ok(()), 0));
+    batch.push(&Event::ClearAll).unwrap();
+    assert_eq!(batch.len(), 101);
+    assert_eq!(batch.largest(), encoded_event_len(&events[0]));
+    let mut all = events.clone();
+    all.push(Event::ClearAll);
+    assert_eq!(batch.take(), Events::new(&all).unwrap());
+    assert!(batch.is_empty());
+    // The limits, as for any event.
+    assert_eq!(batch.invalidate(&[]), Err(EventError::NoKeys));
+    let many = vec!["k"; MAX_KEYS + 1];
+    assert_eq!(
+        batch.invalidate(&many),
+        Err(EventError::TooManyKeys(MAX_KEYS + 1))
+    );
+    let long = "x".repeat(MAX_KEY_LEN + 1);
+    assert_eq!(
+        batch.invalidate(&["ok", &long]),
+        Err(EventError::KeyTooLong(MAX_KEY_LEN + 1))
+    );
+    assert_eq!(batch.push(&keys(0)), Err(EventError::NoKeys));
+    assert!(batch.is_empty(), "refused events are not added");
+}
+
+#[test]
 fn golden_cluster_hash() {
     // FNV-1a 32-bit reference vectors.
     assert_eq!(cluster_hash(""), 0x811c_9dc5);

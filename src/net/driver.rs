@@ -13,7 +13,7 @@ use super::hub::Hub;
 use tokio::time::Instant;
 
 use crate::proto::{Delivery, NodeCore, Stats};
-use crate::wire::Event;
+use crate::wire::{Event, Events};
 
 /// What a [`FaultInjector`] does with a received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub(crate) enum Command {
     Publish(Event),
     /// Several events at once (`Node::publish_many`).
     PublishMany(Vec<Event>),
+    /// A batch encoded by the application (`Node::publish_batch`).
+    PublishEvents(Events),
     /// Publish and say which seq it got, and when (for the harness).
     PublishAcked(
         Event,
@@ -223,6 +225,15 @@ impl Driver {
                     self.publish(now, event);
                 }
                 return n;
+            }
+            Command::PublishEvents(events) => {
+                for event in events.iter() {
+                    // Checked by the handle; refused only once closed.
+                    if let Err(e) = self.core.publish_encoded(now, &event) {
+                        tracing::debug!(error = %e, "publish refused");
+                    }
+                }
+                return events.len();
             }
             Command::PublishAcked(event, ack) => {
                 let _ = ack.send(self.core.publish(now, event).map(|seq| (seq, now)));

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use crate::node::{Node, NodeConfig};
 use crate::proto::Delivery;
-use crate::wire::{Event, EventRef};
+use crate::wire::{EventBatch, EventRef};
 
 use super::common::{
-    loopback_opts, message, mono_ns, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
+    loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
 };
 
 fn config(group: SocketAddr, name: &str) -> NodeConfig {
@@ -32,12 +32,22 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn event(plan: &Plan) -> Event {
-    Event::Invalidate {
-        keys: (0..plan.keys_per_event)
-            .map(|_| message(plan.key_size))
-            .collect(),
+/// Adds one event of `plan` to `batch`, its keys stamped now (written into
+/// `keys`, reused: no allocation per event).
+fn add_event(plan: &Plan, keys: &mut [Vec<u8>], batch: &mut EventBatch) -> io::Result<()> {
+    for k in keys.iter_mut() {
+        k.resize(plan.key_size, 0);
+        stamp(k, mono_ns());
     }
+    // Hex digits and `k`: always ASCII.
+    fn text(k: &[u8]) -> &str {
+        std::str::from_utf8(k).unwrap_or_default()
+    }
+    match keys {
+        [one] => batch.invalidate(&[text(one)]),
+        many => batch.invalidate(&many.iter().map(|k| text(k)).collect::<Vec<_>>()),
+    }
+    .map_err(io_err)
 }
 
 /// Publishes `plan` from `streams` nodes (one for the throughput, latency
@@ -87,6 +97,8 @@ async fn publish_from(
                 .map_err(io_err)?,
         );
     }
+    let mut keys = vec![Vec::new(); plan.keys_per_event];
+    let mut batch = EventBatch::new();
     let cpu0 = thread_cpu();
     let pacer = Pacer::new(plan);
     let start_ns = mono_ns();
@@ -104,8 +116,11 @@ async fn publish_from(
         // nodes, each hand-over to the next one.
         while sent < due {
             let n = (due - sent).min(1024);
+            for _ in 0..n {
+                add_event(plan, &mut keys, &mut batch)?;
+            }
             nodes[turn % streams]
-                .publish_many((0..n).map(|_| event(plan)))
+                .publish_batch(&mut batch)
                 .await
                 .map_err(io_err)?;
             turn += 1;
