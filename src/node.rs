@@ -237,6 +237,12 @@ impl Node {
             loopback: config.loopback,
             recv_buffer: config.recv_buffer,
         })?;
+        // This node's own datagrams, looped back, are dropped by the kernel
+        // where it can (else the core ignores them after their header).
+        let own = wire::header_bytes(core_cfg.cluster, core_cfg.stream);
+        if let Err(e) = socket::drop_prefix(&socket2::SockRef::from(&sock.socket), &own) {
+            tracing::debug!(error = %e, "no socket filter: own datagrams are read and ignored");
+        }
         let local_addr = sock.socket.local_addr().ok();
         let udp = tokio::net::UdpSocket::from_std(sock.socket)
             .and_then(crate::net::batch::BatchSocket::new)

@@ -248,6 +248,14 @@ pub fn encode(header: &Header, body: &Body, buf: &mut Vec<u8>) {
     }
 }
 
+/// The bytes every datagram of `stream` in `cluster` starts with: its
+/// header.
+pub fn header_bytes(cluster: u32, stream: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put(&mut buf, &Header::new(cluster, stream));
+    buf
+}
+
 /// Appends `value`, encoded with bincode.
 fn put(buf: &mut Vec<u8>, value: &impl Serialize) {
     // Writing into a Vec cannot fail, and every value here is encodable.

@@ -347,3 +347,27 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
         "nothing of the refused batch"
     );
 }
+
+/// On Linux a socket filter drops a node's own looped-back datagrams in the
+/// kernel: it never wakes up for them, and still hears everyone else.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn own_datagrams_are_dropped_by_the_kernel() {
+    let c = Cluster::new();
+    let a = c.join("a").await;
+    let b = c.join("b").await;
+    let mut sub_a = a.subscribe();
+    let mut sub_b = b.subscribe();
+    for i in 0..20 {
+        a.invalidate([format!("from-a-{i}")]).await.unwrap();
+    }
+    b.invalidate(["from-b"]).await.unwrap();
+    for i in 0..20 {
+        let key = format!("from-a-{i}");
+        recv_until(&mut sub_b, &key, |d| is_key(d, a.stream(), &key)).await;
+    }
+    recv_until(&mut sub_a, "from-b", |d| is_key(d, b.stream(), "from-b")).await;
+    let s = a.stats().await.protocol;
+    assert_eq!(s.own_ignored, 0, "own datagrams reached the node: {s:?}");
+    assert!(s.data_sent > 0 && s.events_delivered == 1, "{s:?}");
+}

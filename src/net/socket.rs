@@ -648,6 +648,75 @@ pub(crate) fn keeping_fragmentation<S, T>(_: &S, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Has the kernel drop, before they reach this socket, the datagrams whose
+/// payload starts with `prefix`: a node's own datagrams, looped back by
+/// multicast, then cost it no wake-up, no receive and no decode (a socket
+/// filter, on Linux). Returns false where there is no such filter; the node
+/// still ignores its own datagrams after reading their header.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn drop_prefix(socket: &Socket, prefix: &[u8]) -> io::Result<bool> {
+    use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_LEN};
+    use libc::{BPF_RET, BPF_W};
+    use socket2::SockFilter;
+    // A UDP socket's filter sees the datagram from its UDP header on.
+    const UDP_HEADER: usize = 8;
+    let code = |c: u32| c as u16;
+    // The prefix in loads of 4, 2 and 1 bytes: (offset, size, value).
+    let mut loads = Vec::new();
+    let mut at = 0;
+    while at < prefix.len() {
+        let rest = &prefix[at..];
+        let (size, width, value) = match rest.len() {
+            4.. => (
+                BPF_W,
+                4,
+                u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
+            ),
+            2..=3 => (BPF_H, 2, u32::from(u16::from_be_bytes([rest[0], rest[1]]))),
+            _ => (BPF_B, 1, u32::from(rest[0])),
+        };
+        loads.push(((UDP_HEADER + at) as u32, size, value));
+        at += width;
+    }
+    // Layout: length, its test, a load and a test per part, drop, keep.
+    // Every failed test jumps forward to "keep", the last instruction.
+    let keep = 2 + 2 * loads.len() + 1;
+    let Ok(to_keep) = u8::try_from(keep - 2) else {
+        return Ok(false);
+    };
+    let mut prog = vec![
+        SockFilter::new(code(BPF_LD | BPF_W | BPF_LEN), 0, 0, 0),
+        // Shorter than a header with this prefix: keep.
+        SockFilter::new(
+            code(BPF_JMP | BPF_JGE | BPF_K),
+            0,
+            to_keep,
+            (UDP_HEADER + prefix.len()) as u32,
+        ),
+    ];
+    for (i, (offset, size, value)) in loads.into_iter().enumerate() {
+        let test_at = 3 + 2 * i;
+        prog.push(SockFilter::new(code(BPF_LD | size | BPF_ABS), 0, 0, offset));
+        let jf = (keep - test_at - 1) as u8;
+        prog.push(SockFilter::new(
+            code(BPF_JMP | BPF_JEQ | BPF_K),
+            0,
+            jf,
+            value,
+        ));
+    }
+    prog.push(SockFilter::new(code(BPF_RET | BPF_K), 0, 0, 0));
+    prog.push(SockFilter::new(code(BPF_RET | BPF_K), 0, 0, u32::MAX));
+    debug_assert_eq!(prog.len(), keep + 1);
+    socket.attach_filter(&prog)?;
+    Ok(true)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn drop_prefix(_: &Socket, _: &[u8]) -> io::Result<bool> {
+    Ok(false)
+}
+
 #[cfg(target_os = "linux")]
 const MAX_INTERFACE_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 #[cfg(not(target_os = "linux"))]

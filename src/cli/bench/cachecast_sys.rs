@@ -167,6 +167,10 @@ pub fn subscribe(
         let node = Node::join(config(group, name)).await.map_err(io_err)?;
         let mut sub = node.subscribe();
         let mut rec = Recorder::new();
+        // One timer for the whole run (not one per receive) wakes the loop
+        // to check whether it is done.
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         ready();
         rec.start();
         loop {
@@ -177,10 +181,13 @@ pub fn subscribe(
             {
                 break;
             }
-            let first = match tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
-                Err(_) => continue,
+            let first = tokio::select! {
+                biased;
+                d = sub.recv() => match d {
+                    Some(d) => d,
+                    None => break,
+                },
+                _ = tick.tick() => continue,
             };
             let now = mono_ns();
             let mut next = Some(first);
