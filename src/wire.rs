@@ -14,7 +14,7 @@
 //! This module may not know anything about protocol state: it only turns
 //! values into bytes and back. Golden-byte tests pin the format.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::{fmt, marker::PhantomData};
@@ -599,6 +599,26 @@ impl Events {
             at: 0,
             left: self.count,
         }
+    }
+
+    /// Takes the first event off the run (sharing its bytes).
+    pub fn pop_front(&mut self) -> Option<EncodedEvent> {
+        let first = self.iter().next()?;
+        self.bytes.advance(first.0.len());
+        self.count -= 1;
+        Some(first)
+    }
+
+    /// Drops the first `n` events (all of them if there are fewer).
+    pub fn skip(&mut self, n: usize) {
+        let mut it = self.iter();
+        let mut used = 0;
+        for e in it.by_ref().take(n) {
+            used += e.0.len();
+        }
+        let left = it.left;
+        self.bytes.advance(used);
+        self.count = left;
     }
 
     /// The events, owned.

@@ -12,7 +12,7 @@ use super::batch::{BatchSocket, RecvBuffers, SendBatch};
 use super::hub::Hub;
 use tokio::time::Instant;
 
-use crate::proto::{Delivery, NodeCore, Stats};
+use crate::proto::{Delivery, NodeCore, Output, Stats};
 use crate::wire::{Event, Events};
 
 /// What a [`FaultInjector`] does with a received datagram.
@@ -304,11 +304,15 @@ impl Driver {
         // Everything delivered in this turn goes to the subscriptions as one
         // batch (no subscriber is not an error: nobody is caching yet).
         let mut batch = Vec::new();
-        while let Some(d) = self.core.poll_delivery() {
-            if let Some(f) = &self.faults {
+        if let Some(f) = &self.faults {
+            // The fault injector sees every delivery, one at a time.
+            while let Some(d) = self.core.poll_delivery() {
                 f.observe(&d);
+                batch.push(Output::One(d));
             }
-            batch.push(d);
+        }
+        while let Some(o) = self.core.poll_output() {
+            batch.push(o);
         }
         self.deliveries.push(batch);
     }

@@ -7,6 +7,10 @@
 //! gets the deliveries themselves (moved, not cloned). With one subscriber,
 //! the common case, nothing is ever cloned.
 //!
+//! A batch holds [`Output`]s: single deliveries, and runs of events (one per
+//! datagram) that become deliveries only as a subscription reads them.
+//! Positions and counts are in deliveries throughout.
+//!
 //! The queue holds at most `capacity` deliveries. Past it the oldest are
 //! dropped, and a subscriber that had not taken them learns exactly how
 //! many it missed (`Reset { Lagged }`), never a silent drop.
@@ -16,13 +20,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::proto::Delivery;
+use crate::proto::{Delivery, Output};
 
 struct Slot {
-    /// Index (since the node started) of `items[0]`.
+    /// Index (since the node started) of the first delivery of `items`.
     first: u64,
-    items: Arc<Vec<Delivery>>,
-    /// Leading items dropped for capacity.
+    items: Arc<Vec<Output>>,
+    /// Deliveries in `items`.
+    len: usize,
+    /// Leading deliveries dropped for capacity.
     skip: usize,
     /// Subscriptions that have yet to take this batch.
     rem: usize,
@@ -33,7 +39,7 @@ impl Slot {
         self.first + self.skip as u64
     }
     fn end(&self) -> u64 {
-        self.first + self.items.len() as u64
+        self.first + self.len as u64
     }
 }
 
@@ -72,9 +78,57 @@ pub(crate) enum Take {
     Closed,
 }
 
-enum Current {
-    Owned(std::vec::IntoIter<Delivery>),
-    Shared(Arc<Vec<Delivery>>, usize),
+/// The batch a cursor is reading: the rest of its items, and the item in
+/// hand (a run being read).
+struct Current {
+    items: Items,
+    item: Option<Output>,
+}
+
+enum Items {
+    /// Taken out of the queue: the items themselves.
+    Owned(std::vec::IntoIter<Output>),
+    /// Still shared with other subscriptions: the next index.
+    Shared(Arc<Vec<Output>>, usize),
+}
+
+impl Current {
+    /// Reading `items` from delivery `pos` on.
+    fn new(mut items: Items, mut pos: usize) -> Current {
+        let mut item = None;
+        while let Some(mut o) = items.next() {
+            let n = o.len();
+            if pos < n {
+                o.skip(pos);
+                item = Some(o);
+                break;
+            }
+            pos -= n;
+        }
+        Current { items, item }
+    }
+
+    fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(d) = self.item.as_mut().and_then(Output::pop) {
+                return Some(d);
+            }
+            self.item = Some(self.items.next()?);
+        }
+    }
+}
+
+impl Items {
+    fn next(&mut self) -> Option<Output> {
+        match self {
+            Items::Owned(it) => it.next(),
+            Items::Shared(items, i) => {
+                let o = items.get(*i).cloned();
+                *i += 1;
+                o
+            }
+        }
+    }
 }
 
 /// One subscription's position in the hub.
@@ -118,13 +172,13 @@ impl Hub {
     }
 
     /// Hands a batch to every subscription (dropped if there is none).
-    pub fn push(&self, items: Vec<Delivery>) {
-        if items.is_empty() {
+    pub fn push(&self, items: Vec<Output>) {
+        let n: usize = items.iter().map(Output::len).sum();
+        if n == 0 {
             return;
         }
         {
             let mut st = self.lock();
-            let n = items.len();
             let first = st.end;
             st.end += n as u64;
             if st.subscribers == 0 {
@@ -134,6 +188,7 @@ impl Hub {
             st.slots.push_back(Slot {
                 first,
                 items: Arc::new(items),
+                len: n,
                 skip: 0,
                 rem,
             });
@@ -194,14 +249,7 @@ impl Hub {
 impl Cursor {
     /// The next delivery of the batch in hand, if any.
     pub fn next_in_batch(&mut self) -> Option<Delivery> {
-        let d = match self.current.as_mut()? {
-            Current::Owned(it) => it.next(),
-            Current::Shared(items, pos) => {
-                let d = items.get(*pos).cloned();
-                *pos += 1;
-                d
-            }
-        };
+        let d = self.current.as_mut()?.next();
         if d.is_none() {
             self.current = None;
         }
@@ -240,15 +288,13 @@ impl Cursor {
             if room {
                 self.hub.room.notify_waiters();
             }
-            self.current = Some(match Arc::try_unwrap(slot.items) {
-                Ok(mut items) => {
-                    items.drain(..pos);
-                    Current::Owned(items.into_iter())
-                }
-                Err(shared) => Current::Shared(shared, pos),
-            });
+            let items = match Arc::try_unwrap(slot.items) {
+                Ok(items) => Items::Owned(items.into_iter()),
+                Err(shared) => Items::Shared(shared, 0),
+            };
+            self.current = Some(Current::new(items, pos));
         } else {
-            self.current = Some(Current::Shared(slot.items.clone(), pos));
+            self.current = Some(Current::new(Items::Shared(slot.items.clone(), 0), pos));
         }
         Take::Batch
     }
@@ -297,19 +343,30 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{EncodedEvent, Event};
+    use crate::wire::{EncodedEvent, Event, Events};
 
-    fn ev(seq: u64) -> Delivery {
-        Delivery::Event {
+    fn ev(seq: u64) -> Output {
+        Output::One(Delivery::Event {
             stream: 1,
             seq,
             node: None,
             event: EncodedEvent::new(&Event::ClearAll).unwrap(),
-        }
+        })
     }
 
-    fn batch(seqs: std::ops::Range<u64>) -> Vec<Delivery> {
-        seqs.map(ev).collect()
+    /// Seqs `seqs` of stream 1: the first alone, the rest as one run.
+    fn batch(seqs: std::ops::Range<u64>) -> Vec<Output> {
+        let n = (seqs.end - seqs.start).saturating_sub(1) as usize;
+        let mut items = vec![ev(seqs.start)];
+        if n > 0 {
+            items.push(Output::Run {
+                stream: 1,
+                first_seq: seqs.start + 1,
+                node: None,
+                events: Events::new(&vec![Event::ClearAll; n]).unwrap(),
+            });
+        }
+        items
     }
 
     /// Everything the cursor can take now: seqs, and `0` for each lag.
@@ -349,7 +406,13 @@ mod tests {
         let mut a = hub.subscribe();
         hub.push(batch(1..3));
         assert!(matches!(a.next_batch(), Take::Batch));
-        assert!(matches!(a.current, Some(Current::Owned(_))));
+        assert!(matches!(
+            a.current,
+            Some(Current {
+                items: Items::Owned(_),
+                ..
+            })
+        ));
         assert!(hub.lock().slots.is_empty(), "taken out of the queue");
     }
 

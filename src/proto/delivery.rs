@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::wire::{EncodedEvent, SeqRange};
+use crate::wire::{EncodedEvent, Events, SeqRange};
 
 /// One thing a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,90 @@ pub enum Delivery {
         /// Why.
         reason: ResetReason,
     },
+}
+
+/// Deliveries as the core hands them to its driver: one, or a whole run of
+/// consecutive events of one stream (what one datagram brought, sharing its
+/// bytes), which becomes [`Delivery::Event`]s one at a time as it is read.
+/// A run costs one value where its events would cost one each.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// One delivery.
+    One(Delivery),
+    /// Events `first_seq`, `first_seq + 1`, … of `stream`.
+    Run {
+        stream: u64,
+        first_seq: u64,
+        node: Option<Arc<str>>,
+        events: Events,
+    },
+}
+
+impl Output {
+    /// The deliveries it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Output::One(_) => 1,
+            Output::Run { events, .. } => events.len(),
+        }
+    }
+
+    /// True when it holds none (a run read to its end).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes its next delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        match self {
+            Output::One(_) => {
+                let Output::One(d) = std::mem::replace(self, Output::empty()) else {
+                    return None;
+                };
+                Some(d)
+            }
+            Output::Run {
+                stream,
+                first_seq,
+                node,
+                events,
+            } => {
+                let event = events.pop_front()?;
+                let seq = *first_seq;
+                *first_seq += 1;
+                Some(Delivery::Event {
+                    stream: *stream,
+                    seq,
+                    node: node.clone(),
+                    event,
+                })
+            }
+        }
+    }
+
+    /// Drops its first `n` deliveries.
+    pub fn skip(&mut self, n: usize) {
+        match self {
+            Output::One(_) if n > 0 => *self = Output::empty(),
+            Output::One(_) => {}
+            Output::Run {
+                first_seq, events, ..
+            } => {
+                let n = n.min(events.len());
+                events.skip(n);
+                *first_seq += n as u64;
+            }
+        }
+    }
+
+    fn empty() -> Output {
+        Output::Run {
+            stream: 0,
+            first_seq: 0,
+            node: None,
+            events: Events::default(),
+        }
+    }
 }
 
 /// Why a `Reset` was delivered. Every variant names what was lost.

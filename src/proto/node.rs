@@ -27,7 +27,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::proto::config::{ConfigError, CoreConfig};
-use crate::proto::delivery::{Delivery, ResetReason};
+use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
@@ -70,7 +70,7 @@ pub struct NodeCore {
     ended: VecDeque<u64>,
     ended_set: HashSet<u64>,
     out: VecDeque<Body>,
-    deliveries: VecDeque<Delivery>,
+    deliveries: VecDeque<Output>,
     stats: Stats,
     /// When pacing lets the held `Data` datagram go.
     pace_at: Option<Instant>,
@@ -511,6 +511,23 @@ impl NodeCore {
     /// input until it returns `None`.
     #[must_use]
     pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        loop {
+            let front = self.deliveries.front_mut()?;
+            if let Some(d) = front.pop() {
+                if front.is_empty() {
+                    self.deliveries.pop_front();
+                }
+                return Some(d);
+            }
+            self.deliveries.pop_front();
+        }
+    }
+
+    /// Like [`NodeCore::poll_delivery`], but a run of events of one stream
+    /// comes whole (the driver's way: one value per datagram, not per
+    /// event).
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
         self.deliveries.pop_front()
     }
 }

@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 
 use crate::proto::config::CoreConfig;
-use crate::proto::delivery::{Delivery, ResetReason};
+use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::ranges::{Gap, GapSet, RangeSet};
 use crate::proto::stats::Stats;
 use crate::wire::{self, Body, Events, SeqRange};
@@ -32,7 +32,7 @@ pub struct Sink<'a> {
     /// Protocol settings.
     pub cfg: &'a CoreConfig,
     /// Deliveries for the application.
-    pub deliveries: &'a mut VecDeque<Delivery>,
+    pub deliveries: &'a mut VecDeque<Output>,
     /// Datagrams to send (`Nak`s).
     pub out: &'a mut VecDeque<Body>,
     /// Counters.
@@ -46,7 +46,8 @@ impl Sink<'_> {
     pub fn reset(&mut self, reason: ResetReason) {
         tracing::debug!(kind = reason.kind(), ?reason, "reset");
         self.stats.reset(reason.kind());
-        self.deliveries.push_back(Delivery::Reset { reason });
+        self.deliveries
+            .push_back(Output::One(Delivery::Reset { reason }));
     }
 
     fn backoff(&mut self) -> Duration {
@@ -193,6 +194,23 @@ impl StreamReceiver {
             // after it is likely on its way too (suppression).
             self.postpone(now, first_seq, end, sink);
         }
+        if how == Arrival::Data && first_seq >= self.known_end && first_seq >= self.base {
+            // The common case: new events past everything known. The run
+            // is delivered whole (after opening a gap for what it skipped).
+            if first_seq > self.known_end {
+                self.open_gap(now, self.known_end, first_seq, sink);
+            }
+            let n = events.len() as u64;
+            self.known_end = first_seq + n;
+            sink.stats.events_delivered += n;
+            sink.deliveries.push_back(Output::Run {
+                stream: self.stream,
+                first_seq,
+                node: self.node.clone(),
+                events,
+            });
+            return;
+        }
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
@@ -224,12 +242,12 @@ impl StreamReceiver {
                 continue;
             }
             sink.stats.events_delivered += 1;
-            sink.deliveries.push_back(Delivery::Event {
+            sink.deliveries.push_back(Output::One(Delivery::Event {
                 stream: self.stream,
                 seq,
                 node: self.node.clone(),
                 event,
-            });
+            }));
         }
     }
 
