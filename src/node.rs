@@ -39,7 +39,7 @@ pub use crate::net::driver::{FaultInjector, Verdict};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 pub use crate::proto::{ConfigError, CoreConfig, Delivery, PublishError, ResetReason, Stats};
-use crate::wire::{self, Event, EventBatch, EventError};
+use crate::wire::{self, Event, EventBatch};
 
 /// The group used when none is given: administratively scoped (stays in
 /// the organisation), in 239.255.0.0/16.
@@ -356,19 +356,23 @@ impl Node {
     /// empty, ready for more. If its largest event does not fit in
     /// `max_datagram`, nothing is published.
     pub async fn publish_batch(&self, batch: &mut EventBatch) -> Result<(), PublishError> {
-        let size = batch.largest();
-        if size + wire::DATA_OVERHEAD > self.shared.max_datagram {
-            return Err(EventError::TooLarge {
-                size,
-                max_datagram: self.shared.max_datagram,
-            }
-            .into());
-        }
+        wire::check_size(batch.largest(), self.shared.max_datagram)?;
         if batch.is_empty() {
             return Ok(());
         }
-        self.send_publish(Command::PublishEvents(batch.take()))
+        // The events leave the batch only once the driver has room for
+        // them: a refused or cancelled publish leaves the batch as it was.
+        let closed = self.shared.closed.read().await;
+        if *closed {
+            return Err(PublishError::Closed);
+        }
+        let permit = self
+            .commands
+            .reserve()
             .await
+            .map_err(|_| PublishError::Closed)?;
+        permit.send(Command::PublishEvents(batch.take()));
+        Ok(())
     }
 
     /// Publishes `event` and returns the seq it got and when (the driver's

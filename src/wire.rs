@@ -281,34 +281,52 @@ pub fn encoded_event_len(event: &Event) -> usize {
 pub fn check_event(event: &Event, max_datagram: usize) -> Result<usize, EventError> {
     validate_event(event)?;
     let size = encoded_event_len(event);
-    if size + DATA_OVERHEAD > max_datagram {
-        return Err(EventError::TooLarge { size, max_datagram });
-    }
+    check_size(size, max_datagram)?;
     Ok(size)
 }
 
 fn validate_event(event: &Event) -> Result<(), EventError> {
-    let check = |s: &str| {
-        if s.len() > MAX_KEY_LEN {
-            Err(EventError::KeyTooLong(s.len()))
-        } else {
+    match event {
+        Event::Invalidate { keys } => validate_keys(keys.iter().map(String::as_str)),
+        Event::InvalidatePrefix { prefix } => check_text(prefix),
+        Event::ClearAll => Ok(()),
+        Event::Custom { topic, payload } => {
+            check_text(topic)?;
+            if payload.len() > MAX_DATAGRAM {
+                return Err(EventError::TooLarge {
+                    size: payload.len(),
+                    max_datagram: MAX_DATAGRAM,
+                });
+            }
             Ok(())
         }
-    };
-    match event {
-        Event::Invalidate { keys } => {
-            if keys.is_empty() {
-                return Err(EventError::NoKeys);
-            }
-            if keys.len() > MAX_KEYS {
-                return Err(EventError::TooManyKeys(keys.len()));
-            }
-            keys.iter().try_for_each(|k| check(k))
-        }
-        Event::InvalidatePrefix { prefix } => check(prefix),
-        Event::ClearAll => Ok(()),
-        Event::Custom { topic, .. } => check(topic),
     }
+}
+
+/// The keys of an `Invalidate`: at least one, at most [`MAX_KEYS`], each
+/// at most [`MAX_KEY_LEN`] bytes.
+fn validate_keys<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> Result<(), EventError> {
+    match keys.len() {
+        0 => return Err(EventError::NoKeys),
+        n if n > MAX_KEYS => return Err(EventError::TooManyKeys(n)),
+        _ => {}
+    }
+    keys.into_iter().try_for_each(check_text)
+}
+
+fn check_text(s: &str) -> Result<(), EventError> {
+    if s.len() > MAX_KEY_LEN {
+        return Err(EventError::KeyTooLong(s.len()));
+    }
+    Ok(())
+}
+
+/// An event of `size` encoded bytes fits in a datagram of `max_datagram`.
+pub fn check_size(size: usize, max_datagram: usize) -> Result<(), EventError> {
+    if size + DATA_OVERHEAD > max_datagram {
+        return Err(EventError::TooLarge { size, max_datagram });
+    }
+    Ok(())
 }
 
 /// Decodes and validates the header of a received datagram of cluster
@@ -408,13 +426,7 @@ struct RangesOf {
 /// or `Repair` body) and returns its length.
 pub fn encode_event(event: &Event, out: &mut impl BufMut) -> usize {
     match event {
-        Event::Invalidate { keys } => {
-            out.put_u8(0);
-            put_varint(out, keys.len() as u64);
-            for k in keys {
-                put_field(out, k.as_bytes());
-            }
-        }
+        Event::Invalidate { keys } => put_invalidate(out, keys.iter().map(String::as_str)),
         Event::InvalidatePrefix { prefix } => {
             out.put_u8(1);
             put_field(out, prefix.as_bytes());
@@ -427,6 +439,14 @@ pub fn encode_event(event: &Event, out: &mut impl BufMut) -> usize {
         }
     }
     encoded_event_len(event)
+}
+
+fn put_invalidate<'a>(out: &mut impl BufMut, keys: impl ExactSizeIterator<Item = &'a str>) {
+    out.put_u8(0);
+    put_varint(out, keys.len() as u64);
+    for k in keys {
+        put_field(out, k.as_bytes());
+    }
 }
 
 /// Decodes one event encoded by [`encode_event`] (exactly `bytes`).
@@ -523,15 +543,8 @@ impl Events {
     /// Encodes `events`, each checked against the limits (but not against a
     /// datagram size).
     pub fn new(events: &[Event]) -> Result<Events, EventError> {
-        let mut out = BytesMut::new();
-        for e in events {
-            validate_event(e)?;
-            encode_event(e, &mut out);
-        }
-        Ok(Events {
-            bytes: out.freeze(),
-            count: events.len() as u32,
-        })
+        events.iter().try_for_each(validate_event)?;
+        Ok(Events::new_unchecked(events))
     }
 
     /// Encodes `events` without checking them: for tests that put invalid
@@ -666,8 +679,7 @@ impl EventBatch {
     }
 
     /// Adds `event`, checked against the limits (the datagram size is
-    /// checked when the batch is published). At most [`MAX_EVENTS`] ×
-    /// 1024 events.
+    /// checked when the batch is published). At most [`MAX_BATCH`] events.
     pub fn push(&mut self, event: &Event) -> Result<(), EventError> {
         validate_event(event)?;
         self.room()?;
@@ -679,22 +691,10 @@ impl EventBatch {
     /// Adds `Invalidate { keys }` from borrowed keys (no allocation once
     /// the batch has room).
     pub fn invalidate(&mut self, keys: &[&str]) -> Result<(), EventError> {
-        if keys.is_empty() {
-            return Err(EventError::NoKeys);
-        }
-        if keys.len() > MAX_KEYS {
-            return Err(EventError::TooManyKeys(keys.len()));
-        }
-        if let Some(k) = keys.iter().find(|k| k.len() > MAX_KEY_LEN) {
-            return Err(EventError::KeyTooLong(k.len()));
-        }
+        validate_keys(keys.iter().copied())?;
         self.room()?;
         let start = self.bytes.len();
-        self.bytes.put_u8(0);
-        put_varint(&mut self.bytes, keys.len() as u64);
-        for k in keys {
-            put_field(&mut self.bytes, k.as_bytes());
-        }
+        put_invalidate(&mut self.bytes, keys.iter().copied());
         let size = self.bytes.len() - start;
         self.added(size);
         Ok(())
@@ -747,8 +747,9 @@ impl EventBatch {
     }
 }
 
-/// Events in one [`EventBatch`].
-pub const MAX_BATCH: usize = MAX_EVENTS * 1024;
+/// Events in one [`EventBatch`]: what a node takes in one turn while it
+/// still takes publishes (65,536 unsent events).
+pub const MAX_BATCH: usize = 65_536;
 
 /// The events of an [`Events`], in order.
 pub struct EventsIter<'a> {
@@ -769,7 +770,12 @@ impl Iterator for EventsIter<'_> {
         let mut r = Reader(rest, Utf8::Checked);
         let mut invalid = None;
         // Checked when the run was built: this walk cannot fail.
-        read_event(&mut r, &mut invalid).ok()?;
+        let walked = read_event(&mut r, &mut invalid);
+        debug_assert!(
+            walked.is_ok() && invalid.is_none(),
+            "a checked run fails its walk"
+        );
+        walked.ok()?;
         let end = self.at + rest.len() - r.0.len();
         let event = EncodedEvent(self.bytes.slice(self.at..end));
         self.at = end;
@@ -806,7 +812,9 @@ impl EncodedEvent {
         let mut invalid = None;
         // Checked when it was built or decoded, so this cannot fail; were it
         // to, clearing everything is the answer that never leaves stale data.
-        read_event(&mut r, &mut invalid).unwrap_or(EventRef::ClearAll)
+        let walked = read_event(&mut r, &mut invalid);
+        debug_assert!(walked.is_ok(), "a checked event fails its walk");
+        walked.unwrap_or(EventRef::ClearAll)
     }
 
     /// The event, owned.

@@ -346,6 +346,14 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
         500,
         "nothing of the refused batch"
     );
+    // After shutdown: refused, and the batch keeps its events.
+    batch.invalidate(&["late"]).unwrap();
+    sender.shutdown().await;
+    assert!(matches!(
+        sender.publish_batch(&mut batch).await,
+        Err(cachecast::proto::PublishError::Closed)
+    ));
+    assert_eq!(batch.len(), 1);
 }
 
 /// On Linux a socket filter drops a node's own looped-back datagrams in the

@@ -260,7 +260,7 @@ fn assert_bincode_bytes(event: &Event) {
 
 #[test]
 fn events_are_bincodes_bytes_at_every_varint_width() {
-    for len in [0, 1, 250, 251, 0xffff, 0x1_0000] {
+    for len in [0, 1, 250, 251, MAX_DATAGRAM] {
         assert_bincode_bytes(&Event::Custom {
             topic: "t".into(),
             payload: vec![7; len],
@@ -332,6 +332,14 @@ fn a_batch_encodes_what_events_do_without_allocating_per_event() {
         Err(EventError::KeyTooLong(MAX_KEY_LEN + 1))
     );
     assert_eq!(batch.push(&keys(0)), Err(EventError::NoKeys));
+    let huge = Event::Custom {
+        topic: "t".into(),
+        payload: vec![0; MAX_DATAGRAM + 1],
+    };
+    assert!(matches!(
+        batch.push(&huge),
+        Err(EventError::TooLarge { .. })
+    ));
     assert!(batch.is_empty(), "refused events are not added");
 }
 

@@ -99,6 +99,7 @@ impl BatchSocket {
     /// instead of trying a read that can only say "would block" (a wasted
     /// system call per wake-up at low rates). Clearing is race-free: a
     /// datagram that arrives meanwhile makes the socket ready again.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
         bufs.filled = 0;
         loop {
@@ -117,6 +118,18 @@ impl BatchSocket {
                 r => return r,
             }
         }
+    }
+
+    /// Waits for datagrams and reads as many as are ready into `bufs`.
+    /// (Without `recvmmsg`, quinn-udp reads one datagram per call: a short
+    /// read does not mean the socket is empty, so readiness is cleared
+    /// only by a read that would block.)
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
+        bufs.filled = 0;
+        self.socket
+            .async_io(Interest::READABLE, || bufs.fill(&self.state, &self.socket))
+            .await
     }
 }
 

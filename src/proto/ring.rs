@@ -5,7 +5,7 @@
 //!
 //! Events are held encoded, back to back in one byte queue: pushing one
 //! allocates nothing once the queues have grown (no clone of the event),
-//! and the rare repair decodes what it resends.
+//! and a repair copies the bytes it resends.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -160,13 +160,7 @@ impl Sender {
             return Err(PublishError::Closed);
         }
         let size = event.as_bytes().len();
-        if size + wire::DATA_OVERHEAD > self.max_datagram {
-            return Err(EventError::TooLarge {
-                size,
-                max_datagram: self.max_datagram,
-            }
-            .into());
-        }
+        wire::check_size(size, self.max_datagram)?;
         self.make_room(size, out);
         let start = self.batch.len();
         self.batch.extend_from_slice(event.as_bytes());

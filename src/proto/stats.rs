@@ -34,7 +34,8 @@ pub struct Stats {
     pub before_start: u64,
     /// Gaps opened (from data or from a heartbeat's `next_seq`).
     pub gaps_opened: u64,
-    /// Own datagrams heard back through multicast loopback and ignored.
+    /// Own datagrams heard back through multicast loopback and ignored
+    /// (on Linux a socket filter drops them first: this stays 0).
     pub own_ignored: u64,
     /// Streams currently tracked.
     pub streams: u64,
