@@ -226,18 +226,14 @@ impl Faults {
 /// One life of a node: from join to crash, shutdown or now.
 #[derive(Debug, Clone)]
 pub struct Life {
-    /// The node's index.
-    pub node: usize,
     /// Its stream in this life.
     pub stream: u64,
     /// When its join returned (from then on it must see everything).
     pub synced: Instant,
     /// When it crashed or shut down.
     pub ended: Option<Instant>,
-    /// Everything it delivered, with the time the harness received it.
+    /// Everything it delivered, with when its node delivered it.
     pub deliveries: Vec<(Instant, Delivery)>,
-    /// Streams it received at least one datagram of.
-    pub heard: HashSet<u64>,
 }
 
 /// An event published through the harness.
@@ -381,7 +377,7 @@ impl Cluster {
             wire::cluster_hash(&self.name),
             self.seed.wrapping_add(i as u64),
         ));
-        let life = self.join_life(i, name, &faults).await?;
+        let life = self.join_life(name, &faults).await?;
         self.members.push(Member {
             name: name.into(),
             node: Some(life.0),
@@ -393,7 +389,6 @@ impl Cluster {
 
     async fn join_life(
         &mut self,
-        i: usize,
         name: &str,
         faults: &Arc<Faults>,
     ) -> Result<(Node, Arc<Mutex<Life>>), JoinError> {
@@ -405,12 +400,10 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         let life = Arc::new(Mutex::new(Life {
-            node: i,
             stream: 0,
             synced: Instant::now(),
             ended: None,
             deliveries: Vec::new(),
-            heard: HashSet::new(),
         }));
         *faults.life.lock().unwrap_or_else(|p| p.into_inner()) = Some(life.clone());
         let node = Node::join(cfg).await?;
@@ -493,14 +486,7 @@ impl Cluster {
     fn end_life(&mut self, i: usize) {
         let m = &self.members[i];
         *m.faults.life.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let mut life = m.life.lock().unwrap_or_else(|p| p.into_inner());
-        life.ended = Some(Instant::now());
-        life.heard = m
-            .faults
-            .heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        m.life.lock().unwrap_or_else(|p| p.into_inner()).ended = Some(Instant::now());
     }
 
     /// Restarts node `i` as a new process (crashing it first if it runs):
@@ -520,7 +506,7 @@ impl Cluster {
     async fn rejoin(&mut self, i: usize) -> Result<(), JoinError> {
         let name = self.members[i].name.clone();
         let faults = self.members[i].faults.clone();
-        let (node, life) = self.join_life(i, &name, &faults).await?;
+        let (node, life) = self.join_life(&name, &faults).await?;
         self.members[i].node = Some(node);
         self.members[i].life = life;
         Ok(())

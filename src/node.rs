@@ -72,9 +72,11 @@ pub struct NodeConfig {
     /// [`NodeStats`].
     pub recv_buffer: usize,
     /// Deliveries a subscriber may fall behind by before it gets a
-    /// `Reset { Lagged }` instead. From half of it on, the node stops
-    /// reading its socket (for at most 50 ms at a time) so that the
-    /// subscriber can catch up: what the kernel then drops is repaired.
+    /// `Reset { Lagged }` instead. Once a subscription was handed out and is
+    /// half of it behind, the node stops reading its socket so that the
+    /// subscriber can catch up (what the kernel then drops is repaired); a
+    /// subscriber that does not move for 50 ms is no longer waited for
+    /// until it has caught up.
     /// Default 65536.
     pub subscriber_queue: usize,
     /// After `Goodbye`, how long `shutdown` keeps the node running to
@@ -166,7 +168,8 @@ pub struct NodeStats {
 }
 
 struct Shared {
-    /// Weak, so that subscriptions end when the driver stops.
+    /// The driver's delivery hub (subscriptions end when the driver stops
+    /// and closes it).
     deliveries: Arc<Hub>,
     /// Subscribed at join, so that the first subscriber misses nothing
     /// between `join` returning and its `subscribe`.
@@ -239,7 +242,7 @@ impl Node {
         })?;
         // This node's own datagrams, looped back, are dropped by the kernel
         // where it can (else the core ignores them after their header).
-        let own = wire::header_bytes(core_cfg.cluster, core_cfg.stream);
+        let own = core_cfg.own_prefix();
         if let Err(e) = socket::drop_prefix(&socket2::SockRef::from(&sock.socket), &own) {
             tracing::debug!(error = %e, "no socket filter: own datagrams are read and ignored");
         }
@@ -317,37 +320,36 @@ impl Node {
     /// with whatever else is being published.
     pub async fn publish(&self, event: Event) -> Result<(), PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
-        self.send_publish(Command::Publish(event)).await
+        self.send_publish(|| Command::Publish(event)).await
     }
 
     /// Hands a publish command to the driver, unless the node is shut
     /// down: the gate makes a publish either sent or refused, never lost.
-    async fn send_publish(&self, cmd: Command) -> Result<(), PublishError> {
+    /// The command is built only once the driver has room for it, so that a
+    /// refused or cancelled publish takes nothing from the caller.
+    async fn send_publish(&self, cmd: impl FnOnce() -> Command) -> Result<(), PublishError> {
         let closed = self.shared.closed.read().await;
         if *closed {
             return Err(PublishError::Closed);
         }
-        self.commands
-            .send(cmd)
-            .await
-            .map_err(|_| PublishError::Closed)
+        let permit = (self.commands.reserve().await).map_err(|_| PublishError::Closed)?;
+        permit.send(cmd());
+        Ok(())
     }
 
     /// Publishes several events at once, in order: one hand-over to the
-    /// driver for all of them (the fast way to publish many). Every event is
-    /// checked first; if one is invalid, none is published.
+    /// driver for all of them (see [`Node::publish_batch`], which this
+    /// fills; at most [`wire::MAX_BATCH`] events). Every event is checked
+    /// first; if one is invalid, none is published.
     pub async fn publish_many(
         &self,
         events: impl IntoIterator<Item = Event>,
     ) -> Result<(), PublishError> {
-        let events: Vec<Event> = events.into_iter().collect();
-        for event in &events {
-            wire::check_event(event, self.shared.max_datagram)?;
+        let mut batch = EventBatch::new();
+        for event in events {
+            batch.push(&event)?;
         }
-        if events.is_empty() {
-            return Ok(());
-        }
-        self.send_publish(Command::PublishMany(events)).await
+        self.publish_batch(&mut batch).await
     }
 
     /// Publishes the events of `batch`, in order, in one hand-over, with
@@ -360,19 +362,8 @@ impl Node {
         if batch.is_empty() {
             return Ok(());
         }
-        // The events leave the batch only once the driver has room for
-        // them: a refused or cancelled publish leaves the batch as it was.
-        let closed = self.shared.closed.read().await;
-        if *closed {
-            return Err(PublishError::Closed);
-        }
-        let permit = self
-            .commands
-            .reserve()
+        self.send_publish(|| Command::PublishEvents(batch.take()))
             .await
-            .map_err(|_| PublishError::Closed)?;
-        permit.send(Command::PublishEvents(batch.take()));
-        Ok(())
     }
 
     /// Publishes `event` and returns the seq it got and when (the driver's
@@ -383,7 +374,8 @@ impl Node {
     ) -> Result<(u64, std::time::Instant), PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
         let (tx, rx) = oneshot::channel();
-        self.send_publish(Command::PublishAcked(event, tx)).await?;
+        self.send_publish(|| Command::PublishAcked(event, tx))
+            .await?;
         let mut done = self.shared.done.clone();
         tokio::select! {
             r = rx => r.unwrap_or(Err(PublishError::Closed)),

@@ -87,7 +87,7 @@ pub struct SimNode {
     /// The node's name (kept across restarts).
     pub name: String,
     core: Option<NodeCore>,
-    /// Every incarnation: (stream, joined at, sync done at, ended at).
+    /// Every incarnation (life) of the node.
     pub incarnations: Vec<Incarnation>,
     /// Every delivery with its time.
     pub deliveries: Vec<(Instant, Delivery)>,
@@ -103,11 +103,10 @@ pub struct Incarnation {
     pub joined: Instant,
     /// When its join returned (end of the sync window).
     pub synced: Instant,
-    /// When it crashed or closed; `None` while alive.
+    /// When it crashed; `None` while alive (a clean close is `closed`).
     pub ended: Option<Instant>,
     /// Index into `deliveries` where this life's deliveries start.
     pub first_delivery: usize,
-    /// Streams this life received at least one datagram of.
     /// Streams this life received datagrams of, with the last time.
     pub heard: HashMap<u64, Instant>,
     /// When it said `Goodbye` (it may linger after).

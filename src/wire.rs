@@ -1,15 +1,21 @@
 //! Wire format, version 1: every byte cachecast puts on the network.
 //!
-//! A datagram is a [`Header`] followed by one [`Body`], encoded with bincode 2
-//! (standard config: little-endian, variable-length integers). Decoding is
-//! hostile-input safe: a size limit bounds every allocation, the header is
-//! checked (magic, version, flags, cluster) before the body is decoded,
-//! trailing bytes are rejected, and every count and length is checked
-//! against the limits below. Nothing here panics on received bytes.
+//! A datagram is a [`Header`] followed by one [`Body`], in bincode 2's
+//! format (standard config: little-endian, variable-length integers). The
+//! header and the control bodies go through bincode's serde support; the
+//! events of `Data` and `Repair` are written and read by hand in the same
+//! format ([`Events`]), so that a received event is checked in place and
+//! never copied into an owned value unless asked for. Decoding is
+//! hostile-input safe: the header is checked (magic, version, flags,
+//! cluster) before the body is decoded, trailing bytes are rejected, and
+//! every count and length is checked against the limits below before it is
+//! used. Nothing here panics on received bytes.
 //!
-//! Strings are bounded by bincode's size limit ([`MAX_DATAGRAM`] per
-//! datagram); every `Vec` field decodes through a bounded visitor that
-//! rejects a claimed length over the field's limit before allocating.
+//! Allocation is bounded: a received run of events is copied once, at most
+//! a datagram; strings of control bodies are bounded by bincode's size
+//! limit ([`MAX_DATAGRAM`] per datagram), and the ranges of `Nak` and
+//! `Unavailable` decode through a bounded visitor that rejects a claimed
+//! length over the limit before allocating.
 //!
 //! This module may not know anything about protocol state: it only turns
 //! values into bytes and back. Golden-byte tests pin the format.
@@ -600,11 +606,6 @@ impl Events {
         self.count == 0
     }
 
-    /// Their encoded size in bytes (without the count).
-    pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The events in order, each sharing these bytes.
     pub fn iter(&self) -> EventsIter<'_> {
         EventsIter {
@@ -787,12 +788,13 @@ impl Iterator for EventsIter<'_> {
     }
 }
 
-/// One received event, still encoded, sharing the bytes of the datagram it
-/// came in (cloning it copies nothing). Checked against the limits when it
-/// was decoded. Read it in place with [`EncodedEvent::view`], or own it with
+/// One event, encoded and checked against the limits: a received one
+/// shares the bytes of the datagram it came in (cloning it copies nothing).
+/// Read it in place with [`EncodedEvent::view`], or own it with
 /// [`EncodedEvent::to_event`].
 ///
-/// Holding one keeps its datagram's events (at most one datagram) alive.
+/// Holding a received one keeps its datagram's events (at most one
+/// datagram) alive.
 #[derive(Clone)]
 pub struct EncodedEvent(Bytes);
 
@@ -845,12 +847,6 @@ impl Eq for EncodedEvent {}
 impl PartialEq<Event> for EncodedEvent {
     fn eq(&self, other: &Event) -> bool {
         self.view().eq_event(other)
-    }
-}
-
-impl From<&EncodedEvent> for Event {
-    fn from(e: &EncodedEvent) -> Event {
-        e.to_event()
     }
 }
 
@@ -1065,6 +1061,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let bytes = self.take(N as u64)?;
         Ok(bytes.try_into().unwrap_or([0; N]))
@@ -1073,14 +1070,9 @@ impl<'a> Reader<'a> {
     /// A varint for a u64 (what bincode accepts: any of the four widths).
     #[inline]
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        // One byte: by far the most common (counts, lengths, tags).
-        if let Some((&b, rest)) = self.0.split_first() {
-            if b < 251 {
-                self.0 = rest;
-                return Ok(u64::from(b));
-            }
-        }
-        Ok(match self.array::<1>()?[0] {
+        let [marker] = self.array::<1>()?;
+        Ok(match marker {
+            // One byte: by far the most common (counts, lengths, tags).
             b @ 0..=250 => u64::from(b),
             251 => u64::from(u16::from_le_bytes(self.array()?)),
             252 => u64::from(u32::from_le_bytes(self.array()?)),
@@ -1116,15 +1108,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-// Bounded sequences: serde's own `Vec` visitor preallocates up to 1 MiB for
-// any claimed length, so a 20-byte datagram could cost 1 MiB. The ranges of
-// `Nak` and `Unavailable` decode through this instead (their encoding is a
-// plain `Vec`'s).
-
+// Reasons for counts over their limits (the same whether read by hand or
+// by the bounded visitor).
 const TOO_MANY_EVENTS: &str = "too many events";
 const TOO_MANY_KEYS: &str = "too many keys";
 const BAD_RANGE_COUNT: &str = "bad range count";
 const PAYLOAD_TOO_LONG: &str = "payload too long";
+
+// Bounded sequences: serde's own `Vec` visitor preallocates up to 1 MiB for
+// any claimed length, so a 20-byte datagram could cost 1 MiB. The ranges of
+// `Nak` and `Unavailable` decode through this instead (their encoding is a
+// plain `Vec`'s).
 /// Elements preallocated for a sequence, whatever length it claims.
 const PREALLOC: usize = 64;
 

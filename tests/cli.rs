@@ -1,58 +1,17 @@
 //! `cachecast send` → `cachecast listen` end to end, through the built
 //! binary, on loopback (interface 127.0.0.1, TTL 0).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
+mod process;
+use process::{finish, loopback};
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
-
-/// Waits for `child` with a deadline (killing it and failing past it), and
-/// collects what it printed.
-fn finish(mut child: Child) -> Output {
-    let limit = Duration::from_secs(20);
-    let pipe = |p: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = pipe(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = pipe(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("cachecast did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
 
 /// Runs a command to completion, with a deadline.
 fn run(cmd: &mut Command) -> Output {
@@ -63,25 +22,6 @@ fn run(cmd: &mut Command) -> Output {
             .spawn()
             .unwrap(),
     )
-}
-
-fn net_args() -> Vec<String> {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let a = rand::random::<u8>().clamp(1, 254);
-    vec![
-        "--group".into(),
-        format!("239.255.{a}.77:{port}"),
-        "--interface".into(),
-        "127.0.0.1".into(),
-        "--ttl".into(),
-        "0".into(),
-        "--cluster".into(),
-        format!("cli-{}", rand::random::<u32>()),
-    ]
 }
 
 /// Starts `listen`, waits for its "ready" line, and returns the child and a
@@ -138,7 +78,7 @@ fn next(rx: &mpsc::Receiver<Value>) -> Value {
 
 #[test]
 fn send_reaches_listen_for_every_kind_of_event() {
-    let net = net_args();
+    let net = loopback(None);
     let (child, rx) = listen(&net, &["--count", "5", "--timeout", "30s", "--stats"]);
 
     let out = send(
@@ -198,7 +138,7 @@ fn send_reaches_listen_for_every_kind_of_event() {
 
 #[test]
 fn bad_input_exits_non_zero_with_a_one_line_error() {
-    let net = net_args();
+    let net = loopback(None);
     let group = net[1].clone();
     let cases: [(Vec<String>, &[&str], &str); 3] = [
         (net.clone(), &["invalidate"], "required"),

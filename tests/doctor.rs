@@ -2,75 +2,17 @@
 //! group in 239.255.0.0/16 and a free port per test, interface 127.0.0.1,
 //! TTL 0, so nothing leaves the host and parallel tests never meet.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::UdpSocket;
+mod process;
+use process::{finish, loopback};
+
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Waits for `child` with a deadline (killing it and failing past it), and
-/// collects what it printed.
-fn finish(mut child: Child) -> Output {
-    let pipe = |p: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = pipe(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = pipe(child.stderr.take().map(|p| Box::new(p) as _));
-    let end = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cachecast did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// A fresh group on a free port, interface 127.0.0.1, TTL 0.
-fn loopback(group_ip: Option<&str>) -> Vec<String> {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ip = group_ip.map_or_else(
-        || {
-            let (a, b) = (rand::random::<u8>(), rand::random::<u8>());
-            format!("239.255.{}.{}", a.clamp(1, 254), b.clamp(1, 254))
-        },
-        str::to_owned,
-    );
-    vec![
-        "--group".into(),
-        format!("{ip}:{port}"),
-        "--interface".into(),
-        "127.0.0.1".into(),
-        "--ttl".into(),
-        "0".into(),
-        "--cluster".into(),
-        format!("doctor-{}", rand::random::<u32>()),
-    ]
-}
 
 fn doctor(net: &[String], extra: &[&str]) -> (Output, String, String) {
     let child = Command::new(BIN)

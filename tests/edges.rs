@@ -76,11 +76,73 @@ fn dgram(cluster: u32, stream: u64, body: Body) -> Vec<u8> {
     b
 }
 
-fn drain(core: &mut NodeCore, out: &mut Vec<Delivery>) {
-    let mut buf = Vec::new();
-    while core.poll_transmit(Instant::now(), &mut buf) {}
-    while let Some(d) = core.poll_delivery() {
-        out.push(d);
+/// A receiving core driven by hand, in virtual time from `t0`, with what it
+/// delivered.
+struct Rx {
+    core: NodeCore,
+    cluster: u32,
+    got: Vec<Delivery>,
+}
+
+impl Rx {
+    fn new(t0: Instant) -> Rx {
+        let cfg = CoreConfig::default();
+        Rx {
+            cluster: cfg.cluster,
+            core: NodeCore::new(cfg, t0).unwrap(),
+            got: Vec::new(),
+        }
+    }
+
+    /// A datagram of stream `from` arrives at `t`.
+    fn feed(&mut self, t: Instant, from: u64, body: Body) {
+        self.core
+            .handle_datagram(t, &dgram(self.cluster, from, body));
+    }
+
+    fn heartbeat(&mut self, t: Instant, s: u64, next_seq: u64, oldest: u64) {
+        let node = "tx".into();
+        self.feed(
+            t,
+            s,
+            Body::Heartbeat {
+                next_seq,
+                oldest,
+                node,
+            },
+        );
+    }
+
+    /// Seq `q` of stream `s` (the event `key(q)`).
+    fn data(&mut self, t: Instant, s: u64, q: u64) {
+        let events = Events::new(&[key(q)]).unwrap();
+        self.feed(
+            t,
+            s,
+            Body::Data {
+                first_seq: q,
+                events,
+            },
+        );
+    }
+
+    /// Timers due by `t`, then everything to send and deliver.
+    fn tick(&mut self, t: Instant) {
+        if self.core.poll_timeout().is_some_and(|w| w <= t) {
+            self.core.handle_timeout(t);
+        }
+        let mut buf = Vec::new();
+        while self.core.poll_transmit(t, &mut buf) {}
+        while let Some(d) = self.core.poll_delivery() {
+            self.got.push(d);
+        }
+    }
+
+    fn resets(&self) -> usize {
+        self.got
+            .iter()
+            .filter(|d| matches!(d, Delivery::Reset { .. }))
+            .count()
     }
 }
 
@@ -90,174 +152,74 @@ fn drain(core: &mut NodeCore, out: &mut Vec<Delivery>) {
 /// "duplicates" of the given-up range.
 #[test]
 fn a_far_future_heartbeat_does_not_block_the_events_that_follow() {
-    let cfg = CoreConfig::default();
     let t0 = Instant::now();
-    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
-    let mut got = Vec::new();
+    let mut rx = Rx::new(t0);
     let s = 42u64;
     // Met during the sync window at seq 1.
-    core.handle_datagram(
-        t0,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Heartbeat {
-                next_seq: 1,
-                oldest: 1,
-                node: "tx".into(),
-            },
-        ),
-    );
+    rx.heartbeat(t0, s, 1, 1);
     let mut t = t0 + ms(200);
-    core.handle_datagram(
-        t,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Data {
-                first_seq: 1,
-                events: Events::new(&[key(1)]).unwrap(),
-            },
-        ),
-    );
+    rx.data(t, s, 1);
     // The bogus position.
-    core.handle_datagram(
-        t,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Heartbeat {
-                next_seq: 1 << 40,
-                oldest: 1,
-                node: "tx".into(),
-            },
-        ),
-    );
+    rx.heartbeat(t, s, 1 << 40, 1);
     for _ in 0..400 {
         t += ms(10);
-        core.handle_timeout(t);
-        drain(&mut core, &mut got);
+        rx.tick(t);
     }
-    let resets_after_bogus = got
-        .iter()
-        .filter(|d| matches!(d, Delivery::Reset { .. }))
-        .count();
-    assert_eq!(resets_after_bogus, 1, "{got:?}");
-    got.clear();
+    assert_eq!(rx.resets(), 1, "{:?}", rx.got);
+    rx.got.clear();
     // The real stream carries on: seq 2, 3, ... published well after that Reset.
     for q in 2..10 {
         t += ms(10);
-        core.handle_datagram(
-            t,
-            &dgram(
-                cfg.cluster,
-                s,
-                Body::Data {
-                    first_seq: q,
-                    events: Events::new(&[key(q)]).unwrap(),
-                },
-            ),
-        );
-        core.handle_timeout(t);
-        drain(&mut core, &mut got);
+        rx.data(t, s, q);
+        rx.tick(t);
     }
-    assert!(
-        got.iter()
-            .any(|d| matches!(d, Delivery::Event { .. } | Delivery::Reset { .. })),
-        "seqs 2..10 neither delivered nor Reset: silent loss; duplicates counted = {}",
-        core.stats().duplicates
+    let seqs: Vec<u64> = (rx.got.iter())
+        .filter_map(|d| match d {
+            Delivery::Event { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (2..10).collect::<Vec<_>>(),
+        "seqs 2..10 must be delivered, not dropped as duplicates: {:?}",
+        rx.got
     );
+    assert_eq!(rx.resets(), 0, "no further Reset: {:?}", rx.got);
 }
 
 /// Overheard Naks postpone a gap's own Nak; they must not keep it open
 /// (no delivery, no Reset) past `max_gap_age`.
 #[test]
 fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
-    let cfg = CoreConfig::default();
     let t0 = Instant::now();
-    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
-    let mut got = Vec::new();
-    let s = 42u64;
-    let peer = 43u64;
-    core.handle_datagram(
-        t0,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Heartbeat {
-                next_seq: 1,
-                oldest: 1,
-                node: "tx".into(),
-            },
-        ),
-    );
+    let mut rx = Rx::new(t0);
+    let (s, peer) = (42u64, 43u64);
+    rx.heartbeat(t0, s, 1, 1);
     let mut t = t0 + ms(200);
-    core.handle_datagram(
-        t,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Data {
-                first_seq: 1,
-                events: Events::new(&[key(1)]).unwrap(),
-            },
-        ),
-    );
-    core.handle_datagram(
-        t,
-        &dgram(
-            cfg.cluster,
-            s,
-            Body::Data {
-                first_seq: 3,
-                events: Events::new(&[key(3)]).unwrap(),
-            },
-        ),
-    );
+    rx.data(t, s, 1);
+    rx.data(t, s, 3);
     // For 30 s: the stream stays alive (heartbeats), and some other receiver
     // keeps asking for seq 2 every 10 ms; the repairs never reach us.
     for i in 0..3000 {
         t += ms(10);
-        core.handle_datagram(
-            t,
-            &dgram(
-                cfg.cluster,
-                peer,
-                Body::Nak {
-                    stream: s,
-                    ranges: vec![(2, 3)],
-                },
-            ),
-        );
+        let ranges = vec![(2, 3)];
+        rx.feed(t, peer, Body::Nak { stream: s, ranges });
         if i % 50 == 0 {
-            core.handle_datagram(
-                t,
-                &dgram(
-                    cfg.cluster,
-                    s,
-                    Body::Heartbeat {
-                        next_seq: 4,
-                        oldest: 1,
-                        node: "tx".into(),
-                    },
-                ),
-            );
+            rx.heartbeat(t, s, 4, 1);
         }
-        if core.poll_timeout().is_some_and(|w| w <= t) {
-            core.handle_timeout(t);
-        }
-        drain(&mut core, &mut got);
+        rx.tick(t);
     }
-    let st = core.stream_state(s).unwrap();
+    let st = rx.core.stream_state(s).unwrap();
     assert!(
-        got.iter().any(|d| matches!(d, Delivery::Reset { .. })),
+        rx.resets() > 0,
         "gap {:?} still open after 30 s (max_gap_age {:?}), no Reset; naks sent {}",
         st.gaps()
             .iter()
             .map(|(a, g)| (a, g.end, g.tries))
             .collect::<Vec<_>>(),
-        cfg.max_gap_age,
-        core.stats().naks_sent
+        rx.core.config().max_gap_age,
+        rx.core.stats().naks_sent
     );
 }
 
@@ -266,67 +228,30 @@ fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
 /// out 10 s later with a spurious `StreamTimedOut` Reset.
 #[test]
 fn goodbye_stream_covered_by_another_reset_is_retired() {
-    let cfg = CoreConfig::default();
     let t0 = Instant::now();
-    let mut core = NodeCore::new(cfg.clone(), t0).unwrap();
-    let mut got = Vec::new();
+    let mut rx = Rx::new(t0);
     let (a, b) = (42u64, 44u64);
     for s in [a, b] {
-        core.handle_datagram(
-            t0,
-            &dgram(
-                cfg.cluster,
-                s,
-                Body::Heartbeat {
-                    next_seq: 1,
-                    oldest: 1,
-                    node: "x".into(),
-                },
-            ),
-        );
+        rx.heartbeat(t0, s, 1, 1);
     }
     let mut t = t0 + ms(200);
     // b: the sender no longer holds seq 1..3 -> Reset (Unavailable).
     // a: Goodbye at 2, but seq 1 never arrived -> gap (1, 2), ending set.
-    core.handle_datagram(t, &dgram(cfg.cluster, a, Body::Goodbye { next_seq: 2 }));
-    core.handle_datagram(
-        t,
-        &dgram(
-            cfg.cluster,
-            b,
-            Body::Heartbeat {
-                next_seq: 3,
-                oldest: 3,
-                node: "x".into(),
-            },
-        ),
-    );
-    drain(&mut core, &mut got);
+    rx.feed(t, a, Body::Goodbye { next_seq: 2 });
+    rx.heartbeat(t, b, 3, 3);
+    rx.tick(t);
+    assert_eq!(rx.resets(), 1, "{:?}", rx.got);
     assert!(
-        core.stream_state(a).is_none(),
+        rx.core.stream_state(a).is_none(),
         "a retired once b's Reset covered its gap"
     );
-    got.clear();
+    rx.got.clear();
     for _ in 0..1200 {
         t += ms(10);
-        core.handle_datagram(
-            t,
-            &dgram(
-                cfg.cluster,
-                b,
-                Body::Heartbeat {
-                    next_seq: 3,
-                    oldest: 3,
-                    node: "x".into(),
-                },
-            ),
-        );
-        if core.poll_timeout().is_some_and(|w| w <= t) {
-            core.handle_timeout(t);
-        }
-        drain(&mut core, &mut got);
+        rx.heartbeat(t, b, 3, 3);
+        rx.tick(t);
     }
-    assert!(got.is_empty(), "spurious: {got:?}");
+    assert!(rx.got.is_empty(), "spurious: {:?}", rx.got);
 }
 
 /// Random mutations of valid datagrams never panic the core.
@@ -490,4 +415,56 @@ fn a_nak_paces_a_flat_out_publisher_and_nothing_is_lost() {
     if let Err(v) = sim.check() {
         panic!("{v}");
     }
+}
+
+/// A `Nak` for seqs that were never sent (bogus, or forged) does not slow
+/// the publisher down; one for what was sent does.
+#[test]
+fn only_a_nak_for_sent_data_paces_the_sender_and_close_waits_for_paced_data() {
+    let cfg = CoreConfig::default();
+    let t0 = Instant::now();
+    let mut tx = NodeCore::new(cfg.clone(), t0).unwrap();
+    let mut buf = Vec::new();
+    // Flat out: bursts of 20,000 events (about 700 kB, well past the
+    // pacer's burst allowance) sent at once, with a Nak between them.
+    let mut burst = |tx: &mut NodeCore, t: Instant, from: u64| {
+        for q in from..from + 20_000 {
+            tx.publish(t, key(q)).unwrap();
+        }
+        while tx.poll_transmit(t, &mut buf) {}
+    };
+    let nak = |start: u64, end: u64| {
+        dgram(
+            cfg.cluster,
+            99,
+            Body::Nak {
+                stream: cfg.stream,
+                ranges: vec![(start, end)],
+            },
+        )
+    };
+    burst(&mut tx, t0, 0);
+    tx.handle_datagram(t0 + ms(1), &nak(1 << 40, (1 << 40) + 10));
+    burst(&mut tx, t0 + ms(1), 20_000);
+    assert_eq!(tx.stats().naks_received, 1);
+    assert_eq!(tx.stats().data_paced, 0, "{:?}", tx.stats());
+    tx.handle_datagram(t0 + ms(2), &nak(5, 6));
+    burst(&mut tx, t0 + ms(2), 40_000);
+    assert!(tx.stats().data_paced > 0, "{:?}", tx.stats());
+    // Closing while paced data waits: not flushed (the driver lingers on)
+    // until the data and then the Goodbye are out.
+    tx.close(t0 + ms(2));
+    assert!(!tx.is_flushed());
+    let mut t = t0 + ms(2);
+    let mut goodbye = false;
+    while !tx.is_flushed() {
+        assert!(t < t0 + Duration::from_secs(10), "never flushed");
+        t += ms(1);
+        tx.handle_timeout(t);
+        while tx.poll_transmit(t, &mut buf) {
+            goodbye |= matches!(wire::decode(&buf, cfg.cluster), Ok(d) if matches!(d.body, Body::Goodbye { .. }));
+        }
+    }
+    assert!(goodbye);
+    assert_eq!(tx.unsent_events(), 0);
 }

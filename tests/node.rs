@@ -294,18 +294,7 @@ async fn publish_many_delivers_all_in_order_or_refuses_all() {
         }))
         .await
         .unwrap();
-    for i in 0..500 {
-        let d = tokio::time::timeout(DEADLINE, sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{i}: {d:?}");
-    }
-    assert_eq!(
-        rx.stats().await.protocol.events_delivered,
-        500,
-        "nothing of the refused batch"
-    );
+    expect_keys_in_order(&mut sub, &sender, &rx, 500).await;
 }
 
 #[tokio::test]
@@ -334,18 +323,7 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
     }
     sender.publish_batch(&mut batch).await.unwrap();
     assert!(batch.is_empty(), "a published batch is left empty");
-    for i in 0..500 {
-        let d = tokio::time::timeout(DEADLINE, sub.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{i}: {d:?}");
-    }
-    assert_eq!(
-        rx.stats().await.protocol.events_delivered,
-        500,
-        "nothing of the refused batch"
-    );
+    expect_keys_in_order(&mut sub, &sender, &rx, 500).await;
     // After shutdown: refused, and the batch keeps its events.
     batch.invalidate(&["late"]).unwrap();
     sender.shutdown().await;
@@ -378,4 +356,17 @@ async fn own_datagrams_are_dropped_by_the_kernel() {
     let s = a.stats().await.protocol;
     assert_eq!(s.own_ignored, 0, "own datagrams reached the node: {s:?}");
     assert!(s.data_sent > 0 && s.events_delivered == 1, "{s:?}");
+}
+
+/// `sub` (of `rx`) gets keys k0, k1, … of `sender` in order, and `rx`
+/// delivered nothing else (nothing of a refused batch).
+async fn expect_keys_in_order(sub: &mut Subscription, sender: &Node, rx: &Node, n: u64) {
+    for i in 0..n {
+        let d = tokio::time::timeout(DEADLINE, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{i}: {d:?}");
+    }
+    assert_eq!(rx.stats().await.protocol.events_delivered, n);
 }

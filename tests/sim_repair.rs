@@ -357,6 +357,7 @@ fn random_fault_mixes_never_lose_silently() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
+    assert!(runs > 0, "CACHECAST_CHAOS_RUNS=0 would test nothing");
     let failures: Vec<String> = (0..runs).filter_map(|seed| chaos(seed).err()).collect();
     assert!(
         failures.is_empty(),

@@ -60,8 +60,9 @@ keep it on this host, use --interface 127.0.0.1 --ttl 0.
 
 Exit status: 0 when no problem was found (warnings do not count), 1 otherwise.";
 
-/// Check this host's multicast set-up for a group: interfaces, a loopback
-/// probe, TTL, socket options and receive buffer.
+/// Check this host's multicast set-up for a group: interfaces, a probe
+/// that must come back to this host, TTL, socket options and receive
+/// buffer.
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct DoctorArgs {

@@ -37,12 +37,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print every delivery as one JSON object per line.
     Listen(listen::ListenArgs),
-    /// Check this host's multicast set-up for a group: interfaces, a
-    /// loopback probe, TTL, socket options, receive buffer.
+    // (Doctor and Bench: their help is their arguments' doc comment.)
     Doctor(doctor::DoctorArgs),
-    /// Measure cachecast against raw UDP multicast (and Redis / NATS) on
-    /// this host: flat-out throughput, latency at a fixed rate, a rate
-    /// sweep, a subscriber's memory.
     Bench(bench::BenchArgs),
     /// One subscriber process of `cachecast bench` (internal).
     #[command(hide = true)]

@@ -94,19 +94,19 @@ impl BatchSocket {
 
     /// Waits for datagrams and reads as many as are ready into `bufs`.
     ///
-    /// A read that did not fill every buffer emptied the socket: its
-    /// readiness is cleared then and there, so that the next call waits
-    /// instead of trying a read that can only say "would block" (a wasted
-    /// system call per wake-up at low rates). Clearing is race-free: a
-    /// datagram that arrives meanwhile makes the socket ready again.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    /// Where one read takes many datagrams (`recvmmsg`), a read that did not
+    /// fill every buffer emptied the socket: its readiness is cleared then
+    /// and there, so that the next call waits instead of trying a read that
+    /// can only say "would block" (a wasted system call per wake-up at low
+    /// rates). Clearing is race-free: a datagram that arrives meanwhile
+    /// makes the socket ready again.
     pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
         bufs.filled = 0;
         loop {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
                 bufs.fill(&self.state, &self.socket)?;
-                if bufs.filled < RECV_BUFFERS {
+                if super::socket::SHORT_READ_DRAINS && bufs.filled < RECV_BUFFERS {
                     // Read, and drained: say "would block" to clear.
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -118,18 +118,6 @@ impl BatchSocket {
                 r => return r,
             }
         }
-    }
-
-    /// Waits for datagrams and reads as many as are ready into `bufs`.
-    /// (Without `recvmmsg`, quinn-udp reads one datagram per call: a short
-    /// read does not mean the socket is empty, so readiness is cleared
-    /// only by a read that would block.)
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub async fn recv(&self, bufs: &mut RecvBuffers) -> io::Result<()> {
-        bufs.filled = 0;
-        self.socket
-            .async_io(Interest::READABLE, || bufs.fill(&self.state, &self.socket))
-            .await
     }
 }
 

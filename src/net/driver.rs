@@ -45,9 +45,8 @@ const MAX_DELAYED: usize = 4096;
 /// What the [`crate::node::Node`] handle asks of the driver.
 pub(crate) enum Command {
     Publish(Event),
-    /// Several events at once (`Node::publish_many`).
-    PublishMany(Vec<Event>),
-    /// A batch encoded by the application (`Node::publish_batch`).
+    /// A batch encoded by the application (`Node::publish_batch`,
+    /// `Node::publish_many`).
     PublishEvents(Events),
     /// Publish and say which seq it got, and when (for the harness).
     PublishAcked(
@@ -91,9 +90,10 @@ pub(crate) struct Driver {
 /// move (see `run`).
 const MAX_PAUSE: Duration = Duration::from_millis(50);
 
-/// The driver takes no more publishes while this many events wait to be
-/// sent (pacing holds them).
-const MAX_UNSENT: usize = 65_536;
+/// After its linger, a closing node still sending paced data keeps going
+/// for at most this long (65,536 small events at the slowest pace take
+/// well under a second).
+const MAX_FLUSH: Duration = Duration::from_secs(10);
 
 /// Publishes at most this many queued events per loop turn, so that
 /// receiving never starves behind a flood of publishes.
@@ -112,6 +112,7 @@ impl Driver {
         let mut tx = SendBatch::new();
         let mut stats = DriverStats::default();
         let mut linger_end: Option<Instant> = None;
+        let mut flush_deadline: Option<Instant> = None;
         let mut delayed: Delayed = std::collections::BinaryHeap::new();
         let mut handles_alive = true;
         let mut paused_at: Option<Instant> = None;
@@ -158,7 +159,7 @@ impl Driver {
                 }
                 // While pacing holds too much back, publishes wait (in
                 // the channel, then in `publish`): nothing is dropped.
-                cmd = self.commands.recv(), if handles_alive && self.core.unsent_events() < MAX_UNSENT => {
+                cmd = self.commands.recv(), if handles_alive && self.core.accepts_publishes() => {
                     match cmd {
                         Some(cmd) => {
                             // Opportunistic batching: whatever else is queued
@@ -191,7 +192,14 @@ impl Driver {
                     }
                 }
                 _ = sleep_until_opt(linger_end) => {
-                    break;
+                    // Paced data (and the Goodbye behind it) may still be
+                    // waiting: linger on until it is out (pacing never goes
+                    // below `pace_min_rate`), within MAX_FLUSH.
+                    let now = Instant::now();
+                    if self.core.is_flushed() || now >= *flush_deadline.get_or_insert(now + MAX_FLUSH) {
+                        break;
+                    }
+                    linger_end = Some(now + self.linger);
                 }
             }
             self.drain(&mut tx_buf, &mut tx, &mut stats).await;
@@ -219,13 +227,6 @@ impl Driver {
     ) -> usize {
         match cmd {
             Command::Publish(event) => self.publish(now, event),
-            Command::PublishMany(events) => {
-                let n = events.len();
-                for event in events {
-                    self.publish(now, event);
-                }
-                return n;
-            }
             Command::PublishEvents(events) => {
                 for event in events.iter() {
                     // Checked by the handle; refused only once closed.

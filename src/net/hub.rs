@@ -279,7 +279,7 @@ impl Cursor {
         self.next = slot.end();
         if slot.rem == 0 && i == 0 {
             let Some(slot) = st.slots.pop_front() else {
-                return Take::Empty;
+                unreachable!("slot 0 was just read");
             };
             st.queued -= (slot.end() - slot.start()) as usize;
             st.pop_taken();
@@ -369,7 +369,7 @@ mod tests {
         items
     }
 
-    /// Everything the cursor can take now: seqs, and `0` for each lag.
+    /// Everything the cursor can take now: seqs, and each lag's count.
     fn drain(c: &mut Cursor) -> (Vec<u64>, Vec<u64>) {
         let (mut got, mut lags) = (Vec::new(), Vec::new());
         loop {

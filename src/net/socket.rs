@@ -648,6 +648,11 @@ pub(crate) fn keeping_fragmentation<S, T>(_: &S, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// True where quinn-udp reads many datagrams per call (`recvmmsg`), so that
+/// a read that fills fewer buffers than it has means the socket is empty.
+/// (Elsewhere it reads one per call, whatever is waiting.)
+pub(crate) const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// Has the kernel drop, before they reach this socket, the datagrams whose
 /// payload starts with `prefix`: a node's own datagrams, looped back by
 /// multicast, then cost it no wake-up, no receive and no decode (a socket

@@ -137,6 +137,14 @@ impl ConfigError {
 }
 
 impl CoreConfig {
+    /// The bytes every datagram of this node starts with (its header). A
+    /// node ignores its own datagrams, looped back by multicast; a driver
+    /// may have them dropped before they are even read (a socket filter on
+    /// this prefix).
+    pub fn own_prefix(&self) -> Vec<u8> {
+        crate::wire::header_bytes(self.cluster, self.stream)
+    }
+
     /// Checks every bound once, so that the hot path never has to.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let min_dgram = wire::DATA_OVERHEAD + 64;

@@ -33,6 +33,10 @@ use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
 use crate::wire::{self, Body, EncodedEvent, Event, Header};
 
+/// Unsent events past which a node takes no more publishes (see
+/// [`NodeCore::accepts_publishes`]): as many as one `EventBatch` holds.
+const MAX_UNSENT: usize = wire::MAX_BATCH;
+
 /// Borrows the node's output fields as a receiver [`Sink`] (a macro, so
 /// that the borrow of each field stays separate from `self.streams`).
 macro_rules! sink {
@@ -141,19 +145,32 @@ impl NodeCore {
         self.streams.values().map(|r| r.gaps().len()).sum()
     }
 
+    /// True when everything published, and anything else queued to send
+    /// (`Goodbye` after `close`), has been sent: pacing holds nothing back.
+    pub fn is_flushed(&self) -> bool {
+        self.out.is_empty() && !self.sender.has_batch()
+    }
+
     /// True while datagrams or deliveries wait to be polled.
     pub fn has_pending_output(&self) -> bool {
         !self.out.is_empty() || !self.deliveries.is_empty() || self.sender.has_batch()
     }
 
     /// Events published and not yet sent: pacing holds them while
-    /// receivers are losing data. The driver stops taking publishes while
-    /// too many wait.
+    /// receivers are losing data.
     pub fn unsent_events(&self) -> usize {
         (self
             .stats
             .events_published
             .saturating_sub(self.stats.events_sent)) as usize
+    }
+
+    /// False while too many published events wait to be sent (pacing holds
+    /// them): the driver then takes no more publishes, so that `publish`
+    /// waits instead of queueing without bound. One more batch of at most
+    /// [`wire::MAX_BATCH`] is always accepted below the limit.
+    pub fn accepts_publishes(&self) -> bool {
+        self.unsent_events() < MAX_UNSENT
     }
 
     /// Number of remote streams followed.
@@ -234,21 +251,21 @@ impl NodeCore {
             Body::Nak { stream, .. } => Some(*stream),
             _ => None,
         };
+        // The receiver of the datagram's sender (created if new), placed at
+        // `pos` when the datagram tells its position.
+        macro_rules! sender_of {
+            ($pos:expr) => {
+                receiver_for(
+                    streams, evicted, ended, &mut sink, now, sync_until, from, $pos,
+                )
+            };
+        }
         match dgram.body {
             Body::Hello { node } => {
                 self.sender.on_hello(now, sink.rng);
                 // A joiner publishes nothing before its join returns: its
                 // stream starts at 1.
-                if let Some(r) = receiver_for(
-                    streams,
-                    evicted,
-                    ended,
-                    &mut sink,
-                    now,
-                    sync_until,
-                    from,
-                    Some(1),
-                ) {
+                if let Some(r) = sender_of!(Some(1)) {
                     r.set_node(&node);
                 }
             }
@@ -260,14 +277,10 @@ impl NodeCore {
                 }
                 // Knowing that the NAK's sender exists matters: if it dies
                 // unheard, its stream times out with a Reset.
-                receiver_for(
-                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
-                );
+                sender_of!(None);
             }
             Body::Unavailable { stream, ranges } => {
-                if let Some(r) = receiver_for(
-                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
-                ) {
+                if let Some(r) = sender_of!(None) {
                     // Only a stream's own sender speaks for what it holds.
                     if stream == from {
                         sink.stats.unavailable_received += 1;
@@ -276,23 +289,12 @@ impl NodeCore {
                 }
             }
             Body::Data { first_seq, events } => {
-                if let Some(r) = receiver_for(
-                    streams,
-                    evicted,
-                    ended,
-                    &mut sink,
-                    now,
-                    sync_until,
-                    from,
-                    Some(first_seq),
-                ) {
+                if let Some(r) = sender_of!(Some(first_seq)) {
                     r.on_events(now, first_seq, events, Arrival::Data, &mut sink);
                 }
             }
             Body::Repair { first_seq, events } => {
-                if let Some(r) = receiver_for(
-                    streams, evicted, ended, &mut sink, now, sync_until, from, None,
-                ) {
+                if let Some(r) = sender_of!(None) {
                     // A repair (asked for by someone else) does not place a
                     // stream: it would start at an arbitrary old seq.
                     if r.is_placed() || !in_sync {
@@ -305,31 +307,13 @@ impl NodeCore {
                 oldest,
                 node,
             } => {
-                if let Some(r) = receiver_for(
-                    streams,
-                    evicted,
-                    ended,
-                    &mut sink,
-                    now,
-                    sync_until,
-                    from,
-                    Some(next_seq),
-                ) {
+                if let Some(r) = sender_of!(Some(next_seq)) {
                     r.set_node(&node);
                     r.on_position(now, next_seq, Some(oldest), &mut sink);
                 }
             }
             Body::Goodbye { next_seq } => {
-                if let Some(r) = receiver_for(
-                    streams,
-                    evicted,
-                    ended,
-                    &mut sink,
-                    now,
-                    sync_until,
-                    from,
-                    Some(next_seq),
-                ) {
+                if let Some(r) = sender_of!(Some(next_seq)) {
                     r.on_goodbye(now, next_seq, &mut sink);
                 }
             }

@@ -86,7 +86,9 @@ impl Pace {
         let Some(mut rate) = self.rate else {
             return Ok(());
         };
-        while now >= self.last_raise + WINDOW {
+        // (Stops once unpaced: after a long quiet spell this is a few
+        // steps, not one per window since the cut.)
+        while now >= self.last_raise + WINDOW && rate <= UNPACED_ABOVE {
             rate *= RAISE;
             self.last_raise += WINDOW;
         }

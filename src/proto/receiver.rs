@@ -91,7 +91,8 @@ pub struct StreamReceiver {
     last_heard: Instant,
     /// `next_seq` of the stream's `Goodbye`, once heard.
     ending: Option<u64>,
-    /// Ranges given up with a `Reset`; bounded by `max_gaps`.
+    /// Ranges given up with a `Reset`; at most 256 (the lowest forgotten
+    /// first).
     given_up: RangeSet,
     /// False while only datagrams that do not tell the stream's position
     /// (`Nak`, `Repair`, `Unavailable`) were heard from it.

@@ -108,7 +108,7 @@ impl RetransmitRing {
     }
 
     /// Appends the encoded bytes of `seq` to `out`; false if not held.
-    pub fn copy_event(&self, seq: u64, out: &mut Vec<u8>) -> bool {
+    pub fn copy_event(&self, seq: u64, out: &mut impl Extend<u8>) -> bool {
         let Some(e) = seq
             .checked_sub(self.first_seq)
             .and_then(|i| usize::try_from(i).ok())
@@ -117,7 +117,7 @@ impl RetransmitRing {
             return false;
         };
         let from = (e.start - self.data_start) as usize;
-        out.extend(self.data.range(from..from + e.size as usize));
+        out.extend(self.data.range(from..from + e.size as usize).copied());
         true
     }
 

@@ -25,7 +25,7 @@ use crate::proto::pace::Pace;
 use crate::proto::ranges::RangeSet;
 use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::wire::{self, Body, EncodedEvent, Event, EventError, Events, SeqRange};
 
@@ -77,8 +77,8 @@ pub struct Sender {
     tokens_at: Instant,
     /// When the token bucket allows the next pending repair.
     repair_at: Option<Instant>,
-    /// Reused encoding buffer.
-    scratch: Vec<u8>,
+    /// Where repairs are assembled (sealed repairs share it, like batches).
+    scratch: BytesMut,
     /// Data pacing, driven by `Nak`s.
     pub pace: Pace,
 }
@@ -110,7 +110,7 @@ impl Sender {
             tokens: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
             tokens_at: now,
             repair_at: None,
-            scratch: Vec::new(),
+            scratch: BytesMut::new(),
             pace: Pace::new(cfg.pace_min_rate, now),
         }
     }
@@ -259,17 +259,20 @@ impl Sender {
         stats: &mut Stats,
     ) {
         stats.naks_received += 1;
-        self.pace.on_loss(now);
         self.ring.expire(now);
         // Events still in the open batch were never sent: they need no repair.
         let sent_end = self.next_seq - u64::from(self.batch_len);
         let oldest = self.ring.oldest();
         let mut unavailable = Vec::new();
+        let mut lost = false;
         for &(start, end) in ranges {
             let end = end.min(sent_end);
             if start >= end {
                 continue;
             }
+            // Only a Nak for what was sent says that receivers lose data: one
+            // for seqs never sent (bogus, or hostile) does not slow us down.
+            lost = true;
             if start < oldest {
                 unavailable.push((start, end.min(oldest)));
             }
@@ -277,6 +280,9 @@ impl Sender {
             if start < end {
                 self.pending.insert(start, end);
             }
+        }
+        if lost {
+            self.pace.on_loss(now);
         }
         if !unavailable.is_empty() {
             stats.unavailable_sent += 1;
@@ -354,7 +360,7 @@ impl Sender {
             stats.repairs_sent += 1;
             stats.repaired_events_sent += count as u64;
             // The ring holds events as this sender encoded them.
-            let events = Events::from_encoded(Bytes::copy_from_slice(&self.scratch), count as u32);
+            let events = Events::from_encoded(self.scratch.split().freeze(), count as u32);
             out.push_back(Body::Repair {
                 first_seq: first,
                 events,

@@ -11,7 +11,8 @@ use crate::proto::Delivery;
 use crate::wire::{EventBatch, EventRef};
 
 use super::common::{
-    loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
+    loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, Step,
+    PROGRESS,
 };
 
 fn config(group: SocketAddr, name: &str) -> NodeConfig {
@@ -33,7 +34,7 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 }
 
 /// Adds one event of `plan` to `batch`, its keys stamped now (written into
-/// `keys`, reused: no allocation per event).
+/// `keys`, reused: with one key per event, no allocation per event).
 fn add_event(plan: &Plan, keys: &mut [Vec<u8>], batch: &mut EventBatch) -> io::Result<()> {
     for k in keys.iter_mut() {
         k.resize(plan.key_size, 0);
@@ -103,30 +104,30 @@ async fn publish_from(
     let pacer = Pacer::new(plan);
     let start_ns = mono_ns();
     let (mut sent, mut turn) = (0u64, 0usize);
-    while sent < plan.events && !pacer.expired(plan) {
-        let due = pacer.due();
-        if due <= sent {
-            // Let the drivers send what was published, then sleep.
-            tokio::task::yield_now().await;
-            pacer.wait_for(sent);
-            continue;
-        }
+    loop {
         // What is due goes to a driver in one hand-over (at most 1024
         // events at a time), as a pipelining client would; with several
         // nodes, each hand-over to the next one.
-        while sent < due {
-            let n = (due - sent).min(1024);
-            for _ in 0..n {
-                add_event(plan, &mut keys, &mut batch)?;
+        let n = match pacer.step(plan, sent, 1024) {
+            Step::Done => break,
+            Step::Wait => {
+                // Let the drivers send what was published, then sleep.
+                tokio::task::yield_now().await;
+                pacer.wait_for(sent);
+                continue;
             }
-            nodes[turn % streams]
-                .publish_batch(&mut batch)
-                .await
-                .map_err(io_err)?;
-            turn += 1;
-            sent += n;
-            PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
+            Step::Publish(n) => n,
+        };
+        for _ in 0..n {
+            add_event(plan, &mut keys, &mut batch)?;
         }
+        nodes[turn % streams]
+            .publish_batch(&mut batch)
+            .await
+            .map_err(io_err)?;
+        turn += 1;
+        sent += n;
+        PROGRESS.store(sent, std::sync::atomic::Ordering::Relaxed);
     }
     // The report once everything handed over has left (bounded: a node
     // that cannot send is an error, not a hang).

@@ -91,14 +91,6 @@ pub fn stamp_of(msg: &[u8]) -> Option<u64> {
     Some(ts)
 }
 
-/// A new message string stamped now.
-pub fn message(key_size: usize) -> String {
-    let mut buf = vec![0u8; key_size];
-    stamp(&mut buf, mono_ns());
-    // Hex digits and `k`: always ASCII.
-    String::from_utf8(buf).unwrap_or_default()
-}
-
 /// What a publisher is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -156,6 +148,26 @@ impl Pacer {
     pub fn expired(&self, plan: &Plan) -> bool {
         mono_ns() - self.start > plan.max_time.as_nanos() as u64
     }
+
+    /// What a publisher that has sent `sent` events does next: publish up
+    /// to `max` more, wait ([`Pacer::wait_for`]), or stop (all sent, or
+    /// `max_time` is up). The one loop condition of every publisher.
+    pub fn step(&self, plan: &Plan, sent: u64, max: u64) -> Step {
+        if sent >= plan.events || self.expired(plan) {
+            return Step::Done;
+        }
+        match self.due() {
+            due if due <= sent => Step::Wait,
+            due => Step::Publish((due - sent).min(max).min(plan.events - sent)),
+        }
+    }
+}
+
+/// See [`Pacer::step`].
+pub enum Step {
+    Publish(u64),
+    Wait,
+    Done,
 }
 
 /// What a publisher reports.

@@ -16,7 +16,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::common::{
-    loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, PROGRESS,
+    loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, Step,
+    PROGRESS,
 };
 
 /// Segments per GSO send.
@@ -68,14 +69,16 @@ pub fn publish(
     let pacer = Pacer::new(plan);
     let start_ns = mono_ns();
     let (mut sent, mut datagrams) = (0u64, 0u64);
-    while sent < plan.events && !pacer.expired(plan) {
-        let due = pacer.due();
-        if due <= sent {
-            pacer.wait_for(sent);
-            continue;
-        }
+    loop {
         // Up to `segments` datagrams of what is due, each full but the last.
-        let n = ((due - sent) as usize).min(per_datagram * segments);
+        let n = match pacer.step(plan, sent, (per_datagram * segments) as u64) {
+            Step::Done => break,
+            Step::Wait => {
+                pacer.wait_for(sent);
+                continue;
+            }
+            Step::Publish(n) => n as usize,
+        };
         let now = mono_ns();
         for m in buf[..n * msg].chunks_mut(plan.key_size) {
             stamp(m, now);
