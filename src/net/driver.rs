@@ -117,6 +117,8 @@ impl Driver {
         let mut handles_alive = true;
         let mut paused_at: Option<Instant> = None;
         let mut gave_up = false;
+        let (mut wake, mut delay_due, mut linger, mut pause_timer) =
+            (Alarm::new(), Alarm::new(), Alarm::new(), Alarm::new());
         loop {
             // Timers first, whatever else is busy: a flood of datagrams or
             // of publishes must not hold back heartbeats, Naks or Resets.
@@ -125,7 +127,7 @@ impl Driver {
                 self.core.handle_timeout(now);
                 self.drain(&mut tx_buf, &mut tx, &mut stats).await;
             }
-            let wake = self.core.poll_timeout().map(Instant::from_std);
+            wake.set(self.core.poll_timeout().map(Instant::from_std));
             // Backpressure: while a subscription is far behind, leave
             // datagrams in the socket (the kernel buffers them; what
             // overflows is repaired) rather than drop deliveries. A
@@ -137,10 +139,12 @@ impl Driver {
                 gave_up = false;
             }
             let pause = behind && !gave_up;
-            let pause_end = pause.then(|| *paused_at.get_or_insert_with(Instant::now) + MAX_PAUSE);
+            pause_timer.set(pause.then(|| *paused_at.get_or_insert_with(Instant::now) + MAX_PAUSE));
+            delay_due.set(delayed.peek().map(|d| d.0 .0));
+            linger.set(linger_end);
             tokio::select! {
                 _ = self.deliveries.room(), if pause => {}
-                _ = sleep_until_opt(pause_end), if pause => {
+                _ = pause_timer.fired(), if pause => {
                     gave_up = true;
                     tracing::debug!("a subscription stopped reading: no longer waiting for it");
                 }
@@ -180,10 +184,10 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until_opt(wake) => {
+                _ = wake.fired() => {
                     self.core.handle_timeout(Self::now());
                 }
-                _ = sleep_until_opt(delayed.peek().map(|d| d.0 .0)) => {
+                _ = delay_due.fired() => {
                     let now = Instant::now();
                     while delayed.peek().is_some_and(|d| d.0 .0 <= now) {
                         if let Some(std::cmp::Reverse((_, _, bytes))) = delayed.pop() {
@@ -191,7 +195,7 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until_opt(linger_end) => {
+                _ = linger.fired() => {
                     // Paced data (and the Goodbye behind it) may still be
                     // waiting: linger on until it is out (pacing never goes
                     // below `pace_min_rate`), within MAX_FLUSH.
@@ -343,9 +347,41 @@ impl Drop for Driver {
 /// Datagrams held back by a [`Verdict::Delay`], earliest first.
 type Delayed = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Vec<u8>)>>;
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// A timer kept across loop turns: setting it to the deadline it already
+/// has, or to a later one, touches no timer wheel (tokio only moves an
+/// entry when it fires or comes earlier). A fresh `sleep_until` each turn
+/// registered and removed a wheel entry for every datagram.
+struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    at: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            at: None,
+        }
+    }
+
+    /// Arms the alarm for `at`, or disarms it (`None`).
+    fn set(&mut self, at: Option<Instant>) {
+        if let Some(t) = at {
+            if self.at != Some(t) {
+                self.sleep.as_mut().reset(t);
+            }
+        }
+        self.at = at;
+    }
+
+    /// Ready once the armed deadline has passed; never while disarmed.
+    async fn fired(&mut self) {
+        match self.at {
+            Some(_) => {
+                self.sleep.as_mut().await;
+                self.at = None;
+            }
+            None => std::future::pending().await,
+        }
     }
 }

@@ -161,11 +161,17 @@ async fn publish_from(
 pub fn subscribe(
     group: SocketAddr,
     name: &str,
-    done: &Done,
-    ready: impl FnOnce(),
+    done: Done,
+    ready: impl FnOnce() + Send + 'static,
 ) -> io::Result<(Recorder, crate::node::NodeStats)> {
-    runtime()?.block_on(async {
-        let node = Node::join(config(group, name)).await.map_err(io_err)?;
+    let rt = runtime()?;
+    let name = name.to_string();
+    // A spawned task, not the `block_on` future: woken by the driver, a
+    // task runs as soon as the driver yields, where the `block_on` future
+    // would first wait for the runtime to poll for I/O once more.
+    let task = rt.spawn(async move {
+        let done = &done;
+        let node = Node::join(config(group, &name)).await.map_err(io_err)?;
         let mut sub = node.subscribe();
         let mut rec = Recorder::new();
         // One timer for the whole run (not one per receive) wakes the loop
@@ -207,5 +213,6 @@ pub fn subscribe(
         let stats = node.stats().await;
         node.shutdown().await;
         Ok((rec, stats))
-    })
+    });
+    rt.block_on(task).map_err(io_err)?
 }

@@ -747,7 +747,7 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let result = match args.system {
         System::Cachecast => {
-            cachecast_sys::subscribe(args.addr, &args.name, &done, ready).map(|(rec, stats)| {
+            cachecast_sys::subscribe(args.addr, &args.name, done, ready).map(|(rec, stats)| {
                 let mut r = rec.report();
                 r.resets = stats.protocol.resets_total();
                 r.reset_kinds = (stats.protocol.resets.iter())
