@@ -1068,8 +1068,22 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint for a u64 (what bincode accepts: any of the four widths).
-    #[inline]
+    /// The one-byte form (counts, lengths, tags) is read inline; the rest
+    /// out of line.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.0.split_first() {
+            Some((&b, rest)) if b <= 250 => {
+                self.0 = rest;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_wide(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn varint_wide(&mut self) -> Result<u64, DecodeError> {
         let [marker] = self.array::<1>()?;
         Ok(match marker {
             // One byte: by far the most common (counts, lengths, tags).
