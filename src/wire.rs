@@ -543,6 +543,26 @@ fn validate_body(body: &Body) -> Result<(), DecodeError> {
 pub struct Events {
     bytes: Bytes,
     count: u32,
+    /// The length of each event still in the run, when known (a received
+    /// run: found by the walk that checked it), so that taking events off
+    /// needs no second walk. `None` for runs built here.
+    lens: Option<Lens>,
+}
+
+/// Event lengths, shared by the clones of a run; `next` is the first one
+/// still in it.
+#[derive(Clone)]
+struct Lens {
+    all: std::sync::Arc<[u16]>,
+    next: u32,
+}
+
+impl Lens {
+    fn get(&self, i: u32) -> Option<usize> {
+        self.all
+            .get((self.next + i) as usize)
+            .map(|&n| usize::from(n))
+    }
 }
 
 impl Events {
@@ -564,13 +584,18 @@ impl Events {
         Events {
             bytes: out.freeze(),
             count: events.len() as u32,
+            lens: None,
         }
     }
 
     /// `count` events encoded back to back by [`encode_event`] (or copied
     /// from an [`EncodedEvent`]), already checked.
     pub(crate) fn from_encoded(bytes: Bytes, count: u32) -> Events {
-        Events { bytes, count }
+        Events {
+            bytes,
+            count,
+            lens: None,
+        }
     }
 
     /// Reads a count and that many events at `r`, checking each.
@@ -583,8 +608,12 @@ impl Events {
         // A semantic fault (no keys, a key too long) is reported after the
         // structural walk, as decoding whole and then validating would.
         let mut invalid = None;
-        for _ in 0..count {
+        let mut lens = [0u16; MAX_EVENTS];
+        for len in &mut lens[..count as usize] {
+            let before = r.0.len();
             read_event(r, &mut invalid)?;
+            // An event fits in a datagram: below 64 KiB.
+            *len = u16::try_from(before - r.0.len()).unwrap_or(u16::MAX);
         }
         if let Some(reason) = invalid {
             return Err(DecodeError::Invalid(reason));
@@ -593,6 +622,10 @@ impl Events {
         Ok(Events {
             bytes: Bytes::copy_from_slice(&start[..used]),
             count: count as u32,
+            lens: Some(Lens {
+                all: lens[..count as usize].into(),
+                next: 0,
+            }),
         })
     }
 
@@ -612,6 +645,8 @@ impl Events {
             bytes: &self.bytes,
             at: 0,
             left: self.count,
+            lens: self.lens.as_ref(),
+            taken: 0,
         }
     }
 
@@ -620,6 +655,9 @@ impl Events {
         let first = self.iter().next()?;
         self.bytes.advance(first.0.len());
         self.count -= 1;
+        if let Some(l) = &mut self.lens {
+            l.next += 1;
+        }
         Some(first)
     }
 
@@ -630,9 +668,12 @@ impl Events {
         for e in it.by_ref().take(n) {
             used += e.0.len();
         }
-        let left = it.left;
+        let (left, taken) = (it.left, it.taken);
         self.bytes.advance(used);
         self.count = left;
+        if let Some(l) = &mut self.lens {
+            l.next += taken;
+        }
     }
 
     /// The events, owned.
@@ -741,6 +782,7 @@ impl EventBatch {
         let events = Events {
             bytes: self.bytes.split().freeze(),
             count: self.count,
+            lens: None,
         };
         self.count = 0;
         self.largest = 0;
@@ -757,6 +799,9 @@ pub struct EventsIter<'a> {
     bytes: &'a Bytes,
     at: usize,
     left: u32,
+    lens: Option<&'a Lens>,
+    /// Events returned so far.
+    taken: u32,
 }
 
 impl Iterator for EventsIter<'_> {
@@ -767,6 +812,14 @@ impl Iterator for EventsIter<'_> {
             return None;
         }
         self.left -= 1;
+        let i = self.taken;
+        self.taken += 1;
+        if let Some(len) = self.lens.and_then(|l| l.get(i)) {
+            let end = self.at + len;
+            let event = EncodedEvent(self.bytes.slice(self.at..end));
+            self.at = end;
+            return Some(event);
+        }
         let rest = self.bytes.get(self.at..)?;
         let mut r = Reader(rest, Utf8::Checked);
         let mut invalid = None;
@@ -810,6 +863,20 @@ impl EncodedEvent {
 
     /// The event, borrowed from its bytes: no allocation.
     pub fn view(&self) -> EventRef<'_> {
+        let mut r = Reader(&self.0, Utf8::Checked);
+        // The common event in one step: its keys are read as they are
+        // iterated, so they need no walk here.
+        if r.0.first() == Some(&0) {
+            r.0 = &r.0[1..];
+            if let Ok(count) = r.varint() {
+                return EventRef::Invalidate {
+                    keys: Keys {
+                        rest: r.0,
+                        left: count as u32,
+                    },
+                };
+            }
+        }
         let mut r = Reader(&self.0, Utf8::Checked);
         let mut invalid = None;
         // Checked when it was built or decoded, so this cannot fail; were it
