@@ -650,6 +650,12 @@ impl Events {
         }
     }
 
+    /// The events in order, read in place: nothing is allocated or
+    /// reference-counted per event.
+    pub fn views(&self) -> EventViews<'_> {
+        EventViews { it: self.iter() }
+    }
+
     /// Takes the first event off the run (sharing its bytes).
     pub fn pop_front(&mut self) -> Option<EncodedEvent> {
         let first = self.iter().next()?;
@@ -804,36 +810,46 @@ pub struct EventsIter<'a> {
     taken: u32,
 }
 
-impl Iterator for EventsIter<'_> {
-    type Item = EncodedEvent;
-
-    fn next(&mut self) -> Option<EncodedEvent> {
+impl EventsIter<'_> {
+    /// Where the next event's bytes start and end.
+    fn next_span(&mut self) -> Option<(usize, usize)> {
         if self.left == 0 {
             return None;
         }
         self.left -= 1;
         let i = self.taken;
         self.taken += 1;
-        if let Some(len) = self.lens.and_then(|l| l.get(i)) {
-            let end = self.at + len;
-            let event = EncodedEvent(self.bytes.slice(self.at..end));
-            self.at = end;
-            return Some(event);
+        let start = self.at;
+        let end = match self.lens.and_then(|l| l.get(i)) {
+            Some(len) => start + len,
+            None => {
+                let rest = self.bytes.get(start..)?;
+                let mut r = Reader(rest, Utf8::Checked);
+                let mut invalid = None;
+                // Checked when the run was built: this walk cannot fail.
+                let walked = read_event(&mut r, &mut invalid);
+                debug_assert!(
+                    walked.is_ok() && invalid.is_none(),
+                    "a checked run fails its walk"
+                );
+                walked.ok()?;
+                start + rest.len() - r.0.len()
+            }
+        };
+        if end > self.bytes.len() {
+            return None;
         }
-        let rest = self.bytes.get(self.at..)?;
-        let mut r = Reader(rest, Utf8::Checked);
-        let mut invalid = None;
-        // Checked when the run was built: this walk cannot fail.
-        let walked = read_event(&mut r, &mut invalid);
-        debug_assert!(
-            walked.is_ok() && invalid.is_none(),
-            "a checked run fails its walk"
-        );
-        walked.ok()?;
-        let end = self.at + rest.len() - r.0.len();
-        let event = EncodedEvent(self.bytes.slice(self.at..end));
         self.at = end;
-        Some(event)
+        Some((start, end))
+    }
+}
+
+impl Iterator for EventsIter<'_> {
+    type Item = EncodedEvent;
+
+    fn next(&mut self) -> Option<EncodedEvent> {
+        let (start, end) = self.next_span()?;
+        Some(EncodedEvent(self.bytes.slice(start..end)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -863,27 +879,7 @@ impl EncodedEvent {
 
     /// The event, borrowed from its bytes: no allocation.
     pub fn view(&self) -> EventRef<'_> {
-        let mut r = Reader(&self.0, Utf8::Checked);
-        // The common event in one step: its keys are read as they are
-        // iterated, so they need no walk here.
-        if r.0.first() == Some(&0) {
-            r.0 = &r.0[1..];
-            if let Ok(count) = r.varint() {
-                return EventRef::Invalidate {
-                    keys: Keys {
-                        rest: r.0,
-                        left: count as u32,
-                    },
-                };
-            }
-        }
-        let mut r = Reader(&self.0, Utf8::Checked);
-        let mut invalid = None;
-        // Checked when it was built or decoded, so this cannot fail; were it
-        // to, clearing everything is the answer that never leaves stale data.
-        let walked = read_event(&mut r, &mut invalid);
-        debug_assert!(walked.is_ok(), "a checked event fails its walk");
-        walked.unwrap_or(EventRef::ClearAll)
+        view_checked(&self.0)
     }
 
     /// The event, owned.
@@ -972,6 +968,52 @@ impl EventRef<'_> {
         }
     }
 }
+
+/// The event encoded in `bytes`, which were checked when built or decoded.
+fn view_checked(bytes: &[u8]) -> EventRef<'_> {
+    let mut r = Reader(bytes, Utf8::Checked);
+    // The common event in one step: its keys are read as they are
+    // iterated, so they need no walk here.
+    if r.0.first() == Some(&0) {
+        r.0 = &r.0[1..];
+        if let Ok(count) = r.varint() {
+            return EventRef::Invalidate {
+                keys: Keys {
+                    rest: r.0,
+                    left: count as u32,
+                },
+            };
+        }
+    }
+    let mut r = Reader(bytes, Utf8::Checked);
+    let mut invalid = None;
+    // Checked already, so this cannot fail; were it to, clearing
+    // everything is the answer that never leaves stale data.
+    let walked = read_event(&mut r, &mut invalid);
+    debug_assert!(walked.is_ok(), "a checked event fails its walk");
+    walked.unwrap_or(EventRef::ClearAll)
+}
+
+/// The events of an [`Events`], read in place ([`Events::views`]).
+pub struct EventViews<'a> {
+    it: EventsIter<'a>,
+}
+
+impl<'a> Iterator for EventViews<'a> {
+    type Item = EventRef<'a>;
+
+    fn next(&mut self) -> Option<EventRef<'a>> {
+        let bytes: &'a [u8] = self.it.bytes;
+        let (start, end) = self.it.next_span()?;
+        Some(view_checked(&bytes[start..end]))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.it.size_hint()
+    }
+}
+
+impl ExactSizeIterator for EventViews<'_> {}
 
 /// The keys of an [`EventRef::Invalidate`], borrowed, in order.
 #[derive(Clone)]

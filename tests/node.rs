@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachecast::node::{Delivery, Node, ResetReason, Subscription};
-use cachecast::wire::{self, Body, Event, EventBatch, Events, Header};
+use cachecast::node::{Delivery, DeliveryRef, Node, ResetReason, Subscription};
+use cachecast::wire::{self, Body, Event, EventBatch, EventRef, Events, Header};
 use common::*;
 
 #[tokio::test]
@@ -216,6 +216,81 @@ async fn a_subscriber_that_lags_gets_a_reset_not_a_silent_drop() {
         assert!(is_key(&d, sender.stream(), &format!("k{i}")), "{d:?}");
     }
     assert_eq!(slow.stats().await.lagged_resets, 1);
+}
+
+/// What `recv_each` handed out, owned: ("reset", missed) or (key, seq).
+fn each_owned(d: DeliveryRef<'_>, stream: u64) -> (String, u64) {
+    match d {
+        DeliveryRef::Reset {
+            reason: ResetReason::Lagged { missed },
+        } => ("reset".into(), *missed),
+        DeliveryRef::Event {
+            stream: s,
+            seq,
+            event: EventRef::Invalidate { keys },
+            ..
+        } if s == stream => (keys.collect::<Vec<_>>().join(","), seq),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reading_in_place_gets_what_recv_gets_lag_resets_included() {
+    let c = Cluster::new();
+    let sender = c.join("sender").await;
+    let mut cfg = c.config("slow");
+    cfg.subscriber_queue = 8;
+    let slow = Node::join(cfg).await.unwrap();
+    let mut sub = slow.subscribe();
+    let stream = sender.stream();
+    for i in 0..100 {
+        sender.invalidate([format!("k{i}")]).await.unwrap();
+    }
+    let end = Instant::now() + DEADLINE;
+    while slow.stats().await.protocol.events_delivered < 100 {
+        assert!(Instant::now() < end, "events not delivered in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The Reset first, exact, then the 8 most recent in order.
+    let mut got = Vec::new();
+    while got.len() < 9 {
+        let n = tokio::time::timeout(DEADLINE, sub.recv_each(|d| got.push(each_owned(d, stream))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+    }
+    let want: Vec<(String, u64)> = std::iter::once(("reset".to_string(), 92))
+        .chain((92..100).map(|i| (format!("k{i}"), i + 1)))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(slow.stats().await.lagged_resets, 1);
+    assert_eq!(sub.try_recv_each(|d| panic!("nothing more: {d:?}")), 0);
+    // Mixed with recv: one each way, in order, nothing twice.
+    sender.invalidate(["k100"]).await.unwrap();
+    sender.invalidate(["k101"]).await.unwrap();
+    let first = tokio::time::timeout(DEADLINE, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(is_key(&first, stream, "k100"), "{first:?}");
+    let mut rest = Vec::new();
+    while rest.is_empty() {
+        tokio::time::timeout(
+            DEADLINE,
+            sub.recv_each(|d| rest.push(each_owned(d, stream))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    assert_eq!(rest, vec![("k101".to_string(), 102)]);
+    // Once the node stops and everything was read: `None`.
+    slow.shutdown().await;
+    let ended = tokio::time::timeout(DEADLINE, sub.recv_each(|_| {}))
+        .await
+        .unwrap();
+    assert_eq!(ended, None);
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::proto::{Delivery, Output};
+use crate::proto::{Delivery, DeliveryRef, Output};
 
 struct Slot {
     /// Index (since the node started) of the first delivery of `items`.
@@ -256,6 +256,23 @@ impl Cursor {
         d
     }
 
+    /// Hands what is left of the batch in hand to `f`, borrowed, and lets
+    /// go of it; returns how many deliveries that was.
+    pub fn each_in_batch(&mut self, f: &mut impl FnMut(DeliveryRef<'_>)) -> usize {
+        let Some(cur) = self.current.take() else {
+            return 0;
+        };
+        let mut n = cur.item.as_ref().map_or(0, |o| o.each(f));
+        let rest = match &cur.items {
+            Items::Owned(it) => it.as_slice(),
+            Items::Shared(items, i) => items.get(*i..).unwrap_or_default(),
+        };
+        for o in rest {
+            n += o.each(f);
+        }
+        n
+    }
+
     /// Takes the next batch into hand.
     pub fn next_batch(&mut self) -> Take {
         let mut st = self.hub.lock();
@@ -442,6 +459,74 @@ mod tests {
         hub.close();
         assert_eq!(drain(&mut a), ((7..11).collect(), vec![6]));
         assert!(matches!(a.next_batch(), Take::Closed));
+    }
+
+    /// The seqs `each_in_batch` hands out for the batch in hand.
+    fn each_seqs(c: &mut Cursor) -> Vec<u64> {
+        let mut got = Vec::new();
+        let n = c.each_in_batch(&mut |d| {
+            if let DeliveryRef::Event { seq, .. } = d {
+                got.push(seq);
+            }
+        });
+        assert_eq!(n, got.len());
+        got
+    }
+
+    #[test]
+    fn read_in_place_is_the_rest_of_the_batch_shared_or_moved() {
+        let hub = Hub::new(100);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        hub.push(batch(1..6));
+        hub.push(batch(6..9));
+        // `a` takes the first batch while `b` still holds it (shared), reads
+        // two one at a time, then the rest in place.
+        assert!(matches!(a.next_batch(), Take::Batch));
+        assert!(matches!(
+            a.current,
+            Some(Current {
+                items: Items::Shared(..),
+                ..
+            })
+        ));
+        let one: Vec<_> = std::iter::from_fn(|| a.next_in_batch()).take(2).collect();
+        assert!(matches!(
+            one[..],
+            [
+                Delivery::Event { seq: 1, .. },
+                Delivery::Event { seq: 2, .. }
+            ]
+        ));
+        assert_eq!(each_seqs(&mut a), vec![3, 4, 5]);
+        assert!(a.next_in_batch().is_none(), "the batch was let go");
+        // `b` is the last to take it: moved, and read in place from inside
+        // its run.
+        assert!(matches!(b.next_batch(), Take::Batch));
+        assert!(matches!(
+            b.current,
+            Some(Current {
+                items: Items::Owned(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            b.next_in_batch(),
+            Some(Delivery::Event { seq: 1, .. })
+        ));
+        assert!(matches!(
+            b.next_in_batch(),
+            Some(Delivery::Event { seq: 2, .. })
+        ));
+        assert!(matches!(
+            b.next_in_batch(),
+            Some(Delivery::Event { seq: 3, .. })
+        ));
+        assert_eq!(each_seqs(&mut b), vec![4, 5]);
+        // Nothing in hand: nothing handed out.
+        assert_eq!(each_seqs(&mut b), Vec::<u64>::new());
+        assert!(matches!(b.next_batch(), Take::Batch));
+        assert_eq!(each_seqs(&mut b), vec![6, 7, 8]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::wire::{EncodedEvent, Events, SeqRange};
+use crate::wire::{EncodedEvent, EventRef, Events, SeqRange};
 
 /// One thing a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,49 @@ pub enum Delivery {
         /// Why.
         reason: ResetReason,
     },
+}
+
+/// A [`Delivery`] read in place (`Subscription::recv_each`): borrowed from
+/// the node's queue, so nothing is allocated, copied or reference-counted
+/// for it. Copy out what is needed beyond the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryRef<'a> {
+    /// An event of another node's stream (see [`Delivery::Event`]).
+    Event {
+        /// The publishing node's stream id.
+        stream: u64,
+        /// The event's sequence number in that stream.
+        seq: u64,
+        /// The publishing node's name, once a heartbeat has told it.
+        node: Option<&'a str>,
+        /// The invalidation, read in place.
+        event: EventRef<'a>,
+    },
+    /// Something may have been missed: clear the whole cache.
+    Reset {
+        /// Why.
+        reason: &'a ResetReason,
+    },
+}
+
+impl Delivery {
+    /// This delivery, borrowed.
+    pub fn view(&self) -> DeliveryRef<'_> {
+        match self {
+            Delivery::Event {
+                stream,
+                seq,
+                node,
+                event,
+            } => DeliveryRef::Event {
+                stream: *stream,
+                seq: *seq,
+                node: node.as_deref(),
+                event: event.view(),
+            },
+            Delivery::Reset { reason } => DeliveryRef::Reset { reason },
+        }
+    }
 }
 
 /// Deliveries as the core hands them to its driver: one, or a whole run of
@@ -85,6 +128,34 @@ impl Output {
                     node: node.clone(),
                     event,
                 })
+            }
+        }
+    }
+
+    /// Hands every delivery in it to `f`, borrowed, in order; returns how
+    /// many.
+    pub fn each(&self, f: &mut impl FnMut(DeliveryRef<'_>)) -> usize {
+        match self {
+            Output::One(d) => {
+                f(d.view());
+                1
+            }
+            Output::Run {
+                stream,
+                first_seq,
+                node,
+                events,
+            } => {
+                let node = node.as_deref();
+                for (seq, event) in (*first_seq..).zip(events.views()) {
+                    f(DeliveryRef::Event {
+                        stream: *stream,
+                        seq,
+                        node,
+                        event,
+                    });
+                }
+                events.len()
             }
         }
     }

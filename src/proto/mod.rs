@@ -17,7 +17,7 @@ pub mod sender;
 pub mod stats;
 
 pub use config::{ConfigError, CoreConfig};
-pub use delivery::{Delivery, Output, ResetReason};
+pub use delivery::{Delivery, DeliveryRef, Output, ResetReason};
 pub use node::NodeCore;
 pub use sender::PublishError;
 pub use stats::Stats;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::node::{Node, NodeConfig};
-use crate::proto::Delivery;
+use crate::proto::DeliveryRef;
 use crate::wire::{EventBatch, EventRef};
 
 use super::common::{
@@ -188,26 +188,25 @@ pub fn subscribe(
             {
                 break;
             }
-            let first = tokio::select! {
-                biased;
-                d = sub.recv() => match d {
-                    Some(d) => d,
-                    None => break,
-                },
-                _ = tick.tick() => continue,
-            };
-            let now = mono_ns();
-            let mut next = Some(first);
-            while let Some(d) = next {
-                if let Delivery::Event { event, .. } = d {
-                    // Read in place: the first key carries the stamp.
-                    let key = match event.view() {
+            // Everything ready, read in place (`recv_each`), with one clock
+            // reading per wake-up.
+            let mut now = None;
+            let mut record = |d: DeliveryRef<'_>| {
+                if let DeliveryRef::Event { event, .. } = d {
+                    // The first key carries the stamp.
+                    let key = match event {
                         EventRef::Invalidate { mut keys } => keys.next().unwrap_or(""),
                         _ => "",
                     };
-                    rec.record(key.as_bytes(), now);
+                    rec.record(key.as_bytes(), *now.get_or_insert_with(mono_ns));
                 }
-                next = sub.try_recv();
+            };
+            tokio::select! {
+                biased;
+                n = sub.recv_each(&mut record) => if n.is_none() {
+                    break;
+                },
+                _ = tick.tick() => {}
             }
         }
         let stats = node.stats().await;
