@@ -497,8 +497,9 @@ pub struct Subscription {
     lagged: Arc<AtomicU64>,
 }
 
-/// Batches of the driver one [`Subscription::recv_each`] reads at most, so
-/// that one call ends even while the driver keeps pushing.
+/// Batches of the driver one [`Subscription::recv_each`] takes at most
+/// after the one in hand, so that one call ends even while the driver
+/// keeps pushing.
 const MAX_BATCHES_PER_READ: usize = 64;
 
 impl Subscription {
@@ -523,8 +524,10 @@ impl Subscription {
     /// from the node's queue, so nothing is allocated, copied or
     /// reference-counted per event; copy out what you keep. The same
     /// deliveries as [`Subscription::recv`], `Reset`s included, and the two
-    /// may be mixed. Returns how many; `None` once the node has stopped and
-    /// everything before was read.
+    /// may be mixed. One call reads at most 65 of the driver's batches
+    /// (each what one turn of its loop delivered), so that it ends while
+    /// the node keeps receiving; call again for the rest. Returns how many;
+    /// `None` once the node has stopped and everything before was read.
     ///
     /// ```no_run
     /// # async fn f(mut sub: cachecast::node::Subscription) {
@@ -560,7 +563,8 @@ impl Subscription {
         self.take_each(&mut f).0
     }
 
-    /// Hands `f` what is ready, up to [`MAX_BATCHES_PER_READ`] batches;
+    /// Hands `f` what is ready: the batch in hand and up to
+    /// [`MAX_BATCHES_PER_READ`] more (a lag counts as one);
     /// returns how many deliveries, and whether the subscription has ended.
     fn take_each(&mut self, f: &mut impl FnMut(DeliveryRef<'_>)) -> (usize, bool) {
         let mut n = self.cursor.each_in_batch(f);

@@ -12,7 +12,7 @@
 //! used. Nothing here panics on received bytes.
 //!
 //! Allocation is bounded: a received run of events is copied once, at most
-//! a datagram; strings of control bodies are bounded by bincode's size
+//! a datagram, with the length of each (at most 4 KiB); strings of control bodies are bounded by bincode's size
 //! limit ([`MAX_DATAGRAM`] per datagram), and the ranges of `Nak` and
 //! `Unavailable` decode through a bounded visitor that rejects a claimed
 //! length over the limit before allocating.
@@ -372,6 +372,9 @@ pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
 /// `Data` or `Repair` body are checked in place and copied once, whole,
 /// into the [`Events`] that shares them: no allocation per event.
 pub fn decode_body(rest: &[u8]) -> Result<Body, DecodeError> {
+    if rest.len() > MAX_DATAGRAM {
+        return Err(DecodeError::TooLarge(rest.len()));
+    }
     let mut r = Reader(rest, Utf8::Check);
     let tag = r.varint_u32()?;
     let (body, left) = match tag {
@@ -550,18 +553,17 @@ pub struct Events {
 }
 
 /// Event lengths, shared by the clones of a run; `next` is the first one
-/// still in it.
+/// still in it. Each is exactly what the checking walk found: the spans
+/// they give are the checked events (see `Utf8::Checked`).
 #[derive(Clone)]
 struct Lens {
-    all: std::sync::Arc<[u16]>,
+    all: std::sync::Arc<[u32]>,
     next: u32,
 }
 
 impl Lens {
     fn get(&self, i: u32) -> Option<usize> {
-        self.all
-            .get((self.next + i) as usize)
-            .map(|&n| usize::from(n))
+        self.all.get((self.next + i) as usize).map(|&n| n as usize)
     }
 }
 
@@ -608,12 +610,14 @@ impl Events {
         // A semantic fault (no keys, a key too long) is reported after the
         // structural walk, as decoding whole and then validating would.
         let mut invalid = None;
-        let mut lens = [0u16; MAX_EVENTS];
+        let mut lens = [0u32; MAX_EVENTS];
         for len in &mut lens[..count as usize] {
             let before = r.0.len();
             read_event(r, &mut invalid)?;
-            // An event fits in a datagram: below 64 KiB.
-            *len = u16::try_from(before - r.0.len()).unwrap_or(u16::MAX);
+            // Exact, never cut short: a wrong length would make later
+            // reads start inside a checked event.
+            *len = u32::try_from(before - r.0.len())
+                .map_err(|_| DecodeError::TooLarge(before - r.0.len()))?;
         }
         if let Some(reason) = invalid {
             return Err(DecodeError::Invalid(reason));
@@ -1155,8 +1159,11 @@ enum Utf8 {
     /// Received bytes: check.
     Check,
     /// The bytes of an [`Events`] or [`EncodedEvent`], read again: every
-    /// one of them was encoded from a `&str` or decoded with `Check`, and
-    /// the walk that finds a string is the one that checked it.
+    /// one of them was encoded from a `&str` or decoded with `Check`. A
+    /// read starts at an event's first byte (a run's start, the end the
+    /// checking walk found for the one before, or a length it recorded,
+    /// `Lens`), and reads an event the same way the checking walk did, so
+    /// every string it finds is one that walk checked.
     Checked,
 }
 
@@ -1223,9 +1230,10 @@ impl<'a> Reader<'a> {
                 std::str::from_utf8(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
             }
             // SAFETY: see `Utf8::Checked`: these exact bytes were checked
-            // (or written from a `&str`) when the events were built, and the
-            // walk that reached them is the same. Checking again would cost
-            // the receive path a third of its time.
+            // (or written from a `&str`) when the events were built, and
+            // this read starts where that walk started an event and follows
+            // it. Checking again would cost the receive path a third of its
+            // time.
             Utf8::Checked => Ok(unsafe { std::str::from_utf8_unchecked(bytes) }),
         }
     }

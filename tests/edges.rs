@@ -336,6 +336,29 @@ fn mutated_datagrams_never_panic() {
                 }
             }
         }
+        // A run that decodes reads back the same every way: by value, in
+        // place, taken apart, and each event checked again on its own
+        // (a wrong event boundary would show here).
+        if let Ok(wire::Datagram {
+            body: Body::Data { events, .. } | Body::Repair { events, .. },
+            ..
+        }) = wire::decode(&b, cfg.cluster)
+        {
+            let owned: Vec<Event> = events
+                .iter()
+                .map(|e| {
+                    let fresh = wire::decode_event(e.as_bytes()).expect("an event decodes alone");
+                    assert_eq!(e.to_event(), fresh);
+                    fresh
+                })
+                .collect();
+            assert_eq!(owned.len(), events.len());
+            let viewed: Vec<Event> = events.views().map(|v| v.to_event()).collect();
+            assert_eq!(viewed, owned);
+            let mut rest = events.clone();
+            rest.skip(1);
+            assert_eq!(rest.to_vec(), owned.get(1..).unwrap_or_default());
+        }
         t += Duration::from_micros(50);
         core.handle_datagram(t, &b);
         if core.poll_timeout().is_some_and(|w| w <= t) {
@@ -343,7 +366,11 @@ fn mutated_datagrams_never_panic() {
         }
         let mut buf = Vec::new();
         while core.poll_transmit(t, &mut buf) {}
-        while core.poll_delivery().is_some() {}
+        while let Some(d) = core.poll_delivery() {
+            if let Delivery::Event { event, .. } = d {
+                let _ = event.to_event();
+            }
+        }
     }
     eprintln!("{:?}", core.stats().dropped);
 }

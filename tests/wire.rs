@@ -297,8 +297,18 @@ fn a_received_run_is_taken_apart_in_order_and_clones_are_independent() {
         panic!("not data")
     };
     let whole = run.clone();
+    let views: Vec<Event> = run.views().map(|v| v.to_event()).collect();
+    assert_eq!(views, events, "read in place");
     assert_eq!(run.pop_front().unwrap(), events[0]);
     assert_eq!(run.pop_front().unwrap(), events[1]);
+    // A clone taken part way goes on by itself.
+    let mut part = run.clone();
+    part.skip(1);
+    assert_eq!(part.to_vec(), events[3..]);
+    assert_eq!(
+        part.views().map(|v| v.to_event()).collect::<Vec<_>>(),
+        events[3..]
+    );
     run.skip(3);
     assert_eq!(run.len(), 5);
     assert_eq!(run.iter().collect::<Vec<_>>(), events[5..]);
@@ -306,6 +316,18 @@ fn a_received_run_is_taken_apart_in_order_and_clones_are_independent() {
     run.skip(100);
     assert!(run.is_empty() && run.pop_front().is_none());
     assert_eq!(whole.to_vec(), events);
+    // A body larger than any datagram is refused before its events are
+    // read (so no event's length is ever beyond what a datagram holds).
+    let big = Event::Invalidate {
+        keys: (0..100).map(|i| format!("{i:0>1000}")).collect(),
+    };
+    let mut body = Vec::new();
+    encode(&hdr(), &data(1, vec![big, keys(1)]), &mut body);
+    let header_len = header_bytes(cluster(), 7).len();
+    assert!(matches!(
+        decode_body(&body[header_len..]),
+        Err(DecodeError::TooLarge(n)) if n > MAX_DATAGRAM
+    ));
     // The same, sent: a run built here walks its events instead.
     let mut built = Events::new(&events).unwrap();
     built.skip(5);

@@ -529,6 +529,49 @@ mod tests {
         assert_eq!(each_seqs(&mut b), vec![6, 7, 8]);
     }
 
+    /// Runs of stream 1 as they come off the wire (their event boundaries
+    /// kept), one per range.
+    fn received(runs: &[std::ops::Range<u64>]) -> Vec<Output> {
+        runs.iter()
+            .map(|seqs| {
+                let events = Events::new(&vec![Event::ClearAll; (seqs.end - seqs.start) as usize]);
+                let body = crate::wire::Body::Data {
+                    first_seq: seqs.start,
+                    events: events.unwrap(),
+                };
+                let mut buf = Vec::new();
+                crate::wire::encode(&crate::wire::Header::new(1, 1), &body, &mut buf);
+                let Ok(crate::wire::Datagram {
+                    body: crate::wire::Body::Data { events, .. },
+                    ..
+                }) = crate::wire::decode(&buf, 1)
+                else {
+                    panic!("a data datagram decodes");
+                };
+                Output::Run {
+                    stream: 1,
+                    first_seq: seqs.start,
+                    node: None,
+                    events,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_in_place_from_inside_a_shared_batch_covers_the_items_after() {
+        let hub = Hub::new(100);
+        let mut a = hub.subscribe();
+        let _b = hub.subscribe();
+        hub.push(received(&[1..4, 4..6, 6..9]));
+        assert!(matches!(a.next_batch(), Take::Batch));
+        assert!(matches!(
+            a.next_in_batch(),
+            Some(Delivery::Event { seq: 1, .. })
+        ));
+        assert_eq!(each_seqs(&mut a), (2..9).collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_dropped_subscription_holds_nothing_and_the_end_is_seen() {
         let hub = Hub::new(100);

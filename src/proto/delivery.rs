@@ -147,6 +147,7 @@ impl Output {
                 events,
             } => {
                 let node = node.as_deref();
+                let mut n = 0;
                 for (seq, event) in (*first_seq..).zip(events.views()) {
                     f(DeliveryRef::Event {
                         stream: *stream,
@@ -154,8 +155,9 @@ impl Output {
                         node,
                         event,
                     });
+                    n += 1;
                 }
-                events.len()
+                n
             }
         }
     }
