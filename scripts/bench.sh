@@ -22,6 +22,8 @@
 #             installed or started is skipped, the rest still runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stop-pids.sh
+. scripts/stop-pids.sh
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "bench.sh: $*" >&2; }
@@ -49,21 +51,13 @@ TMPS=()   # their temporary directories
 BENCH=""  # the running benchmark
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() {
-  local rc=$? pid
+  local rc=$?
   trap - EXIT INT TERM
   if [ -n "$BENCH" ]; then   # interrupted: the benchmark first
     kill -TERM "$BENCH" 2>/dev/null || true
     wait "$BENCH" 2>/dev/null || true
   fi
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" -eq 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_pids 50 ${PIDS[@]+"${PIDS[@]}"}
   for d in "${TMPS[@]}"; do rm -rf "$d"; done
   exit "$rc"
 }
@@ -147,6 +141,22 @@ not_up() {
 # Prints the last lines of $1 indented, to standard error.
 tail_log() { if [ -f "$1" ]; then tail -n 5 "$1" | sed 's/^/    /' >&2; fi; }
 
+# Server $1 (version $2) was started as pid $3 on 127.0.0.1:$4. If it
+# answers (check $5) within 10 s, the bench gets option $6 for it; if not,
+# say why, show the logs given after, and stop it.
+adopt() {
+  local name=$1 version=$2 pid=$3 port=$4 check=$5 opt=$6 log
+  shift 6
+  if await "$pid" "$check" "$port"; then
+    say "$name $version on 127.0.0.1:$port (pid $pid)"
+    args=("$opt" "127.0.0.1:$port" ${args[@]+"${args[@]}"})
+  else
+    not_up "$name" "$pid" "$port"
+    for log in "$@"; do tail_log "$log"; done
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+}
+
 start_redis() {
   ensure redis-server redis-server || return 0
   local dir port pid
@@ -158,14 +168,8 @@ start_redis() {
     --save "" --appendonly no --client-output-buffer-limit "pubsub 0 0 0" \
     --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null >"$dir/out" 2>&1 &
   pid=$!; PIDS+=("$pid")
-  if await "$pid" redis_up "$port"; then
-    say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port (pid $pid)"
-    args=(--redis "127.0.0.1:$port" ${args[@]+"${args[@]}"})
-  else
-    not_up redis-server "$pid" "$port"
-    tail_log "$dir/out"; tail_log "$dir/redis.log"
-    kill -TERM "$pid" 2>/dev/null || true
-  fi
+  adopt redis-server "$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')" \
+    "$pid" "$port" redis_up --redis "$dir/out" "$dir/redis.log"
 }
 
 start_nats() {
@@ -183,14 +187,8 @@ write_deadline: "60s"
 EOF
   nats-server -c "$dir/nats.conf" -l "$dir/nats.log" </dev/null >"$dir/out" 2>&1 &
   pid=$!; PIDS+=("$pid")
-  if await "$pid" nats_up "$port"; then
-    say "nats-server $(nats-server --version | sed 's/.*v//') on 127.0.0.1:$port (pid $pid)"
-    args=(--nats "127.0.0.1:$port" ${args[@]+"${args[@]}"})
-  else
-    not_up nats-server "$pid" "$port"
-    tail_log "$dir/out"; tail_log "$dir/nats.log"
-    kill -TERM "$pid" 2>/dev/null || true
-  fi
+  adopt nats-server "$(nats-server --version | sed 's/.*v//')" \
+    "$pid" "$port" nats_up --nats "$dir/out" "$dir/nats.log"
 }
 
 # ------------------------------------------------------------- benchmarks

@@ -39,6 +39,8 @@
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stop-pids.sh
+. scripts/stop-pids.sh
 
 HOSTS=3 KEYS=2000 BATCHES=20 LOSS=5 LOSSY=1 FAMILY=both SETTLE=12 BIN="" KEEP=0
 PORT=7777
@@ -114,17 +116,10 @@ elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
 cleanup() {
   local rc=$? pid n
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for n in "${NSES[@]}"; do   # anything else started in our namespaces
     for pid in $(ip netns pids "$n" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
   done
-  for _ in $(seq 20); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ "$alive" -eq 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  stop_pids 20 ${PIDS[@]+"${PIDS[@]}"}
   if [ "$KEEP" -eq 1 ]; then
     echo "lan-sim: --keep: namespaces ${NSES[*]:-none} and files in $WORK left in place"
     echo "lan-sim: remove with: for n in ${NSES[*]:-}; do ip netns del \$n; done; rm -rf $WORK"

@@ -188,23 +188,29 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
     assert_eq!(s.events_delivered, 1);
 }
 
-#[tokio::test]
-async fn a_subscriber_that_lags_gets_a_reset_not_a_silent_drop() {
-    let c = Cluster::new();
+/// A sender, and a node with room for 8 deliveries whose subscription has
+/// not read any of the 100 events (k0..k99) the node has delivered.
+async fn lagging_subscriber(c: &Cluster) -> (Node, Node, Subscription) {
     let sender = c.join("sender").await;
     let mut cfg = c.config("slow");
     cfg.subscriber_queue = 8;
     let slow = Node::join(cfg).await.unwrap();
-    let mut sub = slow.subscribe();
+    let sub = slow.subscribe();
     for i in 0..100 {
         sender.invalidate([format!("k{i}")]).await.unwrap();
     }
-    // Wait (without reading) until the node has delivered all 100.
     let end = Instant::now() + DEADLINE;
     while slow.stats().await.protocol.events_delivered < 100 {
         assert!(Instant::now() < end, "events not delivered in time");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    (sender, slow, sub)
+}
+
+#[tokio::test]
+async fn a_subscriber_that_lags_gets_a_reset_not_a_silent_drop() {
+    let c = Cluster::new();
+    let (sender, slow, mut sub) = lagging_subscriber(&c).await;
     let first = sub.recv().await.unwrap();
     assert!(
         matches!(first, Delivery::Reset { reason: ResetReason::Lagged { missed } } if missed == 92),
@@ -237,20 +243,8 @@ fn each_owned(d: DeliveryRef<'_>, stream: u64) -> (String, u64) {
 #[tokio::test]
 async fn reading_in_place_gets_what_recv_gets_lag_resets_included() {
     let c = Cluster::new();
-    let sender = c.join("sender").await;
-    let mut cfg = c.config("slow");
-    cfg.subscriber_queue = 8;
-    let slow = Node::join(cfg).await.unwrap();
-    let mut sub = slow.subscribe();
+    let (sender, slow, mut sub) = lagging_subscriber(&c).await;
     let stream = sender.stream();
-    for i in 0..100 {
-        sender.invalidate([format!("k{i}")]).await.unwrap();
-    }
-    let end = Instant::now() + DEADLINE;
-    while slow.stats().await.protocol.events_delivered < 100 {
-        assert!(Instant::now() < end, "events not delivered in time");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     // All of it in one call: the Reset first, exact, then the 8 most
     // recent in order.
     let mut got = Vec::new();
