@@ -5,7 +5,7 @@
 #   scripts/bench.sh repair     NAK repair efficiency in the simulator
 #                               (1,000 receivers, 1 % loss: <= 2 NAKs and
 #                               <= 1.2 repairs per lost datagram)
-#   scripts/bench.sh speed      `cachecast bench`: cachecast against raw UDP
+#   scripts/bench.sh speed      `cachecast-bench`: cachecast against raw UDP
 #                               multicast on loopback (throughput, latency,
 #                               rate sweep); Redis and NATS with --peers
 #
@@ -202,10 +202,10 @@ run() {
   BENCH=""
   return "$rc"
 }
-repair() { run cargo run --quiet --release --example repair_bench -- "$@"; }
+repair() { run cargo run --quiet --release -p cachecast-bench --example repair_bench -- "$@"; }
 speed() {
   if [ "$peers" -eq 1 ]; then start_redis; start_nats; fi
-  run cargo run --quiet --release -- bench ${args[@]+"${args[@]}"}
+  run cargo run --quiet --release -p cachecast-bench -- ${args[@]+"${args[@]}"}
 }
 
 case "$what" in

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings denied)"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
+# The library alone, as a service that embeds it compiles it (no test-util).
+cargo clippy --locked -p cachecast --lib -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 
 # Multi-host and IPv6 on real sockets: network namespaces joined by a bridge
 # (all created and removed by the script), loss injected by nft.

@@ -308,7 +308,7 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` nodes named `n0`, `n1`, … and waits until all have joined.
     pub async fn start(n: usize) -> Result<Cluster, JoinError> {
-        Self::start_with(n, rand::random(), |_| {}).await
+        Self::start_with(n, crate::node::random_u64(), |_| {}).await
     }
 
     /// Like [`Cluster::start`], with a seed for the fault RNGs and a hook
@@ -329,14 +329,15 @@ impl Cluster {
         seed: u64,
         config: impl Fn(&mut NodeConfig) + Send + Sync + 'static,
     ) -> Result<Cluster, JoinError> {
-        let a = rand::random::<u8>().clamp(1, 254);
-        let b = rand::random::<u8>().clamp(1, 254);
+        let r = crate::node::random_u64();
+        let a = (r as u8).clamp(1, 254);
+        let b = ((r >> 8) as u8).clamp(1, 254);
         let mut c = Cluster {
             group: SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::new(239, 255, a, b),
                 free_port(),
             )),
-            name: format!("harness-{}", rand::random::<u64>()),
+            name: format!("harness-{}", r >> 16),
             seed,
             members: Vec::new(),
             lives: Vec::new(),

@@ -11,11 +11,12 @@
 //! machines), [`net`] (sockets and the tokio driver), [`node`] (the async
 //! API).
 
-pub mod cli;
+#[cfg(feature = "test-util")]
 pub mod harness;
 pub mod net;
 pub mod node;
 pub mod proto;
+#[cfg(feature = "test-util")]
 pub mod sim;
 pub mod wire;
 

@@ -43,6 +43,13 @@ pub use crate::proto::{
 };
 use crate::wire::{self, Event, EventBatch};
 
+/// A random number from the operating system's entropy (stream ids,
+/// seeds); through `SmallRng`, so that the library needs no `std_rng`.
+pub(crate) fn random_u64() -> u64 {
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+    SmallRng::from_entropy().gen()
+}
+
 /// The group used when none is given: administratively scoped (stays in
 /// the organisation), in 239.255.0.0/16.
 pub const DEFAULT_GROUP: SocketAddr =
@@ -185,7 +192,9 @@ struct Shared {
     /// Becomes true when the driver has stopped.
     done: watch::Receiver<bool>,
     /// Stops the driver without `Goodbye` (a simulated crash).
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     task: tokio::task::AbortHandle,
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
     crashed: Arc<std::sync::atomic::AtomicBool>,
     max_datagram: usize,
     stream: u64,
@@ -224,12 +233,12 @@ impl Node {
         core_cfg.cluster = wire::cluster_hash(&config.cluster);
         core_cfg.node_name = config.node_name.clone();
         core_cfg.stream = loop {
-            let s: u64 = rand::random();
+            let s = random_u64();
             if s != 0 {
                 break s;
             }
         };
-        core_cfg.seed = config.seed.unwrap_or_else(rand::random);
+        core_cfg.seed = config.seed.unwrap_or_else(random_u64);
         core_cfg.validate()?;
         if config.subscriber_queue == 0 {
             return Err(ConfigError::new("subscriber_queue", "must be at least 1").into());
@@ -370,6 +379,7 @@ impl Node {
 
     /// Publishes `event` and returns the seq it got and when (the driver's
     /// clock): for the harness, which checks deliveries by seq.
+    #[cfg(feature = "test-util")]
     pub(crate) async fn publish_acked(
         &self,
         event: Event,
@@ -467,7 +477,8 @@ impl Node {
     }
 
     /// Stops at once, as a crashing process would: no `Goodbye`, nothing
-    /// more sent. For fault injection (see [`crate::harness`]).
+    /// more sent. For fault injection (see `crate::harness`).
+    #[cfg(feature = "test-util")]
     pub(crate) fn crash(&self) {
         self.shared.crashed.store(true, Ordering::SeqCst);
         self.shared.task.abort();

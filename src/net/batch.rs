@@ -123,13 +123,20 @@ impl BatchSocket {
 
 /// Received datagrams: up to [`RECV_BUFFERS`] buffers, each holding one
 /// datagram or a GRO batch of same-sized ones.
-pub(crate) struct RecvBuffers {
+pub struct RecvBuffers {
     storage: Vec<u8>,
     meta: [quinn_udp::RecvMeta; RECV_BUFFERS],
     filled: usize,
 }
 
+impl Default for RecvBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RecvBuffers {
+    /// Empty buffers for one `recvmmsg` of [`RECV_BUFFERS`] datagrams.
     pub fn new() -> Self {
         RecvBuffers {
             storage: vec![0; RECV_BUFFERS * RECV_BUFFER_SIZE],

@@ -49,6 +49,7 @@ pub(crate) enum Command {
     /// `Node::publish_many`).
     PublishEvents(Events),
     /// Publish and say which seq it got, and when (for the harness).
+    #[cfg(feature = "test-util")]
     PublishAcked(
         Event,
         oneshot::Sender<Result<(u64, std::time::Instant), crate::proto::PublishError>>,
@@ -240,6 +241,7 @@ impl Driver {
                 }
                 return events.len();
             }
+            #[cfg(feature = "test-util")]
             Command::PublishAcked(event, ack) => {
                 let _ = ack.send(self.core.publish(now, event).map(|seq| (seq, now)));
             }

@@ -5,6 +5,10 @@
 //! Nothing here takes a protocol decision; that is `proto`'s job.
 
 pub(crate) mod batch;
+/// The driver's batched receive, for the bench crate: its raw-UDP baseline
+/// receives exactly as the driver does.
+#[doc(hidden)]
+pub use batch::RecvBuffers;
 pub mod driver;
 pub(crate) mod hub;
 pub mod socket;

@@ -7,8 +7,8 @@
 //! [`NodeCore`] is the entry point; its module docs give the drive loop.
 
 pub mod config;
+pub mod core;
 pub mod delivery;
-pub mod node;
 pub mod pace;
 pub mod ranges;
 pub mod receiver;
@@ -16,8 +16,8 @@ pub mod ring;
 pub mod sender;
 pub mod stats;
 
+pub use self::core::NodeCore;
 pub use config::{ConfigError, CoreConfig};
 pub use delivery::{Delivery, DeliveryRef, Output, ResetReason};
-pub use node::NodeCore;
 pub use sender::PublishError;
 pub use stats::Stats;

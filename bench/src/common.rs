@@ -317,13 +317,15 @@ impl Done {
 pub static PROGRESS: AtomicU64 = AtomicU64::new(0);
 
 /// The bench's UDP destination: a group in 239.255.0.0/16 on loopback.
-pub fn loopback_opts(group: std::net::SocketAddr) -> crate::net::socket::SocketOptions {
-    crate::net::socket::SocketOptions {
+pub fn loopback_opts(group: std::net::SocketAddr) -> cachecast::net::socket::SocketOptions {
+    cachecast::net::socket::SocketOptions {
         group,
-        interface: crate::net::socket::InterfaceSpec::Addr(std::net::Ipv4Addr::LOCALHOST.into()),
+        interface: cachecast::net::socket::InterfaceSpec::Addr(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ),
         ttl: 0,
         loopback: true,
-        recv_buffer: crate::net::socket::DEFAULT_RECV_BUFFER,
+        recv_buffer: cachecast::net::socket::DEFAULT_RECV_BUFFER,
     }
 }
 

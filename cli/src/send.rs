@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::cli::{parse_duration, NetArgs};
-use crate::node::Node;
-use crate::wire::{self, Event};
+use crate::args::{parse_duration, NetArgs};
+use cachecast::node::Node;
+use cachecast::wire::{self, Event};
 
 /// Publish invalidations to the cluster.
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `cachecast bench` end to end, through the built binary, on loopback
+//! `cachecast-bench` end to end, through the built binary, on loopback
 //! (interface 127.0.0.1, TTL 0): small runs that check what the bench
 //! reports, not how fast anything is (speed targets live in
 //! `scripts/bench.sh`, never in tests).
@@ -7,15 +7,14 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
+const BIN: &str = env!("CARGO_BIN_EXE_cachecast-bench");
 
 fn bench(args: &[&str]) -> Output {
     Command::new(BIN)
-        .arg("bench")
         .args(["--quiet", "--max-time", "20s"])
         .args(args)
         .output()
-        .expect("run cachecast bench")
+        .expect("run cachecast-bench")
 }
 
 fn json(args: &[&str]) -> Value {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use socket2::SockRef;
 
 use super::{Chosen, RecvBuffer, Report, Section, Status};
-use crate::net::socket::{self, InterfaceInfo, InterfaceSpec, SocketError, SocketOptions};
+use cachecast::net::socket::{self, InterfaceInfo, InterfaceSpec, SocketError, SocketOptions};
 
 /// The report section a socket error belongs to.
 pub(super) fn section_of(e: &SocketError) -> Section {

@@ -1,18 +1,15 @@
-//! The `cachecast` command line: one file per subcommand.
-
-pub mod bench;
-pub mod demo;
-pub mod doctor;
-pub mod listen;
-pub mod send;
+//! The command line's shared arguments: the subcommands, where the cluster
+//! is ([`NetArgs`]), durations.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::net::socket::InterfaceSpec;
-use crate::node::{NodeConfig, DEFAULT_GROUP};
+use cachecast::net::socket::InterfaceSpec;
+use cachecast::node::{NodeConfig, DEFAULT_GROUP};
+
+use crate::{demo, doctor, listen, send};
 
 /// cachecast: coherent caches over UDP multicast.
 ///
@@ -37,12 +34,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print every delivery as one JSON object per line.
     Listen(listen::ListenArgs),
-    // (Doctor and Bench: their help is their arguments' doc comment.)
+    // (Doctor: its help is its arguments' doc comment.)
     Doctor(doctor::DoctorArgs),
-    Bench(bench::BenchArgs),
-    /// One subscriber process of `cachecast bench` (internal).
-    #[command(hide = true)]
-    BenchSub(bench::SubArgs),
 }
 
 /// Where the cluster is: shared by every subcommand.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::harness::Cluster;
-use crate::node::Delivery;
-use crate::wire::{Body, Datagram, EventRef};
+use cachecast::harness::Cluster;
+use cachecast::node::Delivery;
+use cachecast::wire::{Body, Datagram, EventRef};
 
 /// Options of the demo.
 #[derive(Debug, Args)]

@@ -85,7 +85,7 @@ pub fn write_svg(path: &Path, r: &Results) -> Result<(), Box<dyn std::error::Err
         String::new()
     };
     let title = format!(
-        "cachecast bench: 1 publisher → {} subscribers, {}-byte keys{keys}",
+        "cachecast-bench: 1 publisher → {} subscribers, {}-byte keys{keys}",
         r.subscribers, r.key_size
     );
     let body = root.titled(&title, ("sans-serif", 26).into_font().color(&BLACK))?;

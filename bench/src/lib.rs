@@ -1,13 +1,18 @@
-//! `cachecast bench`: cachecast side by side with raw UDP multicast and,
+//! `cachecast-bench` (this crate, unpublished): cachecast side by side with raw UDP multicast and,
 //! when given, Redis pub/sub and NATS, on this host.
 //!
 //! One publisher (in this process) and `--subscribers` subscriber
-//! processes (this binary again, as the hidden `bench-sub`), on loopback
+//! processes (this binary again, as the hidden `sub`), on loopback
 //! multicast (interface 127.0.0.1, TTL 0) or the broker on 127.0.0.1.
 //! Four modes: flat-out throughput, paced latency, a rate sweep, and the
 //! memory of a subscriber following many streams.
 //! Timestamps travel in the messages and come from `CLOCK_MONOTONIC`,
 //! which every process of the host shares.
+
+/// Parses "250ms", "2s", "1m30s".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
+}
 
 pub mod cachecast_sys;
 pub mod common;
@@ -28,8 +33,6 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use common::{Done, Plan, PubReport, SubReport, MIN_KEY_SIZE, PROGRESS};
-
-use super::parse_duration;
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
@@ -96,14 +99,7 @@ impl std::str::FromStr for Rate {
     }
 }
 
-/// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
-/// host: flat-out throughput, latency at a fixed rate, a rate sweep, and
-/// a subscriber's memory with many streams.
-///
-/// Everything stays on this host: multicast on interface 127.0.0.1 with
-/// TTL 0, brokers on 127.0.0.1. Prints a progress line on standard error
-/// and a table at the end (--json for machines). scripts/bench.sh --peers
-/// starts Redis and NATS and passes --redis / --nats.
+/// The bench's options (`cachecast-bench --help`).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// What to measure.
@@ -300,7 +296,7 @@ impl RunResult {
     }
 }
 
-/// Everything one `cachecast bench` measured.
+/// Everything one bench run measured.
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
     pub subscribers: u16,
@@ -326,10 +322,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.key_size < MIN_KEY_SIZE || args.key_size > crate::wire::MAX_KEY_LEN {
+    if args.key_size < MIN_KEY_SIZE || args.key_size > cachecast::wire::MAX_KEY_LEN {
         return Err(format!(
             "--key-size must be {MIN_KEY_SIZE}..={} (it carries a 16-digit timestamp)",
-            crate::wire::MAX_KEY_LEN
+            cachecast::wire::MAX_KEY_LEN
         )
         .into());
     }
@@ -342,14 +338,14 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.group.is_multicast() {
         return Err(format!("--group {} is not a multicast address", args.group).into());
     }
-    let sample = crate::wire::Event::Invalidate {
+    let sample = cachecast::wire::Event::Invalidate {
         keys: vec!["k".repeat(args.key_size); args.keys_per_event],
     };
-    let max_datagram = crate::proto::CoreConfig::default().max_datagram;
-    let ev_len = crate::wire::check_event(&sample, max_datagram)
+    let max_datagram = cachecast::proto::CoreConfig::default().max_datagram;
+    let ev_len = cachecast::wire::check_event(&sample, max_datagram)
         .map_err(|e| format!("an event of this size cannot be published: {e}"))?;
-    let per_datagram =
-        ((max_datagram - crate::wire::DATA_OVERHEAD) / ev_len).clamp(1, crate::wire::MAX_EVENTS);
+    let per_datagram = ((max_datagram - cachecast::wire::DATA_OVERHEAD) / ev_len)
+        .clamp(1, cachecast::wire::MAX_EVENTS);
     if args.redis.is_some() && !args.systems.contains(&System::Redis) {
         args.systems.push(System::Redis);
     }
@@ -518,7 +514,7 @@ impl Ctx<'_> {
         let mut subs = Vec::new();
         for i in 0..self.args.subscribers {
             subs.push(SubProcess::spawn(&[
-                "bench-sub".into(),
+                "sub".into(),
                 "--system".into(),
                 system.name().into(),
                 "--addr".into(),
@@ -714,7 +710,7 @@ impl Drop for SubProcess {
     }
 }
 
-/// `cachecast bench-sub`: one subscriber, reporting one JSON line. Runs on
+/// `cachecast-bench sub`: one subscriber, reporting one JSON line. Runs on
 /// a thread of its own (the subscriber builds its own runtime).
 pub fn run_sub(args: SubArgs) -> Result<(), String> {
     std::thread::spawn(move || sub_main(args).map_err(|e| e.to_string()))
@@ -807,7 +803,7 @@ fn ratio(v: f64, base: Option<f64>) -> String {
 fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
     writeln!(
         out,
-        "cachecast bench: 1 publisher → {} subscribers, {}-byte keys, {} key(s) per event, {} events per datagram (cachecast and raw UDP)",
+        "cachecast-bench: 1 publisher → {} subscribers, {}-byte keys, {} key(s) per event, {} events per datagram (cachecast and raw UDP)",
         r.subscribers, r.key_size, r.keys_per_event, r.events_per_datagram
     )?;
     let base = |v: &[RunResult], f: fn(&RunResult) -> f64| {

@@ -6,9 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::node::{Node, NodeConfig};
-use crate::proto::DeliveryRef;
-use crate::wire::{EventBatch, EventRef};
+use cachecast::node::{Node, NodeConfig};
+use cachecast::proto::DeliveryRef;
+use cachecast::wire::{EventBatch, EventRef};
 
 use super::common::{
     loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, Step,
@@ -163,7 +163,7 @@ pub fn subscribe(
     name: &str,
     done: Done,
     ready: impl FnOnce() + Send + 'static,
-) -> io::Result<(Recorder, crate::node::NodeStats)> {
+) -> io::Result<(Recorder, cachecast::node::NodeStats)> {
     let rt = runtime()?;
     let name = name.to_string();
     // A spawned task, not the `block_on` future: woken by the driver, a

@@ -132,7 +132,7 @@ pub fn subscribe(
     done: &Done,
     ready: impl FnOnce(),
 ) -> io::Result<Recorder> {
-    let ms = crate::net::socket::open(&loopback_opts(group))
+    let ms = cachecast::net::socket::open(&loopback_opts(group))
         .map_err(|e| io::Error::other(e.to_string()))?;
     let sock = ms.socket;
     let fd = sock.as_raw_fd();
@@ -141,7 +141,7 @@ pub fn subscribe(
     if gso {
         // The same batched receive as the driver's: recvmmsg + GRO.
         let state = quinn_udp::UdpSocketState::new((&sock).into())?;
-        let mut bufs = crate::net::batch::RecvBuffers::new();
+        let mut bufs = cachecast::net::RecvBuffers::new();
         ready();
         rec.start();
         while !done.check(&rec) {

@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Peer, Probe, Report, Section, Status};
-use crate::cli::listen::stream_hex;
-use crate::net::socket::{InterfaceInfo, InterfaceSpec, SocketOptions};
-use crate::wire::{self, Body, DecodeError, Header};
+use crate::listen::stream_hex;
+use cachecast::net::socket::{InterfaceInfo, InterfaceSpec, SocketOptions};
+use cachecast::wire::{self, Body, DecodeError, Header};
 
 /// How long to keep listening for other nodes' answers once both sockets
 /// heard the probe (nodes answer a `Hello` within a few milliseconds).
@@ -340,8 +340,8 @@ pub(super) fn report_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::doctor::tests::empty_report;
-    use crate::proto::{CoreConfig, Delivery, NodeCore};
+    use crate::doctor::tests::empty_report;
+    use cachecast::proto::{CoreConfig, Delivery, NodeCore};
 
     fn unheard(heard_by: [bool; 2]) -> ProbeRun {
         ProbeRun {

@@ -30,9 +30,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::{parse_duration, NetArgs};
-use crate::net::socket::{self, InterfaceInfo, SocketOptions};
-use crate::wire;
+use crate::args::{parse_duration, NetArgs};
+use cachecast::net::socket::{self, InterfaceInfo, SocketOptions};
+use cachecast::wire;
 
 use checks::{
     check_group, check_interface, check_recv_buffer, check_socket, check_ttl, section_of,

@@ -1,9 +1,17 @@
+//! `cachecast`: the command line (send, listen, demo, doctor).
+
+mod args;
+mod demo;
+mod doctor;
+mod listen;
+mod send;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cachecast::cli::{self, Cli, Command};
+use args::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -13,12 +21,10 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => cli::demo::run(args).await,
-        Command::Send(args) => cli::send::run(args).await,
-        Command::Listen(args) => cli::listen::run(args).await,
-        Command::Doctor(args) => cli::doctor::run(args).await,
-        Command::Bench(args) => cli::bench::run(args).await.map_err(|e| e.to_string()),
-        Command::BenchSub(args) => cli::bench::run_sub(args),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Send(args) => send::run(args).await,
+        Command::Listen(args) => listen::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

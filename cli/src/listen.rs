@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::cli::{parse_duration, NetArgs};
-use crate::node::{Delivery, Node};
-use crate::wire::EventRef;
+use crate::args::{parse_duration, NetArgs};
+use cachecast::node::{Delivery, Node};
+use cachecast::wire::EventRef;
 
 /// Print deliveries as JSON lines.
 #[derive(Debug, Args)]

@@ -1,0 +1,54 @@
+//! `cachecast-bench`: the benchmark binary (unpublished). Run it through
+//! `scripts/bench.sh`; `cachecast-bench --help` lists every option.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cachecast_bench::{BenchArgs, SubArgs};
+
+/// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
+/// host: flat-out throughput, latency at a fixed rate, a rate sweep, and
+/// a subscriber's memory with many streams.
+///
+/// Everything stays on this host: multicast on interface 127.0.0.1 with
+/// TTL 0, brokers on 127.0.0.1. Prints a progress line on standard error
+/// and a table at the end (--json for machines). scripts/bench.sh --peers
+/// starts Redis and NATS and passes --redis / --nats.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cachecast-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// One subscriber process of the bench (internal).
+    #[command(hide = true)]
+    Sub(SubArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.sub {
+        Some(Sub::Sub(args)) => cachecast_bench::run_sub(args),
+        None => cachecast_bench::run(cli.bench)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cachecast-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
