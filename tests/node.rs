@@ -403,7 +403,6 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
 
 /// On Linux a socket filter drops a node's own looped-back datagrams in the
 /// kernel: it never wakes up for them, and still hears everyone else.
-#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn own_datagrams_are_dropped_by_the_kernel() {
     let c = Cluster::new();

@@ -94,7 +94,7 @@ impl BatchSocket {
 
     /// Waits for datagrams and reads as many as are ready into `bufs`.
     ///
-    /// Where one read takes many datagrams (`recvmmsg`), a read that did not
+    /// One read takes many datagrams (`recvmmsg`), so a read that did not
     /// fill every buffer emptied the socket: its readiness is cleared then
     /// and there, so that the next call waits instead of trying a read that
     /// can only say "would block" (a wasted system call per wake-up at low
@@ -106,7 +106,7 @@ impl BatchSocket {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
                 bufs.fill(&self.state, &self.socket)?;
-                if super::socket::SHORT_READ_DRAINS && bufs.filled < RECV_BUFFERS {
+                if bufs.filled < RECV_BUFFERS {
                     // Read, and drained: say "would block" to clear.
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -121,7 +121,7 @@ impl BatchSocket {
     }
 }
 
-/// Received datagrams: up to [`RECV_BUFFERS`] buffers, each holding one
+/// Received datagrams: up to `RECV_BUFFERS` buffers, each holding one
 /// datagram or a GRO batch of same-sized ones.
 pub struct RecvBuffers {
     storage: Vec<u8>,
@@ -136,7 +136,7 @@ impl Default for RecvBuffers {
 }
 
 impl RecvBuffers {
-    /// Empty buffers for one `recvmmsg` of [`RECV_BUFFERS`] datagrams.
+    /// Empty buffers for one `recvmmsg` of `RECV_BUFFERS` datagrams.
     pub fn new() -> Self {
         RecvBuffers {
             storage: vec![0; RECV_BUFFERS * RECV_BUFFER_SIZE],
@@ -231,7 +231,6 @@ mod tests {
 
     /// quinn-udp forbids IP fragmentation; the driver's socket keeps its
     /// own setting (a `max_datagram` above the path MTU relies on it).
-    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_socket_keeps_its_fragmentation_setting() {
         use std::os::fd::AsRawFd;

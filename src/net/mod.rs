@@ -3,6 +3,9 @@
 //! deliveries to subscriptions (`hub`).
 //!
 //! Nothing here takes a protocol decision; that is `proto`'s job.
+//!
+//! Linux only: everything platform-specific lives in [`socket`] (its
+//! `linux` file), which refuses to build for any other system.
 
 pub(crate) mod batch;
 /// The driver's batched receive, for the bench crate: its raw-UDP baseline
