@@ -41,7 +41,7 @@ fn random_group() -> Ipv4Addr {
 fn local_opts(group: Ipv4Addr, port: u16) -> SocketOptions {
     SocketOptions {
         group: SocketAddr::from((group, port)),
-        interface: InterfaceSpec::Addr(LOCALHOST),
+        interface: InterfaceSpec::loopback(),
         ttl: 0,
         loopback: true,
         recv_buffer: 256 * 1024,
@@ -347,10 +347,10 @@ fn interface_address_of_the_other_family_is_rejected() {
 #[test]
 fn interface_spec_parses_and_displays() {
     let cases = [
-        ("", InterfaceSpec::Default),
         ("default", InterfaceSpec::Default),
         ("DEFAULT", InterfaceSpec::Default),
         ("127.0.0.1", InterfaceSpec::Addr(LOCALHOST)),
+        (" 127.0.0.1 ", InterfaceSpec::loopback()),
         ("::1", InterfaceSpec::Addr(IpAddr::V6(Ipv6Addr::LOCALHOST))),
         ("eth0", InterfaceSpec::Name("eth0".into())),
         (" lo ", InterfaceSpec::Name("lo".into())),
@@ -374,6 +374,37 @@ fn interface_spec_parses_and_displays() {
         );
         assert!(err.to_string().contains(bad), "{err}");
     }
+}
+
+/// An empty interface (`--interface ''`, an unset variable) is a mistake,
+/// not the system's choice: a one-line error that says so and what to give.
+#[test]
+fn an_empty_interface_is_refused() {
+    for empty in ["", "  ", "\t"] {
+        let err = empty.parse::<InterfaceSpec>().unwrap_err();
+        assert!(
+            matches!(err, SocketError::InvalidInterfaceName { .. }),
+            "{empty:?}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        for part in ["empty", "eth0", "192.0.2.10", "\"default\""] {
+            assert!(msg.contains(part), "{empty:?}: {part} missing from {msg}");
+        }
+    }
+}
+
+#[test]
+fn the_loopback_interface_is_127_0_0_1() {
+    assert_eq!(InterfaceSpec::loopback(), InterfaceSpec::Addr(LOCALHOST));
+    assert_eq!(InterfaceSpec::loopback().to_string(), "127.0.0.1");
+    let s = open(&local_opts(random_group(), free_port())).expect("open on loopback");
+    assert_eq!(s.interface.addr, Some(LOCALHOST));
+    let lo = list_interfaces()
+        .into_iter()
+        .find(|i| i.index == s.interface.index)
+        .expect("the resolved interface is listed");
+    assert!(lo.loopback, "{lo:?}");
 }
 
 #[test]

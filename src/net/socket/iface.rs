@@ -17,15 +17,47 @@ use super::SocketError;
 /// The longest interface name Linux accepts (`IFNAMSIZ` less its NUL).
 const MAX_INTERFACE_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
-/// How to pick the interface multicast is sent and received on.
+/// Which network interface a node sends and receives multicast on: the
+/// `interface` of [`SocketOptions`](super::SocketOptions) and of
+/// `NodeConfig`, and the command line's `--interface`.
 ///
-/// Parsed from a string: `""` or `"default"` (any case) is [`Default`](Self::Default),
-/// anything that parses as an IP address (`"127.0.0.1"`, `"::1"`) is
-/// [`Addr`](Self::Addr), and anything else (`"eth0"`) is [`Name`](Self::Name).
-/// [`Display`](fmt::Display) writes the same forms back.
+/// Write it the way `ip addr` shows the interface:
+///
+/// - a **name**, e.g. `"eth0"` or `"lo"` ([`Name`](Self::Name)): multicast
+///   is joined on that interface by index, and sent from its first address
+///   of the group's family;
+/// - one of its **addresses**, e.g. `"192.0.2.10"` or `"::1"`
+///   ([`Addr`](Self::Addr)); it must be of the group's family (IPv4 for an
+///   IPv4 group);
+/// - **`"default"`** (any case, [`Default`](Self::Default)): the system
+///   chooses, by its routing table for the group.
+///
+/// Tests and single-host trials use [`InterfaceSpec::loopback`]
+/// (`127.0.0.1`) with multicast TTL 0, so that nothing leaves the host.
+///
+/// ```
+/// use cachecast::net::socket::InterfaceSpec;
+///
+/// let by_name: InterfaceSpec = "eth0".parse()?;
+/// assert_eq!(by_name, InterfaceSpec::Name("eth0".into()));
+/// let by_addr: InterfaceSpec = "127.0.0.1".parse()?;
+/// assert_eq!(by_addr, InterfaceSpec::loopback());
+/// assert_eq!("default".parse::<InterfaceSpec>()?, InterfaceSpec::Default);
+/// // An empty string is a mistake (an unset variable?), not a choice.
+/// assert!("".parse::<InterfaceSpec>().is_err());
+/// # Ok::<(), cachecast::net::socket::SocketError>(())
+/// ```
+///
+/// Parsing trims surrounding whitespace and refuses what cannot be an
+/// interface: an empty string, an IPv6 scope (`fe80::1%eth0`: give the name
+/// instead), whitespace, `/` or NUL inside, a name longer than Linux allows.
+/// [`Display`](fmt::Display) writes the same forms back. Whether the
+/// interface exists is checked when a socket is opened, which lists the
+/// host's interfaces if it does not.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum InterfaceSpec {
-    /// Let the operating system choose (by its routing table).
+    /// Let the system choose, by its routing table for the group (written
+    /// `default`).
     #[default]
     Default,
     /// The interface with this name, e.g. `eth0` or `lo`.
@@ -34,21 +66,33 @@ pub enum InterfaceSpec {
     Addr(IpAddr),
 }
 
+impl InterfaceSpec {
+    /// The loopback interface by its IPv4 address, `127.0.0.1`: with
+    /// multicast TTL 0, nothing a node sends leaves this host. What tests,
+    /// the loopback harness and single-host trials use.
+    pub const fn loopback() -> Self {
+        Self::Addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
 impl FromStr for InterfaceSpec {
     type Err = SocketError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("default") {
+        let invalid = |reason| SocketError::InvalidInterfaceName {
+            name: s.to_owned(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if s.eq_ignore_ascii_case("default") {
             return Ok(Self::Default);
         }
         if let Ok(addr) = s.parse::<IpAddr>() {
             return Ok(Self::Addr(addr));
         }
-        let invalid = |reason| SocketError::InvalidInterfaceName {
-            name: s.to_owned(),
-            reason,
-        };
         if s.contains('%') {
             return Err(invalid(
                 "an IPv6 scope (`%`) is not supported, give the interface name instead",

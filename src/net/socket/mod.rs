@@ -29,8 +29,9 @@
 //! [`SocketError`]; optional ones (raising the receive buffer beyond the
 //! system limit) are logged at debug level and skipped.
 //!
-//! Tests and the loopback harness use interface `127.0.0.1` and multicast
-//! TTL 0, so that nothing they send leaves the host.
+//! Tests and the loopback harness use interface `127.0.0.1`
+//! ([`InterfaceSpec::loopback`]) and multicast TTL 0, so that nothing they
+//! send leaves the host.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -180,7 +181,7 @@ pub enum SocketError {
     /// An interface string that cannot be an interface name.
     #[error(
         "invalid interface {name:?}: {reason}; give an interface name (e.g. eth0), \
-         one of its addresses (e.g. 192.0.2.1) or \"default\""
+         one of its addresses (e.g. 192.0.2.10) or \"default\" (the system's choice)"
     )]
     InvalidInterfaceName {
         /// The string given.
