@@ -13,7 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use cachecast::net::socket::{
-    list_interfaces, open, InterfaceSpec, MulticastSocket, SocketError, SocketOptions,
+    list_interfaces, open, recv_buffer_limit, InterfaceSpec, MulticastSocket, SocketError,
+    SocketOptions,
 };
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -416,4 +417,130 @@ fn list_interfaces_has_loopback() {
         .unwrap_or_else(|| panic!("no interface with 127.0.0.1 in {list:?}"));
     assert!(lo.loopback && lo.up, "{lo:?}");
     assert_ne!(lo.index, 0);
+}
+
+/// Drops `CAP_NET_ADMIN` from the calling thread's effective capabilities
+/// (capabilities are per thread): `SO_RCVBUFFORCE` is then refused.
+fn drop_cap_net_admin_in_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a version-3 header and the two data structs version 3 uses.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_NET_ADMIN);
+    // SAFETY: as above; pid 0 is this thread only.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// A tracing subscriber that records every event: its level and fields.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0 += &format!("{}={v:?} ", f.name());
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let level = *event.metadata().level();
+        self.0.lock().unwrap().push((level, fields.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Opens `opts` in a thread without `CAP_NET_ADMIN`, recording the events
+/// logged meanwhile.
+fn open_capped(opts: SocketOptions) -> (MulticastSocket, Vec<(tracing::Level, String)>) {
+    std::thread::spawn(move || {
+        drop_cap_net_admin_in_this_thread();
+        let events = std::sync::Arc::default();
+        let capture = Capture(std::sync::Arc::clone(&events));
+        let s = tracing::subscriber::with_default(capture, || open(&opts).expect("open"));
+        let events = events.lock().unwrap().clone();
+        (s, events)
+    })
+    .join()
+    .unwrap()
+}
+
+/// A receive buffer that the system capped below the request is what an
+/// operator must see: logged at warn, with the group, the interface and
+/// the fix. A buffer within the limit logs no warning.
+#[test]
+fn a_capped_receive_buffer_is_a_warning() {
+    let limit = recv_buffer_limit().expect("net.core.rmem_max is readable");
+    let requested = limit + (1 << 20);
+    assert!(
+        requested <= i32::MAX as usize / 2,
+        "rmem_max {limit} too high to test"
+    );
+    let opts = SocketOptions {
+        recv_buffer: requested,
+        ..local_opts(random_group(), free_port())
+    };
+    let group = opts.group;
+    let (s, events) = open_capped(opts.clone());
+    assert!(s.recv_buffer_capped(), "{s:?}");
+    assert_eq!(s.recv_buffer_usable(), limit, "capped at net.core.rmem_max");
+    let warnings: Vec<&String> = events
+        .iter()
+        .filter(|(level, _)| *level == tracing::Level::WARN)
+        .map(|(_, fields)| fields)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    for part in [
+        format!("group={group}"),
+        "interface=lo".to_owned(),
+        format!("requested={requested}"),
+        "SO_RCVBUF".to_owned(),
+        "net.core.rmem_max".to_owned(),
+    ] {
+        assert!(
+            warnings[0].contains(&part),
+            "{part} missing: {}",
+            warnings[0]
+        );
+    }
+
+    let (s, events) = open_capped(SocketOptions {
+        recv_buffer: limit / 2,
+        ..opts
+    });
+    assert!(!s.recv_buffer_capped(), "{s:?}");
+    assert!(
+        events
+            .iter()
+            .all(|(level, _)| *level != tracing::Level::WARN && *level != tracing::Level::ERROR),
+        "{events:?}"
+    );
 }

@@ -45,7 +45,8 @@ pub(super) fn multicast_all(socket: &UdpSocket, v4: bool) -> Option<bool> {
 /// forcing it past `net.core.rmem_max` with `SO_RCVBUFFORCE` if the system
 /// capped it, and returns what `getsockopt(SO_RCVBUF)` reports (0 if
 /// unreadable). All of it is optional: a failed option is logged at debug
-/// and skipped.
+/// and skipped; a buffer still smaller than requested is logged at warn,
+/// since bursts that overflow it cost repairs.
 pub(super) fn set_recv_buffer(
     socket: &Socket,
     requested: usize,
@@ -72,9 +73,10 @@ pub(super) fn set_recv_buffer(
         }
     };
     if requested > 0 && recv_buffer_capped(requested, granted) {
-        tracing::info!(%group, %interface, requested, granted,
-            "receive buffer smaller than requested: bursts may be dropped and repaired; \
-             raise the system limit, e.g. `sysctl -w net.core.rmem_max={requested}` on Linux");
+        tracing::warn!(%group, %interface, requested, granted, usable = usable_recv_buffer(granted),
+            "receive buffer (SO_RCVBUF) capped below the request by net.core.rmem_max: \
+             bursts may be dropped and repaired; raise the limit \
+             (`sysctl -w net.core.rmem_max={requested}`) or run with CAP_NET_ADMIN");
     }
     granted
 }

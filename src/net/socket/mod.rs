@@ -27,7 +27,8 @@
 //! no retries. It never sends or receives a datagram; the driver
 //! (`net::driver`) does that. Required socket options that fail are a
 //! [`SocketError`]; optional ones (raising the receive buffer beyond the
-//! system limit) are logged at debug level and skipped.
+//! system limit) are logged at debug level and skipped, and a receive
+//! buffer left below the request is logged at warn.
 //!
 //! Tests and the loopback harness use interface `127.0.0.1`
 //! ([`InterfaceSpec::loopback`]) and multicast TTL 0, so that nothing they
