@@ -13,8 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use cachecast::net::socket::{
-    list_interfaces, open, recv_buffer_limit, InterfaceSpec, MulticastSocket, SocketError,
-    SocketOptions,
+    drop_prefix, list_interfaces, open, recv_buffer_limit, InterfaceSpec, MulticastSocket,
+    SocketError, SocketOptions,
 };
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -417,6 +417,75 @@ fn list_interfaces_has_loopback() {
         .unwrap_or_else(|| panic!("no interface with 127.0.0.1 in {list:?}"));
     assert!(lo.loopback && lo.up, "{lo:?}");
     assert_ne!(lo.index, 0);
+}
+
+/// Datagrams `sock` receives before `want`, which must arrive within
+/// `within` (at most 64 datagrams in all).
+fn received_before(sock: &MulticastSocket, want: &[u8], within: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    sock.socket.set_nonblocking(false).expect("blocking");
+    let mut buf = [0u8; 1500];
+    let mut seen = Vec::new();
+    for _ in 0..64 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{want:?} did not arrive; before it: {seen:?}"
+        );
+        sock.socket.set_read_timeout(Some(left)).expect("timeout");
+        match sock.socket.recv_from(&mut buf) {
+            Ok((n, _)) if &buf[..n] == want => return seen,
+            Ok((n, _)) => seen.push(buf[..n].to_vec()),
+            Err(e) => panic!("{want:?} did not arrive ({e}); before it: {seen:?}"),
+        }
+    }
+    panic!("{want:?} not among 64 datagrams: {seen:?}");
+}
+
+/// The kernel drops what starts with the prefix, exactly that: a datagram
+/// one byte short of it, or differing in its last byte, still arrives.
+#[test]
+fn drop_prefix_filters_exactly_the_prefix() {
+    let (group, port) = (random_group(), free_port());
+    let sender = open(&local_opts(group, port)).expect("open sender");
+    let filtered = open(&local_opts(group, port)).expect("open filtered");
+    let plain = open(&local_opts(group, port)).expect("open plain");
+    // 39 bytes: the filter loads words, a half-word and a byte.
+    let mut prefix = payload("own");
+    prefix.resize(39, b'!');
+    let attached = drop_prefix(&socket2::SockRef::from(&filtered.socket), &prefix).unwrap();
+    assert!(attached);
+
+    let own = [&prefix[..], b" and more"].concat();
+    let exact = prefix.clone();
+    let short = prefix[..prefix.len() - 1].to_vec();
+    let mut near = own.clone();
+    near[prefix.len() - 1] ^= 1;
+    let last = payload("last");
+    for d in [&own, &exact, &short, &near, &last] {
+        send(&sender, sender.group, d);
+    }
+    // One sender, one path: what was sent before `last` is queued before it.
+    assert_eq!(
+        received_before(&filtered, &last, ARRIVES),
+        [short.clone(), near.clone()]
+    );
+    // Control: without the filter, all of them arrive.
+    assert_eq!(
+        received_before(&plain, &last, ARRIVES),
+        [own, exact, short, near]
+    );
+}
+
+/// A prefix too long for the filter's jumps attaches nothing and says so.
+#[test]
+fn drop_prefix_refuses_a_prefix_too_long_for_the_filter() {
+    let s = open(&local_opts(random_group(), free_port())).expect("open");
+    let r = socket2::SockRef::from(&s.socket);
+    assert!(drop_prefix(&r, &[7; 508]).unwrap(), "the longest that fits");
+    let s = open(&local_opts(random_group(), free_port())).expect("open");
+    let r = socket2::SockRef::from(&s.socket);
+    assert!(!drop_prefix(&r, &[7; 509]).unwrap());
 }
 
 /// Drops `CAP_NET_ADMIN` from the calling thread's effective capabilities
