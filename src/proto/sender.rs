@@ -27,7 +27,7 @@ use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
 use bytes::BytesMut;
 
-use crate::wire::{self, Body, EncodedEvent, Event, EventError, Events, SeqRange};
+use crate::wire::{self, Body, EncodedEvent, Event, EventError, Events, RunBuf, SeqRange};
 
 /// Bytes the open batch reserves at a time: sealed batches share one
 /// allocation until it is used up.
@@ -56,9 +56,8 @@ pub struct Sender {
 
     next_seq: u64,
     /// Events published but not yet put in a datagram, encoded back to
-    /// back; the first has seq `next_seq - batch_len`.
-    batch: BytesMut,
-    batch_len: u32,
+    /// back; the first has seq `next_seq - batch.len()`.
+    batch: RunBuf,
 
     heartbeat_at: Instant,
     heartbeat_interval: Duration,
@@ -94,8 +93,7 @@ impl Sender {
             hello_jitter: cfg.hello_answer_jitter,
             hello_min_interval: cfg.hello_answer_min_interval,
             next_seq: 1,
-            batch: BytesMut::new(),
-            batch_len: 0,
+            batch: RunBuf::default(),
             heartbeat_at: now + cfg.heartbeat_idle,
             heartbeat_interval: cfg.heartbeat_idle,
             hello_answer_at: None,
@@ -143,8 +141,8 @@ impl Sender {
         }
         let size = wire::check_event(event, self.max_datagram)?;
         self.make_room(size, out);
-        let start = self.batch.len();
-        wire::encode_event(event, &mut self.batch);
+        let start = self.batch.as_bytes().len();
+        self.batch.push(event);
         Ok(self.added(start, now))
     }
 
@@ -162,19 +160,19 @@ impl Sender {
         let size = event.as_bytes().len();
         wire::check_size(size, self.max_datagram)?;
         self.make_room(size, out);
-        let start = self.batch.len();
-        self.batch.extend_from_slice(event.as_bytes());
+        let start = self.batch.as_bytes().len();
+        self.batch.push_encoded(event);
         Ok(self.added(start, now))
     }
 
     /// Seals the open batch if an event of `size` bytes does not fit in it.
     fn make_room(&mut self, size: usize, out: &mut VecDeque<Body>) {
-        let full = wire::DATA_OVERHEAD + self.batch.len() + size > self.max_datagram
-            || self.batch_len as usize >= wire::MAX_EVENTS;
+        let full = wire::DATA_OVERHEAD + self.batch.as_bytes().len() + size > self.max_datagram
+            || self.batch.len() >= wire::MAX_EVENTS;
         if full {
             self.seal(out);
         }
-        if self.batch.capacity() - self.batch.len() < size {
+        if self.batch.spare() < size {
             // Room for many datagrams at once: sealed batches share it.
             self.batch.reserve(size.max(BATCH_BUFFER));
         }
@@ -183,8 +181,7 @@ impl Sender {
     /// The event encoded at `batch[start..]` was added: hold it for repair
     /// and number it.
     fn added(&mut self, start: usize, now: Instant) -> u64 {
-        self.ring.push(&self.batch[start..], now);
-        self.batch_len += 1;
+        self.ring.push(&self.batch.as_bytes()[start..], now);
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
@@ -192,24 +189,23 @@ impl Sender {
 
     /// True when events wait in the open batch.
     pub fn has_batch(&self) -> bool {
-        self.batch_len > 0
+        !self.batch.is_empty()
     }
 
     /// Moves the open batch, if any, into a `Data` body on `out`.
     fn seal(&mut self, out: &mut VecDeque<Body>) {
-        if self.batch_len == 0 {
+        if self.batch.is_empty() {
             return;
         }
-        let count = std::mem::take(&mut self.batch_len);
-        let events = Events::from_encoded(self.batch.split().freeze(), count);
-        let first_seq = self.next_seq - u64::from(count);
+        let events = self.batch.take();
+        let first_seq = self.next_seq - events.len() as u64;
         out.push_back(Body::Data { first_seq, events });
     }
 
     /// Seals the open batch (called when the driver is about to send) and
     /// restarts the fast heartbeat schedule.
     pub fn flush(&mut self, now: Instant, out: &mut VecDeque<Body>) {
-        if self.batch_len == 0 {
+        if self.batch.is_empty() {
             return;
         }
         self.seal(out);
@@ -261,7 +257,7 @@ impl Sender {
         stats.naks_received += 1;
         self.ring.expire(now);
         // Events still in the open batch were never sent: they need no repair.
-        let sent_end = self.next_seq - u64::from(self.batch_len);
+        let sent_end = self.next_seq - self.batch.len() as u64;
         let oldest = self.ring.oldest();
         let mut unavailable = Vec::new();
         let mut lost = false;
@@ -359,12 +355,16 @@ impl Sender {
             }
             stats.repairs_sent += 1;
             stats.repaired_events_sent += count as u64;
-            // The ring holds events as this sender encoded them.
-            let events = Events::from_encoded(self.scratch.split().freeze(), count as u32);
-            out.push_back(Body::Repair {
-                first_seq: first,
-                events,
-            });
+            // The ring holds bytes, not events: they are checked as a
+            // receiver checks them (never fails: the ring holds whole
+            // events as this sender encoded them).
+            match Events::from_bytes(self.scratch.split().freeze(), count as u32) {
+                Ok(events) => out.push_back(Body::Repair {
+                    first_seq: first,
+                    events,
+                }),
+                Err(e) => debug_assert!(false, "the ring gave back a bad run: {e}"),
+            }
         }
     }
 
@@ -403,7 +403,7 @@ impl Sender {
         if send {
             // Events still in the open batch are not sent yet: announce only
             // what was.
-            let next_seq = self.next_seq - u64::from(self.batch_len);
+            let next_seq = self.next_seq - self.batch.len() as u64;
             self.ring.expire(now);
             out.push_back(Body::Heartbeat {
                 next_seq,

@@ -1,0 +1,86 @@
+//! The fixed part of every datagram: magic, version, flags, cluster and
+//! stream, checked before anything else of a received datagram is read.
+
+use serde::{Deserialize, Serialize};
+
+use super::{config, malformed, put, DecodeError, MAX_DATAGRAM};
+
+/// The four bytes every cachecast datagram starts with.
+pub const MAGIC: [u8; 4] = *b"CCST";
+/// The wire format version this build speaks.
+pub const VERSION: u8 = 1;
+/// Header flag bit 0: an authentication trailer follows (not supported in v1
+/// without a key, so such datagrams are rejected).
+pub const FLAG_AUTH: u8 = 0x01;
+
+/// The fixed part of every datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// Always [`VERSION`].
+    pub version: u8,
+    /// Bit 0: [`FLAG_AUTH`]; the others are reserved and must be zero.
+    pub flags: u8,
+    /// [`cluster_hash`] of the cluster name; foreign traffic is dropped.
+    pub cluster: u32,
+    /// The sending node's stream: random per process start.
+    pub stream: u64,
+}
+
+impl Header {
+    /// A version-1 header with no flags.
+    pub fn new(cluster: u32, stream: u64) -> Self {
+        Header {
+            magic: MAGIC,
+            version: VERSION,
+            flags: 0,
+            cluster,
+            stream,
+        }
+    }
+}
+
+/// FNV-1a (32 bit) of the cluster name: stable across builds and platforms.
+pub fn cluster_hash(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The bytes every datagram of `stream` in `cluster` starts with: its
+/// header.
+pub fn header_bytes(cluster: u32, stream: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    put(&mut buf, &Header::new(cluster, stream));
+    buf
+}
+
+/// Decodes and validates the header of a received datagram of cluster
+/// `cluster`; returns it and the offset of the body. Cheap: the node checks
+/// the stream (its own traffic is ignored) before the body is decoded.
+pub fn decode_header(bytes: &[u8], cluster: u32) -> Result<(Header, usize), DecodeError> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < 4 || bytes[..4] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    // The version byte follows the magic in every version: checked before
+    // the header is decoded, as another version's header may differ.
+    if let Some(&version) = bytes.get(4).filter(|&&v| v != VERSION) {
+        return Err(DecodeError::BadVersion(version));
+    }
+    let (header, used): (Header, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
+    if header.flags != 0 {
+        return Err(DecodeError::BadFlags(header.flags));
+    }
+    if header.cluster != cluster {
+        return Err(DecodeError::WrongCluster(header.cluster));
+    }
+    Ok((header, used))
+}
