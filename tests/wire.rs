@@ -271,6 +271,280 @@ fn events_are_bincodes_bytes_at_every_varint_width() {
     }
 }
 
+// ---------------------------------------------------------------------------
+// One codec: the hand-written path (the node's) against the definition (the
+// serde derives of `Datagram`, `Header`, `Body` and `Event`, through bincode).
+
+/// bincode's config for the format: standard, with the size limit.
+fn definition() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_DATAGRAM>()
+}
+
+/// Encodes a datagram through the definition.
+fn enc_by_definition(header: &Header, body: &Body) -> Vec<u8> {
+    let datagram = Datagram {
+        header: *header,
+        body: body.clone(),
+    };
+    bincode::serde::encode_to_vec(&datagram, definition()).unwrap()
+}
+
+/// Both paths encode `body` to the same bytes.
+fn assert_same_bytes(header: &Header, body: &Body) -> Vec<u8> {
+    let hand = enc(header, body);
+    assert_eq!(
+        hex::encode(&hand),
+        hex::encode(enc_by_definition(header, body)),
+        "{body:?}"
+    );
+    hand
+}
+
+/// Decodes `bytes` through both paths and checks that they agree: what the
+/// node decodes, the definition decodes to the same datagram from the same
+/// bytes; what the definition decodes whole, the node either decodes the
+/// same or refuses for a check the definition does not make (the header's
+/// values, the limits). Returns the node's result.
+fn assert_paths_agree(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
+    let hand = decode(bytes, cluster);
+    let def = bincode::serde::decode_from_slice::<Datagram, _>(bytes, definition());
+    let at = hex::encode(bytes);
+    match (&hand, &def) {
+        (Ok(d), Ok((d2, used))) => {
+            assert_eq!(d, d2, "{at}");
+            assert_eq!(*used, bytes.len(), "{at}");
+        }
+        (Ok(d), Err(e)) => panic!("{at}: the node decoded {d:?}, the definition refused: {e}"),
+        (Err(DecodeError::TrailingBytes(n)), Ok((_, used))) => {
+            assert_eq!(used + n, bytes.len(), "{at}")
+        }
+        (Err(e), Ok((d2, _))) => assert!(
+            matches!(
+                e,
+                DecodeError::Invalid(_)
+                    | DecodeError::BadMagic
+                    | DecodeError::BadVersion(_)
+                    | DecodeError::BadFlags(_)
+                    | DecodeError::WrongCluster(_)
+            ),
+            "{at}: the definition decoded {d2:?}, the node refused: {e:?}"
+        ),
+        (Err(_), Err(_)) => {}
+    }
+    hand
+}
+
+/// The same for one event: [`decode_event`] (the walk that checks received
+/// events) against [`Event`]'s derive.
+fn assert_event_paths_agree(bytes: &[u8]) {
+    let hand = decode_event(bytes);
+    let def = bincode::serde::decode_from_slice::<Event, _>(bytes, definition());
+    let at = hex::encode(bytes);
+    match (&hand, &def) {
+        (Ok(e), Ok((e2, used))) => {
+            assert_eq!(e, e2, "{at}");
+            assert_eq!(*used, bytes.len(), "{at}");
+        }
+        (Ok(e), Err(err)) => panic!("{at}: the walk decoded {e:?}, the definition refused: {err}"),
+        (Err(DecodeError::TrailingBytes(n)), Ok((_, used))) => {
+            assert_eq!(used + n, bytes.len(), "{at}")
+        }
+        (Err(err), Ok((e2, _))) => assert!(
+            matches!(err, DecodeError::Invalid(_)),
+            "{at}: the definition decoded {e2:?}, the walk refused: {err:?}"
+        ),
+        (Err(_), Err(_)) => {}
+    }
+}
+
+/// Reads a decoded run back every way there is: owned, in place, taken
+/// apart at every point, and each event alone through both decoders. A
+/// wrong event boundary anywhere fails here.
+fn assert_run_reads_back(run: &Events) {
+    let owned = run.to_vec();
+    assert_eq!(owned.len(), run.len());
+    let views: Vec<Event> = run.views().map(|v| v.to_event()).collect();
+    assert_eq!(views, owned, "read in place");
+    for (e, o) in run.iter().zip(&owned) {
+        assert_eq!(&e.to_event(), o);
+        assert_eq!(decode_event(e.as_bytes()).as_ref(), Ok(o));
+        let (def, used): (Event, usize) =
+            bincode::serde::decode_from_slice(e.as_bytes(), definition()).unwrap();
+        assert_eq!((&def, used), (o, e.as_bytes().len()));
+    }
+    for k in 0..=run.len() {
+        let mut rest = run.clone();
+        rest.skip(k);
+        assert_eq!(rest.to_vec(), owned[k..], "skip {k}");
+        if let Some(first) = rest.pop_front() {
+            assert_eq!(first, owned[k]);
+            assert_eq!(
+                rest.views().map(|v| v.to_event()).collect::<Vec<_>>(),
+                owned[k + 1..]
+            );
+        }
+    }
+}
+
+/// The datagram's run, if it has one.
+fn run_of(d: &Datagram) -> Option<&Events> {
+    match &d.body {
+        Body::Data { events, .. } | Body::Repair { events, .. } => Some(events),
+        _ => None,
+    }
+}
+
+/// Applies up to a few edits (overwrite, insert, truncate) to `bytes`.
+fn mutate(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
+    for (at, byte, op) in edits {
+        if bytes.is_empty() {
+            break;
+        }
+        let i = at.index(bytes.len());
+        match op {
+            0 => bytes[i] = *byte,
+            1 => bytes.insert(i, *byte),
+            _ => bytes.truncate(i),
+        }
+    }
+}
+
+/// One sample event of every variant.
+fn one_of_each_event() -> Vec<Event> {
+    vec![
+        keys(2),
+        Event::InvalidatePrefix { prefix: "p".into() },
+        Event::ClearAll,
+        Event::Custom {
+            topic: "t".into(),
+            payload: vec![1, 2],
+        },
+    ]
+}
+
+#[test]
+fn goldens_are_the_definitions_bytes() {
+    for (header, body, golden) in goldens() {
+        let bytes = hex::decode(golden).unwrap();
+        assert_eq!(hex::encode(enc_by_definition(&header, &body)), golden);
+        let (d, used): (Datagram, usize) =
+            bincode::serde::decode_from_slice(&bytes, definition()).unwrap();
+        assert_eq!((d, used), (Datagram { header, body }, bytes.len()));
+        assert_paths_agree(&bytes, cluster()).unwrap();
+    }
+}
+
+/// Every tag is its variant's position, which is what bincode writes before
+/// the variant's fields: for bodies and for events, in both paths.
+#[test]
+fn tags_are_the_positions_bincode_writes() {
+    for (i, tag) in BodyTag::ALL.iter().enumerate() {
+        assert_eq!(*tag as usize, i);
+        assert_eq!(BodyTag::from_u32(i as u32), Some(*tag));
+    }
+    assert_eq!(BodyTag::from_u32(BodyTag::ALL.len() as u32), None);
+    for (i, tag) in EventTag::ALL.iter().enumerate() {
+        assert_eq!(*tag as usize, i);
+        assert_eq!(EventTag::from_u32(i as u32), Some(*tag));
+    }
+    assert_eq!(EventTag::from_u32(EventTag::ALL.len() as u32), None);
+
+    let header_len = header_bytes(cluster(), 7).len();
+    let mut seen = Vec::new();
+    for (header, body, _) in goldens() {
+        let at = header_bytes(header.cluster, header.stream).len();
+        let hand = assert_same_bytes(&header, &body);
+        assert_eq!(hand[at], body.tag() as u8, "{body:?}");
+        seen.push(body.tag());
+    }
+    assert_eq!(seen, BodyTag::ALL, "the goldens cover every body, in order");
+    let mut seen = Vec::new();
+    for event in one_of_each_event() {
+        let def = bincode::serde::encode_to_vec(&event, definition()).unwrap();
+        assert_eq!(def[0], event.tag() as u8);
+        assert_eq!(EncodedEvent::new(&event).unwrap().as_bytes()[0], def[0]);
+        seen.push(event.tag());
+    }
+    assert_eq!(seen, EventTag::ALL, "one event of every variant, in order");
+    // A tag past the last is refused by both paths.
+    let mut bytes = enc(&hdr(), &Body::Goodbye { next_seq: 1 });
+    bytes[header_len] = BodyTag::ALL.len() as u8;
+    assert!(matches!(
+        assert_paths_agree(&bytes, cluster()),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_event(&[EventTag::ALL.len() as u8]),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert_event_paths_agree(&[EventTag::ALL.len() as u8]);
+}
+
+/// Every way to write a varint (each width, each marker byte, canonical or
+/// not), at every place the node reads one by hand in a `Data` body: both
+/// paths read it alike.
+#[test]
+fn every_varint_form_reads_alike() {
+    // A Data body with one Invalidate of one key "k": the varints are
+    // first_seq (1), the event count (1), the key count (1) and the key's
+    // length (1). `{}` marks the one under test.
+    let places = [
+        "00 {} 01 00 01 01 6b",
+        "00 01 {} 00 01 01 6b",
+        "00 01 01 00 {} 01 6b",
+        "00 01 01 00 01 {} 6b",
+    ];
+    let mut forms: Vec<String> = (0..=255u8).map(|b| format!("{b:02x}")).collect();
+    for marker in 251..=255u8 {
+        for width in [2, 4, 8] {
+            let mut one = vec![0u8; width];
+            one[0] = 1;
+            forms.push(format!("{marker:02x}{}", hex::encode(&one)));
+        }
+    }
+    for place in places {
+        for form in &forms {
+            let bytes = claim(&place.replace("{}", form));
+            let result = assert_paths_agree(&bytes, cluster());
+            // 1 in any width decodes (neither path insists on the shortest
+            // form), and so the event reads back.
+            if ["01", "fb0100", "fc01000000", "fd0100000000000000"].contains(&form.as_str()) {
+                let d = result.unwrap_or_else(|e| panic!("{place} with {form}: {e:?}"));
+                let k = Event::Invalidate {
+                    keys: vec!["k".into()],
+                };
+                assert_eq!(run_of(&d).unwrap().to_vec(), vec![k]);
+            }
+        }
+    }
+}
+
+/// The definition's own decoding is as bounded as the node's: a claimed
+/// count over its limit is refused before anything is allocated for it.
+#[test]
+fn the_definition_decodes_hostile_claims_cheaply() {
+    let by_definition = |bytes: &[u8]| {
+        allocated_by(|| bincode::serde::decode_from_slice::<Datagram, _>(bytes, definition()))
+    };
+    for body in [
+        format!("0001{HUGE}"),          // Data claiming u64::MAX events
+        format!("0401{HUGE}"),          // Repair
+        "0001fb0104".to_string(),       // MAX_EVENTS + 1
+        format!("000101 00{HUGE}"),     // an Invalidate claiming u64::MAX keys
+        format!("000101 0300{HUGE}"),   // a Custom claiming u64::MAX payload bytes
+        format!("0301{HUGE}"),          // Nak claiming u64::MAX ranges
+        "0001fb0004".to_string(),       // MAX_EVENTS, no bytes behind
+        "00010100fb0004".to_string(),   // MAX_KEYS, no bytes behind
+        "0001010300fbe3ff".to_string(), // MAX_DATAGRAM payload, no bytes behind
+    ] {
+        let bytes = claim(&body);
+        let (result, allocated) = by_definition(&bytes);
+        assert!(result.is_err(), "{body}");
+        assert!(allocated <= SMALL, "{body}: allocated {allocated} bytes");
+        assert!(decode(&bytes, cluster()).is_err(), "{body}");
+    }
+}
+
 /// A received run knows where each event ends; taking events off it, by
 /// one or by many, and reading a clone, all agree with the events sent.
 #[test]
@@ -478,6 +752,33 @@ fn body() -> impl Strategy<Value = Body> {
     ]
 }
 
+/// Events whose counts and lengths also take the wider varints.
+fn wide_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => event(),
+        1 => (text(4), proptest::collection::vec(any::<u8>(), 245..1100))
+            .prop_map(|(topic, payload)| Event::Custom { topic, payload }),
+        1 => (245..300usize).prop_map(keys),
+        1 => (60..300usize).prop_map(|n| Event::InvalidatePrefix { prefix: "x".repeat(n) }),
+    ]
+}
+
+/// Bodies with runs of [`wide_event`]s.
+fn wide_body() -> impl Strategy<Value = Body> {
+    let run = || {
+        (seq(), proptest::collection::vec(wide_event(), 1..6))
+            .prop_map(|(first, events)| (first.min(MAX_SEQ - events.len() as u64), events))
+    };
+    prop_oneof![
+        body(),
+        run().prop_map(|(first_seq, events)| data(first_seq, events)),
+        run().prop_map(|(first_seq, events)| Body::Repair {
+            first_seq,
+            events: Events::new_unchecked(&events)
+        }),
+    ]
+}
+
 fn header() -> impl Strategy<Value = Header> {
     (any::<u32>(), any::<u64>()).prop_map(|(cluster, stream)| Header::new(cluster, stream))
 }
@@ -503,14 +804,18 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = decode(&bytes, cluster());
+        assert_paths_agree(&bytes, cluster()).ok();
         // Past the header checks, so the body decoder sees the noise.
         let mut framed = hex::decode("434353540100fc44ad051707").unwrap();
         framed.extend_from_slice(&bytes);
-        if let Ok(d) = decode(&framed, cluster()) {
+        if let Ok(d) = assert_paths_agree(&framed, cluster()) {
             // Whatever decodes is valid: it encodes and decodes again.
-            prop_assert_eq!(decode(&enc(&d.header, &d.body), cluster()), Ok(d));
+            prop_assert_eq!(decode(&enc(&d.header, &d.body), cluster()), Ok(d.clone()));
+            if let Some(run) = run_of(&d) {
+                assert_run_reads_back(run);
+            }
         }
+        assert_event_paths_agree(&bytes);
     }
 
     #[test]
@@ -520,20 +825,38 @@ proptest! {
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
     ) {
         let mut bytes = enc(&header, &body);
-        for (at, byte, op) in edits {
-            if bytes.is_empty() {
-                break;
-            }
-            let i = at.index(bytes.len());
-            match op {
-                0 => bytes[i] = byte,
-                1 => bytes.insert(i, byte),
-                _ => bytes.truncate(i),
+        mutate(&mut bytes, &edits);
+        if let Ok(d) = assert_paths_agree(&bytes, header.cluster) {
+            prop_assert_eq!(decode(&enc(&d.header, &d.body), header.cluster), Ok(d.clone()));
+            if let Some(run) = run_of(&d) {
+                assert_run_reads_back(run);
             }
         }
-        if let Ok(d) = decode(&bytes, header.cluster) {
-            prop_assert_eq!(decode(&enc(&d.header, &d.body), header.cluster), Ok(d));
+    }
+
+    /// Both paths write the same bytes for any datagram, and read them back
+    /// the same; a run decoded from them reads back every way.
+    #[test]
+    fn both_paths_write_and_read_the_same_bytes(header in header(), body in wide_body()) {
+        let bytes = assert_same_bytes(&header, &body);
+        let d = assert_paths_agree(&bytes, header.cluster).unwrap();
+        prop_assert_eq!(&d.body, &body);
+        if let Some(run) = run_of(&d) {
+            assert_run_reads_back(run);
         }
+    }
+
+    /// One event, mutated: the walk that checks received events and the
+    /// definition agree on what it is, or that it is none.
+    #[test]
+    fn mutated_events_decode_alike(
+        e in wide_event(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+    ) {
+        let mut bytes = EncodedEvent::new(&e).unwrap().as_bytes().to_vec();
+        assert_event_paths_agree(&bytes);
+        mutate(&mut bytes, &edits);
+        assert_event_paths_agree(&bytes);
     }
 }
 
