@@ -266,7 +266,7 @@ impl Node {
             interface = %sock.interface.name,
             cluster = %config.cluster,
             node = %config.node_name,
-            stream = format_args!("{:#018x}", core_cfg.stream),
+            stream = format_args!("{:016x}", core_cfg.stream),
             recv_buffer = sock.recv_buffer_granted,
             "joining"
         );

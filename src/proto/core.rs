@@ -357,6 +357,10 @@ impl NodeCore {
     fn retire_if_finished(&mut self, stream: u64) {
         if self.streams.get(&stream).is_some_and(|r| r.is_finished()) {
             self.streams.remove(&stream);
+            tracing::debug!(
+                stream = format_args!("{stream:016x}"),
+                "stream ended (Goodbye)"
+            );
             self.stats.streams_ended += 1;
             self.stats.streams = self.streams.len() as u64;
             self.ended.push_back(stream);
@@ -424,7 +428,7 @@ impl NodeCore {
                 .collect();
             for s in timed_out {
                 if let Some(mut r) = self.streams.remove(&s) {
-                    tracing::debug!(stream = s, "stream timed out");
+                    tracing::debug!(stream = format_args!("{s:016x}"), "stream timed out");
                     sink.stats.streams_timed_out += 1;
                     r.time_out(&mut sink);
                 }
@@ -547,7 +551,7 @@ fn receiver_for<'a>(
         // sync window), so nothing it sent meanwhile is lost silently.
         evicted.remove(stream);
         let start = if in_sync { pos } else { Some(1) };
-        tracing::debug!(stream, ?start, "new stream");
+        tracing::debug!(stream = format_args!("{stream:016x}"), ?start, "new stream");
         streams.insert(stream, StreamReceiver::new(stream, start, now));
         sink.stats.streams = streams.len() as u64;
     }
@@ -573,7 +577,10 @@ fn evict_one(
         return;
     };
     if let Some(mut r) = streams.remove(&victim) {
-        tracing::debug!(stream = victim, "stream evicted: table full");
+        tracing::debug!(
+            stream = format_args!("{victim:016x}"),
+            "stream evicted: table full"
+        );
         sink.stats.streams_evicted += 1;
         if !r.evict(sink) {
             evicted.insert(victim, r.last_heard(), r.next_expected(), sink);

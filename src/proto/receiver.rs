@@ -42,9 +42,10 @@ pub struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Delivers a `Reset`.
+    /// Delivers a `Reset`, logged at `warn`: it is what an operator needs
+    /// to see (the application clears its whole cache).
     pub fn reset(&mut self, reason: ResetReason) {
-        tracing::debug!(kind = reason.kind(), ?reason, "reset");
+        log_reset(&reason);
         self.stats.reset(reason.kind());
         self.deliveries
             .push_back(Output::One(Delivery::Reset { reason }));
@@ -328,7 +329,12 @@ impl StreamReceiver {
 
     fn open_gap(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
         sink.stats.gaps_opened += 1;
-        tracing::trace!(stream = self.stream, start, end, "gap");
+        tracing::trace!(
+            stream = format_args!("{:016x}", self.stream),
+            start,
+            end,
+            "gap"
+        );
         let due = now + sink.cfg.reorder_window + sink.backoff();
         self.gaps.insert(
             start,
@@ -447,5 +453,36 @@ impl StreamReceiver {
             stream: self.stream,
             next_expected,
         });
+    }
+}
+
+/// Logs a `Reset` at `warn` with what was lost; the stream id in 16 hex
+/// digits, as everywhere.
+fn log_reset(reason: &ResetReason) {
+    let kind = reason.kind();
+    match *reason {
+        ResetReason::Unavailable { stream, missing }
+        | ResetReason::RetriesExhausted {
+            stream, missing, ..
+        }
+        | ResetReason::TooOld { stream, missing }
+        | ResetReason::TooManyGaps { stream, missing }
+        | ResetReason::StreamEvicted { stream, missing } => tracing::warn!(
+            kind,
+            stream = format_args!("{stream:016x}"),
+            missing_from = missing.0,
+            missing_to = missing.1,
+            "Reset: events may be lost (missing_from..missing_to); clear the cache"
+        ),
+        ResetReason::StreamTimedOut {
+            stream,
+            next_expected,
+        } => tracing::warn!(
+            kind,
+            stream = format_args!("{stream:016x}"),
+            next_expected,
+            "Reset: the stream went silent without Goodbye; events from next_expected on may be lost"
+        ),
+        ResetReason::Lagged { missed } => tracing::warn!(kind, missed, "Reset: a subscriber fell behind"),
     }
 }
