@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use cachecast::net::socket::InterfaceSpec;
 use cachecast::node::{NodeConfig, DEFAULT_GROUP};
 
+use crate::logs::LogFormat;
 use crate::{demo, doctor, listen, send};
 
 /// cachecast: coherent caches over UDP multicast.
@@ -16,9 +17,25 @@ use crate::{demo, doctor, listen, send};
 /// Nodes of one cluster publish invalidations to a multicast group; every
 /// other node delivers them, or a Reset (clear the whole cache) when it may
 /// have missed one. Never a silent loss.
+///
+/// SIGINT and SIGTERM stop every command the same way: a node says
+/// Goodbye, lingers, and prints its stats; a second signal exits at once.
+/// Logs go to standard error, filtered by RUST_LOG (default: warn, which
+/// shows Resets and a capped receive buffer); stream ids are 16 hex digits
+/// everywhere. Bad input exits with status 2, other failures with 1.
 #[derive(Debug, Parser)]
 #[command(name = "cachecast", version, about, long_about)]
 pub struct Cli {
+    /// Log format on standard error: text (coloured only on a terminal,
+    /// never with NO_COLOR) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CACHECAST_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,8 +63,9 @@ pub struct NetArgs {
     #[arg(long, env = "CACHECAST_GROUP", default_value_t = DEFAULT_GROUP)]
     pub group: SocketAddr,
     /// Interface by name (eth0) or address (192.0.2.10); default: the
-    /// system's choice. Use 127.0.0.1 with --ttl 0 to stay on this host.
-    #[arg(long, env = "CACHECAST_INTERFACE", default_value = "default")]
+    /// system's choice (`default`). Use 127.0.0.1 with --ttl 0 to stay on
+    /// this host. An empty value is refused.
+    #[arg(long, env = "CACHECAST_INTERFACE", default_value = "default", value_parser = parse_interface)]
     pub interface: InterfaceSpec,
     /// Cluster name: traffic of other clusters on the same group is ignored.
     #[arg(long, env = "CACHECAST_CLUSTER", default_value = "default")]
@@ -75,6 +93,19 @@ impl NetArgs {
             ..NodeConfig::default()
         }
     }
+}
+
+/// Parses `--interface`, refusing an empty value (which would quietly mean
+/// the system's choice).
+pub fn parse_interface(s: &str) -> Result<InterfaceSpec, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "an empty interface: give a name (eth0), an address (192.0.2.10), \
+                    or `default` for the system's choice"
+                .into(),
+        );
+    }
+    s.parse::<InterfaceSpec>().map_err(|e| e.to_string())
 }
 
 /// Parses "250ms", "2s", "1m30s".

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::failure::Failure;
+use crate::stop::Stop;
 use cachecast::harness::Cluster;
 use cachecast::node::Delivery;
 use cachecast::wire::{Body, Datagram, EventRef};
@@ -57,17 +59,18 @@ async fn wait_for(c: &Cluster, i: usize, key: &str, since: Instant) -> Option<Du
     None
 }
 
-/// Runs `cachecast demo`.
-pub async fn run(a: DemoArgs) -> Result<(), String> {
+/// Runs `cachecast demo`. SIGINT or SIGTERM stop it between two steps:
+/// every node says Goodbye, and it exits 1 without a verdict.
+pub async fn run(a: DemoArgs, stop: &Stop) -> Result<(), Failure> {
     if !(0.0..=90.0).contains(&a.loss) {
-        return Err(format!(
+        return Err(Failure::Usage(format!(
             "--loss {} is out of range: use 0 to 90 (percent)",
             a.loss
-        ));
+        )));
     }
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut names = vec!["backend".to_string()];
     names.extend((1..=a.frontends).map(|i| format!("frontend-{i}")));
+    stop.arm();
     let mut c = Cluster::start_named(&names, a.seed, |cfg| {
         // Short enough for a demo: a silent stream is given up after 2 s.
         cfg.protocol.stream_timeout = Duration::from_secs(2);
@@ -75,7 +78,20 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
         cfg.subscriber_queue = 4096;
     })
     .await
-    .map_err(|e| err(&e))?;
+    .map_err(|e| e.to_string())?;
+    let outcome = tokio::select! {
+        r = scenes(&a, &mut c, &names) => r,
+        reason = stop.wait() => Err(format!("stopped by {reason} before the verdict; every node said Goodbye")),
+    };
+    c.shutdown_all().await;
+    let verdict = outcome?;
+    println!("{verdict}");
+    Ok(())
+}
+
+/// The scenes and the verdict line (an error for a silent loss).
+async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<String, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let fe = 1..c.len();
     let t = Timeline { start: c.started() };
     println!(
@@ -100,7 +116,7 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
     let sent = Instant::now();
     c.publish(0, ["product:42"]).await.map_err(|e| err(&e))?;
     t.say("backend", "invalidates product:42");
-    match wait_for(&c, last, "product:42", sent).await {
+    match wait_for(c, last, "product:42", sent).await {
         Some(d) => t.say(
             &names[last],
             format!("delivered product:42 after {:.2} ms", d.as_secs_f64() * 1e3),
@@ -153,7 +169,7 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
         "backend",
         "invalidates tail:last (lost on its way to frontend-1)",
     );
-    match wait_for(&c, 1, "tail:last", sent).await {
+    match wait_for(c, 1, "tail:last", sent).await {
         Some(d) => t.say(
             "frontend-1",
             format!(
@@ -249,15 +265,11 @@ pub async fn run(a: DemoArgs) -> Result<(), String> {
             );
         }
     }
-    c.shutdown_all().await;
     match check {
-        Ok(r) => {
-            println!(
-                "verdict: {} events checked ({} delivered, {} covered by a Reset), {repaired} repaired, Resets by reason {resets:?}: no silent loss",
-                r.expected, r.delivered, r.covered_by_reset
-            );
-            Ok(())
-        }
+        Ok(r) => Ok(format!(
+            "verdict: {} events checked ({} delivered, {} covered by a Reset), {repaired} repaired, Resets by reason {resets:?}: no silent loss",
+            r.expected, r.delivered, r.covered_by_reset
+        )),
         Err(v) => Err(format!("verdict: SILENT LOSS: {v}")),
     }
 }

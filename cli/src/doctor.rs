@@ -31,6 +31,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::args::{parse_duration, NetArgs};
+use crate::failure::Failure;
 use cachecast::net::socket::{self, InterfaceInfo, SocketOptions};
 use cachecast::wire;
 
@@ -58,7 +59,11 @@ Heartbeat (doctor lists them) and forget the stream on its Goodbye. With the \
 defaults (the system's interface, TTL 1) the probe goes out on your LAN; to \
 keep it on this host, use --interface 127.0.0.1 --ttl 0.
 
-Exit status: 0 when no problem was found (warnings do not count), 1 otherwise.";
+Exit status: 0 when no problem was found (warnings do not count), 1 otherwise.
+
+SIGINT or SIGTERM end it at once (status 130 or 143): it runs no node, and \
+its probe's Goodbye leaves right after the Hello, so nothing is left for \
+the other nodes to time out.";
 
 /// Check this host's multicast set-up for a group: interfaces, a probe
 /// that must come back to this host, TTL, socket options and receive
@@ -238,8 +243,9 @@ impl Report {
     }
 }
 
-/// Runs `cachecast doctor`.
-pub async fn run(args: DoctorArgs) -> Result<(), String> {
+/// Runs `cachecast doctor`. It runs no node and never arms the stop
+/// handler: a signal ends it at once.
+pub async fn run(args: DoctorArgs) -> Result<(), Failure> {
     let report = diagnose(&args).await;
     let out = if args.json {
         serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
@@ -249,10 +255,10 @@ pub async fn run(args: DoctorArgs) -> Result<(), String> {
     println!("{out}");
     match report.findings.iter().find(|f| f.status == Status::Problem) {
         None => Ok(()),
-        Some(first) => Err(format!(
+        Some(first) => Err(Failure::Failed(format!(
             "doctor found {} problem(s); the first: {}",
             report.problems, first.message
-        )),
+        ))),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cachecast listen`: join and print every delivery as one JSON object
-//! per line on stdout.
+//! per line on stdout, until a signal, a count, a timeout, or (when asked)
+//! the end of standard input or of the parent process.
 
 use std::io::Write;
 use std::time::Duration;
@@ -8,24 +9,69 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::args::{parse_duration, NetArgs};
+use crate::failure::Failure;
+use crate::stop::Stop;
 use cachecast::node::{Delivery, Node};
 use cachecast::wire::EventRef;
 
+const AFTER_HELP: &str = "\
+Output: first {\"type\":\"ready\",\"stream\":\"…\"} once joined, then one line \
+per delivery ({\"type\":\"event\",...} or {\"type\":\"reset\",...}), and with \
+--stats a last {\"type\":\"stats\",...}. Stream ids are strings of 16 hex \
+digits, as in the logs.
+
+Stopping: SIGINT and SIGTERM (systemd, Docker, Kubernetes) stop it cleanly: \
+the node says Goodbye (the other nodes forget its stream, no Reset), \
+lingers, prints its stats with --stats, and exits 0; a second signal exits \
+at once. So do --count, --timeout, and, when asked, the end of standard \
+input (--exit-on-stdin-close) or of the parent process (--exit-with-parent). \
+Without these it runs until stopped, also when its parent is gone.";
+
 /// Print deliveries as JSON lines.
 #[derive(Debug, Args)]
+#[command(after_long_help = AFTER_HELP)]
 pub struct ListenArgs {
     #[command(flatten)]
     pub net: NetArgs,
-    /// Stop after this many deliveries (events and resets).
-    #[arg(long)]
+    /// Stop after this many deliveries (events and resets); at least 1.
+    /// Without it: no limit.
+    #[arg(long, value_parser = parse_count)]
     pub count: Option<u64>,
-    /// Stop after this long (e.g. 10s, 500ms).
-    #[arg(long, value_parser = parse_duration)]
+    /// Stop after this long (e.g. 10s, 500ms); above 0.
+    #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// On exit, print the node's counters as a last JSON line
     /// (`{"type":"stats",...}`).
     #[arg(long)]
     pub stats: bool,
+    /// Stop cleanly when standard input reaches its end (what is read is
+    /// ignored): for a parent that holds a pipe to it, which closes however
+    /// the parent ends. Without it, standard input is not read.
+    #[arg(long)]
+    pub exit_on_stdin_close: bool,
+    /// Stop cleanly when the parent process ends (Linux: the kernel sends
+    /// SIGTERM; strictly, when the thread that started it ends).
+    #[arg(long)]
+    pub exit_with_parent: bool,
+}
+
+/// Parses `--count`: 0 would stop before the first delivery.
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (leave --count out to listen without a limit)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (give a whole number of deliveries)")),
+    }
+}
+
+/// Parses `--timeout`: 0 would stop at once.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => {
+            Err("must be above 0 (leave --timeout out to listen without a limit)".into())
+        }
+        d => Ok(d),
+    }
 }
 
 /// A stream id as JSON: a hex string (JSON numbers lose precision past 2^53).
@@ -82,8 +128,16 @@ pub fn delivery_json(d: &Delivery) -> Value {
     }
 }
 
-/// Runs `cachecast listen`.
-pub async fn run(args: ListenArgs) -> Result<(), String> {
+/// Runs `cachecast listen`; `parent` is the parent's pid at start.
+pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(), Failure> {
+    stop.arm();
+    if args.exit_with_parent {
+        stop.with_parent(parent)
+            .map_err(|e| format!("--exit-with-parent: {e}"))?;
+    }
+    if args.exit_on_stdin_close {
+        stop.on_stdin_close();
+    }
     let node = Node::join(args.net.config("listen"))
         .await
         .map_err(|e| e.to_string())?;
@@ -111,7 +165,7 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
         };
         let d = tokio::select! {
             d = next => d,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = stop.wait() => None,
         };
         let Some(d) = d else { break };
         seen += 1;
@@ -123,6 +177,7 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
             break; // stdout closed (e.g. piped into head): stop quietly.
         }
     }
+    // Goodbye and linger: the other nodes forget this stream, no Reset.
     node.shutdown().await;
     if args.stats {
         let stats = node.stats().await;

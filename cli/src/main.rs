@@ -3,34 +3,52 @@
 mod args;
 mod demo;
 mod doctor;
+mod failure;
 mod listen;
+mod logs;
 mod send;
+mod stop;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use args::{Cli, Command};
+use failure::Failure;
+use stop::Stop;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
+    // First, so that a parent that ends later is noticed (--exit-with-parent).
+    let parent = stop::parent_pid();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(args).await,
-        Command::Send(args) => send::run(args).await,
-        Command::Listen(args) => listen::run(args).await,
-        Command::Doctor(args) => doctor::run(args).await,
+    logs::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(Failure::Failed(format!("cannot start the runtime: {e}"))),
     };
-    match result {
+    match runtime.block_on(run(cli.command, parent)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cachecast: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(f) => fail(f),
     }
+}
+
+async fn run(command: Command, parent: libc::pid_t) -> Result<(), Failure> {
+    // Before anything joins: a SIGTERM from now on is a clean stop.
+    let stop = Stop::install().map_err(|e| format!("cannot catch SIGINT/SIGTERM: {e}"))?;
+    match command {
+        Command::Demo(args) => demo::run(args, &stop).await,
+        Command::Send(args) => send::run(args, &stop).await,
+        Command::Listen(args) => listen::run(args, &stop, parent).await,
+        // No node: a signal ends it at once (its probe's Goodbye is sent
+        // right after the Hello).
+        Command::Doctor(args) => doctor::run(args).await,
+    }
+}
+
+fn fail(f: Failure) -> ExitCode {
+    eprintln!("cachecast: error: {f}");
+    ExitCode::from(f.exit_code())
 }

@@ -160,16 +160,92 @@ fn bad_input_exits_non_zero_with_a_one_line_error() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     let out = send(&net, &["invalidate", "--stdin"], Some("\n\n"));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no keys"), "{err}");
+}
 
-    let long = "x".repeat(2000);
-    let out = send(&net, &["invalidate", &long], None);
-    assert!(!out.status.success());
+/// Asserts that `out` is a usage error: exit status 2, one error line that
+/// contains `needle`, and nothing published.
+fn assert_usage_error(what: &str, out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "{what}: one error line: {err}");
+    assert!(errors[0].contains(needle), "{what}: {needle:?} in {err}");
+}
+
+#[test]
+fn dangerous_input_is_refused_before_anything_is_sent() {
+    let net = loopback(None);
+    // A listener on the group: none of these may reach it.
+    let (child, rx) = listen(&net, &["--timeout", "30s"]);
+    let long = "x".repeat(2000);
+    let cases: [(&[&str], &str); 5] = [
+        (&["prefix", ""], "use `cachecast send clear`"),
+        (&["invalidate", "a", ""], "an empty key"),
+        (&["invalidate", &long], "at most"),
+        (&["--interface", "", "clear"], "an empty interface"),
+        (&["--interface", " ", "clear"], "an empty interface"),
+    ];
+    // The loopback flags without their --interface.
+    let at = net.iter().position(|a| a == "--interface").unwrap();
+    let mut no_interface = net.clone();
+    no_interface.drain(at..at + 2);
+    for (args, needle) in cases {
+        let flags = if args.contains(&"--interface") {
+            &no_interface
+        } else {
+            &net
+        };
+        let out = send(flags, args, None);
+        assert_usage_error(&format!("send {args:?}"), &out, needle);
+    }
+    let out = run(Command::new(BIN)
+        .args(["send"])
+        .args(&no_interface)
+        .arg("clear")
+        .env("CACHECAST_INTERFACE", ""));
+    assert_usage_error("CACHECAST_INTERFACE=''", &out, "an empty interface");
+
+    // Standard input: empty lines are skipped, a key too long is refused
+    // with its line, no key at all is refused.
+    let out = send(
+        &net,
+        &["invalidate", "--stdin"],
+        Some(&format!("a\n\n{long}\n")),
+    );
+    assert_usage_error("a long key on stdin", &out, "line 3");
+    let out = send(&net, &["invalidate", "--stdin"], Some("\n\r\n"));
+    assert_usage_error("only empty lines on stdin", &out, "no keys");
+
+    // And what is fine still goes through: the first delivery is this one.
+    let out = send(&net, &["invalidate", "--stdin"], Some("\nok:1\n\nok:2\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = next(&rx);
+    assert_eq!(v["keys"], serde_json::json!(["ok:1", "ok:2"]), "{v}");
+    drop(rx);
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn listen_refuses_a_count_or_timeout_that_would_stop_it_at_once() {
+    let net = loopback(None);
+    for (args, needle) in [
+        (["--count", "0"], "at least 1"),
+        (["--timeout", "0s"], "above 0"),
+    ] {
+        let out = run(Command::new(BIN).arg("listen").args(&net).args(args));
+        assert_usage_error(&format!("listen {args:?}"), &out, needle);
+        assert!(out.stdout.is_empty(), "listen {args:?} joined");
+    }
 }
 
 #[test]
@@ -186,13 +262,31 @@ fn help_explains_the_commands() {
         "--interface",
         "--cluster",
         "--ttl",
+        "--log-format",
         "invalidate",
         "prefix",
         "clear",
         "custom",
+        "empty prefix",
+        "SIGTERM",
     ] {
         assert!(help.contains(word), "send --help lacks {word}: {help}");
     }
+    let out = run(Command::new(BIN).args(["listen", "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--exit-on-stdin-close",
+        "--exit-with-parent",
+        "SIGTERM",
+        "Goodbye",
+        "at least 1",
+        "16 hex",
+    ] {
+        assert!(help.contains(word), "listen --help lacks {word}: {help}");
+    }
+    let out = run(Command::new(BIN).args(["send", "invalidate", "--help"]));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Empty lines"), "{help}");
 }
 
 #[test]
@@ -227,6 +321,5 @@ fn the_demo_ends_with_a_no_silent_loss_verdict() {
 #[test]
 fn the_demo_rejects_bad_options() {
     let out = run(Command::new(BIN).args(["demo", "--loss", "150"]));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--loss"));
+    assert_usage_error("demo --loss 150", &out, "--loss");
 }

@@ -70,3 +70,201 @@ pub fn loopback(group_ip: Option<&str>) -> Vec<String> {
         format!("test-{}", rand::random::<u32>()),
     ]
 }
+
+/// A running `cachecast` whose output is read line by line, each wait
+/// bounded by [`LIMIT`].
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    /// Its standard input (piped), until dropped.
+    pub stdin: Option<std::process::ChildStdin>,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    /// Every standard output line read so far.
+    pub out_seen: Vec<String>,
+    /// Every standard error line read so far.
+    pub err_seen: Vec<String>,
+}
+
+fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    /// Spawns `cmd` with its three standard streams piped.
+    pub fn spawn(cmd: &mut std::process::Command) -> Running {
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines(child.stdout.take().unwrap());
+        let err = lines(child.stderr.take().unwrap());
+        Running {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            err,
+            out_seen: Vec::new(),
+            err_seen: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.out_seen.join("\n"),
+            self.err_seen.join("\n")
+        )
+    }
+
+    /// Waits for a standard output line that `pred` accepts, parsed as JSON.
+    pub fn wait_out(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.wait_out_until(what, Instant::now() + LIMIT, pred)
+            .unwrap_or_else(|| panic!("no {what} within {LIMIT:?}; {}", self.context()))
+    }
+
+    /// Like [`Running::wait_out`], with a deadline: `None` past it.
+    pub fn wait_out_until(
+        &mut self,
+        what: &str,
+        end: Instant,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.out.recv_timeout(left) {
+                Ok(line) => {
+                    self.out_seen.push(line.clone());
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("{what}: stdout line {line:?} is not JSON: {e}")
+                    });
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("stdout closed before {what}; {}", self.context())
+                }
+            }
+        }
+    }
+
+    /// Waits for a standard output line (any text) that `pred` accepts.
+    pub fn wait_text_out(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + LIMIT;
+        loop {
+            let left = end
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no {what} within {LIMIT:?}; {}", self.context()));
+            match self.out.recv_timeout(left) {
+                Ok(line) => {
+                    self.out_seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what} on stdout; {}", self.context()),
+            }
+        }
+    }
+
+    /// Waits for a standard error line that `pred` accepts.
+    pub fn wait_err(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + LIMIT;
+        loop {
+            let left = end
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no {what} within {LIMIT:?}; {}", self.context()));
+            match self.err.recv_timeout(left) {
+                Ok(line) => {
+                    self.err_seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what} on stderr; {}", self.context()),
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child's, not yet reaped (we hold its `Child`).
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+    }
+
+    /// Waits (bounded) for the process to end and for its output to close;
+    /// returns its status. Every line is then in `out_seen` / `err_seen`.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let end = Instant::now() + LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "cachecast did not exit within {LIMIT:?}; {}",
+                    self.context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for (rx, seen) in [
+            (&self.out, &mut self.out_seen),
+            (&self.err, &mut self.err_seen),
+        ] {
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => seen.push(line),
+                    Err(_) => break,
+                }
+            }
+        }
+        status
+    }
+
+    /// The standard output lines parsed as JSON.
+    pub fn out_json(&self) -> Vec<serde_json::Value> {
+        self.out_seen
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave the process running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

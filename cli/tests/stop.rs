@@ -1,0 +1,200 @@
+//! How the `cachecast` binary stops, on loopback (interface 127.0.0.1, TTL
+//! 0): SIGTERM is a clean stop (Goodbye, linger, stats, exit 0) for
+//! `listen` and `send`, and `listen` can end with its standard input or its
+//! parent.
+
+mod process;
+use process::{loopback, Running};
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
+
+/// `cachecast listen` on `net` with `extra` flags and debug logs of the
+/// library, once it printed its "ready" line; returns it and its stream id.
+fn listener(net: &[String], extra: &[&str]) -> (Running, String) {
+    let mut l = Running::spawn(
+        Command::new(BIN)
+            .arg("listen")
+            .args(net)
+            .args(extra)
+            .env("RUST_LOG", "cachecast=debug"),
+    );
+    let ready = l.wait_out("the ready line", |v| v["type"] == "ready");
+    let stream = ready["stream"].as_str().unwrap().to_owned();
+    assert_eq!(stream.len(), 16, "{ready}");
+    (l, stream)
+}
+
+/// True for a debug log line of the library that says `what` about `stream`.
+fn log_of(line: &str, what: &str, stream: &str) -> bool {
+    line.contains(what) && line.contains(&format!("stream={stream}"))
+}
+
+fn stats_of(l: &Running) -> Value {
+    l.out_json()
+        .into_iter()
+        .find(|v| v["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats line: {:?}", l.out_seen))
+}
+
+#[test]
+fn sigterm_stops_listen_cleanly_and_the_others_see_its_stream_end_without_a_reset() {
+    let net = loopback(None);
+    let (mut other, _) = listener(&net, &["--stats"]);
+    let (mut stopped, stream) = listener(&net, &["--stats"]);
+    other.wait_err("the other listener meeting the stream", |l| {
+        log_of(l, "new stream", &stream)
+    });
+
+    stopped.signal(libc::SIGTERM);
+    let status = stopped.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status}: {:?}", stopped.err_seen);
+    let stats = stats_of(&stopped);
+    assert!(stats["hellos_sent"].as_u64().unwrap() > 0, "{stats}");
+    // Its Goodbye: the other listener forgets the stream, and so will never
+    // time it out with a Reset.
+    other.wait_err("the other listener seeing the stream end", |l| {
+        log_of(l, "stream ended (Goodbye)", &stream)
+    });
+
+    other.signal(libc::SIGTERM);
+    assert_eq!(other.wait_exit().code(), Some(0));
+    let stats = stats_of(&other);
+    assert_eq!(stats["resets"], serde_json::json!({}), "{stats}");
+    assert_eq!(stats["streams_timed_out"], 0, "{stats}");
+    assert!(stats["streams_ended"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        !other.out_json().iter().any(|v| v["type"] == "reset"),
+        "{:?}",
+        other.out_seen
+    );
+}
+
+#[test]
+fn sigterm_while_send_lingers_finishes_the_linger_and_exits_0() {
+    let net = loopback(None);
+    let (mut l, _) = listener(&net, &[]);
+    let mut send = Running::spawn(Command::new(BIN).arg("send").args(&net).args([
+        "--linger",
+        "1s",
+        "invalidate",
+        "k1",
+    ]));
+    let event = l.wait_out("the sent event", |v| v["keys"] == serde_json::json!(["k1"]));
+    let stream = event["stream"].as_str().unwrap().to_owned();
+
+    // Published: `send` is now saying Goodbye and lingering.
+    send.signal(libc::SIGTERM);
+    let status = send.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status}: {:?}", send.err_seen);
+    l.wait_err("the listener seeing the stream end", |line| {
+        log_of(line, "stream ended (Goodbye)", &stream)
+    });
+}
+
+#[test]
+fn listen_exits_cleanly_when_its_stdin_closes_with_exit_on_stdin_close() {
+    let net = loopback(None);
+    let (mut l, _) = listener(&net, &["--exit-on-stdin-close", "--stats"]);
+    drop(l.stdin.take());
+    let status = l.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status}: {:?}", l.err_seen);
+    stats_of(&l);
+}
+
+#[test]
+fn listen_exits_with_its_parent_when_asked() {
+    let net = loopback(None);
+    // A shell as the parent: it starts the listener, says its pid, and
+    // waits for it.
+    let mut parent = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" listen "$@" & echo "pid $!"; wait"#)
+        .arg(BIN)
+        .args(&net)
+        .args(["--exit-with-parent", "--stats"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = parent.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        first.push(
+            rx.recv_timeout(process::LIMIT)
+                .expect("the pid and ready lines"),
+        );
+    }
+    let pid: i32 = first
+        .iter()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{first:?}"));
+    assert!(first.iter().any(|l| l.contains("\"ready\"")), "{first:?}");
+    // Should the listener outlive the test, it is killed.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory-safety preconditions. The pid is
+            // the listener's; if it exited it is a zombie until its new
+            // parent reaps it, or (once reaped) not reused this quickly.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(pid);
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    // The listener stops cleanly (stats line) and its output closes: it
+    // ended, although nobody signalled it but the kernel.
+    let mut rest = Vec::new();
+    let end = std::time::Instant::now() + process::LIMIT;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => rest.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!(
+                    "the listener outlived its parent by {:?}: {rest:?}",
+                    process::LIMIT
+                )
+            }
+        }
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("\"type\":\"stats\"")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_demo_between_scenes_with_goodbyes() {
+    let mut demo = Running::spawn(Command::new(BIN).args(["demo", "--seed", "1"]));
+    // The demo prints text, not JSON: wait for its first line by hand.
+    let first = demo.wait_text_out("the demo's first line", |l| l.starts_with("cachecast demo"));
+    assert!(first.contains("loopback"), "{first}");
+    demo.signal(libc::SIGTERM);
+    let status = demo.wait_exit();
+    assert_eq!(status.code(), Some(1), "{status}: {:?}", demo.out_seen);
+    let err = demo.err_seen.join("\n");
+    assert!(
+        err.contains("stopped by SIGTERM before the verdict"),
+        "{err}"
+    );
+    assert!(!demo.out_seen.iter().any(|l| l.starts_with("verdict")));
+}
