@@ -18,8 +18,9 @@ use crate::{demo, doctor, listen, send};
 /// other node delivers them, or a Reset (clear the whole cache) when it may
 /// have missed one. Never a silent loss.
 ///
-/// SIGINT and SIGTERM stop every command the same way: a node says
-/// Goodbye, lingers, and prints its stats; a second signal exits at once.
+/// SIGINT and SIGTERM stop every command the same way: a running node says
+/// Goodbye (so no other node Resets), lingers, and prints its stats; a
+/// second signal, or one before any node runs (doctor), exits at once.
 /// Logs go to standard error, filtered by RUST_LOG (default: warn, which
 /// shows Resets and a capped receive buffer); stream ids are 16 hex digits
 /// everywhere. Bad input exits with status 2, other failures with 1.
