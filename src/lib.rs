@@ -11,13 +11,11 @@
 //! machines), [`net`] (sockets and the tokio driver), [`node`] (the async
 //! API).
 
-#[cfg(feature = "test-util")]
-pub mod harness;
 pub mod net;
 pub mod node;
 pub mod proto;
 #[cfg(feature = "test-util")]
-pub mod sim;
+pub mod testkit;
 pub mod wire;
 
 /// The README's examples, compiled as doc tests so that they stay true.

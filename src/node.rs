@@ -21,7 +21,7 @@
 //! ```
 //!
 //! This layer only wires things together: the socket ([`crate::net::socket`]),
-//! the driver task ([`crate::net::driver`]) and the protocol
+//! the driver task (`net::driver`) and the protocol
 //! ([`crate::proto`]). It takes no protocol decision.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -34,8 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch, RwLock};
 
 use crate::net::hub::{Cursor, Hub, Take};
 
-use crate::net::driver::{Command, Driver, DriverStats};
-pub use crate::net::driver::{FaultInjector, Verdict};
+use crate::net::driver::{Command, Driver, DriverStats, Hooks};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 pub use crate::proto::{
@@ -57,7 +56,7 @@ pub const DEFAULT_GROUP: SocketAddr =
 
 /// Everything needed to join a cluster. `Default` gives working defaults
 /// for a LAN; tests use interface 127.0.0.1 and TTL 0.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Multicast group and port (IPv4 or IPv6). Default [`DEFAULT_GROUP`].
     pub group: SocketAddr,
@@ -98,9 +97,6 @@ pub struct NodeConfig {
     /// …). Its `cluster`, `stream`, `node_name` and `seed` are set from the
     /// fields above at join.
     pub protocol: CoreConfig,
-    /// Test hook: fault injection on receive and send (loss, duplication,
-    /// delay, partition); see [`crate::harness`].
-    pub faults: Option<Arc<dyn FaultInjector>>,
 }
 
 impl Default for NodeConfig {
@@ -117,26 +113,7 @@ impl Default for NodeConfig {
             linger: Duration::from_millis(50),
             seed: None,
             protocol: CoreConfig::default(),
-            faults: None,
         }
-    }
-}
-
-impl std::fmt::Debug for NodeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeConfig")
-            .field("group", &self.group)
-            .field("interface", &self.interface)
-            .field("cluster", &self.cluster)
-            .field("node_name", &self.node_name)
-            .field("ttl", &self.ttl)
-            .field("loopback", &self.loopback)
-            .field("recv_buffer", &self.recv_buffer)
-            .field("subscriber_queue", &self.subscriber_queue)
-            .field("linger", &self.linger)
-            .field("protocol", &self.protocol)
-            .field("faults", &self.faults.is_some())
-            .finish()
     }
 }
 
@@ -162,8 +139,6 @@ pub struct NodeStats {
     pub protocol: Stats,
     /// `Reset { Lagged }` given to subscribers that fell behind.
     pub lagged_resets: u64,
-    /// Datagrams lost by the `faults` test hook (received or to be sent).
-    pub hook_dropped: u64,
     /// Sends the OS refused.
     pub send_errors: u64,
     /// Receives the OS reported as failed.
@@ -191,11 +166,6 @@ struct Shared {
     closed: RwLock<bool>,
     /// Becomes true when the driver has stopped.
     done: watch::Receiver<bool>,
-    /// Stops the driver without `Goodbye` (a simulated crash).
-    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
-    task: tokio::task::AbortHandle,
-    #[cfg_attr(not(feature = "test-util"), allow(dead_code))]
-    crashed: Arc<std::sync::atomic::AtomicBool>,
     max_datagram: usize,
     stream: u64,
     interface: ResolvedInterface,
@@ -229,6 +199,15 @@ impl Node {
     /// another node publishes is delivered to subscribers, or a `Reset`
     /// after it. Start caching only after this returns.
     pub async fn join(config: NodeConfig) -> Result<Node, JoinError> {
+        Ok(Self::start(config, Hooks::default()).await?.0)
+    }
+
+    /// [`Node::join`] with the driver's `hooks` (the test kit's); also
+    /// returns the driver task, which the test kit aborts to crash it.
+    pub(crate) async fn start(
+        config: NodeConfig,
+        hooks: Hooks,
+    ) -> Result<(Node, tokio::task::AbortHandle), JoinError> {
         let mut core_cfg = config.protocol.clone();
         core_cfg.cluster = wire::cluster_hash(&config.cluster);
         core_cfg.node_name = config.node_name.clone();
@@ -279,23 +258,23 @@ impl Node {
         let first = deliveries.subscribe();
         let final_stats = Arc::new(Mutex::new(None));
         let (done_tx, done) = watch::channel(false);
-        let crashed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        #[cfg(not(feature = "test-util"))]
+        let Hooks {} = hooks;
         let driver = Driver {
-            crashed: crashed.clone(),
             core,
             socket: udp,
             group: config.group,
             commands: rx,
             deliveries: deliveries.clone(),
-
-            faults: config.faults.clone(),
+            #[cfg(feature = "test-util")]
+            hooks,
             linger: config.linger,
             final_stats: final_stats.clone(),
             done: done_tx,
         };
         let task = tokio::spawn(driver.run());
         tokio::time::sleep_until(sync_deadline).await;
-        Ok(Node {
+        let node = Node {
             commands: tx,
             shared: Arc::new(Shared {
                 deliveries,
@@ -303,8 +282,6 @@ impl Node {
                 lagged: Arc::new(AtomicU64::new(0)),
                 final_stats,
                 closed: RwLock::new(false),
-                task: task.abort_handle(),
-                crashed,
                 done,
                 max_datagram: core_cfg.max_datagram,
                 stream: core_cfg.stream,
@@ -313,7 +290,8 @@ impl Node {
                 recv_buffer_granted: sock.recv_buffer_granted,
                 local_addr,
             }),
-        })
+        };
+        Ok((node, task.abort_handle()))
     }
 
     /// This node's stream id (new at every join).
@@ -375,24 +353,6 @@ impl Node {
         }
         self.send_publish(|| Command::PublishEvents(batch.take()))
             .await
-    }
-
-    /// Publishes `event` and returns the seq it got and when (the driver's
-    /// clock): for the harness, which checks deliveries by seq.
-    #[cfg(feature = "test-util")]
-    pub(crate) async fn publish_acked(
-        &self,
-        event: Event,
-    ) -> Result<(u64, std::time::Instant), PublishError> {
-        wire::check_event(&event, self.shared.max_datagram)?;
-        let (tx, rx) = oneshot::channel();
-        self.send_publish(|| Command::PublishAcked(event, tx))
-            .await?;
-        let mut done = self.shared.done.clone();
-        tokio::select! {
-            r = rx => r.unwrap_or(Err(PublishError::Closed)),
-            _ = done.wait_for(|d| *d) => Err(PublishError::Closed),
-        }
     }
 
     /// Invalidates these keys everywhere.
@@ -467,21 +427,12 @@ impl Node {
         NodeStats {
             protocol,
             lagged_resets: lagged,
-            hook_dropped: d.hook_dropped,
             send_errors: d.send_errors,
             recv_errors: d.recv_errors,
             recv_buffer_requested: self.shared.recv_buffer_requested,
             recv_buffer_granted: self.shared.recv_buffer_granted,
             interface: self.shared.interface.name.clone(),
         }
-    }
-
-    /// Stops at once, as a crashing process would: no `Goodbye`, nothing
-    /// more sent. For fault injection (see `crate::harness`).
-    #[cfg(feature = "test-util")]
-    pub(crate) fn crash(&self) {
-        self.shared.crashed.store(true, Ordering::SeqCst);
-        self.shared.task.abort();
     }
 
     /// Sends everything published so far, says `Goodbye`, lingers to answer

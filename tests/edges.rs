@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cachecast::proto::{CoreConfig, Delivery, NodeCore};
-use cachecast::sim::{data_seqs, Sim};
+use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{self, Body, Event, Events, Header};
 
 fn key(i: u64) -> Event {
@@ -30,7 +30,7 @@ fn repair_pacing_never_wakes_at_the_same_instant_forever() {
     sim.add_node("rx", CoreConfig::default());
     sim.run_for(ms(200));
     // rx loses every Data datagram: everything must come by repair.
-    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.set_faults(1, Faults::dropping(|d| data_seqs(d).is_some()));
     for i in 0..2000 {
         sim.publish(0, key(i));
         sim.run_for(Duration::from_micros(300));
@@ -392,11 +392,12 @@ fn an_evicted_stream_that_dies_unseen_is_reset_at_its_timeout() {
     sim.run_for(ms(50));
     sim.publish(b, key(2)); // rx meets b: a is evicted, with no gap
     sim.run_for(ms(5));
-    sim.set_drop_filter(move |f| f.to == rx && f.from == a);
+    let sa = sim.core(a).unwrap().stream();
+    sim.set_faults(rx, Faults::dropping(move |d| d.header.stream == sa));
     sim.publish(a, key(3)); // lost to rx...
     sim.run_for(ms(1));
     sim.crash(a); // ...and a dies
-    sim.clear_drop_filter();
+    sim.clear_faults(rx);
     sim.run_for(Duration::from_secs(15));
     if let Err(v) = sim.check() {
         panic!("{v}");
@@ -417,11 +418,13 @@ fn a_nak_paces_a_flat_out_publisher_and_nothing_is_lost() {
     sim.add_nodes("n", 2);
     sim.run_for(ms(200));
     let dropped = AtomicBool::new(false);
-    sim.set_drop_filter(move |f| {
-        f.to == 1
-            && data_seqs(f.datagram).is_some_and(|r| r.contains(&5_000))
-            && !dropped.swap(true, Ordering::SeqCst)
-    });
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| {
+            data_seqs(d).is_some_and(|r| r.contains(&5_000))
+                && !dropped.swap(true, Ordering::SeqCst)
+        }),
+    );
     // 40,000 events at about 35 MB/s: 1,000 per ms.
     for b in 0..40u64 {
         sim.publish_batch(0, (0..1000).map(|i| key(b * 1000 + i)).collect());

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use cachecast::harness::Cluster;
 use cachecast::node::Delivery;
+use cachecast::testkit::{CheckReport, Faults, LoopbackCluster};
 use cachecast::wire::{Body, Event};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-async fn settle_and_check(c: &Cluster) -> cachecast::harness::CheckReport {
+async fn settle_and_check(c: &LoopbackCluster) -> CheckReport {
     assert!(c.settle(SETTLE).await, "the cluster did not settle");
     match c.check() {
         Ok(r) => r,
@@ -17,14 +17,14 @@ async fn settle_and_check(c: &Cluster) -> cachecast::harness::CheckReport {
     }
 }
 
-fn resets(c: &Cluster, i: usize) -> usize {
+fn resets(c: &LoopbackCluster, i: usize) -> usize {
     c.deliveries(i)
         .iter()
         .filter(|(_, d)| matches!(d, Delivery::Reset { .. }))
         .count()
 }
 
-fn got_keys(c: &Cluster, i: usize) -> Vec<String> {
+fn got_keys(c: &LoopbackCluster, i: usize) -> Vec<String> {
     c.deliveries(i)
         .into_iter()
         .filter_map(|(_, d)| match d {
@@ -41,7 +41,7 @@ fn got_keys(c: &Cluster, i: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_incident_a_recycled_frontend_gets_the_next_invalidation() {
     // n0 is the backend, n1 and n2 the frontends.
-    let mut c = Cluster::start(3).await.unwrap();
+    let mut c = LoopbackCluster::start(3).await.unwrap();
     for i in 0..20 {
         c.publish(0, [format!("warm-{i}")]).await.unwrap();
     }
@@ -55,7 +55,7 @@ async fn the_seed_incident_a_recycled_frontend_gets_the_next_invalidation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_and_heal_is_repaired() {
-    let mut c = Cluster::start(3).await.unwrap();
+    let c = LoopbackCluster::start(3).await.unwrap();
     c.faults(2).partition(true);
     for i in 0..50 {
         c.publish(0, [format!("during-{i}")]).await.unwrap();
@@ -79,7 +79,7 @@ async fn partition_and_heal_is_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_crashing_mid_stream_and_restarting() {
-    let mut c = Cluster::start_with(3, 7, |cfg| {
+    let mut c = LoopbackCluster::start_with(3, 7, |cfg| {
         // A short stream timeout so that the crash is noticed quickly.
         cfg.protocol.stream_timeout = Duration::from_secs(3);
     })
@@ -89,7 +89,7 @@ async fn a_sender_crashing_mid_stream_and_restarting() {
         c.publish(0, [format!("before-{i}")]).await.unwrap();
     }
     // The last datagrams before the crash are lost to node 1.
-    c.faults(1).drop_next(1_000);
+    c.faults(1).set(Faults::dropping_next_data(1_000));
     c.publish(0, ["lost-with-the-crash"]).await.unwrap();
     assert!(c.wait_sent(0, SETTLE).await);
     c.crash(0);
@@ -124,7 +124,7 @@ async fn a_sender_crashing_mid_stream_and_restarting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_is_in_sync_from_its_join() {
-    let mut c = Cluster::start(2).await.unwrap();
+    let mut c = LoopbackCluster::start(2).await.unwrap();
     for i in 0..20 {
         c.publish(0, [format!("early-{i}")]).await.unwrap();
     }
@@ -140,11 +140,16 @@ async fn a_late_joiner_is_in_sync_from_its_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplication_and_reordering_deliver_each_event_once() {
-    let mut c = Cluster::start(3).await.unwrap();
-    c.faults(1)
-        .duplicate_probability(0.3)
-        .delay(Some((Duration::ZERO, Duration::from_millis(4))));
-    c.faults(2).drop_probability(0.1);
+    let c = LoopbackCluster::start(3).await.unwrap();
+    c.faults(1).set(Faults {
+        duplicate: 0.3,
+        jitter: Duration::from_millis(4),
+        ..Faults::default()
+    });
+    c.faults(2).set(Faults {
+        loss: 0.1,
+        ..Faults::default()
+    });
     for i in 0..300 {
         c.publish(0, [format!("k{i}")]).await.unwrap();
         if i % 10 == 9 {
@@ -167,8 +172,8 @@ async fn duplication_and_reordering_deliver_each_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_of_a_burst_is_repaired_via_the_heartbeat() {
-    let mut c = Cluster::start(2).await.unwrap();
-    c.faults(1).drop_if(Some(|d: &cachecast::wire::Datagram| {
+    let c = LoopbackCluster::start(2).await.unwrap();
+    c.faults(1).set(Faults::dropping(|d| {
         matches!(&d.body, Body::Data { events, .. }
             if events.iter().any(|e| e == Event::Invalidate { keys: vec!["last".into()] }))
     }));
@@ -182,8 +187,8 @@ async fn dropping_the_last_of_a_burst_is_repaired_via_the_heartbeat() {
 /// A silent loss, built on purpose: node 1 hears `first`, then is cut off
 /// while node 0 publishes `second` and crashes, then is healed. Its stream
 /// timeout is long, so no Reset comes in time: the cluster never settles.
-async fn lose_silently(first: &str, second: &str) -> Cluster {
-    let mut c = Cluster::start_with(2, 3, |cfg| {
+async fn lose_silently(first: &str, second: &str) -> LoopbackCluster {
+    let mut c = LoopbackCluster::start_with(2, 3, |cfg| {
         cfg.protocol.stream_timeout = Duration::from_secs(60);
     })
     .await
@@ -219,11 +224,12 @@ async fn the_checker_matches_by_seq_so_a_lost_repeat_of_a_key_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settle_waits_for_delayed_datagrams() {
-    let mut c = Cluster::start(2).await.unwrap();
-    c.faults(1).delay(Some((
-        Duration::from_millis(100),
-        Duration::from_millis(150),
-    )));
+    let c = LoopbackCluster::start(2).await.unwrap();
+    c.faults(1).set(Faults {
+        delay: Duration::from_millis(100),
+        jitter: Duration::from_millis(50),
+        ..Faults::default()
+    });
     c.publish(0, ["k"]).await.unwrap();
     assert!(c.settle(SETTLE).await);
     c.check().unwrap();
@@ -232,12 +238,15 @@ async fn settle_waits_for_delayed_datagrams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_whose_every_datagram_was_lost_does_not_count_as_heard() {
-    let mut c = Cluster::start_with(1, 5, |cfg| {
+    let mut c = LoopbackCluster::start_with(1, 5, |cfg| {
         cfg.protocol.stream_timeout = Duration::from_secs(60);
     })
     .await
     .unwrap();
-    c.faults(0).drop_probability(1.0);
+    c.faults(0).set(Faults {
+        loss: 1.0,
+        ..Faults::default()
+    });
     let p = c.add_node("publisher").await.unwrap();
     c.publish(p, ["x"]).await.unwrap();
     assert!(c.wait_sent(p, SETTLE).await);
@@ -252,9 +261,9 @@ async fn a_publisher_whose_every_datagram_was_lost_does_not_count_as_heard() {
 }
 
 /// Waits until node `i`'s faults have lost `n` `Data` datagrams.
-async fn wait_dropped(c: &Cluster, i: usize, n: u64) {
+async fn wait_dropped(c: &LoopbackCluster, i: usize, n: u64) {
     let end = std::time::Instant::now() + SETTLE;
-    while c.faults(i).dropped_data() < n {
+    while c.faults(i).lost_data() < n {
         assert!(
             std::time::Instant::now() < end,
             "node {i} never read the datagram meant to be lost"

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cachecast::node::{Delivery, DeliveryRef, Node, ResetReason, Subscription};
+use cachecast::testkit::{data_seqs, join_with_faults, Faults};
 use cachecast::wire::{self, Body, Event, EventBatch, EventRef, Events, Header};
 use common::*;
 
 #[tokio::test]
 async fn three_nodes_exchange_events() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let nodes = [c.join("a").await, c.join("b").await, c.join("c").await];
     let mut subs: Vec<Subscription> = nodes.iter().map(|n| n.subscribe()).collect();
     for (i, n) in nodes.iter().enumerate() {
@@ -44,7 +45,7 @@ async fn three_nodes_exchange_events() {
 async fn restarted_frontend_gets_the_backends_very_next_invalidation() {
     // The seed incident: a backend and two frontends; a frontend restarts,
     // and the backend's very next invalidation must reach it.
-    let c = Cluster::new();
+    let c = Loopback::new();
     let backend = c.join("backend").await;
     let fe1 = c.join("frontend-1").await;
     let fe2 = c.join("frontend-2").await;
@@ -78,12 +79,12 @@ async fn restarted_frontend_gets_the_backends_very_next_invalidation() {
 
 #[tokio::test]
 async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range_when_repair_is_off() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let sender = c.join("sender").await;
     let mut cfg = c.config("receiver");
     cfg.protocol.max_nak_tries = 0;
-    cfg.faults = drop_data(&c.name, |first, n| (first..first + n).contains(&2));
-    let receiver = Node::join(cfg).await.unwrap();
+    let seq_2 = Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.contains(&2)));
+    let (receiver, faults) = join_with_faults(cfg, seq_2).await.unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["k1"]).await.unwrap();
     recv_until(&mut sub, "k1", |d| is_key(d, sender.stream(), "k1")).await;
@@ -106,20 +107,21 @@ async fn a_datagram_dropped_on_receive_gives_a_reset_with_its_range_when_repair_
     );
     sender.invalidate(["k3"]).await.unwrap();
     recv_until(&mut sub, "k3", |d| is_key(d, sender.stream(), "k3")).await;
-    let s = receiver.stats().await;
-    assert_eq!(s.hook_dropped, 1);
-    assert_eq!(s.protocol.events_delivered, 2);
+    assert_eq!(faults.lost(), 1);
+    assert_eq!(receiver.stats().await.protocol.events_delivered, 2);
 }
 
 #[tokio::test]
 async fn tail_loss_is_noticed_and_repaired_within_50_ms() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let sender = c.join("sender").await;
     let dropping = Arc::new(AtomicBool::new(false));
-    let mut cfg = c.config("receiver");
     let flag = dropping.clone();
-    cfg.faults = drop_data(&c.name, move |_, _| flag.load(Ordering::SeqCst));
-    let receiver = Node::join(cfg).await.unwrap();
+    let data_while_dropping =
+        Faults::dropping(move |d| data_seqs(d).is_some() && flag.load(Ordering::SeqCst));
+    let (receiver, _) = join_with_faults(c.config("receiver"), data_while_dropping)
+        .await
+        .unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["first"]).await.unwrap();
     recv_until(&mut sub, "first", |d| is_key(d, sender.stream(), "first")).await;
@@ -145,29 +147,29 @@ async fn tail_loss_is_noticed_and_repaired_within_50_ms() {
 
 #[tokio::test]
 async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let node = c.join("node").await;
     let mut sub = node.subscribe();
-    let hash = wire::cluster_hash(&c.name);
+    let hash = wire::cluster_hash(c.cluster());
     let mut buf = Vec::new();
     let event = Body::Data {
         first_seq: 1,
         events: Events::new(&[Event::ClearAll]).unwrap(),
     };
-    c.send_raw(b"definitely not cachecast");
+    c.send_raw(b"definitely not cachecast").unwrap();
     wire::encode(&Header::new(hash ^ 0xdead, 99), &event, &mut buf);
-    c.send_raw(&buf);
+    c.send_raw(&buf).unwrap();
     let mut v2 = Header::new(hash, 99);
     v2.version = 2;
     wire::encode(&v2, &event, &mut buf);
-    c.send_raw(&buf);
+    c.send_raw(&buf).unwrap();
     let mut flagged = Header::new(hash, 99);
     flagged.flags = wire::FLAG_AUTH;
     wire::encode(&flagged, &event, &mut buf);
-    c.send_raw(&buf);
+    c.send_raw(&buf).unwrap();
     // Then one valid datagram: once it is delivered, the others were handled.
     wire::encode(&Header::new(hash, 98), &event, &mut buf);
-    c.send_raw(&buf);
+    c.send_raw(&buf).unwrap();
     let d = recv_until(&mut sub, "the valid datagram", |_| true).await;
     assert!(
         matches!(
@@ -190,7 +192,7 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
 
 /// A sender, and a node with room for 8 deliveries whose subscription has
 /// not read any of the 100 events (k0..k99) the node has delivered.
-async fn lagging_subscriber(c: &Cluster) -> (Node, Node, Subscription) {
+async fn lagging_subscriber(c: &Loopback) -> (Node, Node, Subscription) {
     let sender = c.join("sender").await;
     let mut cfg = c.config("slow");
     cfg.subscriber_queue = 8;
@@ -209,7 +211,7 @@ async fn lagging_subscriber(c: &Cluster) -> (Node, Node, Subscription) {
 
 #[tokio::test]
 async fn a_subscriber_that_lags_gets_a_reset_not_a_silent_drop() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let (sender, slow, mut sub) = lagging_subscriber(&c).await;
     let first = sub.recv().await.unwrap();
     assert!(
@@ -242,7 +244,7 @@ fn each_owned(d: DeliveryRef<'_>, stream: u64) -> (String, u64) {
 
 #[tokio::test]
 async fn reading_in_place_gets_what_recv_gets_lag_resets_included() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let (sender, slow, mut sub) = lagging_subscriber(&c).await;
     let stream = sender.stream();
     // All of it in one call: the Reset first, exact, then the 8 most
@@ -287,7 +289,7 @@ async fn reading_in_place_gets_what_recv_gets_lag_resets_included() {
 
 #[tokio::test]
 async fn publishing_after_shutdown_and_oversize_events_are_clear_errors() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let node = c.join("n").await;
     let huge = "x".repeat(1000);
     let err = node.invalidate([huge.clone(), huge]).await.unwrap_err();
@@ -299,7 +301,7 @@ async fn publishing_after_shutdown_and_oversize_events_are_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_racing_shutdown_is_sent_or_refused_never_dropped() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let rx = c.join("rx").await;
     let mut sub = rx.subscribe();
     let tx = c.join("tx").await;
@@ -324,7 +326,7 @@ async fn a_publish_racing_shutdown_is_sent_or_refused_never_dropped() {
 
 #[tokio::test]
 async fn subscriptions_end_after_shutdown() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let n = c.join("n").await;
     let mut sub = n.subscribe();
     n.shutdown().await;
@@ -341,7 +343,7 @@ async fn subscriptions_end_after_shutdown() {
 
 #[tokio::test]
 async fn publish_many_delivers_all_in_order_or_refuses_all() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let sender = c.join("sender").await;
     let rx = c.join("rx").await;
     let mut sub = rx.subscribe();
@@ -366,7 +368,7 @@ async fn publish_many_delivers_all_in_order_or_refuses_all() {
 
 #[tokio::test]
 async fn publish_batch_delivers_all_in_order_or_refuses_all() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let sender = c.join("sender").await;
     let rx = c.join("rx").await;
     let mut sub = rx.subscribe();
@@ -405,7 +407,7 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
 /// kernel: it never wakes up for them, and still hears everyone else.
 #[tokio::test]
 async fn own_datagrams_are_dropped_by_the_kernel() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let a = c.join("a").await;
     let b = c.join("b").await;
     let mut sub_a = a.subscribe();

@@ -3,23 +3,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
-
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use cachecast::node::{Delivery, Node, ResetReason};
+use cachecast::testkit::{data_seqs, join_with_faults, Faults};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let sender = c.join("sender").await;
     let mut cfg = c.config("lossy");
-    // Drop 10 % of every received datagram: data, heartbeats and repairs.
-    let rng = Mutex::new(SmallRng::seed_from_u64(7));
-    cfg.faults = drop_if(move |_: &[u8]| rng.lock().unwrap().gen_bool(0.10));
-    let receiver = Node::join(cfg).await.unwrap();
+    cfg.seed = Some(7);
+    // Lose 10 % of every received datagram: data, heartbeats and repairs.
+    let loss = Faults {
+        loss: 0.10,
+        ..Faults::default()
+    };
+    let (receiver, faults) = join_with_faults(cfg, loss).await.unwrap();
     let mut sub = receiver.subscribe();
 
     let publisher = sender.clone();
@@ -56,7 +56,7 @@ async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset()
          repairs sent {} ({} events), received {}; events repaired {}; \
          time to repair p50 {} µs, p99 {} µs",
         tx.data_sent,
-        rx.hook_dropped,
+        faults.lost(),
         p.naks_sent,
         p.naks_suppressed,
         tx.repairs_sent,
@@ -67,7 +67,7 @@ async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset()
         p.repair_time.quantile_us(0.99),
     );
     assert_eq!(p.resets_total(), 0);
-    assert!(rx.hook_dropped > 0 && p.events_repaired > 0);
+    assert!(faults.lost() > 0 && p.events_repaired > 0);
     assert!(
         tx.data_sent >= 200,
         "the test needs many datagrams: {}",
@@ -77,14 +77,15 @@ async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset()
 
 #[tokio::test]
 async fn a_loss_the_sender_no_longer_holds_is_a_reset_with_reason_unavailable() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let mut tx_cfg = c.config("sender");
     // A ring of a few events only.
     tx_cfg.protocol.retransmit_bytes = 200;
     let sender = Node::join(tx_cfg).await.unwrap();
-    let mut cfg = c.config("receiver");
-    cfg.faults = drop_data(&c.name, |first, _| first == 1);
-    let receiver = Node::join(cfg).await.unwrap();
+    let first_lost = Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.start == 1));
+    let (receiver, _) = join_with_faults(c.config("receiver"), first_lost)
+        .await
+        .unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["lost"]).await.unwrap();
     for i in 0..100 {
@@ -116,14 +117,15 @@ async fn a_loss_the_sender_no_longer_holds_is_a_reset_with_reason_unavailable() 
 
 #[tokio::test]
 async fn shutdown_lingers_to_repair_a_lost_last_event() {
-    let c = Cluster::new();
+    let c = Loopback::new();
     let mut tx_cfg = c.config("sender");
     tx_cfg.linger = std::time::Duration::from_millis(300);
     let sender = Node::join(tx_cfg).await.unwrap();
     let stream = sender.stream();
-    let mut cfg = c.config("receiver");
-    cfg.faults = drop_data(&c.name, |_, _| true);
-    let receiver = Node::join(cfg).await.unwrap();
+    let no_data = Faults::dropping(|d| data_seqs(d).is_some());
+    let (receiver, _) = join_with_faults(c.config("receiver"), no_data)
+        .await
+        .unwrap();
     let mut sub = receiver.subscribe();
     sender.invalidate(["last-words"]).await.unwrap();
     sender.shutdown().await;

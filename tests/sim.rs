@@ -1,10 +1,11 @@
 //! Protocol rules, tested in virtual time through the sans-IO core and the
 //! deterministic simulator.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use cachecast::proto::{CoreConfig, Delivery, ResetReason};
-use cachecast::sim::{data_seqs, LinkFaults, Sim};
+use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event};
 
 fn key(i: u64) -> Event {
@@ -67,12 +68,13 @@ fn events_reach_every_other_node_in_order_without_resets() {
 fn lost_datagram_is_repaired_after_the_reorder_window() {
     let mut sim = cluster(2, 2);
     let s0 = stream_of(&sim, 0);
-    let mut dropped = false;
-    sim.set_drop_filter(move |f| {
-        let hit = !dropped && f.to == 1 && data_seqs(f.datagram).is_some_and(|r| r.contains(&2));
-        dropped |= hit;
-        hit
-    });
+    let dropped = AtomicBool::new(false);
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| {
+            data_seqs(d).is_some_and(|r| r.contains(&2)) && !dropped.swap(true, Ordering::SeqCst)
+        }),
+    );
     for i in 1..=3 {
         sim.publish(0, key(i));
         sim.run_for(ms(1));
@@ -109,7 +111,10 @@ fn without_repair_a_lost_datagram_resets_with_its_range() {
     sim.add_node("rx", no_repair);
     sim.run_for(ms(200));
     let s0 = stream_of(&sim, 0);
-    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some_and(|r| r.contains(&2)));
+    sim.set_faults(
+        1,
+        Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.contains(&2))),
+    );
     let t0 = sim.now();
     for i in 1..=3 {
         sim.publish(0, key(i));
@@ -139,7 +144,7 @@ fn tail_loss_is_found_by_the_heartbeat_and_repaired_within_milliseconds() {
     sim.publish(0, key(1));
     sim.run_for(ms(20));
     // The last event of a burst is lost: only a heartbeat can reveal it.
-    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.set_faults(1, Faults::dropping(|d| data_seqs(d).is_some()));
     let t0 = sim.now();
     let seq = sim.publish(0, key(2));
     let mut took = None;
@@ -229,8 +234,7 @@ fn restarted_node_gets_the_very_next_invalidation() {
     let seq = sim.publish(0, key(100));
     sim.run_for(ms(20));
     let s0 = stream_of(&sim, 0);
-    let life = sim.node(2).incarnations.last().unwrap().first_delivery;
-    let after: Vec<_> = sim.node(2).deliveries[life..].to_vec();
+    let after = &sim.life(2).deliveries;
     assert!(
         after.iter().any(|(_, d)| matches!(d, Delivery::Event { stream, seq: q, .. } if *stream == s0 && *q == seq)),
         "restarted frontend missed the next invalidation: {after:?}"
@@ -246,11 +250,12 @@ fn join_with_every_answer_lost_repairs_the_history_of_the_stream_met_later() {
         sim.publish(0, key(i));
     }
     sim.run_for(ms(10));
-    sim.set_drop_filter(|f| f.to == 1);
     let joiner = sim.add_node("late", CoreConfig::default());
     assert_eq!(joiner, 1);
+    // Everything it hears is lost: every answer to its Hellos.
+    sim.set_faults(joiner, Faults::dropping(|_| true));
     sim.run_for(ms(150));
-    sim.clear_drop_filter();
+    sim.clear_faults(joiner);
     // Met after the sync window with history (seqs 1..6) it never saw: it
     // is repaired from seq 1 (replaying invalidations is harmless).
     sim.run_for(Duration::from_millis(1100));
@@ -275,10 +280,10 @@ fn history_that_left_the_ring_is_a_reset_when_the_stream_is_met_later() {
         sim.publish(0, key(i));
     }
     sim.run_for(ms(10));
-    sim.set_drop_filter(|f| f.to == 1);
-    sim.add_node("late", CoreConfig::default());
+    let late = sim.add_node("late", CoreConfig::default());
+    sim.set_faults(late, Faults::dropping(|_| true));
     sim.run_for(ms(150));
-    sim.clear_drop_filter();
+    sim.clear_faults(late);
     sim.run_for(Duration::from_millis(1100));
     let s0 = stream_of(&sim, 0);
     let resets = sim.resets(1);
@@ -310,7 +315,10 @@ fn stream_met_later_with_its_first_datagram_lost_is_repaired_from_seq_1() {
     let mut sim = cluster(10, 1);
     let newcomer = sim.add_node("new", CoreConfig::default());
     sim.run_for(ms(150));
-    sim.set_drop_filter(|f| f.to == 0 && data_seqs(f.datagram).is_some_and(|r| r.start == 1));
+    sim.set_faults(
+        0,
+        Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.start == 1)),
+    );
     sim.publish(newcomer, key(1));
     sim.run_for(ms(1));
     sim.publish(newcomer, key(2));
@@ -341,7 +349,7 @@ fn goodbye_ends_the_stream_and_late_datagrams_are_dropped() {
 fn goodbye_reveals_tail_loss_and_the_lingering_sender_repairs_it() {
     let mut sim = cluster(12, 2);
     let s0 = stream_of(&sim, 0);
-    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.set_faults(1, Faults::dropping(|d| data_seqs(d).is_some()));
     sim.publish(0, key(1));
     sim.close(0);
     sim.run_for(ms(30));
@@ -358,7 +366,7 @@ fn goodbye_reveals_tail_loss_and_the_lingering_sender_repairs_it() {
 fn goodbye_with_tail_loss_and_no_linger_resets() {
     let mut sim = cluster(12, 2);
     let s0 = stream_of(&sim, 0);
-    sim.set_drop_filter(|f| f.to == 1 && data_seqs(f.datagram).is_some());
+    sim.set_faults(1, Faults::dropping(|d| data_seqs(d).is_some()));
     sim.publish(0, key(1));
     sim.close(0);
     sim.crash(0);
@@ -423,12 +431,15 @@ fn full_stream_table_evicts_the_least_recently_heard_and_resets_an_open_gap() {
     sim.run_for(ms(200));
     let sa = stream_of(&sim, a);
     // A gap on a's stream (seq 1 lost to rx).
-    sim.set_drop_filter(move |f| f.to == rx && data_seqs(f.datagram).is_some_and(|r| r.start == 1));
+    sim.set_faults(
+        rx,
+        Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.start == 1)),
+    );
     sim.publish(a, key(1));
     sim.run_for(ms(1));
     sim.publish(a, key(2));
     sim.run_for(ms(5));
-    sim.clear_drop_filter();
+    sim.clear_faults(rx);
     // b is heard after a; then a third stream arrives: a is evicted.
     sim.publish(b, key(1));
     sim.run_for(ms(5));
@@ -556,7 +567,7 @@ fn partition_longer_than_the_timeout_never_loses_silently() {
     assert!(!sim.resets(2).is_empty());
     // Node 1 lost sight of node 2's stream for more than the timeout: it
     // cannot know whether node 2 published, so it resets, for that reason only.
-    let s2 = sim.node(2).incarnations[0].stream;
+    let s2 = sim.life(2).stream;
     for (_, r) in sim.resets(1) {
         assert!(
             matches!(r, ResetReason::StreamTimedOut { stream, .. } if stream == s2),
@@ -570,12 +581,12 @@ fn partition_longer_than_the_timeout_never_loses_silently() {
 fn random_loss_never_loses_silently() {
     for seed in 0..20u64 {
         let mut sim = Sim::new(seed);
-        sim.default_link = LinkFaults {
+        sim.default_link = Faults {
             loss: 0.05,
             duplicate: 0.02,
             delay: Duration::from_micros(100),
             jitter: ms(2),
-            ..LinkFaults::default()
+            ..Faults::default()
         };
         sim.add_nodes("n", 4);
         sim.run_for(ms(200));
@@ -596,9 +607,10 @@ fn drive_fails_loudly_when_the_network_never_settles() {
     let mut sim = cluster(20, 2);
     // Node 1 never gets data or repairs: its gap stays open (for up to
     // max_gap_age), longer than drive's limit.
-    sim.set_drop_filter(|f| {
-        f.to == 1 && matches!(f.datagram.body, Body::Data { .. } | Body::Repair { .. })
-    });
+    sim.set_faults(
+        1,
+        Faults::dropping(|d| matches!(d.body, Body::Data { .. } | Body::Repair { .. })),
+    );
     sim.publish(0, key(1));
     sim.drive(ms(500));
 }
@@ -609,26 +621,21 @@ fn a_lost_goodbye_and_a_lost_last_datagram_are_recovered_while_the_sender_linger
     let s0 = stream_of(&sim, 0);
     // The last Data datagram and the first Goodbye are lost on their way
     // to node 1; the repeated Goodbye reveals the loss and ends the stream.
-    let mut goodbyes = 0;
-    sim.set_drop_filter(move |f| {
-        if f.to != 1 {
-            return false;
-        }
-        match f.datagram.body {
+    let goodbyes = AtomicU32::new(0);
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| match d.body {
             Body::Data { .. } => true,
-            Body::Goodbye { .. } => {
-                goodbyes += 1;
-                goodbyes == 1
-            }
+            Body::Goodbye { .. } => goodbyes.fetch_add(1, Ordering::SeqCst) == 0,
             _ => false,
-        }
-    });
+        }),
+    );
     sim.publish(0, key(1));
     sim.close(0);
     // A linger of 50 ms (the default).
     sim.run_for(ms(50));
     sim.crash(0);
-    sim.clear_drop_filter();
+    sim.clear_faults(1);
     sim.run_for(Duration::from_secs(12));
     assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
     assert_eq!(sim.delivered_events(1), [(s0, 1)]);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cachecast::proto::{CoreConfig, ResetReason};
-use cachecast::sim::{GilbertElliott, LinkFaults, Sim};
+use cachecast::testkit::{data_seqs, Faults, GilbertElliott, Sim};
 use cachecast::wire::Event;
 
 fn key(i: u64) -> Event {
@@ -30,7 +30,7 @@ struct Outcome {
 
 /// One sender, `receivers` receivers, `events` events published 5 per
 /// datagram every millisecond, every link faulty as `link`.
-fn one_to_many(seed: u64, receivers: usize, events: u64, link: LinkFaults) -> (Sim, Outcome) {
+fn one_to_many(seed: u64, receivers: usize, events: u64, link: Faults) -> (Sim, Outcome) {
     let mut sim = Sim::new(seed);
     sim.add_nodes("n", receivers + 1);
     sim.run_for(ms(200));
@@ -86,12 +86,12 @@ fn one_to_many(seed: u64, receivers: usize, events: u64, link: LinkFaults) -> (S
     (sim, out)
 }
 
-fn lossy(loss: f64) -> LinkFaults {
-    LinkFaults {
+fn lossy(loss: f64) -> Faults {
+    Faults {
         loss,
         delay: Duration::from_micros(100),
         jitter: Duration::from_micros(50),
-        ..LinkFaults::default()
+        ..Faults::default()
     }
 }
 
@@ -123,11 +123,11 @@ const IMPOSSIBLE: [&str; 4] = [
 
 #[test]
 fn one_to_200_at_20_percent_bursty_loss_never_loses_silently() {
-    let link = LinkFaults {
+    let link = Faults {
         burst: Some(GilbertElliott::with_average(0.20, 8.0)),
         delay: Duration::from_micros(100),
         jitter: Duration::from_micros(50),
-        ..LinkFaults::default()
+        ..Faults::default()
     };
     let (sim, out) = one_to_many(3, 200, 10_000, link);
     if let Err(v) = sim.check() {
@@ -192,9 +192,10 @@ fn a_loss_that_left_the_ring_is_reset_as_unavailable() {
     let rx = sim.add_node("rx", CoreConfig::default());
     sim.run_for(ms(200));
     let s0 = sim.core(tx).unwrap().stream();
-    sim.set_drop_filter(move |f| {
-        f.to == rx && cachecast::sim::data_seqs(f.datagram).is_some_and(|r| r.contains(&10))
-    });
+    sim.set_faults(
+        rx,
+        Faults::dropping(|d| data_seqs(d).is_some_and(|r| r.contains(&10))),
+    );
     // 200 events in one go: seq 10 leaves the 500-byte ring before any Nak.
     for i in 0..200 {
         sim.publish(tx, key(i));
@@ -272,20 +273,14 @@ fn receiver_restart_is_in_sync_after_its_join() {
     if let Err(v) = sim.check() {
         panic!("{v}");
     }
-    let life = sim.node(2).incarnations.last().unwrap().clone();
+    let life = sim.life(2);
     let published_after: Vec<u64> = sim
-        .published
+        .published()
         .iter()
         .filter(|p| p.node == 0 && p.at >= life.synced)
         .map(|p| p.seq)
         .collect();
-    let got: std::collections::HashSet<u64> = sim.node(2).deliveries[life.first_delivery..]
-        .iter()
-        .filter_map(|(_, d)| match d {
-            cachecast::proto::Delivery::Event { seq, .. } => Some(*seq),
-            _ => None,
-        })
-        .collect();
+    let got: std::collections::HashSet<u64> = life.events().map(|(_, seq)| seq).collect();
     assert!(published_after.len() > 400);
     for q in published_after {
         assert!(got.contains(&q), "restarted receiver missed seq {q}");
@@ -301,7 +296,7 @@ fn chaos(seed: u64) -> Result<(), String> {
     let n = rng.gen_range(3..=8);
     sim.add_nodes("n", n);
     sim.run_for(ms(200));
-    let link = LinkFaults {
+    let link = Faults {
         loss: rng.gen_range(0.0..0.3),
         burst: rng.gen_bool(0.3).then(|| {
             GilbertElliott::with_average(rng.gen_range(0.01..0.2), rng.gen_range(2.0..20.0))
@@ -309,7 +304,7 @@ fn chaos(seed: u64) -> Result<(), String> {
         duplicate: rng.gen_range(0.0..0.1),
         delay: Duration::from_micros(rng.gen_range(50..2000)),
         jitter: Duration::from_micros(rng.gen_range(0..10_000)),
-        partitioned: false,
+        ..Faults::default()
     };
     let mix = format!("{n} nodes, {link:?}");
     sim.default_link = link;

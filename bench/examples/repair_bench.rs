@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use cachecast::proto::stats::Histogram;
-use cachecast::sim::{LinkFaults, Sim};
+use cachecast::testkit::{Faults, Sim};
 use cachecast::wire::Event;
 
 #[derive(Parser)]
@@ -38,11 +38,11 @@ fn main() {
     let mut sim = Sim::new(a.seed);
     sim.add_nodes("n", a.receivers + 1);
     sim.run_for(Duration::from_millis(200));
-    sim.default_link = LinkFaults {
+    sim.default_link = Faults {
         loss: a.loss,
         delay: Duration::from_micros(100),
         jitter: Duration::from_micros(50),
-        ..LinkFaults::default()
+        ..Faults::default()
     };
     let mut i = 0;
     while i < a.events {

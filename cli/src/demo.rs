@@ -9,9 +9,9 @@ use clap::Args;
 
 use crate::failure::Failure;
 use crate::stop::Stop;
-use cachecast::harness::Cluster;
 use cachecast::node::Delivery;
-use cachecast::wire::{Body, Datagram, EventRef};
+use cachecast::testkit::{Faults, LoopbackCluster};
+use cachecast::wire::{Body, EventRef};
 
 /// Options of the demo.
 #[derive(Debug, Args)]
@@ -48,7 +48,7 @@ fn is_key(d: &Delivery, key: &str) -> bool {
 }
 
 /// Waits (bounded) until node `i` delivered `key`; returns how long it took.
-async fn wait_for(c: &Cluster, i: usize, key: &str, since: Instant) -> Option<Duration> {
+async fn wait_for(c: &LoopbackCluster, i: usize, key: &str, since: Instant) -> Option<Duration> {
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         if let Some((t, _)) = c.deliveries(i).iter().find(|(_, d)| is_key(d, key)) {
@@ -71,7 +71,7 @@ pub async fn run(a: DemoArgs, stop: &Stop) -> Result<(), Failure> {
     let mut names = vec!["backend".to_string()];
     names.extend((1..=a.frontends).map(|i| format!("frontend-{i}")));
     stop.arm();
-    let mut c = Cluster::start_named(&names, a.seed, |cfg| {
+    let mut c = LoopbackCluster::start_named(&names, a.seed, |cfg| {
         // Short enough for a demo: a silent stream is given up after 2 s.
         cfg.protocol.stream_timeout = Duration::from_secs(2);
         cfg.protocol.heartbeat_idle = Duration::from_millis(500);
@@ -90,7 +90,7 @@ pub async fn run(a: DemoArgs, stop: &Stop) -> Result<(), Failure> {
 }
 
 /// The scenes and the verdict line (an error for a silent loss).
-async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<String, String> {
+async fn scenes(a: &DemoArgs, c: &mut LoopbackCluster, names: &[String]) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let fe = 1..c.len();
     let t = Timeline { start: c.started() };
@@ -129,7 +129,10 @@ async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<Strin
         "frontend-1",
         format!("starts losing {:.0} % of what it receives", a.loss),
     );
-    c.faults(1).drop_probability(a.loss / 100.0);
+    c.faults(1).set(Faults {
+        loss: a.loss / 100.0,
+        ..Faults::default()
+    });
     for i in 0..a.events {
         c.publish(0, [format!("burst:{i}")])
             .await
@@ -147,7 +150,7 @@ async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<Strin
             "frontend-1",
             format!(
                 "lost {} datagrams; {} NAKs sent, {} suppressed; {} events repaired (time to repair p50 {:.1} ms, p99 {:.1} ms); {} resets",
-                s.hook_dropped,
+                c.faults(1).lost(),
                 p.naks_sent,
                 p.naks_suppressed,
                 p.events_repaired,
@@ -160,7 +163,7 @@ async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<Strin
 
     // 3. Tail loss: the last datagram of a burst is lost; the heartbeat 1 ms
     //    later reveals it.
-    c.faults(1).drop_if(Some(|d: &Datagram| {
+    c.faults(1).set(Faults::dropping(|d| {
         matches!(&d.body, Body::Data { events, .. } if events.iter().any(|e| matches!(e.view(), EventRef::Invalidate { keys } if keys.clone().any(|k| k == "tail:last"))))
     }));
     let sent = Instant::now();
@@ -183,7 +186,7 @@ async fn scenes(a: &DemoArgs, c: &mut Cluster, names: &[String]) -> Result<Strin
 
     // 4. The backend crashes (no Goodbye) right after a datagram frontend-1
     //    lost, and restarts.
-    c.faults(1).drop_next(1);
+    c.faults(1).set(Faults::dropping_next_data(1));
     c.publish(0, ["crash:last-words"])
         .await
         .map_err(|e| err(&e))?;

@@ -12,35 +12,18 @@ use super::batch::{BatchSocket, RecvBuffers, SendBatch};
 use super::hub::Hub;
 use tokio::time::Instant;
 
-use crate::proto::{Delivery, NodeCore, Output, Stats};
+use crate::proto::{NodeCore, Stats};
 use crate::wire::{Event, Events};
 
-/// What a [`FaultInjector`] does with a received datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Hand it to the protocol.
-    Deliver,
-    /// Lose it.
-    Drop,
-    /// Hand it to the protocol twice.
-    Duplicate,
-    /// Hand it to the protocol this much later (reordering it).
-    Delay(Duration),
+/// The driver's test hooks. With the feature `test-util`, the test kit's
+/// tap (faults on the datagrams the node receives and sends, a crash
+/// switch, a record of what it publishes), set only through the test kit;
+/// without it, nothing.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    #[cfg(feature = "test-util")]
+    pub tap: Option<crate::testkit::DriverTap>,
 }
-
-/// Fault injection at the socket, for tests (see [`crate::harness`]).
-pub trait FaultInjector: Send + Sync {
-    /// Decides the fate of a received datagram.
-    fn on_receive(&self, bytes: &[u8]) -> Verdict;
-    /// True to lose a datagram this node is about to send.
-    fn drop_outgoing(&self, bytes: &[u8]) -> bool;
-    /// Sees every delivery the moment the protocol makes it.
-    fn observe(&self, _delivery: &Delivery) {}
-}
-
-/// Delayed datagrams held by the driver at most; past it they are
-/// delivered at once.
-const MAX_DELAYED: usize = 4096;
 
 /// What the [`crate::node::Node`] handle asks of the driver.
 pub(crate) enum Command {
@@ -48,12 +31,6 @@ pub(crate) enum Command {
     /// A batch encoded by the application (`Node::publish_batch`,
     /// `Node::publish_many`).
     PublishEvents(Events),
-    /// Publish and say which seq it got, and when (for the harness).
-    #[cfg(feature = "test-util")]
-    PublishAcked(
-        Event,
-        oneshot::Sender<Result<(u64, std::time::Instant), crate::proto::PublishError>>,
-    ),
     Stats(oneshot::Sender<DriverStats>),
     Shutdown,
 }
@@ -62,9 +39,6 @@ pub(crate) enum Command {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DriverStats {
     pub protocol: Stats,
-    /// Order of delayed datagrams with the same due time.
-    pub delayed_seq: u64,
-    pub hook_dropped: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
 }
@@ -75,16 +49,13 @@ pub(crate) struct Driver {
     pub group: SocketAddr,
     pub commands: mpsc::Receiver<Command>,
     pub deliveries: Arc<Hub>,
-
-    pub faults: Option<Arc<dyn FaultInjector>>,
+    #[cfg(feature = "test-util")]
+    pub hooks: Hooks,
     pub linger: Duration,
     /// Where the driver leaves its last counters when it stops.
     pub final_stats: Arc<Mutex<Option<DriverStats>>>,
     /// Set to true when the driver has stopped, after `final_stats`.
     pub done: watch::Sender<bool>,
-    /// Set by a simulated crash (`Node::crash`) before the task is aborted:
-    /// from then on nothing is sent, even before the abort takes effect.
-    pub crashed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long the driver stops reading for a subscription that does not
@@ -114,12 +85,10 @@ impl Driver {
         let mut stats = DriverStats::default();
         let mut linger_end: Option<Instant> = None;
         let mut flush_deadline: Option<Instant> = None;
-        let mut delayed: Delayed = std::collections::BinaryHeap::new();
         let mut handles_alive = true;
         let mut paused_at: Option<Instant> = None;
         let mut gave_up = false;
-        let (mut wake, mut delay_due, mut linger, mut pause_timer) =
-            (Alarm::new(), Alarm::new(), Alarm::new(), Alarm::new());
+        let (mut wake, mut linger, mut pause_timer) = (Alarm::new(), Alarm::new(), Alarm::new());
         loop {
             // Timers first, whatever else is busy: a flood of datagrams or
             // of publishes must not hold back heartbeats, Naks or Resets.
@@ -128,7 +97,13 @@ impl Driver {
                 self.core.handle_timeout(now);
                 self.drain(&mut tx_buf, &mut tx, &mut stats).await;
             }
-            wake.set(self.core.poll_timeout().map(Instant::from_std));
+            #[allow(unused_mut)] // assigned again only with test-util
+            let mut wake_at = self.core.poll_timeout().map(Instant::from_std);
+            #[cfg(feature = "test-util")]
+            if let Some(due) = self.hooks.tap.as_ref().and_then(|t| t.next_due()) {
+                wake_at = Some(wake_at.map_or(due, |w| w.min(due)));
+            }
+            wake.set(wake_at);
             // Backpressure: while a subscription is far behind, leave
             // datagrams in the socket (the kernel buffers them; what
             // overflows is repaired) rather than drop deliveries. A
@@ -141,7 +116,6 @@ impl Driver {
             }
             let pause = behind && !gave_up;
             pause_timer.set(pause.then(|| *paused_at.get_or_insert_with(Instant::now) + MAX_PAUSE));
-            delay_due.set(delayed.peek().map(|d| d.0 .0));
             linger.set(linger_end);
             tokio::select! {
                 _ = self.deliveries.room(), if pause => {}
@@ -153,7 +127,7 @@ impl Driver {
                     match r {
                         Ok(()) => {
                             for d in rx.datagrams() {
-                                self.receive(d, &mut delayed, &mut stats);
+                                self.receive(d);
                             }
                         }
                         Err(e) => {
@@ -186,15 +160,11 @@ impl Driver {
                     }
                 }
                 _ = wake.fired() => {
-                    self.core.handle_timeout(Self::now());
-                }
-                _ = delay_due.fired() => {
-                    let now = Instant::now();
-                    while delayed.peek().is_some_and(|d| d.0 .0 <= now) {
-                        if let Some(std::cmp::Reverse((_, _, bytes))) = delayed.pop() {
-                            self.core.handle_datagram(Self::now(), &bytes);
-                        }
+                    #[cfg(feature = "test-util")]
+                    if let Some(tap) = self.hooks.tap.as_mut() {
+                        tap.release(&mut self.core);
                     }
+                    self.core.handle_timeout(Self::now());
                 }
                 _ = linger.fired() => {
                     // Paced data (and the Goodbye behind it) may still be
@@ -215,9 +185,21 @@ impl Driver {
     }
 
     fn publish(&mut self, now: std::time::Instant, event: Event) {
+        #[cfg(feature = "test-util")]
+        let copy = self
+            .hooks
+            .tap
+            .as_ref()
+            .filter(|t| t.records())
+            .map(|_| event.clone());
+        let result = self.core.publish(now, event);
+        #[cfg(feature = "test-util")]
+        if let (Some(tap), Ok(seq), Some(event)) = (&self.hooks.tap, &result, copy) {
+            tap.published(self.core.stream(), *seq, now, event);
+        }
         // The handle checked the event already; a failure here means the
         // stream is closed, and the handle reports that.
-        if let Err(e) = self.core.publish(now, event) {
+        if let Err(e) = result {
             tracing::debug!(error = %e, "publish refused");
         }
     }
@@ -234,16 +216,19 @@ impl Driver {
             Command::Publish(event) => self.publish(now, event),
             Command::PublishEvents(events) => {
                 for event in events.iter() {
+                    let result = self.core.publish_encoded(now, &event);
+                    #[cfg(feature = "test-util")]
+                    if let (Some(tap), Ok(seq)) = (&self.hooks.tap, &result) {
+                        if tap.records() {
+                            tap.published(self.core.stream(), *seq, now, event.to_event());
+                        }
+                    }
                     // Checked by the handle; refused only once closed.
-                    if let Err(e) = self.core.publish_encoded(now, &event) {
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "publish refused");
                     }
                 }
                 return events.len();
-            }
-            #[cfg(feature = "test-util")]
-            Command::PublishAcked(event, ack) => {
-                let _ = ack.send(self.core.publish(now, event).map(|seq| (seq, now)));
             }
             Command::Stats(tx) => {
                 stats.protocol = self.core.stats_snapshot();
@@ -259,29 +244,15 @@ impl Driver {
         1
     }
 
-    /// A received datagram, through the fault injector if there is one.
-    fn receive(&mut self, bytes: &[u8], delayed: &mut Delayed, stats: &mut DriverStats) {
-        let verdict = self
-            .faults
-            .as_ref()
-            .map_or(Verdict::Deliver, |f| f.on_receive(bytes));
-        match verdict {
-            Verdict::Deliver => self.core.handle_datagram(Self::now(), bytes),
-            Verdict::Drop => stats.hook_dropped += 1,
-            Verdict::Duplicate => {
-                self.core.handle_datagram(Self::now(), bytes);
-                self.core.handle_datagram(Self::now(), bytes);
-            }
-            Verdict::Delay(d) if delayed.len() < MAX_DELAYED => {
-                stats.delayed_seq += 1;
-                delayed.push(std::cmp::Reverse((
-                    Instant::now() + d,
-                    stats.delayed_seq,
-                    bytes.to_vec(),
-                )));
-            }
-            Verdict::Delay(_) => self.core.handle_datagram(Self::now(), bytes),
+    /// A received datagram, to the protocol (through the test kit's
+    /// faults, if it set them).
+    fn receive(&mut self, bytes: &[u8]) {
+        #[cfg(feature = "test-util")]
+        if let Some(tap) = self.hooks.tap.as_mut() {
+            tap.receive(&mut self.core, bytes);
+            return;
         }
+        self.core.handle_datagram(Self::now(), bytes);
     }
 
     /// Sends everything the core wants sent and hands deliveries out.
@@ -292,12 +263,8 @@ impl Driver {
         let now = Self::now();
         let max = self.socket.max_segments();
         while self.core.poll_transmit(now, tx_buf) {
-            if self
-                .faults
-                .as_ref()
-                .is_some_and(|f| f.drop_outgoing(tx_buf))
-            {
-                stats.hook_dropped += 1;
+            #[cfg(feature = "test-util")]
+            if self.hooks.tap.as_ref().is_some_and(|t| !t.sending(tx_buf)) {
                 continue;
             }
             if !tx.try_push(tx_buf, max) {
@@ -311,13 +278,6 @@ impl Driver {
         // Everything delivered in this turn goes to the subscriptions as one
         // batch (no subscriber is not an error: nobody is caching yet).
         let mut batch = Vec::new();
-        if let Some(f) = &self.faults {
-            // The fault injector sees every delivery, one at a time.
-            while let Some(d) = self.core.poll_delivery() {
-                f.observe(&d);
-                batch.push(Output::One(d));
-            }
-        }
         while let Some(o) = self.core.poll_output() {
             batch.push(o);
         }
@@ -327,7 +287,8 @@ impl Driver {
 
 impl Driver {
     async fn flush(&mut self, tx: &mut SendBatch, stats: &mut DriverStats) {
-        if self.crashed.load(std::sync::atomic::Ordering::SeqCst) {
+        #[cfg(feature = "test-util")]
+        if self.hooks.tap.as_ref().is_some_and(|t| t.crashed()) {
             tx.clear();
             return;
         }
@@ -345,9 +306,6 @@ impl Drop for Driver {
         self.deliveries.close();
     }
 }
-
-/// Datagrams held back by a [`Verdict::Delay`], earliest first.
-type Delayed = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Vec<u8>)>>;
 
 /// A timer kept across loop turns: setting it to the deadline it already
 /// has, or to a later one, touches no timer wheel (tokio only moves an

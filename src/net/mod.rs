@@ -1,5 +1,5 @@
 //! Networking: socket setup ([`socket`]), batched datagram I/O (`batch`:
-//! GSO, `recvmmsg`, GRO), the tokio driver ([`driver`]) and the fan-out of
+//! GSO, `recvmmsg`, GRO), the tokio driver (`driver`) and the fan-out of
 //! deliveries to subscriptions (`hub`).
 //!
 //! Nothing here takes a protocol decision; that is `proto`'s job.
@@ -12,6 +12,6 @@ pub(crate) mod batch;
 /// receives exactly as the driver does.
 #[doc(hidden)]
 pub use batch::RecvBuffers;
-pub mod driver;
+pub(crate) mod driver;
 pub(crate) mod hub;
 pub mod socket;

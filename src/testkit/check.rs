@@ -1,0 +1,382 @@
+//! The one no-silent-loss checker, over a [`Record`]: the simulator's and
+//! the loopback cluster's runs are judged by the same rules.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::record::{Life, NodeId, Published, Record};
+use crate::proto::{Delivery, ResetReason};
+use crate::wire::Event;
+
+/// What the checker counted when the promise held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Lives checked (those still running).
+    pub lives: u64,
+    /// (life, event) pairs the life should have seen and kept the promise
+    /// for: each was delivered, or covered by a `Reset` after it.
+    pub expected: u64,
+    /// Of those, delivered as events.
+    pub delivered: u64,
+    /// Of those, covered by a `Reset` at or after the publish instead.
+    pub covered_by_reset: u64,
+    /// (life, event) pairs neither delivered nor covered, and not expected
+    /// because no protocol could know of the event (exception 3 of
+    /// [`Record::check`]).
+    pub excused: u64,
+}
+
+/// The first event a node lost silently: it neither delivered it nor a
+/// `Reset` after it.
+#[derive(Debug, Clone)]
+pub struct SilentLoss {
+    /// The receiving node.
+    pub node: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its stream in the life that lost the event.
+    pub node_stream: u64,
+    /// That life's join and sync, since the start of the run.
+    pub life: (Duration, Duration),
+    /// The publishing node.
+    pub publisher: NodeId,
+    /// The publishing stream.
+    pub stream: u64,
+    /// The seq lost.
+    pub seq: u64,
+    /// The event lost.
+    pub event: Event,
+    /// When it was published, since the start of the run.
+    pub published_at: Duration,
+    /// The life's last deliveries of that stream, and its `Reset`s, newest
+    /// first (at most 20).
+    pub log: Vec<String>,
+}
+
+impl fmt::Display for SilentLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "silent loss: node {} (#{}, stream {:#018x}, joined at {:?}, in sync at {:?}) never \
+             delivered seq {} of stream {:#018x} (node #{}: {:?}) published at {:?}, nor a Reset \
+             after it; its last deliveries of that stream, and its Resets, newest first:",
+            self.name,
+            self.node,
+            self.node_stream,
+            self.life.0,
+            self.life.1,
+            self.seq,
+            self.stream,
+            self.publisher,
+            self.event,
+            self.published_at
+        )?;
+        for line in &self.log {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SilentLoss {}
+
+impl Record {
+    /// Checks the promise — for every event a receiver should have seen,
+    /// it delivers that event or a `Reset` after it — on this record.
+    ///
+    /// The rules:
+    ///
+    /// - **Lives checked.** Every life still running. A life that crashed
+    ///   or said `Goodbye` took its cache with it: what it did not deliver
+    ///   before its end is not judged (it may have been cut off from an
+    ///   event with no way yet to know). A restart ends one life and
+    ///   begins another, with a new stream.
+    /// - **Kept.** A life L kept the promise for an event E published by
+    ///   stream S at instant t if it delivered E (matched by stream and
+    ///   seq, so a lost repeat of the same key is caught), or delivered a
+    ///   `Reset` — of any reason, `Lagged` included, since any `Reset`
+    ///   clears the whole cache — at or after t.
+    /// - **Should have seen.** L must keep it for every event, except when:
+    ///   1. S is L's own stream;
+    ///   2. E was published before L's join returned (`Life::synced`):
+    ///      nothing before the join matters, the application caches only
+    ///      after it;
+    ///   3. no protocol could know of E: S's life has ended (crash or
+    ///      `Goodbye`), and L received no datagram of S after the last
+    ///      `Reset` in which L gave S up (`StreamTimedOut` or
+    ///      `StreamEvicted` naming S: it no longer follows S), or none at
+    ///      all. A publisher that is still running is never excused: its
+    ///      heartbeats reach L once faults heal. Pairs excused so, neither
+    ///      delivered nor covered, are counted in [`CheckReport::excused`].
+    ///
+    /// Run it once the run has settled: faults healed, repairs done, and
+    /// past the stream timeout if a publisher crashed.
+    pub fn check(&self) -> Result<CheckReport, Box<SilentLoss>> {
+        let mut report = CheckReport::default();
+        let ended: HashMap<u64, bool> = self
+            .lives
+            .iter()
+            .map(|l| (l.stream, l.ended().is_some()))
+            .collect();
+        for life in self.lives.iter().filter(|l| l.ended().is_none()) {
+            report.lives += 1;
+            let got: HashSet<(u64, u64)> = life.events().collect();
+            let last_reset = life.resets().map(|(t, _)| t).max();
+            let gave_up: HashMap<u64, Instant> = life
+                .resets()
+                .filter_map(|(t, r)| match r {
+                    ResetReason::StreamTimedOut { stream, .. }
+                    | ResetReason::StreamEvicted { stream, .. } => Some((*stream, t)),
+                    _ => None,
+                })
+                .fold(HashMap::new(), |mut m, (s, t)| {
+                    let e = m.entry(s).or_insert(t);
+                    *e = (*e).max(t);
+                    m
+                });
+            for p in &self.published {
+                if p.stream == life.stream || p.at < life.synced {
+                    continue;
+                }
+                if got.contains(&(p.stream, p.seq)) {
+                    report.expected += 1;
+                    report.delivered += 1;
+                    continue;
+                }
+                if last_reset.is_some_and(|r| r >= p.at) {
+                    report.expected += 1;
+                    report.covered_by_reset += 1;
+                    continue;
+                }
+                let unknowable = ended.get(&p.stream).copied().unwrap_or(false)
+                    && match life.heard.get(&p.stream) {
+                        None => true,
+                        Some(heard) => gave_up.get(&p.stream).is_some_and(|g| heard <= g),
+                    };
+                if !unknowable {
+                    return Err(Box::new(self.silent_loss(life, p)));
+                }
+                report.excused += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    fn silent_loss(&self, life: &Life, p: &Published) -> SilentLoss {
+        let rel = |t: Instant| t.saturating_duration_since(self.start);
+        let log = life
+            .deliveries
+            .iter()
+            .filter(|(_, d)| match d {
+                Delivery::Event { stream, .. } => *stream == p.stream,
+                Delivery::Reset { .. } => true,
+            })
+            .rev()
+            .take(20)
+            .map(|(t, d)| format!("{:?}: {d:?}", rel(*t)))
+            .collect();
+        SilentLoss {
+            node: life.node,
+            name: life.name.clone(),
+            node_stream: life.stream,
+            life: (rel(life.joined), rel(life.synced)),
+            publisher: p.node,
+            stream: p.stream,
+            seq: p.seq,
+            event: p.event.clone(),
+            published_at: rel(p.at),
+            log,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on hand-made records: each excuse applies only where it
+    //! says, and a loss outside them is caught.
+
+    use super::*;
+    use crate::wire::EncodedEvent;
+
+    const S: u64 = 0xa; // the publisher's stream
+    const R: u64 = 0xb; // the receiver's stream
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A publisher (node 0) and a receiver (node 1) in sync at 100 ms;
+    /// seq 1 published at 200 ms.
+    fn record() -> Record {
+        let t0 = Instant::now();
+        let mut r = Record::new(t0);
+        r.begin_life(0, "tx", S, t0, t0 + ms(100));
+        r.begin_life(1, "rx", R, t0, t0 + ms(100));
+        r.published.push(Published {
+            node: 0,
+            stream: S,
+            seq: 1,
+            at: t0 + ms(200),
+            event: Event::ClearAll,
+        });
+        r
+    }
+
+    fn at(r: &Record, n: u64) -> Instant {
+        r.start + ms(n)
+    }
+
+    fn deliver(r: &mut Record, life: usize, t: u64, d: Delivery) {
+        let t = at(r, t);
+        r.lives[life].deliveries.push((t, d));
+    }
+
+    fn event(seq: u64) -> Delivery {
+        Delivery::Event {
+            stream: S,
+            seq,
+            node: None,
+            event: EncodedEvent::new(&Event::ClearAll).unwrap(),
+        }
+    }
+
+    fn reset(reason: ResetReason) -> Delivery {
+        Delivery::Reset { reason }
+    }
+
+    fn timed_out() -> Delivery {
+        reset(ResetReason::StreamTimedOut {
+            stream: S,
+            next_expected: 1,
+        })
+    }
+
+    #[test]
+    fn a_delivered_event_keeps_the_promise() {
+        let mut r = record();
+        deliver(&mut r, 1, 201, event(1));
+        let rep = r.check().unwrap();
+        assert_eq!((rep.lives, rep.expected, rep.delivered), (2, 1, 1));
+    }
+
+    #[test]
+    fn an_event_neither_delivered_nor_reset_is_a_silent_loss() {
+        let mut r = record();
+        let t = at(&r, 150);
+        r.lives[1].heard.insert(S, t);
+        let v = r.check().unwrap_err();
+        assert_eq!((v.node, v.stream, v.seq), (1, S, 1));
+        assert!(v.to_string().contains("silent loss: node rx"), "{v}");
+    }
+
+    #[test]
+    fn a_reset_covers_only_what_was_published_before_it() {
+        let mut r = record();
+        deliver(&mut r, 1, 199, reset(ResetReason::Lagged { missed: 1 }));
+        assert!(
+            r.check().is_err(),
+            "a Reset before the publish covers nothing"
+        );
+        deliver(&mut r, 1, 200, reset(ResetReason::Lagged { missed: 1 }));
+        assert_eq!(r.check().unwrap().covered_by_reset, 1);
+    }
+
+    #[test]
+    fn the_event_is_matched_by_seq() {
+        let mut r = record();
+        deliver(&mut r, 1, 201, event(2));
+        assert!(r.check().is_err());
+    }
+
+    #[test]
+    fn events_before_the_join_returned_and_own_events_are_not_expected() {
+        let mut r = record();
+        let t = at(&r, 201);
+        r.lives[1].synced = t;
+        r.published.push(Published {
+            node: 1,
+            stream: R,
+            seq: 1,
+            at: at(&r, 300),
+            event: Event::ClearAll,
+        });
+        // The receiver owes nothing; the publisher owes the receiver's event.
+        assert!(r.check().is_err());
+        let own = Delivery::Event {
+            stream: R,
+            seq: 1,
+            node: None,
+            event: EncodedEvent::new(&Event::ClearAll).unwrap(),
+        };
+        deliver(&mut r, 0, 301, own);
+        let rep = r.check().unwrap();
+        assert_eq!((rep.expected, rep.delivered), (1, 1), "{rep:?}");
+    }
+
+    #[test]
+    fn an_ended_life_is_not_checked() {
+        for end in [
+            |l: &mut Life, t| l.crashed = Some(t),
+            |l: &mut Life, t| l.closed = Some(t),
+        ] {
+            let mut r = record();
+            let t = at(&r, 300);
+            end(&mut r.lives[1], t);
+            assert_eq!(r.check().unwrap().lives, 1, "only the publisher");
+        }
+    }
+
+    #[test]
+    fn a_dead_publisher_never_heard_is_excused_a_live_one_is_not() {
+        let mut r = record();
+        assert!(r.check().is_err(), "alive: its heartbeats will come");
+        let t = at(&r, 250);
+        r.lives[0].crashed = Some(t);
+        assert_eq!(r.check().unwrap().excused, 1);
+        // Heard once: the receiver follows the stream, so it must learn.
+        let t = at(&r, 150);
+        r.lives[1].heard.insert(S, t);
+        assert!(r.check().is_err());
+    }
+
+    #[test]
+    fn a_dead_publisher_is_excused_only_if_unheard_since_it_was_given_up() {
+        for give_up in [
+            timed_out(),
+            reset(ResetReason::StreamEvicted {
+                stream: S,
+                missing: (1, 1),
+            }),
+        ] {
+            let mut r = record();
+            let t = at(&r, 400);
+            r.lives[0].crashed = Some(t);
+            let t = at(&r, 50);
+            r.lives[1].heard.insert(S, t);
+            // Given up (before the publish, so it covers nothing).
+            deliver(&mut r, 1, 150, give_up.clone());
+            assert_eq!(r.check().unwrap().excused, 1, "{give_up:?}");
+            // Heard again after giving it up: it follows the stream again.
+            let t = at(&r, 160);
+            r.lives[1].heard.insert(S, t);
+            assert!(r.check().is_err(), "{give_up:?}");
+        }
+        // Another stream's timeout is no excuse.
+        let mut r = record();
+        let t = at(&r, 400);
+        r.lives[0].crashed = Some(t);
+        let t = at(&r, 50);
+        r.lives[1].heard.insert(S, t);
+        deliver(
+            &mut r,
+            1,
+            150,
+            reset(ResetReason::StreamTimedOut {
+                stream: 0xc,
+                next_expected: 1,
+            }),
+        );
+        assert!(r.check().is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! The record of a run: every life of every node (what it heard and what
+//! it delivered) and every event published. The simulator and the
+//! loopback cluster write the same record; [`Record::check`] judges it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::proto::Delivery;
+use crate::wire::Event;
+
+/// Index of a node in a [`Sim`](super::Sim) or a
+/// [`LoopbackCluster`](super::LoopbackCluster) (the same across its
+/// restarts).
+pub type NodeId = usize;
+
+/// Everything a run did that the promise speaks of. Plain data: a test may
+/// read it, or build one from a run of its own and [`check`](Record::check)
+/// it.
+///
+/// Times: in the simulator, virtual time. In the loopback cluster, the
+/// clock of the runtime (`tokio::time::Instant`); a publish is stamped when
+/// the node's protocol took it, a datagram when the node read it from its
+/// socket, and a delivery when the cluster's recording subscriber (an
+/// ordinary subscription, taken at join) read it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When the run started (times in reports are relative to it).
+    pub start: Instant,
+    /// Every life of every node, in the order they began.
+    pub lives: Vec<Life>,
+    /// Every event published, in the order the publishers' protocols took
+    /// them.
+    pub published: Vec<Published>,
+}
+
+/// One life of a node: one process, from its join to its crash, its
+/// `Goodbye`, or the end of the run. A restart begins a new life, with a
+/// new stream.
+#[derive(Debug, Clone)]
+pub struct Life {
+    /// The node.
+    pub node: NodeId,
+    /// Its name (the same in every life).
+    pub name: String,
+    /// Its stream in this life.
+    pub stream: u64,
+    /// When it began to join.
+    pub joined: Instant,
+    /// When its join returned (the end of its sync window): from then on
+    /// it must see every event published.
+    pub synced: Instant,
+    /// When it said `Goodbye` (shutdown), if it did.
+    pub closed: Option<Instant>,
+    /// When it crashed (stopped without `Goodbye`), if it did.
+    pub crashed: Option<Instant>,
+    /// Every stream it received a datagram of, with the last time.
+    pub heard: HashMap<u64, Instant>,
+    /// Everything it delivered, with when (see [`Record`] for the clocks).
+    pub deliveries: Vec<(Instant, Delivery)>,
+}
+
+/// An event a node published.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The publishing node.
+    pub node: NodeId,
+    /// Its stream at the time.
+    pub stream: u64,
+    /// The event's seq in that stream.
+    pub seq: u64,
+    /// When its protocol took it.
+    pub at: Instant,
+    /// The event.
+    pub event: Event,
+}
+
+impl Record {
+    /// An empty record of a run starting at `start`.
+    pub fn new(start: Instant) -> Record {
+        Record {
+            start,
+            lives: Vec::new(),
+            published: Vec::new(),
+        }
+    }
+
+    /// Begins a life of `node` with `stream`, joining at `joined`, in sync
+    /// at `synced`; returns its index in [`Record::lives`].
+    pub fn begin_life(
+        &mut self,
+        node: NodeId,
+        name: &str,
+        stream: u64,
+        joined: Instant,
+        synced: Instant,
+    ) -> usize {
+        self.lives.push(Life {
+            node,
+            name: name.to_string(),
+            stream,
+            joined,
+            synced,
+            closed: None,
+            crashed: None,
+            heard: HashMap::new(),
+            deliveries: Vec::new(),
+        });
+        self.lives.len() - 1
+    }
+
+    /// The lives of `node`, oldest first.
+    pub fn lives_of(&self, node: NodeId) -> impl Iterator<Item = &Life> {
+        self.lives.iter().filter(move |l| l.node == node)
+    }
+
+    /// The latest life of `node`.
+    pub fn life(&self, node: NodeId) -> Option<&Life> {
+        self.lives_of(node).last()
+    }
+
+    /// The life whose stream is `stream`.
+    pub fn life_of_stream(&self, stream: u64) -> Option<&Life> {
+        self.lives.iter().find(|l| l.stream == stream)
+    }
+}
+
+impl Life {
+    /// When this life ended: its crash or its `Goodbye`, whichever came
+    /// first; `None` while it runs.
+    pub fn ended(&self) -> Option<Instant> {
+        match (self.closed, self.crashed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The (stream, seq) of every event it delivered.
+    pub fn events(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.deliveries.iter().filter_map(|(_, d)| match d {
+            Delivery::Event { stream, seq, .. } => Some((*stream, *seq)),
+            Delivery::Reset { .. } => None,
+        })
+    }
+
+    /// Every `Reset` it delivered, with when.
+    pub fn resets(&self) -> impl Iterator<Item = (Instant, &crate::proto::ResetReason)> + '_ {
+        self.deliveries.iter().filter_map(|(t, d)| match d {
+            Delivery::Reset { reason } => Some((*t, reason)),
+            Delivery::Event { .. } => None,
+        })
+    }
+}

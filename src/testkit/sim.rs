@@ -1,0 +1,569 @@
+//! The simulator: N protocol cores on one multicast group, in virtual
+//! time, with the test kit's faults on every link and every node, crashes
+//! and restarts, every delivery in a [`Record`].
+//!
+//! Everything is driven from one seeded RNG, so a run is reproducible from
+//! its seed. Time only moves when the simulator jumps to the next datagram
+//! arrival or node wake-up, so simulated seconds cost microseconds. Every
+//! run loop is bounded: a livelock (a node that wants to be woken at the
+//! same instant forever, or a step budget exhausted) panics with context.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::check::{CheckReport, SilentLoss};
+use super::faults::{Fate, Faults};
+use super::record::{Life, NodeId, Published, Record};
+use crate::proto::{CoreConfig, NodeCore, ResetReason};
+use crate::wire::{self, Body, Event};
+
+/// One simulated node.
+struct SimNode {
+    name: String,
+    core: Option<NodeCore>,
+    config: CoreConfig,
+    /// Index of its current life in the record.
+    life: usize,
+    /// Faults of everything it receives (`partitioned`: and sends).
+    faults: Faults,
+    /// Burst state of `faults`.
+    bad: bool,
+}
+
+/// A datagram on its way to one node.
+struct Arrival {
+    at: Instant,
+    order: u64,
+    to: NodeId,
+    /// The sending stream, from the header (0 if it did not decode).
+    stream: u64,
+    bytes: Rc<[u8]>,
+}
+
+impl PartialEq for Arrival {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Arrival {}
+impl PartialOrd for Arrival {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Arrival {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+/// The simulated network and its nodes.
+///
+/// A datagram from one node to another crosses the link's faults
+/// ([`Sim::default_link`], or the link's own from [`Sim::set_link`]), then
+/// the receiving node's ([`Sim::set_faults`]: the same faults a
+/// [`LoopbackCluster`](super::LoopbackCluster) node has). A node always
+/// hears its own datagrams (multicast loopback), and ignores them.
+pub struct Sim {
+    now: Instant,
+    rng: SmallRng,
+    nodes: Vec<SimNode>,
+    record: Record,
+    queue: BinaryHeap<Reverse<Arrival>>,
+    order: u64,
+    /// Faults of every link without its own.
+    pub default_link: Faults,
+    links: HashMap<(NodeId, NodeId), Faults>,
+    /// Burst state per link.
+    link_bad: HashMap<(NodeId, NodeId), bool>,
+    /// Each node's next wake-up, indexed so that finding the next event
+    /// does not poll every node.
+    timers: BTreeSet<(Instant, NodeId)>,
+    timer_of: Vec<Option<Instant>>,
+    /// Datagrams (copies) lost by the faults, one per receiver that missed
+    /// one.
+    pub lost: u64,
+    /// Of those, `Data` datagrams (the losses repair is for).
+    pub lost_data: u64,
+    /// Datagrams put on the network (one per receiver).
+    pub sent: u64,
+    buf: Vec<u8>,
+    steps: u64,
+    /// A run fails (panics) after this many steps in total.
+    pub max_steps: u64,
+}
+
+impl Sim {
+    /// An empty network whose links have a delay of 100 µs and no other
+    /// fault; everything random derives from `seed`.
+    pub fn new(seed: u64) -> Self {
+        let start = Instant::now();
+        Sim {
+            now: start,
+            rng: SmallRng::seed_from_u64(seed),
+            nodes: Vec::new(),
+            record: Record::new(start),
+            queue: BinaryHeap::new(),
+            order: 0,
+            default_link: Faults {
+                delay: Duration::from_micros(100),
+                ..Faults::default()
+            },
+            links: HashMap::new(),
+            link_bad: HashMap::new(),
+            timers: BTreeSet::new(),
+            timer_of: Vec::new(),
+            lost: 0,
+            lost_data: 0,
+            sent: 0,
+            buf: Vec::with_capacity(2048),
+            steps: 0,
+            max_steps: 50_000_000,
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.record.start
+    }
+
+    /// Adds a node that joins now, with `config` (its stream id and seed are
+    /// drawn from the simulation's RNG).
+    pub fn add_node(&mut self, name: &str, config: CoreConfig) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(SimNode {
+            name: name.to_string(),
+            core: None,
+            config,
+            life: 0,
+            faults: Faults::default(),
+            bad: false,
+        });
+        self.timer_of.push(None);
+        self.start_node(id);
+        id
+    }
+
+    /// Adds `n` nodes named `{prefix}{i}` with the default configuration.
+    pub fn add_nodes(&mut self, prefix: &str, n: usize) -> Vec<NodeId> {
+        (0..n)
+            .map(|i| self.add_node(&format!("{prefix}{i}"), CoreConfig::default()))
+            .collect()
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let mut cfg = self.nodes[id].config.clone();
+        cfg.stream = self.rng.gen_range(1..u64::MAX);
+        cfg.seed = self.rng.gen();
+        cfg.node_name = self.nodes[id].name.clone();
+        let core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
+        let node = &mut self.nodes[id];
+        node.life = self.record.begin_life(
+            id,
+            &node.name,
+            core.stream(),
+            self.now,
+            core.sync_deadline(),
+        );
+        node.core = Some(core);
+        self.pump(id);
+    }
+
+    /// A node's current protocol state (`None` while crashed).
+    pub fn core(&self, id: NodeId) -> Option<&NodeCore> {
+        self.nodes[id].core.as_ref()
+    }
+
+    /// Number of nodes (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no node was added.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `id`'s name.
+    pub fn name(&self, id: NodeId) -> &str {
+        &self.nodes[id].name
+    }
+
+    /// Everything the run did so far: every life, delivery and publish.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// Node `id`'s current (latest) life.
+    pub fn life(&self, id: NodeId) -> &Life {
+        &self.record.lives[self.nodes[id].life]
+    }
+
+    /// Every event published so far.
+    pub fn published(&self) -> &[Published] {
+        &self.record.published
+    }
+
+    /// Events delivered by `id` (all lives), as (stream, seq).
+    pub fn delivered_events(&self, id: NodeId) -> Vec<(u64, u64)> {
+        self.record.lives_of(id).flat_map(Life::events).collect()
+    }
+
+    /// Resets delivered by `id` (all lives).
+    pub fn resets(&self, id: NodeId) -> Vec<(Instant, ResetReason)> {
+        self.record
+            .lives_of(id)
+            .flat_map(Life::resets)
+            .map(|(t, r)| (t, r.clone()))
+            .collect()
+    }
+
+    /// Sets the faults of the link `from → to` (in place of
+    /// [`Sim::default_link`]).
+    pub fn set_link(&mut self, from: NodeId, to: NodeId, faults: Faults) {
+        self.links.insert((from, to), faults);
+    }
+
+    /// Sets the faults of everything node `id` receives (after the link's);
+    /// `partitioned` also stops everything it sends.
+    pub fn set_faults(&mut self, id: NodeId, faults: Faults) {
+        self.nodes[id].faults = faults;
+    }
+
+    /// Node `id`'s faults (see [`Sim::set_faults`]).
+    pub fn faults(&self, id: NodeId) -> &Faults {
+        &self.nodes[id].faults
+    }
+
+    /// Removes node `id`'s faults.
+    pub fn clear_faults(&mut self, id: NodeId) {
+        self.nodes[id].faults = Faults::default();
+    }
+
+    /// Cuts `id` off from every other node (both directions), or heals it:
+    /// its faults' `partitioned`.
+    pub fn partition(&mut self, id: NodeId, cut: bool) {
+        self.nodes[id].faults.partitioned = cut;
+    }
+
+    /// Ends every fault: every node's faults and the per-link faults are
+    /// removed and the default link becomes loss-free (same delay). Use it
+    /// before checking an eventual property such as [`Sim::check`].
+    pub fn heal_all(&mut self) {
+        self.links.clear();
+        self.link_bad.clear();
+        for n in &mut self.nodes {
+            n.faults = Faults::default();
+            n.bad = false;
+        }
+        self.default_link = Faults {
+            delay: self.default_link.delay,
+            ..Faults::default()
+        };
+    }
+
+    /// Publishes `event` on node `id` and sends it. Returns its seq.
+    pub fn publish(&mut self, id: NodeId, event: Event) -> u64 {
+        let now = self.now;
+        let core = self.nodes[id]
+            .core
+            .as_mut()
+            .expect("publish on a live node");
+        let seq = core.publish(now, event.clone()).expect("publishable event");
+        self.record.published.push(Published {
+            node: id,
+            stream: core.stream(),
+            seq,
+            at: now,
+            event,
+        });
+        self.pump(id);
+        seq
+    }
+
+    /// Publishes several events at once (they share datagrams).
+    pub fn publish_batch(&mut self, id: NodeId, events: Vec<Event>) {
+        let now = self.now;
+        let core = self.nodes[id]
+            .core
+            .as_mut()
+            .expect("publish on a live node");
+        for event in events {
+            let seq = core.publish(now, event.clone()).expect("publishable event");
+            self.record.published.push(Published {
+                node: id,
+                stream: core.stream(),
+                seq,
+                at: now,
+                event,
+            });
+        }
+        self.pump(id);
+    }
+
+    /// Crashes node `id`: it stops at once, without `Goodbye`; what it had
+    /// not sent is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        if self.nodes[id].core.take().is_some() {
+            let life = &mut self.record.lives[self.nodes[id].life];
+            life.crashed.get_or_insert(self.now);
+        }
+        self.update_timer(id);
+    }
+
+    /// Closes node `id` cleanly: `Goodbye`, and it keeps answering `Nak`s
+    /// (lingers) until crashed or restarted.
+    pub fn close(&mut self, id: NodeId) {
+        let now = self.now;
+        if let Some(core) = self.nodes[id].core.as_mut() {
+            core.close(now);
+            self.record.lives[self.nodes[id].life]
+                .closed
+                .get_or_insert(now);
+        }
+        self.pump(id);
+    }
+
+    /// Restarts node `id` as a new process: a new stream, a fresh join.
+    pub fn restart(&mut self, id: NodeId) {
+        self.crash(id);
+        self.start_node(id);
+    }
+
+    /// Drains node `id`'s outputs: transmits go on the network, deliveries
+    /// into its record.
+    fn pump(&mut self, id: NodeId) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(core) = self.nodes[id].core.as_mut() {
+            if !core.poll_transmit(now, &mut buf) {
+                break;
+            }
+            self.multicast(id, &buf);
+        }
+        let node = &mut self.nodes[id];
+        if let Some(core) = node.core.as_mut() {
+            let life = &mut self.record.lives[node.life];
+            while let Some(d) = core.poll_delivery() {
+                life.deliveries.push((now, d));
+            }
+        }
+        self.buf = buf;
+        self.update_timer(id);
+    }
+
+    /// Re-reads node `id`'s next wake-up into the index.
+    fn update_timer(&mut self, id: NodeId) {
+        let next = self.nodes[id].core.as_ref().and_then(|c| c.poll_timeout());
+        if self.timer_of[id] != next {
+            if let Some(old) = self.timer_of[id] {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(t) = next {
+                self.timers.insert((t, id));
+            }
+            self.timer_of[id] = next;
+        }
+    }
+
+    fn multicast(&mut self, from: NodeId, bytes: &[u8]) {
+        let bytes: Rc<[u8]> = Rc::from(bytes);
+        let decoded = wire::decode(&bytes, self.nodes[from].config.cluster).ok();
+        let stream = decoded.as_ref().map_or(0, |d| d.header.stream);
+        let is_data = matches!(
+            decoded,
+            Some(wire::Datagram {
+                body: Body::Data { .. },
+                ..
+            })
+        );
+        let cut_off = self.nodes[from].faults.partitioned;
+        for to in 0..self.nodes.len() {
+            if to == from {
+                // Multicast loopback: a node hears itself (and ignores it).
+                self.enqueue(self.now, to, stream, bytes.clone());
+                continue;
+            }
+            self.sent += 1;
+            let link = self.links.get(&(from, to)).unwrap_or(&self.default_link);
+            let bad = self.link_bad.entry((from, to)).or_insert(false);
+            let fate = if cut_off {
+                Fate::Lost
+            } else {
+                link.fate(bad, &mut self.rng, decoded.as_ref())
+            };
+            let Fate::Arrives { after, again } = fate else {
+                self.lost += 1;
+                self.lost_data += u64::from(is_data);
+                continue;
+            };
+            for on_link in [Some(after), again].into_iter().flatten() {
+                let node = &mut self.nodes[to];
+                match node
+                    .faults
+                    .fate(&mut node.bad, &mut self.rng, decoded.as_ref())
+                {
+                    Fate::Lost => {
+                        self.lost += 1;
+                        self.lost_data += u64::from(is_data);
+                    }
+                    Fate::Arrives { after, again } => {
+                        for at_node in [Some(after), again].into_iter().flatten() {
+                            let at = self.now + on_link + at_node;
+                            self.enqueue(at, to, stream, bytes.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, at: Instant, to: NodeId, stream: u64, bytes: Rc<[u8]>) {
+        self.order += 1;
+        self.queue.push(Reverse(Arrival {
+            at,
+            order: self.order,
+            to,
+            stream,
+            bytes,
+        }));
+    }
+
+    /// The next instant anything happens: an arrival or a node wake-up.
+    fn next_event(&self) -> Option<Instant> {
+        let arrival = self.queue.peek().map(|Reverse(a)| a.at);
+        let timer = self.timers.first().map(|(t, _)| *t);
+        match (arrival, timer) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        }
+    }
+
+    /// Runs everything due up to and including `deadline`, then sets the
+    /// clock to `deadline`. Panics on livelock.
+    pub fn run_until(&mut self, deadline: Instant) {
+        let mut same_instant = 0u32;
+        let mut last = self.now;
+        while let Some(t) = self.next_event() {
+            if t > deadline {
+                break;
+            }
+            self.steps += 1;
+            assert!(
+                self.steps <= self.max_steps,
+                "simulation exceeded {} steps at t={:?}: livelock?",
+                self.max_steps,
+                self.elapsed()
+            );
+            let t = t.max(self.now);
+            if t != last {
+                same_instant = 0;
+                last = t;
+            }
+            self.now = t;
+            // Arrivals are finite (each was sent once); a node that wants
+            // to be woken at the same instant over and over is a livelock.
+            if self.step_at(t) {
+                same_instant += 1;
+                assert!(
+                    same_instant < 100_000,
+                    "livelock: 100,000 wake-ups at the same instant t={:?}",
+                    self.elapsed()
+                );
+            }
+        }
+        self.now = self.now.max(deadline);
+    }
+
+    /// Runs until the network is quiet — nothing in flight, no node with an
+    /// open gap — and returns the virtual time that took. Panics if that
+    /// takes more than `limit` of virtual time (a protocol that never
+    /// settles), or on livelock.
+    pub fn drive(&mut self, limit: Duration) -> Duration {
+        let start = self.now;
+        let step = Duration::from_millis(1);
+        loop {
+            let quiet = self.queue.is_empty()
+                && self.nodes.iter().all(|n| {
+                    n.core
+                        .as_ref()
+                        .is_none_or(|c| c.open_gaps() == 0 && !c.has_pending_output())
+                });
+            if quiet {
+                return self.now - start;
+            }
+            assert!(
+                self.now - start <= limit,
+                "the network did not settle within {limit:?} (t={:?}): {} datagrams in flight",
+                self.elapsed(),
+                self.queue.len()
+            );
+            self.run_for(step);
+        }
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// One step at `t`: the next arrival, or else every due wake-up.
+    /// Returns true for a wake-up step.
+    fn step_at(&mut self, t: Instant) -> bool {
+        if self.queue.peek().is_some_and(|Reverse(a)| a.at <= t) {
+            let Reverse(a) = self.queue.pop().expect("peeked");
+            let node = &mut self.nodes[a.to];
+            if let Some(core) = node.core.as_mut() {
+                core.handle_datagram(t, &a.bytes);
+                self.record.lives[node.life].heard.insert(a.stream, t);
+                self.pump(a.to);
+            }
+            return false;
+        }
+        // Each due node once per step: one that stays due forever is caught
+        // by the livelock check in `run_until`.
+        let due: Vec<NodeId> = self
+            .timers
+            .iter()
+            .take_while(|(w, _)| *w <= t)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in due {
+            if let Some(core) = self.nodes[id].core.as_mut() {
+                core.handle_timeout(t);
+            }
+            self.pump(id);
+        }
+        true
+    }
+
+    /// Checks the no-silent-loss promise over the whole run: the test
+    /// kit's one checker, [`Record::check`]. Run it once the network has
+    /// settled (every fault healed, and past the stream timeout if a node
+    /// crashed).
+    pub fn check(&self) -> Result<CheckReport, Box<SilentLoss>> {
+        self.record.check()
+    }
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("elapsed", &self.elapsed())
+            .field("nodes", &self.nodes.len())
+            .field("in_flight", &self.queue.len())
+            .field("sent", &self.sent)
+            .field("lost", &self.lost)
+            .finish()
+    }
+}
