@@ -294,6 +294,12 @@ impl Node {
         Ok((node, task.abort_handle()))
     }
 
+    /// The node's delivery hub, for the crate's tests.
+    #[cfg(test)]
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.shared.deliveries
+    }
+
     /// This node's stream id (new at every join).
     pub fn stream(&self) -> u64 {
         self.shared.stream

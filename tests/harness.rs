@@ -260,6 +260,39 @@ async fn a_publisher_whose_every_datagram_was_lost_does_not_count_as_heard() {
     assert!(got_keys(&c, 0).is_empty());
 }
 
+/// The rule the simulator's and the harness's checkers once disagreed on:
+/// node 1 gives node 0's stream up (timeout Reset, while cut off), then
+/// node 0 publishes and dies before node 1 hears it again. No protocol can
+/// tell node 1 of that event: the one checker excuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_stream_given_up_that_then_dies_unheard_is_excused() {
+    let mut c = LoopbackCluster::start_with(2, 9, |cfg| {
+        cfg.protocol.stream_timeout = Duration::from_secs(2);
+        cfg.protocol.heartbeat_idle = Duration::from_millis(300);
+    })
+    .await
+    .unwrap();
+    c.publish(0, ["seen"]).await.unwrap();
+    assert!(c.settle(SETTLE).await);
+    c.partition(1, true);
+    let end = std::time::Instant::now() + SETTLE;
+    while c.stats(1).await.unwrap().protocol.streams_timed_out == 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "node 1 never gave node 0 up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.publish(0, ["after-give-up"]).await.unwrap();
+    assert!(c.wait_sent(0, SETTLE).await);
+    c.crash(0);
+    wait_dropped(&c, 1, 1).await;
+    c.partition(1, false);
+    let report = settle_and_check(&c).await;
+    assert_eq!((report.delivered, report.excused), (1, 1), "{report:?}");
+    assert_eq!(got_keys(&c, 1), ["seen"]);
+}
+
 /// Waits until node `i`'s faults have lost `n` `Data` datagrams.
 async fn wait_dropped(c: &LoopbackCluster, i: usize, n: u64) {
     let end = std::time::Instant::now() + SETTLE;

@@ -64,6 +64,10 @@ pub(crate) struct Hub {
     notify: Notify,
     /// Wakes the driver: the queue fell below half its capacity.
     room: Notify,
+    /// Events pushed inside runs (`Output::Run`), for the crate's tests of
+    /// the path deliveries take.
+    #[cfg(test)]
+    pub run_events: std::sync::atomic::AtomicU64,
 }
 
 /// What [`Cursor::next_batch`] found.
@@ -153,6 +157,8 @@ impl Hub {
             }),
             notify: Notify::new(),
             room: Notify::new(),
+            #[cfg(test)]
+            run_events: Default::default(),
         })
     }
 
@@ -174,6 +180,14 @@ impl Hub {
     /// Hands a batch to every subscription (dropped if there is none).
     pub fn push(&self, items: Vec<Output>) {
         let n: usize = items.iter().map(Output::len).sum();
+        #[cfg(test)]
+        self.run_events.fetch_add(
+            (items.iter())
+                .filter(|o| matches!(o, Output::Run { .. }))
+                .map(Output::len)
+                .sum::<usize>() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if n == 0 {
             return;
         }

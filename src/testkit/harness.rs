@@ -423,3 +423,38 @@ impl LoopbackCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// With faults on (the tap in the driver: duplication, delay), the
+    /// cluster still records what the production path hands out: the
+    /// receiver's driver passes a datagram's events to the subscriptions as
+    /// one run, and the recording subscription reads them from it. A
+    /// driver that split runs into single deliveries for the harness to
+    /// observe would push no run, and fail here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cluster_records_through_the_run_path_with_faults_on() {
+        let c = LoopbackCluster::start(2).await.unwrap();
+        c.faults(1).set(Faults {
+            duplicate: 1.0,
+            jitter: Duration::from_millis(2),
+            ..Faults::default()
+        });
+        let events = (0..20).map(|i| Event::Invalidate {
+            keys: vec![format!("k{i}")],
+        });
+        let sender = c.node(0).unwrap();
+        sender.publish_many(events).await.unwrap();
+        assert!(c.settle(Duration::from_secs(10)).await);
+        let report = c.check().unwrap();
+        assert_eq!((report.expected, report.delivered), (20, 20), "{report:?}");
+        assert_eq!(c.published().len(), 20, "publish_many is recorded too");
+        let receiver = c.node(1).unwrap();
+        let in_runs = receiver.hub().run_events.load(Ordering::SeqCst);
+        assert!(in_runs >= 20, "{in_runs} of 20 events came in runs");
+        assert!(c.faults(1).lost() == 0 && receiver.stats().await.protocol.duplicates >= 1);
+    }
+}
