@@ -78,7 +78,7 @@ impl Loopback {
     pub fn config(&self, node: &str) -> NodeConfig {
         NodeConfig {
             group: self.group,
-            interface: InterfaceSpec::Addr(Ipv4Addr::LOCALHOST.into()),
+            interface: InterfaceSpec::loopback(),
             cluster: self.cluster.clone(),
             node_name: node.into(),
             ttl: 0,
