@@ -92,10 +92,21 @@ pub struct NodeConfig {
     pub linger: Duration,
     /// Seed of the protocol's RNG; `None` draws one.
     pub seed: Option<u64>,
+    /// This node never publishes (a listener, a cache that only evicts):
+    /// its publish calls are refused with [`PublishError::ReceiveOnly`], and
+    /// it says so when it joins and in every heartbeat, so that when it
+    /// stops, even by `kill -9`, no other node Resets for it. Default false.
+    pub receive_only: bool,
+    /// Deliver this node's own events to its own subscriptions (as
+    /// [`Delivery::Event`]s of [`Node::stream`]), so that
+    /// [`Node::invalidate`] invalidates everywhere, this server included.
+    /// Default true; turn it off when the application already evicts
+    /// locally before publishing.
+    pub deliver_own: bool,
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
-    /// …). Its `cluster`, `stream`, `node_name` and `seed` are set from the
-    /// fields above at join.
+    /// …). Its `cluster`, `stream`, `node_name`, `seed`, `receive_only` and
+    /// `deliver_own` are set from the fields above at join.
     pub protocol: CoreConfig,
 }
 
@@ -112,6 +123,8 @@ impl Default for NodeConfig {
             subscriber_queue: 65536,
             linger: Duration::from_millis(50),
             seed: None,
+            receive_only: false,
+            deliver_own: true,
             protocol: CoreConfig::default(),
         }
     }
@@ -167,6 +180,7 @@ struct Shared {
     /// Becomes true when the driver has stopped.
     done: watch::Receiver<bool>,
     max_datagram: usize,
+    receive_only: bool,
     stream: u64,
     interface: ResolvedInterface,
     recv_buffer_requested: usize,
@@ -211,6 +225,8 @@ impl Node {
         let mut core_cfg = config.protocol.clone();
         core_cfg.cluster = wire::cluster_hash(&config.cluster);
         core_cfg.node_name = config.node_name.clone();
+        core_cfg.receive_only = config.receive_only;
+        core_cfg.deliver_own = config.deliver_own;
         core_cfg.stream = loop {
             let s = random_u64();
             if s != 0 {
@@ -284,6 +300,7 @@ impl Node {
                 closed: RwLock::new(false),
                 done,
                 max_datagram: core_cfg.max_datagram,
+                receive_only: core_cfg.receive_only,
                 stream: core_cfg.stream,
                 interface: sock.interface,
                 recv_buffer_requested: sock.recv_buffer_requested,
@@ -323,6 +340,9 @@ impl Node {
     /// The command is built only once the driver has room for it, so that a
     /// refused or cancelled publish takes nothing from the caller.
     async fn send_publish(&self, cmd: impl FnOnce() -> Command) -> Result<(), PublishError> {
+        if self.shared.receive_only {
+            return Err(PublishError::ReceiveOnly);
+        }
         let closed = self.shared.closed.read().await;
         if *closed {
             return Err(PublishError::Closed);

@@ -14,24 +14,25 @@ use cachecast::wire::{self, Body, Event, EventBatch, EventRef, Events, Header};
 use common::*;
 
 #[tokio::test]
-async fn three_nodes_exchange_events() {
+async fn three_nodes_exchange_events_each_delivering_its_own_too() {
     let c = Loopback::new();
     let nodes = [c.join("a").await, c.join("b").await, c.join("c").await];
     let mut subs: Vec<Subscription> = nodes.iter().map(|n| n.subscribe()).collect();
     for (i, n) in nodes.iter().enumerate() {
         n.invalidate([format!("from-{i}")]).await.unwrap();
     }
+    // Every node delivers all three: the two others' and its own (each
+    // with its publisher's stream), `invalidate` meaning everywhere.
+    let streams: Vec<u64> = nodes.iter().map(|n| n.stream()).collect();
     for (i, sub) in subs.iter_mut().enumerate() {
         let mut got = Vec::new();
-        while got.len() < 2 {
-            let d = recv_until(sub, "events of the two others", |d| keys_of(d).is_some()).await;
-            got.push(keys_of(&d).unwrap().1[0].clone());
+        while got.len() < 3 {
+            let d = recv_until(sub, "the three events", |d| keys_of(d).is_some()).await;
+            let (stream, keys) = keys_of(&d).unwrap();
+            got.push((keys[0].clone(), stream));
         }
         got.sort();
-        let want: Vec<String> = (0..3)
-            .filter(|j| *j != i)
-            .map(|j| format!("from-{j}"))
-            .collect();
+        let want: Vec<(String, u64)> = (0..3).map(|j| (format!("from-{j}"), streams[j])).collect();
         assert_eq!(got, want, "node {i}");
     }
     for n in &nodes {

@@ -93,9 +93,13 @@ async fn publish_from(
     let mut nodes = Vec::with_capacity(streams);
     for i in 0..streams {
         nodes.push(
-            Node::join(config(group, &format!("bench-pub-{i}")))
-                .await
-                .map_err(io_err)?,
+            Node::join(NodeConfig {
+                // No subscription here: its own events would only queue.
+                deliver_own: false,
+                ..config(group, &format!("bench-pub-{i}"))
+            })
+            .await
+            .map_err(io_err)?,
         );
     }
     let mut keys = vec![Vec::new(); plan.keys_per_event];
@@ -171,7 +175,12 @@ pub fn subscribe(
     // would first wait for the runtime to poll for I/O once more.
     let task = rt.spawn(async move {
         let done = &done;
-        let node = Node::join(config(group, &name)).await.map_err(io_err)?;
+        let node = Node::join(NodeConfig {
+            receive_only: true,
+            ..config(group, &name)
+        })
+        .await
+        .map_err(io_err)?;
         let mut sub = node.subscribe();
         let mut rec = Recorder::new();
         // One timer for the whole run (not one per receive) wakes the loop

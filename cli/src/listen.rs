@@ -138,9 +138,11 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
     if args.exit_on_stdin_close {
         stop.on_stdin_close();
     }
-    let node = Node::join(args.net.config("listen"))
-        .await
-        .map_err(|e| e.to_string())?;
+    // A listener never publishes: receive-only, so that stopping it, even
+    // by kill -9, costs the other nodes no Reset.
+    let mut config = args.net.config("listen");
+    config.receive_only = true;
+    let node = Node::join(config).await.map_err(|e| e.to_string())?;
     let mut sub = node.subscribe();
     let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut out = std::io::stdout().lock();

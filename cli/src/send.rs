@@ -184,8 +184,10 @@ pub fn pack_keys(keys: Vec<String>, max_datagram: usize) -> Result<Vec<Event>, S
 pub async fn run(args: SendArgs, stop: &Stop) -> Result<(), Failure> {
     let mut config = args.net.config("send");
     config.linger = args.linger;
-    // `send` never subscribes: keep no backlog of deliveries.
+    // `send` never subscribes: keep no backlog of deliveries, not even of
+    // its own events.
     config.subscriber_queue = 16;
+    config.deliver_own = false;
     let events = events(&args.what, config.protocol.max_datagram).map_err(Failure::Usage)?;
     stop.arm();
     let node = Node::join(config).await.map_err(|e| e.to_string())?;

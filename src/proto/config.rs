@@ -83,6 +83,18 @@ pub struct CoreConfig {
     /// Streams that said `Goodbye` are remembered (so that late datagrams
     /// do not bring them back) up to this many. Default 1024.
     pub max_ended: usize,
+    /// This node never publishes: publishing is refused
+    /// ([`PublishError::ReceiveOnly`](crate::proto::PublishError)), and every
+    /// datagram it sends says so ([`wire::FLAG_RECEIVE_ONLY`]), so that other
+    /// nodes do not follow its stream and its death, even by `kill -9`,
+    /// costs them no `Reset`. Default false.
+    pub receive_only: bool,
+    /// This node's own events are delivered to its own subscribers too (as
+    /// [`Delivery::Event`](crate::proto::Delivery) of its own stream, once
+    /// each, when they are put in a datagram), so that an application that
+    /// evicts on delivery evicts on the publishing server as well. Default
+    /// true.
+    pub deliver_own: bool,
 }
 
 impl Default for CoreConfig {
@@ -113,6 +125,8 @@ impl Default for CoreConfig {
             max_streams: 1024,
             max_gaps: 256,
             max_ended: 1024,
+            receive_only: false,
+            deliver_own: true,
         }
     }
 }
@@ -142,7 +156,17 @@ impl CoreConfig {
     /// may have them dropped before they are even read (a socket filter on
     /// this prefix).
     pub fn own_prefix(&self) -> Vec<u8> {
-        crate::wire::header_bytes(self.cluster, self.stream)
+        self.header().to_bytes()
+    }
+
+    /// The header of every datagram this node sends (its flags say whether
+    /// it is receive-only).
+    pub fn header(&self) -> wire::Header {
+        let mut header = wire::Header::new(self.cluster, self.stream);
+        if self.receive_only {
+            header.flags |= wire::FLAG_RECEIVE_ONLY;
+        }
+        header
     }
 
     /// Checks every bound once, so that the hot path never has to.

@@ -21,6 +21,7 @@
 //! parameter, randomness comes from `CoreConfig::seed`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::SmallRng;
@@ -78,6 +79,8 @@ pub struct NodeCore {
     stats: Stats,
     /// When pacing lets the held `Data` datagram go.
     pace_at: Option<Instant>,
+    /// This node's name, for the deliveries of its own events.
+    own_name: Arc<str>,
 }
 
 impl NodeCore {
@@ -86,7 +89,8 @@ impl NodeCore {
     pub fn new(cfg: CoreConfig, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(NodeCore {
-            header: Header::new(cfg.cluster, cfg.stream),
+            header: cfg.header(),
+            own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
             sync_until: now + cfg.sync_window,
             hellos_left: cfg.hello_count,
@@ -187,8 +191,13 @@ impl NodeCore {
     /// sent on the next [`NodeCore::poll_transmit`], batched with whatever
     /// else was published before then.
     pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
+        if self.cfg.receive_only {
+            return Err(PublishError::ReceiveOnly);
+        }
+        let queued = self.out.len();
         let seq = self.sender.publish(now, &event, &mut self.out)?;
         self.stats.events_published += 1;
+        self.deliver_own(queued);
         Ok(seq)
     }
 
@@ -199,14 +208,42 @@ impl NodeCore {
         now: Instant,
         event: &EncodedEvent,
     ) -> Result<u64, PublishError> {
+        if self.cfg.receive_only {
+            return Err(PublishError::ReceiveOnly);
+        }
+        let queued = self.out.len();
         let seq = self.sender.publish_encoded(now, event, &mut self.out)?;
         self.stats.events_published += 1;
+        self.deliver_own(queued);
         Ok(seq)
+    }
+
+    /// With `deliver_own`, hands this node's own events to its own
+    /// subscribers: every `Data` the sender sealed onto `out` past index
+    /// `queued` (it only appends), as one run sharing the datagram's bytes.
+    /// Each event is sealed, and so delivered, exactly once.
+    fn deliver_own(&mut self, queued: usize) {
+        if !self.cfg.deliver_own {
+            return;
+        }
+        for body in self.out.range(queued..) {
+            if let Body::Data { first_seq, events } = body {
+                self.stats.own_delivered += events.len() as u64;
+                self.deliveries.push_back(Output::Run {
+                    stream: self.cfg.stream,
+                    first_seq: *first_seq,
+                    node: Some(self.own_name.clone()),
+                    events: events.clone(),
+                });
+            }
+        }
     }
 
     /// Ends this node's stream: everything published goes out, then `Goodbye`.
     pub fn close(&mut self, now: Instant) {
+        let queued = self.out.len();
         self.sender.close(now, &mut self.out);
+        self.deliver_own(queued);
         self.next_hello = None;
     }
 
@@ -240,6 +277,10 @@ impl NodeCore {
             }
         };
         let from = dgram.header.stream;
+        if dgram.header.receive_only() {
+            self.handle_receive_only(now, dgram.body);
+            return;
+        }
         let resets_before = self.stats.resets_total();
         let sync_until = self.sync_until;
         let mut sink = sink!(self);
@@ -324,6 +365,32 @@ impl NodeCore {
             self.schedule(target);
         }
         self.retire_if_finished(from);
+    }
+
+    /// A datagram of a node that never publishes: its `Hello` is answered
+    /// and its `Nak`s served or overheard, but its stream is not followed
+    /// (it has nothing to lose, so its silence costs no `Reset`).
+    fn handle_receive_only(&mut self, now: Instant, body: Body) {
+        let mut sink = sink!(self);
+        match body {
+            Body::Hello { .. } => self.sender.on_hello(now, sink.rng),
+            Body::Nak { stream, ranges } => {
+                if stream == self.cfg.stream {
+                    self.sender.on_nak(now, &ranges, sink.out, sink.stats);
+                } else if let Some(r) = self.streams.get_mut(&stream) {
+                    r.on_overheard_nak(now, &ranges, &mut sink);
+                }
+                self.schedule(stream);
+            }
+            Body::Heartbeat { .. } | Body::Goodbye { .. } => {
+                self.stats.receive_only_heard += 1;
+            }
+            // Events or repairs from a node that says it never publishes:
+            // malformed (or forged), never trusted.
+            Body::Data { .. } | Body::Repair { .. } | Body::Unavailable { .. } => {
+                self.stats.drop("receive_only_data");
+            }
+        }
     }
 
     /// Records when `stream` next wants to be woken (its earliest gap).
@@ -471,6 +538,7 @@ impl NodeCore {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         if self.out.is_empty() && self.sender.has_batch() {
             self.sender.flush(now, &mut self.out);
+            self.deliver_own(0);
         }
         let Some(body) = self.out.front() else {
             return false;

@@ -42,6 +42,10 @@ pub enum PublishError {
     /// The node was shut down; nothing can be published any more.
     #[error("the node is shut down; join again to publish")]
     Closed,
+    /// The node was configured receive-only (`receive_only`): it never
+    /// publishes, which is what lets it die without costing anybody a Reset.
+    #[error("this node is receive-only (receive_only is set): it cannot publish")]
+    ReceiveOnly,
 }
 
 /// One stream's sender state.

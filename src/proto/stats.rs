@@ -26,6 +26,12 @@ pub struct Stats {
     pub hellos_sent: u64,
     /// Events of other streams delivered.
     pub events_delivered: u64,
+    /// This node's own events delivered to its own subscribers
+    /// (`deliver_own`).
+    pub own_delivered: u64,
+    /// Heartbeats and `Goodbye`s of receive-only nodes (not followed as
+    /// streams: they have nothing to lose).
+    pub receive_only_heard: u64,
     /// Events received twice and dropped.
     pub duplicates: u64,
     /// Events that arrived out of order and filled a gap before it was acted on.

@@ -12,6 +12,14 @@ pub const VERSION: u8 = 1;
 /// Header flag bit 0: an authentication trailer follows (not supported in v1
 /// without a key, so such datagrams are rejected).
 pub const FLAG_AUTH: u8 = 0x01;
+/// Header flag bit 1: the sending node never publishes (it was configured
+/// receive-only), so its stream has no events to lose: receivers do not
+/// follow it, and its death, even unannounced, costs nobody a `Reset`. Set
+/// on every datagram such a node sends.
+pub const FLAG_RECEIVE_ONLY: u8 = 0x02;
+/// Every flag version 1 accepts: a datagram with any other bit set is
+/// dropped.
+const KNOWN_FLAGS: u8 = FLAG_RECEIVE_ONLY;
 
 /// The fixed part of every datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +28,8 @@ pub struct Header {
     pub magic: [u8; 4],
     /// Always [`VERSION`].
     pub version: u8,
-    /// Bit 0: [`FLAG_AUTH`]; the others are reserved and must be zero.
+    /// Bit 0: [`FLAG_AUTH`] (not accepted without a key); bit 1:
+    /// [`FLAG_RECEIVE_ONLY`]; the others are reserved and must be zero.
     pub flags: u8,
     /// [`cluster_hash`] of the cluster name; foreign traffic is dropped.
     pub cluster: u32,
@@ -38,6 +47,19 @@ impl Header {
             cluster,
             stream,
         }
+    }
+
+    /// True if the sender declared itself receive-only
+    /// ([`FLAG_RECEIVE_ONLY`]).
+    pub fn receive_only(&self) -> bool {
+        self.flags & FLAG_RECEIVE_ONLY != 0
+    }
+
+    /// The header's bytes: how every datagram with it starts.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        put(&mut buf, self);
+        buf
     }
 }
 
@@ -76,7 +98,7 @@ pub fn decode_header(bytes: &[u8], cluster: u32) -> Result<(Header, usize), Deco
     }
     let (header, used): (Header, usize) =
         bincode::serde::decode_from_slice(bytes, config()).map_err(malformed)?;
-    if header.flags != 0 {
+    if header.flags & !KNOWN_FLAGS != 0 {
         return Err(DecodeError::BadFlags(header.flags));
     }
     if header.cluster != cluster {

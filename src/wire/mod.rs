@@ -17,7 +17,7 @@
 //!   length, then its elements; `[u8; 4]` and `u8` are raw bytes.
 //!
 //! ```text
-//! Header  magic "CCST", version 1, flags, cluster (u32), stream (u64)
+//! Header  magic "CCST", version 1, flags (bit 0 auth, bit 1 receive-only), cluster (u32), stream (u64)
 //! Body    Data { first_seq, events: [Event] } | Heartbeat { next_seq, oldest, node }
 //!         | Hello { node } | Nak { stream, ranges: [(u64, u64)] }
 //!         | Repair { first_seq, events: [Event] } | Unavailable { stream, ranges }
@@ -142,7 +142,9 @@ mod varint;
 pub use batch::{EventBatch, MAX_BATCH};
 pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram};
 pub use event::{check_event, check_size, Event, EventError, EventTag};
-pub use header::{cluster_hash, decode_header, header_bytes, Header, FLAG_AUTH, MAGIC, VERSION};
+pub use header::{
+    cluster_hash, decode_header, header_bytes, Header, FLAG_AUTH, FLAG_RECEIVE_ONLY, MAGIC, VERSION,
+};
 pub(crate) use run::RunBuf;
 pub use run::{
     decode_event, encode_event, encoded_event_len, EncodedEvent, EventRef, EventViews, Events,
