@@ -214,10 +214,7 @@ fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
     assert!(
         rx.resets() > 0,
         "gap {:?} still open after 30 s (max_gap_age {:?}), no Reset; naks sent {}",
-        st.gaps()
-            .iter()
-            .map(|(a, g)| (a, g.end, g.tries))
-            .collect::<Vec<_>>(),
+        st.gaps,
         rx.core.config().max_gap_age,
         rx.core.stats().naks_sent
     );

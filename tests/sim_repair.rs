@@ -53,7 +53,7 @@ fn one_to_many(seed: u64, receivers: usize, events: u64, link: Faults) -> (Sim, 
         p50_us: 0,
         p99_us: 0,
     };
-    let mut hist = cachecast::proto::stats::Histogram::default();
+    let mut hist = cachecast::proto::Histogram::default();
     for r in 1..=receivers {
         let st = sim.core(r).unwrap().stats();
         out.naks += st.naks_sent;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use cachecast::proto::stats::Histogram;
+use cachecast::proto::Histogram;
 use cachecast::testkit::{Faults, Sim};
 use cachecast::wire::Event;
 

@@ -32,7 +32,8 @@ use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, EncodedEvent, Event, Header};
+use crate::proto::timers::{Timer, TimerTable};
+use crate::wire::{self, Body, EncodedEvent, Event, Header, SeqRange};
 
 /// Unsent events past which a node takes no more publishes (see
 /// [`NodeCore::accepts_publishes`]): as many as one `EventBatch` holds.
@@ -52,15 +53,37 @@ macro_rules! sink {
     };
 }
 
+/// A snapshot of one remote stream as a node follows it
+/// ([`NodeCore::stream_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamState {
+    /// The stream's id.
+    pub stream: u64,
+    /// Its node's name, once a heartbeat has told it.
+    pub node: Option<Arc<str>>,
+    /// Every seq below this was delivered or covered by a `Reset`, except
+    /// those in `gaps`.
+    pub next_expected: u64,
+    /// One past the highest seq heard of (by data or a position).
+    pub known_end: u64,
+    /// The missing ranges waiting for repair (half-open), in order.
+    pub gaps: Vec<SeqRange>,
+    /// When anything of the stream was last heard.
+    pub last_heard: Instant,
+}
+
 /// One node's protocol state machine. See the module docs for the drive loop.
 #[derive(Debug)]
 pub struct NodeCore {
     cfg: CoreConfig,
     header: Header,
     rng: SmallRng,
+    /// When the join's sync window ends (a deadline, not a timer: nothing
+    /// happens at it, it only changes how new streams are placed).
     sync_until: Instant,
     hellos_left: u32,
-    next_hello: Option<Instant>,
+    /// Every timer of the node but the per-stream gap timers (`wakes`).
+    timers: TimerTable,
     sender: Sender,
     streams: HashMap<u64, StreamReceiver>,
     /// When each stream with open gaps wants to be woken, so that neither a
@@ -69,16 +92,12 @@ pub struct NodeCore {
     wakes: BTreeSet<(Instant, u64)>,
     /// Streams evicted without a gap, until met again or timed out.
     evicted: Evicted,
-    /// Next scan of every stream for the silence timeout.
-    sweep_at: Instant,
     /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`.
     ended: VecDeque<u64>,
     ended_set: HashSet<u64>,
     out: VecDeque<Body>,
     deliveries: VecDeque<Output>,
     stats: Stats,
-    /// When pacing lets the held `Data` datagram go.
-    pace_at: Option<Instant>,
     /// This node's name, for the deliveries of its own events.
     own_name: Arc<str>,
 }
@@ -88,24 +107,26 @@ impl NodeCore {
     /// [`NodeCore::poll_transmit`].
     pub fn new(cfg: CoreConfig, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Hello, now);
+        timers.set(Timer::Sweep, now + cfg.stream_timeout / 20);
+        timers.set(Timer::Heartbeat, now + cfg.heartbeat_idle);
         Ok(NodeCore {
             header: cfg.header(),
             own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
             sync_until: now + cfg.sync_window,
             hellos_left: cfg.hello_count,
-            next_hello: Some(now),
+            timers,
             sender: Sender::new(&cfg, now),
             streams: HashMap::new(),
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
-            sweep_at: now + cfg.stream_timeout / 20,
             ended: VecDeque::new(),
             ended_set: HashSet::new(),
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: Stats::default(),
-            pace_at: None,
             cfg,
         })
     }
@@ -131,9 +152,17 @@ impl NodeCore {
         &self.stats
     }
 
-    /// The receiving state of a remote stream, if followed.
-    pub fn stream_state(&self, stream: u64) -> Option<&StreamReceiver> {
-        self.streams.get(&stream)
+    /// What this node knows of a remote stream it follows, if it does.
+    pub fn stream_state(&self, stream: u64) -> Option<StreamState> {
+        let r = self.streams.get(&stream)?;
+        Some(StreamState {
+            stream,
+            node: r.node().cloned(),
+            next_expected: r.next_expected(),
+            known_end: r.known_end(),
+            gaps: r.gaps().iter().map(|(start, g)| (start, g.end)).collect(),
+            last_heard: r.last_heard(),
+        })
     }
 
     /// A copy of the counters with the gauges filled in.
@@ -242,9 +271,9 @@ impl NodeCore {
     /// Ends this node's stream: everything published goes out, then `Goodbye`.
     pub fn close(&mut self, now: Instant) {
         let queued = self.out.len();
-        self.sender.close(now, &mut self.out);
+        self.sender.close(now, &mut self.out, &mut self.timers);
         self.deliver_own(queued);
-        self.next_hello = None;
+        self.timers.stop(Timer::Hello);
     }
 
     /// True after [`NodeCore::close`].
@@ -303,7 +332,7 @@ impl NodeCore {
         }
         match dgram.body {
             Body::Hello { node } => {
-                self.sender.on_hello(now, sink.rng);
+                self.sender.on_hello(now, sink.rng, &mut self.timers);
                 // A joiner publishes nothing before its join returns: its
                 // stream starts at 1.
                 if let Some(r) = sender_of!(Some(1)) {
@@ -312,7 +341,8 @@ impl NodeCore {
             }
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
-                    self.sender.on_nak(now, &ranges, sink.out, sink.stats);
+                    self.sender
+                        .on_nak(now, &ranges, sink.out, sink.stats, &mut self.timers);
                 } else if let Some(r) = streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
@@ -373,10 +403,11 @@ impl NodeCore {
     fn handle_receive_only(&mut self, now: Instant, body: Body) {
         let mut sink = sink!(self);
         match body {
-            Body::Hello { .. } => self.sender.on_hello(now, sink.rng),
+            Body::Hello { .. } => self.sender.on_hello(now, sink.rng, &mut self.timers),
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
-                    self.sender.on_nak(now, &ranges, sink.out, sink.stats);
+                    self.sender
+                        .on_nak(now, &ranges, sink.out, sink.stats, &mut self.timers);
                 } else if let Some(r) = self.streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
@@ -442,24 +473,22 @@ impl NodeCore {
 
     /// Acts on everything due at `now`: hellos, heartbeats, gaps, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.pace_at.is_some_and(|t| t <= now) {
-            // The held datagram may go on the next poll_transmit.
-            self.pace_at = None;
-        }
-        if let Some(t) = self.next_hello {
-            if t <= now && self.hellos_left > 0 {
-                self.out.push_back(Body::Hello {
-                    node: self.cfg.node_name.clone(),
-                });
-                self.stats.hellos_sent += 1;
-                self.hellos_left -= 1;
-                self.next_hello = (self.hellos_left > 0)
-                    .then(|| now + self.cfg.sync_window / self.cfg.hello_count);
+        // A held (paced) datagram may go on the next poll_transmit.
+        self.timers.take_due(Timer::Pace, now);
+        if self.timers.take_due(Timer::Hello, now) && self.hellos_left > 0 {
+            self.out.push_back(Body::Hello {
+                node: self.cfg.node_name.clone(),
+            });
+            self.stats.hellos_sent += 1;
+            self.hellos_left -= 1;
+            if self.hellos_left > 0 {
+                let next = now + self.cfg.sync_window / self.cfg.hello_count;
+                self.timers.set(Timer::Hello, next);
             }
         }
         if self
             .sender
-            .handle_timeout(now, &mut self.out, &mut self.stats)
+            .handle_timeout(now, &mut self.out, &mut self.stats, &mut self.timers)
         {
             self.stats.heartbeats_sent += 1;
         }
@@ -484,8 +513,9 @@ impl NodeCore {
                 }
             }
         }
-        if self.sweep_at <= now {
-            self.sweep_at = now + self.cfg.stream_timeout / 20;
+        if self.timers.is_due(Timer::Sweep, now) {
+            self.timers
+                .set(Timer::Sweep, now + self.cfg.stream_timeout / 20);
             let timeout = self.cfg.stream_timeout;
             let timed_out: Vec<u64> = self
                 .streams
@@ -515,19 +545,11 @@ impl NodeCore {
     /// The earliest time [`NodeCore::handle_timeout`] has work, if any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.sender.poll_timeout();
-        let mut consider = |x: Option<Instant>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t: Instant| t.min(x)));
-            }
-        };
-        if self.hellos_left > 0 {
-            consider(self.next_hello);
+        let gap = self.wakes.first().map(|(t, _)| *t);
+        match (self.timers.next(), gap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        consider(self.wakes.first().map(|(t, _)| *t));
-        consider(Some(self.sweep_at));
-        consider(self.pace_at);
-        t
     }
 
     /// Writes the next datagram to send into `buf` (replacing its contents)
@@ -537,7 +559,7 @@ impl NodeCore {
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         if self.out.is_empty() && self.sender.has_batch() {
-            self.sender.flush(now, &mut self.out);
+            self.sender.flush(now, &mut self.out, &mut self.timers);
             self.deliver_own(0);
         }
         let Some(body) = self.out.front() else {
@@ -547,13 +569,13 @@ impl NodeCore {
         if let Body::Data { events, .. } = body {
             // Data is paced (after a Nak); what is held waits, in order.
             if let Err(at) = self.sender.pace.check(now, buf.len()) {
-                if self.pace_at.is_none() {
+                if self.timers.get(Timer::Pace).is_none() {
                     self.stats.data_paced += 1;
                 }
-                self.pace_at = Some(at);
+                self.timers.set(Timer::Pace, at);
                 return false;
             }
-            self.pace_at = None;
+            self.timers.stop(Timer::Pace);
             self.sender.pace.on_sent(now, buf.len());
             self.stats.data_sent += 1;
             self.stats.events_sent += events.len() as u64;

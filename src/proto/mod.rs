@@ -6,18 +6,19 @@
 //!
 //! [`NodeCore`] is the entry point; its module docs give the drive loop.
 
-pub mod config;
-pub mod core;
-pub mod delivery;
-pub mod pace;
-pub mod ranges;
-pub mod receiver;
-pub mod ring;
-pub mod sender;
-pub mod stats;
+mod config;
+mod core;
+mod delivery;
+mod pace;
+mod ranges;
+mod receiver;
+mod ring;
+mod sender;
+mod stats;
+mod timers;
 
-pub use self::core::NodeCore;
+pub use self::core::{NodeCore, StreamState};
 pub use config::{ConfigError, CoreConfig};
 pub use delivery::{Delivery, DeliveryRef, Output, ResetReason};
 pub use sender::PublishError;
-pub use stats::Stats;
+pub use stats::{Histogram, Stats};

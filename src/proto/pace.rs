@@ -54,6 +54,7 @@ impl Pace {
         }
     }
 
+    #[cfg(test)]
     /// The current rate in bytes/s, `None` while unpaced.
     pub fn rate(&self) -> Option<f64> {
         self.rate

@@ -70,6 +70,7 @@ impl GapSet {
         Some(gap)
     }
 
+    #[cfg(test)]
     /// True if `seq` is missing.
     pub fn contains(&self, seq: u64) -> bool {
         self.gaps
@@ -134,6 +135,7 @@ impl GapSet {
         self.gaps.values().map(|g| g.due).min()
     }
 
+    #[cfg(test)]
     /// Total number of missing seqs.
     pub fn missing_count(&self) -> u64 {
         self.gaps.iter().map(|(s, g)| g.end - s).sum()
@@ -217,14 +219,11 @@ impl RangeSet {
         self.ranges.remove(&start);
     }
 
+    #[cfg(test)]
     /// Number of disjoint ranges.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.ranges.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
     }
 }
 

@@ -96,6 +96,7 @@ impl RetransmitRing {
         self.first_seq
     }
 
+    #[cfg(test)]
     /// One past the newest seq held.
     pub fn end(&self) -> u64 {
         self.first_seq + self.entries.len() as u64
@@ -121,6 +122,7 @@ impl RetransmitRing {
         true
     }
 
+    #[cfg(test)]
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -25,6 +25,7 @@ use crate::proto::pace::Pace;
 use crate::proto::ranges::RangeSet;
 use crate::proto::ring::RetransmitRing;
 use crate::proto::stats::Stats;
+use crate::proto::timers::{Timer, TimerTable};
 use bytes::BytesMut;
 
 use crate::wire::{self, Body, EncodedEvent, Event, EventError, Events, RunBuf, SeqRange};
@@ -63,9 +64,7 @@ pub struct Sender {
     /// back; the first has seq `next_seq - batch.len()`.
     batch: RunBuf,
 
-    heartbeat_at: Instant,
     heartbeat_interval: Duration,
-    hello_answer_at: Option<Instant>,
     last_hello_answer: Option<Instant>,
     closed: bool,
 
@@ -78,8 +77,6 @@ pub struct Sender {
     repair_burst: f64,
     tokens: f64,
     tokens_at: Instant,
-    /// When the token bucket allows the next pending repair.
-    repair_at: Option<Instant>,
     /// Where repairs are assembled (sealed repairs share it, like batches).
     scratch: BytesMut,
     /// Data pacing, driven by `Nak`s.
@@ -98,9 +95,7 @@ impl Sender {
             hello_min_interval: cfg.hello_answer_min_interval,
             next_seq: 1,
             batch: RunBuf::default(),
-            heartbeat_at: now + cfg.heartbeat_idle,
             heartbeat_interval: cfg.heartbeat_idle,
-            hello_answer_at: None,
             last_hello_answer: None,
             closed: false,
             stream: cfg.stream,
@@ -111,15 +106,9 @@ impl Sender {
             repair_burst: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
             tokens: (cfg.repair_rate as f64).min(1024.0 * 1024.0),
             tokens_at: now,
-            repair_at: None,
             scratch: BytesMut::new(),
             pace: Pace::new(cfg.pace_min_rate, now),
         }
-    }
-
-    /// The oldest seq still held for repair.
-    pub fn oldest(&self) -> u64 {
-        self.ring.oldest()
     }
 
     /// The seq the next published event gets.
@@ -208,19 +197,19 @@ impl Sender {
 
     /// Seals the open batch (called when the driver is about to send) and
     /// restarts the fast heartbeat schedule.
-    pub fn flush(&mut self, now: Instant, out: &mut VecDeque<Body>) {
+    pub fn flush(&mut self, now: Instant, out: &mut VecDeque<Body>, timers: &mut TimerTable) {
         if self.batch.is_empty() {
             return;
         }
         self.seal(out);
         self.heartbeat_interval = self.heartbeat_min;
-        self.heartbeat_at = now + self.heartbeat_min;
+        timers.set(Timer::Heartbeat, now + self.heartbeat_min);
     }
 
     /// A `Hello` was heard: schedule a jittered heartbeat, at most one per
     /// `hello_answer_min_interval`.
-    pub fn on_hello(&mut self, now: Instant, rng: &mut impl Rng) {
-        if self.closed || self.hello_answer_at.is_some() {
+    pub fn on_hello(&mut self, now: Instant, rng: &mut impl Rng, timers: &mut TimerTable) {
+        if self.closed || timers.get(Timer::HelloAnswer).is_some() {
             return;
         }
         if let Some(last) = self.last_hello_answer {
@@ -234,19 +223,7 @@ impl Sender {
         } else {
             rng.gen_range(0..=jitter_us)
         });
-        self.hello_answer_at = Some(now + delay);
-    }
-
-    /// The next time [`Sender::handle_timeout`] has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let beat = Some(match self.hello_answer_at {
-            Some(t) => t.min(self.heartbeat_at),
-            None => self.heartbeat_at,
-        });
-        match (beat, self.repair_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        timers.set(Timer::HelloAnswer, now + delay);
     }
 
     /// A `Nak` for this stream: queue repairs for what the ring holds and
@@ -257,6 +234,7 @@ impl Sender {
         ranges: &[SeqRange],
         out: &mut VecDeque<Body>,
         stats: &mut Stats,
+        timers: &mut TimerTable,
     ) {
         stats.naks_received += 1;
         self.ring.expire(now);
@@ -291,15 +269,21 @@ impl Sender {
                 ranges: unavailable,
             });
         }
-        self.send_repairs(now, out, stats);
+        self.send_repairs(now, out, stats, timers);
     }
 
     /// Sends pending repairs while the token bucket allows.
-    fn send_repairs(&mut self, now: Instant, out: &mut VecDeque<Body>, stats: &mut Stats) {
+    fn send_repairs(
+        &mut self,
+        now: Instant,
+        out: &mut VecDeque<Body>,
+        stats: &mut Stats,
+        timers: &mut TimerTable,
+    ) {
         let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.repair_rate as f64).min(self.repair_burst);
         self.tokens_at = now;
-        self.repair_at = None;
+        timers.stop(Timer::Repair);
         while let Some((start, end)) = self.pending.first() {
             let mut seq = start;
             let mut first = None;
@@ -343,7 +327,10 @@ impl Sender {
                 // Rounded up to a whole microsecond, so that the bucket has
                 // refilled when the timer fires (never a wake-up at `now`).
                 let wait_us = ((bytes as f64 - self.tokens) / self.repair_rate as f64 * 1e6).ceil();
-                self.repair_at = Some(now + Duration::from_micros((wait_us as u64).max(1)));
+                timers.set(
+                    Timer::Repair,
+                    now + Duration::from_micros((wait_us as u64).max(1)),
+                );
                 stats.repairs_deferred += 1;
                 return;
             }
@@ -379,14 +366,15 @@ impl Sender {
         now: Instant,
         out: &mut VecDeque<Body>,
         stats: &mut Stats,
+        timers: &mut TimerTable,
     ) -> bool {
-        if self.repair_at.is_some_and(|t| t <= now) {
-            self.send_repairs(now, out, stats);
+        if timers.is_due(Timer::Repair, now) {
+            self.send_repairs(now, out, stats, timers);
         }
         if self.closed {
-            if self.heartbeat_at <= now {
+            if timers.is_due(Timer::Heartbeat, now) {
                 self.heartbeat_interval = (self.heartbeat_interval * 2).min(self.heartbeat_idle);
-                self.heartbeat_at = now + self.heartbeat_interval;
+                timers.set(Timer::Heartbeat, now + self.heartbeat_interval);
                 out.push_back(Body::Goodbye {
                     next_seq: self.next_seq,
                 });
@@ -394,14 +382,13 @@ impl Sender {
             return false;
         }
         let mut send = false;
-        if self.hello_answer_at.is_some_and(|t| t <= now) {
-            self.hello_answer_at = None;
+        if timers.take_due(Timer::HelloAnswer, now) {
             self.last_hello_answer = Some(now);
             send = true;
         }
-        if self.heartbeat_at <= now {
+        if timers.is_due(Timer::Heartbeat, now) {
             self.heartbeat_interval = (self.heartbeat_interval * 2).min(self.heartbeat_idle);
-            self.heartbeat_at = now + self.heartbeat_interval;
+            timers.set(Timer::Heartbeat, now + self.heartbeat_interval);
             send = true;
         }
         if send {
@@ -423,7 +410,7 @@ impl Sender {
     /// interval) for as long as the node lingers: a single lost `Goodbye`
     /// would leave receivers unaware of a lost last datagram, and cost them
     /// a timeout `Reset` even when nothing was lost.
-    pub fn close(&mut self, now: Instant, out: &mut VecDeque<Body>) {
+    pub fn close(&mut self, now: Instant, out: &mut VecDeque<Body>, timers: &mut TimerTable) {
         if self.closed {
             return;
         }
@@ -432,8 +419,8 @@ impl Sender {
             next_seq: self.next_seq,
         });
         self.closed = true;
-        self.hello_answer_at = None;
+        timers.stop(Timer::HelloAnswer);
         self.heartbeat_interval = self.heartbeat_min;
-        self.heartbeat_at = now + self.heartbeat_min;
+        timers.set(Timer::Heartbeat, now + self.heartbeat_min);
     }
 }
