@@ -54,14 +54,28 @@ pub(crate) fn random_u64() -> u64 {
 pub const DEFAULT_GROUP: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(239, 255, 67, 67), 7467));
 
-/// Everything needed to join a cluster. `Default` gives working defaults
-/// for a LAN; tests use interface 127.0.0.1 and TTL 0.
+/// Everything needed to join a cluster. [`NodeConfig::default`] is for a
+/// LAN (the system's interface, TTL 1); [`NodeConfig::loopback`] keeps
+/// everything on this host (interface 127.0.0.1, TTL 0), for trying things
+/// out and for tests. Change any field with struct update syntax:
+///
+/// ```
+/// use cachecast::{InterfaceSpec, NodeConfig};
+///
+/// let lan = NodeConfig {
+///     cluster: "shop".into(),
+///     interface: "eth0".parse::<InterfaceSpec>().unwrap(),
+///     ..NodeConfig::default()
+/// };
+/// let here = NodeConfig::loopback("shop");
+/// assert_eq!((here.ttl, lan.ttl), (0, 1));
+/// ```
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Multicast group and port (IPv4 or IPv6). Default [`DEFAULT_GROUP`].
     pub group: SocketAddr,
-    /// Interface to send and receive on, by name or address. Default: the
-    /// system's choice.
+    /// Interface to send and receive on, by name or address (see
+    /// [`InterfaceSpec`]). Default: the system's choice.
     pub interface: InterfaceSpec,
     /// Cluster name: nodes of other clusters on the same group and port are
     /// ignored. Default `"default"`.
@@ -126,6 +140,21 @@ impl Default for NodeConfig {
             receive_only: false,
             deliver_own: true,
             protocol: CoreConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A configuration for cluster `cluster` that keeps everything on this
+    /// host: interface 127.0.0.1 and multicast TTL 0 (nothing it sends
+    /// leaves the host), on the default group. Other fields as
+    /// [`NodeConfig::default`].
+    pub fn loopback(cluster: impl Into<String>) -> Self {
+        NodeConfig {
+            interface: InterfaceSpec::loopback(),
+            ttl: 0,
+            cluster: cluster.into(),
+            ..NodeConfig::default()
         }
     }
 }
