@@ -307,7 +307,7 @@ impl NodeCore {
         };
         let from = dgram.header.stream;
         if dgram.header.receive_only() {
-            self.handle_receive_only(now, dgram.body);
+            self.handle_receive_only(now, from, dgram.body);
             return;
         }
         let resets_before = self.stats.resets_total();
@@ -400,10 +400,17 @@ impl NodeCore {
     /// A datagram of a node that never publishes: its `Hello` is answered
     /// and its `Nak`s served or overheard, but its stream is not followed
     /// (it has nothing to lose, so its silence costs no `Reset`).
-    fn handle_receive_only(&mut self, now: Instant, body: Body) {
+    fn handle_receive_only(&mut self, now: Instant, from: u64, body: Body) {
         let mut sink = sink!(self);
         match body {
-            Body::Hello { .. } => self.sender.on_hello(now, sink.rng, &mut self.timers),
+            Body::Hello { node } => {
+                tracing::debug!(
+                    stream = format_args!("{from:016x}"),
+                    node,
+                    "receive-only node joined (not followed)"
+                );
+                self.sender.on_hello(now, sink.rng, &mut self.timers);
+            }
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
                     self.sender
@@ -413,8 +420,13 @@ impl NodeCore {
                 }
                 self.schedule(stream);
             }
-            Body::Heartbeat { .. } | Body::Goodbye { .. } => {
+            Body::Heartbeat { .. } => self.stats.receive_only_heard += 1,
+            Body::Goodbye { .. } => {
                 self.stats.receive_only_heard += 1;
+                tracing::debug!(
+                    stream = format_args!("{from:016x}"),
+                    "receive-only node left (Goodbye)"
+                );
             }
             // Events or repairs from a node that says it never publishes:
             // malformed (or forged), never trusted.
