@@ -59,11 +59,11 @@
 //! [`proto`] the sans-IO protocol ([`proto::NodeCore`]: no sockets, no clocks,
 //! driven in virtual time by the simulator); [`net`] the sockets and the one
 //! tokio driver; [`Node`] the async API on top. With the feature `test-util`,
-//! [`testkit`]: a loopback harness and a simulator that check the promise
+//! `cachecast::testkit`: a loopback harness and a simulator that check the promise
 //! (one checker, one fault model) for your own tests.
 
 pub mod net;
-pub mod node;
+mod node;
 pub mod proto;
 #[cfg(feature = "test-util")]
 pub mod testkit;
@@ -71,9 +71,10 @@ pub mod wire;
 
 pub use net::socket::InterfaceSpec;
 pub use node::{JoinError, Node, NodeConfig, NodeStats, Subscription, DEFAULT_GROUP};
-pub use proto::{
-    ConfigError, CoreConfig, Delivery, DeliveryRef, Histogram, PublishError, ResetReason, Stats,
-};
+pub use proto::config::{ConfigError, CoreConfig};
+pub use proto::delivery::{Delivery, DeliveryRef, ResetReason};
+pub use proto::sender::PublishError;
+pub use proto::stats::{Histogram, Stats};
 pub use wire::{EncodedEvent, Event, EventBatch, EventRef};
 
 /// The README's examples, compiled as doc tests so that they stay true.

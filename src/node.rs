@@ -2,7 +2,7 @@
 //! to deliveries.
 //!
 //! ```no_run
-//! use cachecast::node::{Delivery, Node, NodeConfig};
+//! use cachecast::{Delivery, Node, NodeConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut config = NodeConfig::default();
@@ -37,7 +37,7 @@ use crate::net::hub::{Cursor, Hub, Take};
 use crate::net::driver::{Command, Driver, DriverStats, Hooks};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
-pub use crate::proto::{
+use crate::proto::{
     ConfigError, CoreConfig, Delivery, DeliveryRef, PublishError, ResetReason, Stats,
 };
 use crate::wire::{self, Event, EventBatch};
@@ -547,8 +547,8 @@ impl Subscription {
     /// `None` once the node has stopped and everything before was read.
     ///
     /// ```no_run
-    /// # async fn f(mut sub: cachecast::node::Subscription) {
-    /// use cachecast::node::DeliveryRef;
+    /// # async fn f(mut sub: cachecast::Subscription) {
+    /// use cachecast::DeliveryRef;
     /// use cachecast::wire::EventRef;
     /// while let Some(_n) = sub
     ///     .recv_each(|d| match d {

@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use cachecast::proto::{CoreConfig, Delivery, NodeCore};
+use cachecast::proto::NodeCore;
 use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{self, Body, Event, Events, Header};
+use cachecast::{CoreConfig, Delivery};
 
 fn key(i: u64) -> Event {
     Event::Invalidate {
@@ -402,7 +403,7 @@ fn an_evicted_stream_that_dies_unseen_is_reset_at_its_timeout() {
     assert!(sim
         .resets(rx)
         .iter()
-        .any(|(_, r)| matches!(r, cachecast::proto::ResetReason::StreamTimedOut { .. })));
+        .any(|(_, r)| matches!(r, cachecast::ResetReason::StreamTimedOut { .. })));
 }
 
 /// A flat-out publisher whose receiver loses data is paced (after the

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cachecast::node::Delivery;
 use cachecast::testkit::{CheckReport, Faults, LoopbackCluster};
 use cachecast::wire::{Body, Event};
+use cachecast::Delivery;
 
 const SETTLE: Duration = Duration::from_secs(20);
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachecast::node::{Delivery, DeliveryRef, Node, ResetReason, Subscription};
 use cachecast::testkit::{data_seqs, join_with_faults, Faults};
 use cachecast::wire::{self, Body, Event, EventBatch, EventRef, Events, Header};
+use cachecast::{Delivery, DeliveryRef, Node, ResetReason, Subscription};
 use common::*;
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn publishing_after_shutdown_and_oversize_events_are_clear_errors() {
     assert!(err.to_string().contains("does not fit"), "{err}");
     node.shutdown().await;
     let err = node.invalidate(["k"]).await.unwrap_err();
-    assert_eq!(err, cachecast::node::PublishError::Closed);
+    assert_eq!(err, cachecast::PublishError::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +321,7 @@ async fn a_publish_racing_shutdown_is_sent_or_refused_never_dropped() {
         })
         .await;
     } else {
-        assert_eq!(r, Err(cachecast::node::PublishError::Closed));
+        assert_eq!(r, Err(cachecast::PublishError::Closed));
     }
 }
 
@@ -399,7 +399,7 @@ async fn publish_batch_delivers_all_in_order_or_refuses_all() {
     sender.shutdown().await;
     assert!(matches!(
         sender.publish_batch(&mut batch).await,
-        Err(cachecast::proto::PublishError::Closed)
+        Err(cachecast::PublishError::Closed)
     ));
     assert_eq!(batch.len(), 1);
 }

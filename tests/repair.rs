@@ -4,8 +4,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use cachecast::node::{Delivery, Node, ResetReason};
 use cachecast::testkit::{data_seqs, join_with_faults, Faults};
+use cachecast::{Delivery, Node, ResetReason};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

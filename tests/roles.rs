@@ -8,9 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cachecast::node::{Delivery, Node, NodeConfig, PublishError, ResetReason};
-use cachecast::proto::{CoreConfig, NodeCore};
+use cachecast::proto::NodeCore;
 use cachecast::wire::{self, Body, Event, Events, Header};
+use cachecast::CoreConfig;
+use cachecast::{Delivery, Node, NodeConfig, PublishError, ResetReason};
 use common::*;
 
 fn key(i: u64) -> Event {

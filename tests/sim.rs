@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use cachecast::proto::{CoreConfig, Delivery, ResetReason};
 use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event};
+use cachecast::{CoreConfig, Delivery, ResetReason};
 
 fn key(i: u64) -> Event {
     Event::Invalidate {

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cachecast::proto::{CoreConfig, ResetReason};
 use cachecast::testkit::{data_seqs, Faults, GilbertElliott, Sim};
 use cachecast::wire::Event;
+use cachecast::{CoreConfig, ResetReason};
 
 fn key(i: u64) -> Event {
     Event::Invalidate {
@@ -53,7 +53,7 @@ fn one_to_many(seed: u64, receivers: usize, events: u64, link: Faults) -> (Sim, 
         p50_us: 0,
         p99_us: 0,
     };
-    let mut hist = cachecast::proto::Histogram::default();
+    let mut hist = cachecast::Histogram::default();
     for r in 1..=receivers {
         let st = sim.core(r).unwrap().stats();
         out.naks += st.naks_sent;

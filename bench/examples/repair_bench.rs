@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use cachecast::proto::Histogram;
 use cachecast::testkit::{Faults, Sim};
 use cachecast::wire::Event;
+use cachecast::Histogram;
 
 #[derive(Parser)]
 #[command(about = "NAK repair efficiency in the deterministic simulator")]

@@ -6,9 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cachecast::node::{Node, NodeConfig};
-use cachecast::proto::DeliveryRef;
 use cachecast::wire::{EventBatch, EventRef};
+use cachecast::DeliveryRef;
+use cachecast::{Node, NodeConfig};
 
 use super::common::{
     loopback_opts, mono_ns, stamp, thread_cpu, Done, Pacer, Plan, PubReport, Recorder, Step,
@@ -167,7 +167,7 @@ pub fn subscribe(
     name: &str,
     done: Done,
     ready: impl FnOnce() + Send + 'static,
-) -> io::Result<(Recorder, cachecast::node::NodeStats)> {
+) -> io::Result<(Recorder, cachecast::NodeStats)> {
     let rt = runtime()?;
     let name = name.to_string();
     // A spawned task, not the `block_on` future: woken by the driver, a

@@ -341,7 +341,7 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let sample = cachecast::wire::Event::Invalidate {
         keys: vec!["k".repeat(args.key_size); args.keys_per_event],
     };
-    let max_datagram = cachecast::proto::CoreConfig::default().max_datagram;
+    let max_datagram = cachecast::CoreConfig::default().max_datagram;
     let ev_len = cachecast::wire::check_event(&sample, max_datagram)
         .map_err(|e| format!("an event of this size cannot be published: {e}"))?;
     let per_datagram = ((max_datagram - cachecast::wire::DATA_OVERHEAD) / ev_len)

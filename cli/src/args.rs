@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::node::{NodeConfig, DEFAULT_GROUP};
+use cachecast::{NodeConfig, DEFAULT_GROUP};
 
 use crate::logs::LogFormat;
 use crate::{demo, doctor, listen, send};

@@ -9,9 +9,9 @@ use clap::Args;
 
 use crate::failure::Failure;
 use crate::stop::Stop;
-use cachecast::node::Delivery;
 use cachecast::testkit::{Faults, LoopbackCluster};
 use cachecast::wire::{Body, EventRef};
+use cachecast::Delivery;
 
 /// Options of the demo.
 #[derive(Debug, Args)]

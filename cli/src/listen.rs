@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use crate::args::{parse_duration, NetArgs};
 use crate::failure::Failure;
 use crate::stop::Stop;
-use cachecast::node::{Delivery, Node};
 use cachecast::wire::EventRef;
+use cachecast::{Delivery, Node};
 
 const AFTER_HELP: &str = "\
 Output: first {\"type\":\"ready\",\"stream\":\"…\"} once joined, then one line \

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand};
 use crate::args::{parse_duration, NetArgs};
 use crate::failure::Failure;
 use crate::stop::Stop;
-use cachecast::node::Node;
 use cachecast::wire::{self, Event};
+use cachecast::Node;
 
 const AFTER_HELP: &str = "\
 Refused before anything is sent (exit status 2): an empty key, an empty \

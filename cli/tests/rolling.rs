@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::node::{Delivery, Node, NodeConfig};
+use cachecast::{Delivery, Node, NodeConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachecast");
@@ -124,7 +124,7 @@ fn a_rolling_restart_of_listeners_by_sigterm_and_kill_costs_nobody_a_reset() {
             ttl: 0,
             cluster: net[7].clone(),
             node_name: "publisher".into(),
-            protocol: cachecast::proto::CoreConfig {
+            protocol: cachecast::CoreConfig {
                 stream_timeout: STREAM_TIMEOUT,
                 ..Default::default()
             },

@@ -6,19 +6,22 @@
 //!
 //! [`NodeCore`] is the entry point; its module docs give the drive loop.
 
-mod config;
+pub(crate) mod config;
 mod core;
-mod delivery;
+pub(crate) mod delivery;
 mod pace;
 mod ranges;
 mod receiver;
 mod ring;
-mod sender;
-mod stats;
+pub(crate) mod sender;
+pub(crate) mod stats;
 mod timers;
 
 pub use self::core::{NodeCore, StreamState};
-pub use config::{ConfigError, CoreConfig};
-pub use delivery::{Delivery, DeliveryRef, Output, ResetReason};
-pub use sender::PublishError;
-pub use stats::{Histogram, Stats};
+pub use delivery::Output;
+
+// At the crate root for users (one path each); here for the crate.
+pub(crate) use config::{ConfigError, CoreConfig};
+pub(crate) use delivery::{Delivery, DeliveryRef, ResetReason};
+pub(crate) use sender::PublishError;
+pub(crate) use stats::Stats;

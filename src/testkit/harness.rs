@@ -18,8 +18,9 @@ use super::faults::Faults;
 use super::record::{NodeId, Published, Record};
 use super::tap::{self, NodeFaults, Recording, Tap};
 use crate::net::socket::InterfaceSpec;
-use crate::node::{JoinError, Node, NodeConfig, NodeStats, PublishError};
+use crate::node::{JoinError, Node, NodeConfig, NodeStats};
 use crate::proto::Delivery;
+use crate::proto::PublishError;
 use crate::wire::Event;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -7,9 +7,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use cachecast::node::{Delivery, Node, Subscription};
 pub use cachecast::testkit::Loopback;
 use cachecast::wire::Event;
+use cachecast::{Delivery, Node, Subscription};
 
 /// Joining at a place, failing the test if the node cannot join.
 pub trait JoinHere {

@@ -341,7 +341,8 @@ pub(super) fn report_probe(
 mod tests {
     use super::*;
     use crate::doctor::tests::empty_report;
-    use cachecast::proto::{CoreConfig, Delivery, NodeCore};
+    use cachecast::proto::NodeCore;
+    use cachecast::{CoreConfig, Delivery};
 
     fn unheard(heard_by: [bool; 2]) -> ProbeRun {
         ProbeRun {
