@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cachecast::testkit::{CheckReport, Faults, LoopbackCluster};
-use cachecast::wire::{Body, Event};
-use cachecast::Delivery;
+use cachecast::testkit::{CheckReport, Faults, LoopbackCluster, Published};
+use cachecast::wire::{Body, EncodedEvent, Event};
+use cachecast::{Delivery, ResetReason};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -50,7 +50,8 @@ async fn the_seed_incident_a_recycled_frontend_gets_the_next_invalidation() {
     let report = settle_and_check(&c).await;
     assert!(got_keys(&c, 2).contains(&"product:1".to_string()));
     assert_eq!(resets(&c, 2), 0);
-    assert_eq!(report.delivered, 21 + 1, "{report:?}");
+    // n1 all 21, the recycled n2 the one after its join, n0 its own 21.
+    assert_eq!(report.delivered, 21 + 1 + 21, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,4 +304,78 @@ async fn wait_dropped(c: &LoopbackCluster, i: usize, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// A `Reset` is judged by when the node produced it, not when the
+/// recording subscription read it. Node 0's own deliveries of one large
+/// batch overflow its tiny subscriber queue at once: its subscription is
+/// told `Lagged` later, and the record times that `Lagged` as the batch
+/// was produced (the publish itself: the same clock reading). An event
+/// published after that instant, had the node lost it, would not be
+/// excused by the `Lagged` — though a checker going by read time would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lag_is_timed_by_the_deliveries_it_replaced_not_by_its_reading() {
+    let mut c = LoopbackCluster::start_with(2, 11, |cfg| cfg.subscriber_queue = 4)
+        .await
+        .unwrap();
+    let events = (0..200).map(|i| Event::Invalidate {
+        keys: vec![format!("k{i}")],
+    });
+    c.node(0).unwrap().publish_many(events).await.unwrap();
+    let report = settle_and_check(&c).await;
+    assert!(report.covered_by_reset >= 1, "{report:?}");
+    let record = c.record();
+    let life = record.life(0).unwrap();
+    let (k, (read, d)) = (life.deliveries.iter().enumerate())
+        .rfind(|(_, (_, d))| matches!(d, Delivery::Reset { .. }))
+        .expect("node 0's subscription lagged");
+    assert!(
+        matches!(
+            d,
+            Delivery::Reset {
+                reason: ResetReason::Lagged { .. }
+            }
+        ),
+        "{d:?}"
+    );
+    let produced = life.produced[&k];
+    // Its stamp is the publish of one of the events it replaced.
+    let own = life.stream;
+    assert!(
+        (record.published.iter()).any(|p| p.stream == own && p.at == produced),
+        "{produced:?} is no publish time of node 0"
+    );
+    assert!(
+        produced < *read,
+        "read at {read:?}, produced at {produced:?}"
+    );
+    // An event of node 1 (alive) published between the two, delivered by
+    // node 1 to itself but never by node 0: a silent loss, which the
+    // production time reveals.
+    let mid = produced + (*read - produced) / 2;
+    let (stream, seq) = (record.life(1).unwrap().stream, 1_000_000);
+    let mut lost = record.clone();
+    lost.published.push(Published {
+        node: 1,
+        stream,
+        seq,
+        at: mid,
+        event: Event::ClearAll,
+    });
+    let own = Delivery::Event {
+        stream,
+        seq,
+        node: None,
+        event: EncodedEvent::new(&Event::ClearAll).unwrap(),
+    };
+    let l1 = lost.lives.iter_mut().rfind(|l| l.node == 1).unwrap();
+    l1.deliveries.push((mid, own));
+    let v = lost.check().expect_err("not covered by the earlier lag");
+    assert_eq!((v.node, v.seq), (0, seq), "{v}");
+    // Timed by its reading (the old stamping), the lag would hide it.
+    for l in &mut lost.lives {
+        l.produced.clear();
+    }
+    lost.check().expect("read-time stamping covers it");
+    c.shutdown_all().await;
 }

@@ -60,8 +60,30 @@ fn events_reach_every_other_node_in_order_without_resets() {
     let own: Vec<(u64, u64)> = sim.delivered_events(0);
     assert_eq!(own, (1..=50).map(|q| (s0, q)).collect::<Vec<_>>());
     assert!(sim.core(0).unwrap().stats().own_ignored > 0);
+    // The checker holds it to them: 50 to each receiver, 50 to itself.
+    assert!(sim.life(0).deliver_own);
     let report = sim.check().unwrap();
-    assert_eq!(report.delivered, 100);
+    assert_eq!((report.expected, report.delivered), (150, 150));
+}
+
+#[test]
+fn a_publisher_without_own_deliveries_owes_itself_nothing() {
+    let mut sim = Sim::new(4);
+    let quiet = CoreConfig {
+        deliver_own: false,
+        ..CoreConfig::default()
+    };
+    sim.add_node("tx", quiet);
+    sim.add_node("rx", CoreConfig::default());
+    sim.run_for(ms(200));
+    for i in 0..10 {
+        sim.publish(0, key(i));
+    }
+    sim.run_for(ms(100));
+    assert!(!sim.life(0).deliver_own && sim.life(1).deliver_own);
+    assert!(sim.delivered_events(0).is_empty());
+    let report = sim.check().unwrap();
+    assert_eq!((report.expected, report.delivered), (10, 10));
 }
 
 #[test]

@@ -17,8 +17,9 @@ use crate::wire::{Event, Events};
 
 /// The driver's test hooks. With the feature `test-util`, the test kit's
 /// tap (faults on the datagrams the node receives and sends, a crash
-/// switch, a record of what it publishes), set only through the test kit;
-/// without it, nothing.
+/// switch, a record of what it publishes and of when it produced what it
+/// hands its subscriptions), set only through the test kit; without it,
+/// nothing.
 #[derive(Default)]
 pub(crate) struct Hooks {
     #[cfg(feature = "test-util")]
@@ -76,6 +77,15 @@ impl Driver {
         Instant::now().into_std()
     }
 
+    /// Tells the test kit's tap that the protocol gets an input at `now`
+    /// (it times the deliveries handed out next by the first such).
+    #[cfg(feature = "test-util")]
+    fn input(&mut self, now: std::time::Instant) {
+        if let Some(tap) = self.hooks.tap.as_mut() {
+            tap.input(now);
+        }
+    }
+
     /// Runs until shut down (or every handle is dropped), then says
     /// `Goodbye` and lingers to answer late requests.
     pub async fn run(mut self) {
@@ -94,6 +104,8 @@ impl Driver {
             // of publishes must not hold back heartbeats, Naks or Resets.
             let now = Self::now();
             if self.core.poll_timeout().is_some_and(|w| w <= now) {
+                #[cfg(feature = "test-util")]
+                self.input(now);
                 self.core.handle_timeout(now);
                 self.drain(&mut tx_buf, &mut tx, &mut stats).await;
             }
@@ -145,6 +157,8 @@ impl Driver {
                             // goes into the same datagrams, up to a budget,
                             // with one clock reading for all of it.
                             let now = Self::now();
+                            #[cfg(feature = "test-util")]
+                            self.input(now);
                             let mut budget = MAX_PUBLISH_BATCH;
                             let mut next = Some(cmd);
                             while let Some(cmd) = next {
@@ -155,7 +169,10 @@ impl Driver {
                         None => {
                             // Every handle is gone: end as if shut down.
                             handles_alive = false;
-                            self.command(Command::Shutdown, Self::now(), &mut stats, &mut linger_end);
+                            let now = Self::now();
+                            #[cfg(feature = "test-util")]
+                            self.input(now);
+                            self.command(Command::Shutdown, now, &mut stats, &mut linger_end);
                         }
                     }
                 }
@@ -164,7 +181,10 @@ impl Driver {
                     if let Some(tap) = self.hooks.tap.as_mut() {
                         tap.release(&mut self.core);
                     }
-                    self.core.handle_timeout(Self::now());
+                    let now = Self::now();
+                    #[cfg(feature = "test-util")]
+                    self.input(now);
+                    self.core.handle_timeout(now);
                 }
                 _ = linger.fired() => {
                     // Paced data (and the Goodbye behind it) may still be
@@ -280,6 +300,10 @@ impl Driver {
         let mut batch = Vec::new();
         while let Some(o) = self.core.poll_output() {
             batch.push(o);
+        }
+        #[cfg(feature = "test-util")]
+        if let Some(tap) = self.hooks.tap.as_mut() {
+            tap.handing(&batch, now);
         }
         self.deliveries.push(batch);
     }

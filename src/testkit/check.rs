@@ -19,7 +19,8 @@ pub struct CheckReport {
     pub expected: u64,
     /// Of those, delivered as events.
     pub delivered: u64,
-    /// Of those, covered by a `Reset` at or after the publish instead.
+    /// Of those, covered by a `Reset` produced at or after the publish
+    /// instead.
     pub covered_by_reset: u64,
     /// (life, event) pairs neither delivered nor covered, and not expected
     /// because no protocol could know of the event (exception 3 of
@@ -96,19 +97,36 @@ impl Record {
     ///   stream S at instant t if it delivered E (matched by stream and
     ///   seq, so a lost repeat of the same key is caught), or delivered a
     ///   `Reset` — of any reason, `Lagged` included, since any `Reset`
-    ///   clears the whole cache — at or after t.
+    ///   clears the whole cache — produced at or after t.
+    /// - **When a `Reset` happened.** Its production time, not when a
+    ///   reader got to it ([`Life::resets`]): a late reader must not make a
+    ///   `Reset` the protocol produced before E look like one after E. A
+    ///   protocol `Reset` is timed by the driver (the first clock reading
+    ///   it gave the protocol in the loop turn that produced it: never
+    ///   later than the truth). A `Reset { Lagged }` stands for deliveries
+    ///   the node's queue dropped before the subscriber took them; it is
+    ///   timed as the newest of those was produced. So it covers every
+    ///   event that can have been among them (an event's delivery is
+    ///   produced after its publish), and no event published after them:
+    ///   such an event's delivery, had the node produced it, would have come
+    ///   after the lag and been read. When the subscriber is told (later)
+    ///   is when the application clears, but it does not excuse an event
+    ///   the node never produced.
     /// - **Should have seen.** L must keep it for every event, except when:
-    ///   1. S is L's own stream;
+    ///   1. S is L's own stream and L does not deliver its own events
+    ///      ([`Life::deliver_own`] false); when it does, its own events
+    ///      are owed exactly like others';
     ///   2. E was published before L's join returned (`Life::synced`):
     ///      nothing before the join matters, the application caches only
     ///      after it;
     ///   3. no protocol could know of E: S's life has ended (crash or
     ///      `Goodbye`), and L received no datagram of S after the last
     ///      `Reset` in which L gave S up (`StreamTimedOut` or
-    ///      `StreamEvicted` naming S: it no longer follows S), or none at
-    ///      all. A publisher that is still running is never excused: its
-    ///      heartbeats reach L once faults heal. Pairs excused so, neither
-    ///      delivered nor covered, are counted in [`CheckReport::excused`].
+    ///      `StreamEvicted` naming S: it no longer follows S; compared by
+    ///      the `Reset`'s production time), or none at all. A publisher
+    ///      that is still running is never excused: its heartbeats reach L
+    ///      once faults heal. Pairs excused so, neither delivered nor
+    ///      covered, are counted in [`CheckReport::excused`].
     ///
     /// Run it once the run has settled: faults healed, repairs done, and
     /// past the stream timeout if a publisher crashed.
@@ -136,7 +154,8 @@ impl Record {
                     m
                 });
             for p in &self.published {
-                if p.stream == life.stream || p.at < life.synced {
+                let own = p.stream == life.stream;
+                if (own && !life.deliver_own) || p.at < life.synced {
                     continue;
                 }
                 if got.contains(&(p.stream, p.seq)) {
@@ -165,16 +184,17 @@ impl Record {
 
     fn silent_loss(&self, life: &Life, p: &Published) -> SilentLoss {
         let rel = |t: Instant| t.saturating_duration_since(self.start);
-        let log = life
-            .deliveries
-            .iter()
-            .filter(|(_, d)| match d {
+        let log = (life.deliveries.iter().enumerate())
+            .filter(|(_, (_, d))| match d {
                 Delivery::Event { stream, .. } => *stream == p.stream,
                 Delivery::Reset { .. } => true,
             })
             .rev()
             .take(20)
-            .map(|(t, d)| format!("{:?}: {d:?}", rel(*t)))
+            .map(|(i, (t, d))| match life.produced.get(&i) {
+                Some(at) => format!("{:?}: {d:?} (produced at {:?})", rel(*t), rel(*at)),
+                None => format!("{:?}: {d:?}", rel(*t)),
+            })
             .collect();
         SilentLoss {
             node: life.node,
@@ -378,5 +398,93 @@ mod tests {
             }),
         );
         assert!(r.check().is_err());
+    }
+
+    /// Delivers `d` as read at `read` ms, produced at `produced` ms.
+    fn deliver_late(r: &mut Record, life: usize, read: u64, produced: u64, d: Delivery) {
+        let at = at(r, produced);
+        let l = &mut r.lives[life];
+        l.produced.insert(l.deliveries.len(), at);
+        deliver(r, life, read, d);
+    }
+
+    #[test]
+    fn a_reset_is_timed_by_its_production_not_its_reading() {
+        // Produced at 190 (before the publish at 200), read at 250 by a late
+        // reader: it covers nothing, and the lost event is reported.
+        let give_up = reset(ResetReason::RetriesExhausted {
+            stream: S,
+            missing: (0, 1),
+            tries: 10,
+        });
+        let mut r = record();
+        deliver_late(&mut r, 1, 250, 190, give_up.clone());
+        let v = r.check().unwrap_err();
+        assert_eq!((v.node, v.seq), (1, 1));
+        assert!(v.to_string().contains("(produced at 190ms)"), "{v}");
+        // Produced at the publish: it covers it.
+        let mut r = record();
+        deliver_late(&mut r, 1, 250, 200, give_up);
+        assert_eq!(r.check().unwrap().covered_by_reset, 1);
+    }
+
+    #[test]
+    fn a_lag_covers_only_what_was_produced_before_the_deliveries_it_replaced() {
+        // The queue dropped deliveries produced up to 150; the subscriber
+        // is told at 300. The event published at 200 cannot have been
+        // among them: it is not covered.
+        let mut r = record();
+        deliver_late(
+            &mut r,
+            1,
+            300,
+            150,
+            reset(ResetReason::Lagged { missed: 7 }),
+        );
+        assert!(r.check().is_err());
+        let mut r = record();
+        deliver_late(
+            &mut r,
+            1,
+            300,
+            200,
+            reset(ResetReason::Lagged { missed: 7 }),
+        );
+        assert_eq!(r.check().unwrap().covered_by_reset, 1);
+    }
+
+    #[test]
+    fn a_give_up_is_timed_by_its_production_too() {
+        // A dead publisher, heard at 160; its timeout was produced at 150
+        // (read at 170): the receiver heard it after giving it up, so it
+        // follows it and should know of the event.
+        let mut r = record();
+        let t = at(&r, 400);
+        r.lives[0].crashed = Some(t);
+        let t = at(&r, 160);
+        r.lives[1].heard.insert(S, t);
+        deliver_late(&mut r, 1, 170, 150, timed_out());
+        assert!(r.check().is_err());
+        // Produced after it was last heard: given up, excused.
+        let t = at(&r, 165);
+        r.lives[1].produced.insert(0, t);
+        assert_eq!(r.check().unwrap().excused, 1);
+    }
+
+    #[test]
+    fn own_events_are_owed_when_the_life_delivers_them() {
+        let mut r = record();
+        deliver(&mut r, 1, 201, event(1));
+        r.lives[0].deliver_own = true;
+        // The publisher owes its own event to its own subscribers.
+        let v = r.check().unwrap_err();
+        assert_eq!((v.node, v.publisher, v.seq), (0, 0, 1));
+        // A Reset after it keeps the promise, as for anyone's event.
+        let mut covered = r.clone();
+        deliver(&mut covered, 0, 200, timed_out());
+        assert_eq!(covered.check().unwrap().covered_by_reset, 1);
+        deliver(&mut r, 0, 200, event(1));
+        let rep = r.check().unwrap();
+        assert_eq!((rep.expected, rep.delivered), (2, 2), "{rep:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! The loopback cluster: real nodes on this host, the test kit's faults in
 //! each node's driver, every delivery read through an ordinary
-//! subscription into a [`Record`], judged by the one checker.
+//! subscription into a [`Record`], judged by the one checker. Each `Reset`
+//! read is timed by when the node's driver produced it (the tap notes it),
+//! not by when the subscription got to it.
 //!
 //! Every node uses interface 127.0.0.1 and multicast TTL 0 (nothing leaves
 //! the host), and each cluster gets its own random group in 239.255.0.0/16,
@@ -19,8 +21,7 @@ use super::record::{NodeId, Published, Record};
 use super::tap::{self, NodeFaults, Recording, Tap};
 use crate::net::socket::InterfaceSpec;
 use crate::node::{JoinError, Node, NodeConfig, NodeStats};
-use crate::proto::Delivery;
-use crate::proto::PublishError;
+use crate::proto::{Delivery, PublishError, ResetReason};
 use crate::wire::Event;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,7 +206,12 @@ impl LoopbackCluster {
         let name = self.members[i].name.clone();
         let cfg = self.node_config(&name);
         let joined = now();
-        let life = lock(&self.record).begin_life(i, &name, 0, joined, joined);
+        let life = {
+            let mut r = lock(&self.record);
+            let life = r.begin_life(i, &name, 0, joined, joined);
+            r.lives[life].deliver_own = cfg.deliver_own && !cfg.receive_only;
+            life
+        };
         let recording = Recording {
             record: self.record.clone(),
             node: i,
@@ -230,21 +236,53 @@ impl LoopbackCluster {
             l.stream = node.stream();
             l.synced = now();
         }
+        // The node's first subscription: it reads the node's delivery
+        // sequence from its start (index 0), so it knows the index of each
+        // delivery it reads, and the tap when that was produced.
         let mut sub = node.subscribe();
         let record = self.record.clone();
+        let produced = tap.clone();
         tokio::spawn(async move {
             // Ends when the node stops (its subscriptions end).
             let mut got = Vec::new();
+            let mut index = 0u64;
             while let Some(d) = sub.recv().await {
                 let t = now();
-                got.push((t, d));
-                while got.len() < 1024 {
-                    match sub.try_recv() {
-                        Some(d) => got.push((t, d)),
-                        None => break,
-                    }
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    // A `Lagged` stands for the deliveries it replaced: it
+                    // is timed as the newest of them.
+                    let n = match &d {
+                        Delivery::Reset {
+                            reason: ResetReason::Lagged { missed },
+                        } => (*missed).max(1),
+                        _ => 1,
+                    };
+                    let at = match &d {
+                        Delivery::Reset { .. } => produced.produced_at(index + n - 1),
+                        Delivery::Event { .. } => None,
+                    };
+                    index += n;
+                    got.push((t, d, at));
+                    next = if got.len() < 1024 {
+                        sub.try_recv()
+                    } else {
+                        None
+                    };
                 }
-                lock(&record).lives[life].deliveries.append(&mut got);
+                // Lets the tap forget the batches read past.
+                let _ = produced.produced_at(index);
+                let mut r = lock(&record);
+                let l = &mut r.lives[life];
+                for (t, d, at) in got.drain(..) {
+                    if matches!(d, Delivery::Reset { .. }) {
+                        // Never found only if the tap failed to note it:
+                        // then the earliest possible, which excuses least.
+                        l.produced
+                            .insert(l.deliveries.len(), at.unwrap_or(l.joined));
+                    }
+                    l.deliveries.push((t, d));
+                }
             }
         });
         let m = &mut self.members[i];
@@ -451,7 +489,8 @@ mod tests {
         sender.publish_many(events).await.unwrap();
         assert!(c.settle(Duration::from_secs(10)).await);
         let report = c.check().unwrap();
-        assert_eq!((report.expected, report.delivered), (20, 20), "{report:?}");
+        // 20 to the receiver, and 20 to the sender itself (deliver_own).
+        assert_eq!((report.expected, report.delivered), (40, 40), "{report:?}");
         assert_eq!(c.published().len(), 20, "publish_many is recorded too");
         let receiver = c.node(1).unwrap();
         let in_runs = receiver.hub().run_events.load(Ordering::SeqCst);

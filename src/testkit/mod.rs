@@ -43,7 +43,8 @@
 //! sim.heal_all();
 //! sim.run_for(Duration::from_secs(1));
 //! let report = sim.check().expect("no silent loss");
-//! assert_eq!(report.expected, 200); // 100 events, two receivers each
+//! // 100 events, to two receivers and to the publisher itself (`deliver_own`)
+//! assert_eq!(report.expected, 300);
 //! ```
 //!
 //! On loopback, in a `#[tokio::test]` or as here:
@@ -60,7 +61,7 @@
 //!     c.partition(2, false); // heal: node 2 repairs what it missed
 //!     assert!(c.settle(Duration::from_secs(15)).await);
 //!     let report = c.check()?; // or the silent loss, with the node's log
-//!     assert_eq!(report.expected, 2);
+//!     assert_eq!(report.expected, 3); // two receivers, and node 0 itself
 //!     c.shutdown_all().await;
 //!     Ok(())
 //! }

@@ -21,7 +21,9 @@ pub type NodeId = usize;
 /// clock of the runtime (`tokio::time::Instant`); a publish is stamped when
 /// the node's protocol took it, a datagram when the node read it from its
 /// socket, and a delivery when the cluster's recording subscriber (an
-/// ordinary subscription, taken at join) read it.
+/// ordinary subscription, taken at join) read it. That reader may be late
+/// (a loaded runtime), so each `Reset` also carries when the node produced
+/// it ([`Life::produced`]), and the checker judges by that.
 #[derive(Debug, Clone)]
 pub struct Record {
     /// When the run started (times in reports are relative to it).
@@ -57,6 +59,20 @@ pub struct Life {
     pub heard: HashMap<u64, Instant>,
     /// Everything it delivered, with when (see [`Record`] for the clocks).
     pub deliveries: Vec<(Instant, Delivery)>,
+    /// When the node produced the `Reset` at each of these indices of
+    /// [`Life::deliveries`], where that is earlier than when it was read
+    /// (the loopback cluster; a `Reset` not here was produced when it was
+    /// delivered, as in the simulator). For a protocol `Reset`, the
+    /// earliest the driver can have produced it: the first clock reading it
+    /// gave the protocol in the loop turn whose deliveries held it. For a
+    /// `Reset { Lagged }`, the same time of the newest delivery it stands
+    /// for (see [`Record::check`]).
+    pub produced: HashMap<usize, Instant>,
+    /// Whether this life delivers its own events to its own subscribers
+    /// (`deliver_own`): if so, it owes them like anyone else's.
+    /// [`Record::begin_life`] sets false; the simulator and the loopback
+    /// cluster set it from the node's configuration.
+    pub deliver_own: bool,
 }
 
 /// An event a node published.
@@ -104,6 +120,8 @@ impl Record {
             crashed: None,
             heard: HashMap::new(),
             deliveries: Vec::new(),
+            produced: HashMap::new(),
+            deliver_own: false,
         });
         self.lives.len() - 1
     }
@@ -142,10 +160,13 @@ impl Life {
         })
     }
 
-    /// Every `Reset` it delivered, with when.
+    /// Every `Reset` it delivered, with when it was produced
+    /// ([`Life::produced`], else when it was delivered).
     pub fn resets(&self) -> impl Iterator<Item = (Instant, &crate::proto::ResetReason)> + '_ {
-        self.deliveries.iter().filter_map(|(t, d)| match d {
-            Delivery::Reset { reason } => Some((*t, reason)),
+        (self.deliveries.iter().enumerate()).filter_map(|(i, (t, d))| match d {
+            Delivery::Reset { reason } => {
+                Some((self.produced.get(&i).copied().unwrap_or(*t), reason))
+            }
             Delivery::Event { .. } => None,
         })
     }

@@ -166,6 +166,7 @@ impl Sim {
         cfg.stream = self.rng.gen_range(1..u64::MAX);
         cfg.seed = self.rng.gen();
         cfg.node_name = self.nodes[id].name.clone();
+        let deliver_own = cfg.deliver_own && !cfg.receive_only;
         let core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
         let node = &mut self.nodes[id];
         node.life = self.record.begin_life(
@@ -175,6 +176,7 @@ impl Sim {
             self.now,
             core.sync_deadline(),
         );
+        self.record.lives[node.life].deliver_own = deliver_own;
         node.core = Some(core);
         self.pump(id);
     }

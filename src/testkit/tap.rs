@@ -4,12 +4,19 @@
 //! record of what the node heard and published. Set only through the test
 //! kit ([`join_with_faults`], the cluster); no production type carries it.
 //!
-//! Deliveries are not seen here: the cluster records them through an
+//! Deliveries are not recorded here: the cluster records them through an
 //! ordinary subscription, after the driver's production path (runs of
-//! events handed to the subscriptions as they are).
+//! events handed to the subscriptions as they are). What the tap notes is
+//! when the driver produced them: for each batch it hands its
+//! subscriptions, the index of its end in the node's delivery sequence and
+//! the first clock reading the driver gave the protocol in that loop turn
+//! (never later than any of the batch was produced, and never earlier than
+//! any event in it was published, since the turn began after its datagram
+//! arrived or its publish was taken). The recording subscription, which
+//! reads that sequence from its start, times each `Reset` it reads by it.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,7 +28,7 @@ use super::faults::{Fate, Faults};
 use super::record::{NodeId, Published, Record};
 use crate::net::driver::Hooks;
 use crate::node::{JoinError, Node, NodeConfig};
-use crate::proto::NodeCore;
+use crate::proto::{NodeCore, Output};
 use crate::wire::{self, Body, Event};
 
 /// Datagrams a node's tap holds back (delayed) at most; past it they are
@@ -120,6 +127,11 @@ pub(crate) struct Tap {
     cluster: u32,
     crashed: AtomicBool,
     recording: Option<Recording>,
+    /// When recording: for each batch the driver handed its subscriptions
+    /// and the recording subscription has not passed yet, the index (in
+    /// the node's delivery sequence) just past its end, and when it was
+    /// produced (see the module's docs).
+    produced: Mutex<VecDeque<(u64, std::time::Instant)>>,
 }
 
 impl Tap {
@@ -133,7 +145,19 @@ impl Tap {
             cluster: wire::cluster_hash(cluster),
             crashed: AtomicBool::new(false),
             recording,
+            produced: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// When the delivery at `index` of the node's delivery sequence was
+    /// produced (see the module's docs); forgets every batch before it.
+    /// Indices asked must not decrease.
+    pub(crate) fn produced_at(&self, index: u64) -> Option<std::time::Instant> {
+        let mut log = lock(&self.produced);
+        while log.front().is_some_and(|(end, _)| *end <= index) {
+            log.pop_front();
+        }
+        log.front().map(|(_, at)| *at)
     }
 
     /// From now on the node sends nothing (it is being crashed).
@@ -156,6 +180,12 @@ pub(crate) struct DriverTap {
     tap: Arc<Tap>,
     delayed: BinaryHeap<Delayed>,
     order: u64,
+    /// The first clock reading given to the protocol since the driver last
+    /// handed out deliveries.
+    since: Option<std::time::Instant>,
+    /// Deliveries handed to the subscriptions so far (the index of the
+    /// next one).
+    handed: u64,
 }
 
 impl DriverTap {
@@ -164,6 +194,28 @@ impl DriverTap {
             tap,
             delayed: BinaryHeap::new(),
             order: 0,
+            since: None,
+            handed: 0,
+        }
+    }
+
+    /// The driver gives the protocol an input (a datagram, a timeout, a
+    /// command) at `now`.
+    pub(crate) fn input(&mut self, now: std::time::Instant) {
+        self.since.get_or_insert(now);
+    }
+
+    /// The driver, at `now`, hands `batch` to the subscriptions: when
+    /// recording, notes when it was produced (the turn's first input).
+    pub(crate) fn handing(&mut self, batch: &[Output], now: std::time::Instant) {
+        let at = self.since.take().unwrap_or(now);
+        if self.tap.recording.is_none() {
+            return;
+        }
+        let n: u64 = batch.iter().map(|o| o.len() as u64).sum();
+        if n > 0 {
+            self.handed += n;
+            lock(&self.tap.produced).push_back((self.handed, at));
         }
     }
 
@@ -201,8 +253,9 @@ impl DriverTap {
 
     /// Hands a datagram of `stream` to the protocol, and records that the
     /// node heard it.
-    fn hand(&self, core: &mut NodeCore, stream: u64, bytes: &[u8]) {
+    fn hand(&mut self, core: &mut NodeCore, stream: u64, bytes: &[u8]) {
         let now = Instant::now().into_std();
+        self.input(now);
         core.handle_datagram(now, bytes);
         self.tap.record(|r, _, life| {
             r.lives[life].heard.insert(stream, now);
