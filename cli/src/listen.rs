@@ -20,10 +20,13 @@ per delivery ({\"type\":\"event\",...} or {\"type\":\"reset\",...}), and with \
 --stats a last {\"type\":\"stats\",...}. Stream ids are strings of 16 hex \
 digits, as in the logs.
 
+A listener is receive-only: it never publishes, says so in every datagram, \
+and so its end, even by kill -9, costs the other nodes no Reset.
+
 Stopping: SIGINT and SIGTERM (systemd, Docker, Kubernetes) stop it cleanly: \
-the node says Goodbye (the other nodes forget its stream, no Reset), \
-lingers, prints its stats with --stats, and exits 0; a second signal exits \
-at once. So do --count, --timeout, and, when asked, the end of standard \
+the node says Goodbye, lingers, prints its stats with --stats, and exits 0; \
+a reader that stopped reading holds it at most 2 s more; a second signal \
+exits at once. So do --count, --timeout, and, when asked, the end of standard \
 input (--exit-on-stdin-close) or of the parent process (--exit-with-parent). \
 Without these it runs until stopped, also when its parent is gone.";
 
@@ -128,6 +131,65 @@ pub fn delivery_json(d: &Delivery) -> Value {
     }
 }
 
+/// Lines for stdout, written by a thread of their own: a reader that stops
+/// reading blocks that thread, never the node, its signals or its Goodbye.
+struct Lines {
+    tx: tokio::sync::mpsc::Sender<String>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Lines {
+    fn start() -> Lines {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut out = std::io::stdout().lock();
+            while let Some(line) = rx.blocking_recv() {
+                let flush = rx.is_empty();
+                let written =
+                    writeln!(out, "{line}").and_then(|_| if flush { out.flush() } else { Ok(()) });
+                if written.is_err() {
+                    break; // closed: the sender sees it on its next line
+                }
+            }
+            let _ = out.flush();
+            let _ = done_tx.send(());
+        });
+        Lines { tx, done }
+    }
+
+    /// Queues a line; false if stdout is closed, or a stop came while the
+    /// queue was full (the reader is not reading).
+    async fn send(&self, line: String, stop: &Stop) -> bool {
+        // Biased: a line that fits is queued even after a stop (the stats
+        // line comes after one); only a full queue gives way to the stop.
+        tokio::select! {
+            biased;
+            sent = self.tx.send(line) => sent.is_ok(),
+            _ = stop.wait() => false,
+        }
+    }
+
+    /// Waits until every queued line is written; after a stop, at most
+    /// [`FLUSH_ON_STOP`] (a reader that stopped reading cannot hold the
+    /// process).
+    async fn finish(self, stop: &Stop) {
+        let Lines { tx, done } = self;
+        drop(tx);
+        tokio::pin!(done);
+        tokio::select! {
+            biased;
+            _ = &mut done => {}
+            _ = stop.wait() => {
+                let _ = tokio::time::timeout(FLUSH_ON_STOP, done).await;
+            }
+        }
+    }
+}
+
+/// How long a stopping listener waits for its reader to take what is queued.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
+
 /// Runs `cachecast listen`; `parent` is the parent's pid at start.
 pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(), Failure> {
     stop.arm();
@@ -145,17 +207,11 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
     let node = Node::join(config).await.map_err(|e| e.to_string())?;
     let mut sub = node.subscribe();
     let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{}",
-        json!({"type": "ready", "stream": stream_hex(node.stream())})
-    )
-    .and_then(|_| out.flush())
-    .map_err(|e| format!("writing to stdout: {e}"))?;
-    drop(out);
+    let out = Lines::start();
+    let ready = json!({"type": "ready", "stream": stream_hex(node.stream())});
+    let mut open = out.send(ready.to_string(), stop).await;
     let mut seen = 0u64;
-    loop {
+    while open {
         if args.count.is_some_and(|c| seen >= c) {
             break;
         }
@@ -171,21 +227,18 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
         };
         let Some(d) = d else { break };
         seen += 1;
-        let mut out = std::io::stdout().lock();
-        if writeln!(out, "{}", delivery_json(&d))
-            .and_then(|_| out.flush())
-            .is_err()
-        {
-            break; // stdout closed (e.g. piped into head): stop quietly.
-        }
+        // False once stdout is closed (e.g. piped into head: stop quietly)
+        // or a stop came while the reader was not reading.
+        open = out.send(delivery_json(&d).to_string(), stop).await;
     }
     // Goodbye and linger: the other nodes forget this stream, no Reset.
     node.shutdown().await;
-    if args.stats {
+    if args.stats && open {
         let stats = node.stats().await;
         let mut v = serde_json::to_value(&stats).map_err(|e| e.to_string())?;
         v["type"] = json!("stats");
-        println!("{v}");
+        out.send(v.to_string(), stop).await;
     }
+    out.finish(stop).await;
     Ok(())
 }

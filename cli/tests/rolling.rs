@@ -3,7 +3,8 @@
 //! once by SIGKILL, while a publisher keeps publishing: nobody Resets (a
 //! listener is receive-only, so its death, even unannounced, costs the
 //! others nothing), and every listener delivers every event published while
-//! it ran (no silent loss). On loopback: interface 127.0.0.1, TTL 0.
+//! it ran (no silent loss: the checker's rule, which with no Reset allowed
+//! needs no excuse). On loopback: interface 127.0.0.1, TTL 0.
 
 mod process;
 use process::loopback;
@@ -32,6 +33,8 @@ struct Life {
     lines: mpsc::Receiver<Value>,
     keys: HashSet<String>,
     resets: Vec<Value>,
+    /// Its last counters (`--stats`), once it stopped cleanly.
+    stats: Option<Value>,
 }
 
 impl Life {
@@ -39,7 +42,7 @@ impl Life {
         let mut child = Command::new(BIN)
             .arg("listen")
             .args(net)
-            .args(["--name", name])
+            .args(["--name", name, "--stats"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -65,6 +68,7 @@ impl Life {
             lines,
             keys: HashSet::new(),
             resets: Vec::new(),
+            stats: None,
         }
     }
 
@@ -80,6 +84,7 @@ impl Life {
                 }
             }
             Some("reset") => self.resets.push(v),
+            Some("stats") => self.stats = Some(v),
             _ => {}
         }
         true
@@ -183,7 +188,24 @@ fn a_rolling_restart_of_listeners_by_sigterm_and_kill_costs_nobody_a_reset() {
     }
     for (who, l) in &ended {
         assert!(l.resets.is_empty(), "{who} Reset: {:?}", l.resets);
+        // A listener follows the publisher's stream only: the other
+        // listeners are heard (receive-only) but never followed, so none of
+        // their deaths could ever cost it a Reset, whatever its timeout.
+        if let Some(stats) = &l.stats {
+            assert_eq!(stats["streams"], 1, "{who}: {stats}");
+            assert_eq!(stats["streams_timed_out"], 0, "{who}: {stats}");
+            assert!(
+                stats["receive_only_heard"].as_u64() > Some(0),
+                "{who}: {stats}"
+            );
+        }
     }
+    let clean = ended.iter().filter(|(_, l)| l.stats.is_some()).count();
+    assert_eq!(
+        clean,
+        2 * LISTENERS,
+        "every SIGTERM'd life printed its stats"
+    );
     let stats = rt.block_on(publisher.stats());
     assert_eq!(
         stats.protocol.resets_total(),

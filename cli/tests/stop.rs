@@ -203,3 +203,76 @@ fn sigterm_stops_the_demo_between_scenes_with_goodbyes() {
     );
     assert!(!demo.out_seen.iter().any(|l| l.starts_with("verdict")));
 }
+
+/// A reader that stops reading (a stalled pipe) must not keep `listen`
+/// from stopping: SIGTERM still says Goodbye and exits, within the 2 s it
+/// gives the reader plus the linger.
+#[test]
+fn sigterm_stops_listen_even_when_its_reader_stopped_reading() {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    let net = loopback(None);
+    let mut child = Command::new(BIN)
+        .arg("listen")
+        .args(&net)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The ready line is read; nothing after it ever is.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("\"ready\""), "{ready}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let publisher = rt
+        .block_on(cachecast::Node::join(cachecast::NodeConfig {
+            group: net[1].parse().unwrap(),
+            cluster: net[7].clone(),
+            ..cachecast::NodeConfig::loopback("")
+        }))
+        .unwrap();
+    // Far more than the pipe (64 KiB) and the listener's queue hold.
+    let key = "k".repeat(200);
+    let mut batch = cachecast::EventBatch::new();
+    for i in 0..4000 {
+        batch.invalidate(&[&format!("{key}{i}")]).unwrap();
+    }
+    rt.block_on(publisher.publish_batch(&mut batch)).unwrap();
+    // Wait until the pipe is full: the listener is now blocked on its reader.
+    let fd = stdout.get_ref().as_raw_fd();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD on our own pipe's read end, into a c_int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        if queued >= 60 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the pipe never filled ({queued} bytes)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "listen did not stop while its reader stalled"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    drop(stdout);
+    rt.block_on(publisher.shutdown());
+}

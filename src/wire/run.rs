@@ -399,6 +399,8 @@ impl Events {
 
     /// Encodes `events` without checking them against the limits: for tests
     /// that put invalid events on the wire (receivers must reject them).
+    /// Only for encoding: reading such a run back is not supported (an
+    /// invalid event may end the iteration early).
     #[doc(hidden)]
     pub fn new_unchecked(events: &[Event]) -> Events {
         let mut run = RunBuf::default();

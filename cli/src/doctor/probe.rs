@@ -26,14 +26,17 @@ const MAX_DATAGRAMS: usize = 10_000;
 /// At most this many other nodes are listed.
 const MAX_PEERS: usize = 64;
 
-/// The probe's datagrams: a `Hello` of `stream` and its `Goodbye`, after
-/// which nodes retire the stream (nothing was published on it).
+/// The probe's datagrams: a `Hello` of `stream` and its `Goodbye`, both
+/// flagged receive-only (the probe never publishes), so that live nodes
+/// answer the `Hello` but never follow the probe's stream: even if doctor
+/// dies between the two, or the `Goodbye` is lost, nobody Resets for it.
 fn probe_datagrams(cluster: u32, stream: u64, node: &str) -> (Vec<u8>, Vec<u8>) {
     let mut node = node.to_owned();
     while node.len() > wire::MAX_NODE_NAME {
         node.pop();
     }
-    let header = Header::new(cluster, stream);
+    let mut header = Header::new(cluster, stream);
+    header.flags |= wire::FLAG_RECEIVE_ONLY;
     let (mut hello, mut goodbye) = (Vec::new(), Vec::new());
     wire::encode(&header, &Body::Hello { node }, &mut hello);
     wire::encode(&header, &Body::Goodbye { next_seq: 1 }, &mut goodbye);
@@ -474,8 +477,12 @@ mod tests {
         // Even with the Hello lost, or the Goodbye first.
         assert!(resets_after(&[&goodbye]).is_empty());
         assert!(resets_after(&[&goodbye, &hello]).is_empty());
-        // Without its Goodbye the stream would time out with a Reset: that
-        // is why doctor sends one.
-        assert_eq!(resets_after(&[&hello]).len(), 1);
+        // Even with no Goodbye at all (doctor killed, the Goodbye lost): the
+        // probe says it never publishes, so its stream is not followed...
+        assert!(resets_after(&[&hello]).is_empty());
+        // ...where an unflagged Hello would cost a Reset at its timeout.
+        let mut unflagged = hello.clone();
+        unflagged[5] = 0;
+        assert_eq!(resets_after(&[&unflagged]).len(), 1);
     }
 }
