@@ -2,9 +2,9 @@
 //! binary, on loopback (interface 127.0.0.1, TTL 0).
 
 mod process;
-use process::{finish, loopback};
+use process::{finish, loopback, start_listen};
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -27,30 +27,13 @@ fn run(cmd: &mut Command) -> Output {
 /// Starts `listen`, waits for its "ready" line, and returns the child and a
 /// channel of its remaining stdout lines.
 fn listen(net: &[String], extra: &[&str]) -> (std::process::Child, mpsc::Receiver<Value>) {
-    let mut child = Command::new(BIN)
-        .arg("listen")
-        .args(net)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let v: Value = serde_json::from_str(&line).expect("listen prints JSON lines");
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("listen ready");
-    assert_eq!(ready["type"], "ready");
-    (child, rx)
+    start_listen(
+        Command::new(BIN)
+            .arg("listen")
+            .args(net)
+            .args(extra)
+            .stderr(Stdio::inherit()),
+    )
 }
 
 fn send(net: &[String], what: &[&str], stdin: Option<&str>) -> std::process::Output {

@@ -7,10 +7,9 @@
 //! needs no excuse). On loopback: interface 127.0.0.1, TTL 0.
 
 mod process;
-use process::loopback;
+use process::{loopback, start_listen};
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,30 +38,14 @@ struct Life {
 
 impl Life {
     fn start(net: &[String], name: &str) -> Life {
-        let mut child = Command::new(BIN)
-            .arg("listen")
-            .args(net)
-            .args(["--name", name, "--stats"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line).expect("listen prints JSON lines");
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("listen ready");
-        assert_eq!(ready["type"], "ready", "{ready}");
+        let (child, lines) = start_listen(
+            Command::new(BIN)
+                .arg("listen")
+                .args(net)
+                .args(["--name", name, "--stats"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         Life {
             child,
             lines,
@@ -125,7 +108,7 @@ fn a_rolling_restart_of_listeners_by_sigterm_and_kill_costs_nobody_a_reset() {
     let publisher = rt
         .block_on(Node::join(NodeConfig {
             group: net[1].parse().unwrap(),
-            interface: InterfaceSpec::Addr("127.0.0.1".parse().unwrap()),
+            interface: InterfaceSpec::loopback(),
             ttl: 0,
             cluster: net[7].clone(),
             node_name: "publisher".into(),

@@ -268,3 +268,26 @@ impl Drop for Running {
         }
     }
 }
+
+/// Spawns `cmd` (a `cachecast listen`; its stdout is piped here), waits
+/// for its "ready" line, and returns the child and a channel of its later
+/// stdout lines, each parsed as JSON.
+pub fn start_listen(
+    cmd: &mut std::process::Command,
+) -> (Child, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = lines(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).expect("listen prints JSON lines");
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(LIMIT / 2).expect("listen ready");
+    assert_eq!(ready["type"], "ready", "{ready}");
+    (child, rx)
+}
