@@ -240,7 +240,8 @@ impl Node {
     /// waits out the sync window, during which every live stream answers
     /// with its position. Returns once in sync: from then on, every event
     /// another node publishes is delivered to subscribers, or a `Reset`
-    /// after it. Start caching only after this returns.
+    /// after it (and so is every event this node publishes, with
+    /// [`NodeConfig::deliver_own`]). Start caching only after this returns.
     pub async fn join(config: NodeConfig) -> Result<Node, JoinError> {
         Ok(Self::start(config, Hooks::default()).await?.0)
     }
@@ -356,7 +357,8 @@ impl Node {
         self.shared.local_addr
     }
 
-    /// Publishes an event to every other node of the cluster. It is checked
+    /// Publishes an event to every node of the cluster (this one's own
+    /// subscribers too, with [`NodeConfig::deliver_own`]). It is checked
     /// here (limits, size against `max_datagram`) and sent at once, batched
     /// with whatever else is being published.
     pub async fn publish(&self, event: Event) -> Result<(), PublishError> {

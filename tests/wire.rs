@@ -449,10 +449,10 @@ fn tags_are_the_positions_bincode_writes() {
     }
     assert_eq!(EventTag::from_u32(EventTag::ALL.len() as u32), None);
 
-    let header_len = header_bytes(cluster(), 7).len();
+    let header_len = Header::new(cluster(), 7).to_bytes().len();
     let mut seen = Vec::new();
     for (header, body, _) in goldens() {
-        let at = header_bytes(header.cluster, header.stream).len();
+        let at = header.to_bytes().len();
         let hand = assert_same_bytes(&header, &body);
         assert_eq!(hand[at], body.tag() as u8, "{body:?}");
         seen.push(body.tag());
@@ -597,7 +597,7 @@ fn a_received_run_is_taken_apart_in_order_and_clones_are_independent() {
     };
     let mut body = Vec::new();
     encode(&hdr(), &data(1, vec![big, keys(1)]), &mut body);
-    let header_len = header_bytes(cluster(), 7).len();
+    let header_len = Header::new(cluster(), 7).to_bytes().len();
     assert!(matches!(
         decode_body(&body[header_len..]),
         Err(DecodeError::TooLarge(n)) if n > MAX_DATAGRAM

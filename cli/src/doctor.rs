@@ -9,8 +9,8 @@
 //!
 //! The probe is a `Hello` of a fresh stream of the cluster followed by that
 //! stream's `Goodbye` (twice): live nodes answer the `Hello` with a
-//! `Heartbeat`, which tells who else is on the group, and retire the stream
-//! on its `Goodbye` instead of timing it out later with a `Reset`.
+//! `Heartbeat`, which tells who else is on the group. Both say receive-only,
+//! so no node follows the probe's stream or ever Resets for it.
 //!
 //! Files: this one holds the arguments, the report and its text form;
 //! `checks` the checks that need no traffic (group, interface, TTL, socket

@@ -231,7 +231,8 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
         // or a stop came while the reader was not reading.
         open = out.send(delivery_json(&d).to_string(), stop).await;
     }
-    // Goodbye and linger: the other nodes forget this stream, no Reset.
+    // Goodbye and linger (a listener is receive-only: nobody follows it,
+    // so even without this nobody would Reset for it).
     node.shutdown().await;
     if args.stats && open {
         let stats = node.stats().await;

@@ -6,7 +6,8 @@
 //! Both signals mean the same. Once a command is about to run a node
 //! ([`Stop::arm`]), a signal makes it stop what it is doing and shut the
 //! node down cleanly (`Goodbye`, linger, stats), so that the other nodes
-//! forget its stream instead of timing it out with a `Reset`. Before that
+//! forget its stream instead of timing it out with a `Reset` (a listener,
+//! receive-only, costs nobody a Reset either way). Before that
 //! (nothing to clean up: reading keys, parsing, `doctor`), and on a second
 //! signal (a shutdown that takes too long), the process exits at once with
 //! status 128 + the signal's number, as without a handler.
@@ -162,7 +163,7 @@ impl Stop {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// Linux only, like the library this binary is built on.
 fn set_parent_death_signal() -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number as its one argument;
     // the other arguments are ignored.
@@ -172,14 +173,6 @@ fn set_parent_death_signal() -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_parent_death_signal() -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "--exit-with-parent needs Linux (prctl PR_SET_PDEATHSIG)",
-    ))
 }
 
 /// The parent's pid, read as early as possible (see [`Stop::with_parent`]).

@@ -4,8 +4,9 @@
 //!
 //! Nothing here takes a protocol decision; that is `proto`'s job.
 //!
-//! Linux only: everything platform-specific lives in [`socket`] (its
-//! `linux` file), which refuses to build for any other system.
+//! Linux only: the socket options and filters live in [`socket`] (its
+//! `linux` file), which refuses to build for any other system; `batch`
+//! reads and writes through quinn-udp's `recvmmsg` and GSO.
 
 pub(crate) mod batch;
 /// The driver's batched receive, for the bench crate: its raw-UDP baseline

@@ -10,7 +10,8 @@ use crate::wire::{EncodedEvent, EventRef, Events, SeqRange};
 /// One thing a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// An event of another node's stream.
+    /// An event of a node's stream: another node's, or this node's own
+    /// (with `deliver_own`, the default).
     Event {
         /// The publishing node's stream id.
         stream: u64,
@@ -35,7 +36,7 @@ pub enum Delivery {
 /// for it. Copy out what is needed beyond the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryRef<'a> {
-    /// An event of another node's stream (see [`Delivery::Event`]).
+    /// An event of a node's stream (see [`Delivery::Event`]).
     Event {
         /// The publishing node's stream id.
         stream: u64,

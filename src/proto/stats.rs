@@ -24,7 +24,7 @@ pub struct Stats {
     pub heartbeats_sent: u64,
     /// `Hello`s sent while joining.
     pub hellos_sent: u64,
-    /// Events of other streams delivered.
+    /// Events of other streams delivered (this node's own: `own_delivered`).
     pub events_delivered: u64,
     /// This node's own events delivered to its own subscribers
     /// (`deliver_own`).

@@ -276,6 +276,21 @@ impl Sim {
 
     /// Publishes `event` on node `id` and sends it. Returns its seq.
     pub fn publish(&mut self, id: NodeId, event: Event) -> u64 {
+        let seq = self.publish_unsent(id, event);
+        self.pump(id);
+        seq
+    }
+
+    /// Publishes several events at once (they share datagrams).
+    pub fn publish_batch(&mut self, id: NodeId, events: Vec<Event>) {
+        for event in events {
+            self.publish_unsent(id, event);
+        }
+        self.pump(id);
+    }
+
+    /// Publishes `event` on node `id` and records it, sending nothing yet.
+    fn publish_unsent(&mut self, id: NodeId, event: Event) -> u64 {
         let now = self.now;
         let core = self.nodes[id]
             .core
@@ -289,28 +304,7 @@ impl Sim {
             at: now,
             event,
         });
-        self.pump(id);
         seq
-    }
-
-    /// Publishes several events at once (they share datagrams).
-    pub fn publish_batch(&mut self, id: NodeId, events: Vec<Event>) {
-        let now = self.now;
-        let core = self.nodes[id]
-            .core
-            .as_mut()
-            .expect("publish on a live node");
-        for event in events {
-            let seq = core.publish(now, event.clone()).expect("publishable event");
-            self.record.published.push(Published {
-                node: id,
-                stream: core.stream(),
-                seq,
-                at: now,
-                event,
-            });
-        }
-        self.pump(id);
     }
 
     /// Crashes node `id`: it stops at once, without `Goodbye`; what it had

@@ -73,14 +73,6 @@ pub fn cluster_hash(name: &str) -> u32 {
     h
 }
 
-/// The bytes every datagram of `stream` in `cluster` starts with: its
-/// header.
-pub fn header_bytes(cluster: u32, stream: u64) -> Vec<u8> {
-    let mut buf = Vec::new();
-    put(&mut buf, &Header::new(cluster, stream));
-    buf
-}
-
 /// Decodes and validates the header of a received datagram of cluster
 /// `cluster`; returns it and the offset of the body. Cheap: the node checks
 /// the stream (its own traffic is ignored) before the body is decoded.

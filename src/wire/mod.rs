@@ -143,7 +143,7 @@ pub use batch::{EventBatch, MAX_BATCH};
 pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram};
 pub use event::{check_event, check_size, Event, EventError, EventTag};
 pub use header::{
-    cluster_hash, decode_header, header_bytes, Header, FLAG_AUTH, FLAG_RECEIVE_ONLY, MAGIC, VERSION,
+    cluster_hash, decode_header, Header, FLAG_AUTH, FLAG_RECEIVE_ONLY, MAGIC, VERSION,
 };
 pub(crate) use run::RunBuf;
 pub use run::{

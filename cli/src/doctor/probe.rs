@@ -1,9 +1,9 @@
 //! The probe of `cachecast doctor`: a `Hello` of a fresh stream of the
 //! cluster and that stream's `Goodbye` (twice), sent from one of two
 //! sockets opened as a node opens them; both must hear the `Hello`. Live
-//! nodes answer the `Hello` with a `Heartbeat` (so doctor can list them) and
-//! retire the stream on its `Goodbye` rather than time it out later with a
-//! `Reset`. Listening is bounded in time (`--wait`, at most 10 s) and in
+//! nodes answer the `Hello` with a `Heartbeat` (so doctor can list them);
+//! both datagrams say receive-only, so no node ever follows the probe's
+//! stream, and none Resets for it even if its `Goodbye` is lost. Listening is bounded in time (`--wait`, at most 10 s) and in
 //! datagrams.
 
 use std::collections::BTreeMap;

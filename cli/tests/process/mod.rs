@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::net::UdpSocket;
 use std::process::{Child, Output};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// How long a command may run.
@@ -100,6 +101,26 @@ fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> 
     rx
 }
 
+/// Reads lines from `rx`, keeping each in `seen`, until `pred` accepts
+/// one; `Timeout` past `end`, `Disconnected` when the stream closed first.
+fn next_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    end: Instant,
+    mut pred: impl FnMut(&str) -> bool,
+) -> Result<String, RecvTimeoutError> {
+    loop {
+        let left = end
+            .checked_duration_since(Instant::now())
+            .ok_or(RecvTimeoutError::Timeout)?;
+        let line = rx.recv_timeout(left)?;
+        seen.push(line.clone());
+        if pred(&line) {
+            return Ok(line);
+        }
+    }
+}
+
 impl Running {
     /// Spawns `cmd` with its three standard streams piped.
     pub fn spawn(cmd: &mut std::process::Command) -> Running {
@@ -152,62 +173,33 @@ impl Running {
         end: Instant,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
-        loop {
-            let left = end.checked_duration_since(Instant::now())?;
-            match self.out.recv_timeout(left) {
-                Ok(line) => {
-                    self.out_seen.push(line.clone());
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                        panic!("{what}: stdout line {line:?} is not JSON: {e}")
-                    });
-                    if pred(&v) {
-                        return Some(v);
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("stdout closed before {what}; {}", self.context())
-                }
+        let mut parsed = None;
+        let found = next_line(&self.out, &mut self.out_seen, end, |line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: stdout line {line:?} is not JSON: {e}"));
+            let hit = pred(&v);
+            parsed = Some(v);
+            hit
+        });
+        match found {
+            Ok(_) => parsed,
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("stdout closed before {what}; {}", self.context())
             }
         }
     }
 
     /// Waits for a standard output line (any text) that `pred` accepts.
     pub fn wait_text_out(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + LIMIT;
-        loop {
-            let left = end
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no {what} within {LIMIT:?}; {}", self.context()));
-            match self.out.recv_timeout(left) {
-                Ok(line) => {
-                    self.out_seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {what} on stdout; {}", self.context()),
-            }
-        }
+        let found = next_line(&self.out, &mut self.out_seen, Instant::now() + LIMIT, pred);
+        found.unwrap_or_else(|e| panic!("no {what} on stdout ({e}); {}", self.context()))
     }
 
     /// Waits for a standard error line that `pred` accepts.
     pub fn wait_err(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + LIMIT;
-        loop {
-            let left = end
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no {what} within {LIMIT:?}; {}", self.context()));
-            match self.err.recv_timeout(left) {
-                Ok(line) => {
-                    self.err_seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {what} on stderr; {}", self.context()),
-            }
-        }
+        let found = next_line(&self.err, &mut self.err_seen, Instant::now() + LIMIT, pred);
+        found.unwrap_or_else(|e| panic!("no {what} on stderr ({e}); {}", self.context()))
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
