@@ -40,7 +40,8 @@
 //!
 //! - [`Node`]: join a cluster ([`NodeConfig`]), publish ([`Node::invalidate`],
 //!   [`Node::invalidate_prefix`], [`Node::clear_all`], [`Node::publish`],
-//!   [`Node::publish_batch`] with an [`EventBatch`]), subscribe
+//!   [`Node::publish_batch`] with an [`EventBatch`]; each returns a [`Receipt`]
+//!   with the events' stream and seqs), subscribe
 //!   ([`Subscription::recv`], or [`Subscription::recv_each`] to read in place),
 //!   read counters ([`Node::stats`]), leave ([`Node::shutdown`]).
 //! - What a subscriber gets: [`Delivery`] (an event, as an [`EncodedEvent`]
@@ -70,7 +71,7 @@ pub mod testkit;
 pub mod wire;
 
 pub use net::socket::InterfaceSpec;
-pub use node::{JoinError, Node, NodeConfig, NodeStats, Subscription, DEFAULT_GROUP};
+pub use node::{JoinError, Node, NodeConfig, NodeStats, Receipt, Subscription, DEFAULT_GROUP};
 pub use proto::config::{ConfigError, CoreConfig};
 pub use proto::delivery::{Delivery, DeliveryRef, ResetReason};
 pub use proto::sender::PublishError;

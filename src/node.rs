@@ -200,6 +200,11 @@ struct Shared {
     /// Subscribed at join, so that the first subscriber misses nothing
     /// between `join` returning and its `subscribe`.
     first: Mutex<Option<Cursor>>,
+    /// The seq the next published event gets: taken and advanced in the
+    /// same critical section that hands its command to the driver, so that
+    /// it is the seq the core gives it (the core numbers from 1, in command
+    /// order, and refuses nothing the handle checked, unless closed).
+    next_seq: Mutex<u64>,
     lagged: Arc<AtomicU64>,
     final_stats: Arc<Mutex<Option<DriverStats>>>,
     /// True once shutdown began. Publishers hold it for reading while they
@@ -325,6 +330,7 @@ impl Node {
             shared: Arc::new(Shared {
                 deliveries,
                 first: Mutex::new(Some(first)),
+                next_seq: Mutex::new(1),
                 lagged: Arc::new(AtomicU64::new(0)),
                 final_stats,
                 closed: RwLock::new(false),
@@ -361,16 +367,20 @@ impl Node {
     /// subscribers too, with [`NodeConfig::deliver_own`]). It is checked
     /// here (limits, size against `max_datagram`) and sent at once, batched
     /// with whatever else is being published.
-    pub async fn publish(&self, event: Event) -> Result<(), PublishError> {
+    pub async fn publish(&self, event: Event) -> Result<Receipt, PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
-        self.send_publish(|| Command::Publish(event)).await
+        self.send_publish(1, || Command::Publish(event)).await
     }
 
     /// Hands a publish command to the driver, unless the node is shut
     /// down: the gate makes a publish either sent or refused, never lost.
     /// The command is built only once the driver has room for it, so that a
     /// refused or cancelled publish takes nothing from the caller.
-    async fn send_publish(&self, cmd: impl FnOnce() -> Command) -> Result<(), PublishError> {
+    async fn send_publish(
+        &self,
+        events: u64,
+        cmd: impl FnOnce() -> Command,
+    ) -> Result<Receipt, PublishError> {
         if self.shared.receive_only {
             return Err(PublishError::ReceiveOnly);
         }
@@ -379,8 +389,14 @@ impl Node {
             return Err(PublishError::Closed);
         }
         let permit = (self.commands.reserve().await).map_err(|_| PublishError::Closed)?;
+        let mut next = self.shared.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let first = *next;
+        *next += events;
         permit.send(cmd());
-        Ok(())
+        Ok(Receipt {
+            stream: self.shared.stream,
+            seqs: first..first + events,
+        })
     }
 
     /// Publishes several events at once, in order: one hand-over to the
@@ -390,7 +406,7 @@ impl Node {
     pub async fn publish_many(
         &self,
         events: impl IntoIterator<Item = Event>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Receipt, PublishError> {
         let mut batch = EventBatch::new();
         for event in events {
             batch.push(&event)?;
@@ -403,17 +419,21 @@ impl Node {
     /// [`EventBatch::invalidate`] no allocation per event. The batch is left
     /// empty, ready for more. If its largest event does not fit in
     /// `max_datagram`, nothing is published.
-    pub async fn publish_batch(&self, batch: &mut EventBatch) -> Result<(), PublishError> {
+    pub async fn publish_batch(&self, batch: &mut EventBatch) -> Result<Receipt, PublishError> {
         wire::check_size(batch.largest(), self.shared.max_datagram)?;
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Receipt {
+                stream: self.shared.stream,
+                seqs: 0..0,
+            });
         }
-        self.send_publish(|| Command::PublishEvents(batch.take()))
+        let n = batch.len() as u64;
+        self.send_publish(n, || Command::PublishEvents(batch.take()))
             .await
     }
 
     /// Invalidates these keys everywhere.
-    pub async fn invalidate<I, S>(&self, keys: I) -> Result<(), PublishError>
+    pub async fn invalidate<I, S>(&self, keys: I) -> Result<Receipt, PublishError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -423,7 +443,7 @@ impl Node {
     }
 
     /// Invalidates every key starting with `prefix` everywhere.
-    pub async fn invalidate_prefix(&self, prefix: impl Into<String>) -> Result<(), PublishError> {
+    pub async fn invalidate_prefix(&self, prefix: impl Into<String>) -> Result<Receipt, PublishError> {
         self.publish(Event::InvalidatePrefix {
             prefix: prefix.into(),
         })
@@ -431,7 +451,7 @@ impl Node {
     }
 
     /// Clears every cache of the cluster.
-    pub async fn clear_all(&self) -> Result<(), PublishError> {
+    pub async fn clear_all(&self) -> Result<Receipt, PublishError> {
         self.publish(Event::ClearAll).await
     }
 
@@ -506,6 +526,17 @@ impl Node {
         let mut done = self.shared.done.clone();
         let _ = done.wait_for(|d| *d).await;
     }
+}
+
+/// What a publish call handed to the node: the events' stream and their
+/// sequence numbers, in order. Every one of them reaches every node that
+/// follows the stream, or a `Reset` after it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// This node's stream ([`Node::stream`]).
+    pub stream: u64,
+    /// The events' sequence numbers (empty for an empty batch).
+    pub seqs: std::ops::Range<u64>,
 }
 
 /// A stream of deliveries. A subscriber that falls more than

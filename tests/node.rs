@@ -439,3 +439,55 @@ async fn expect_keys_in_order(sub: &mut Subscription, sender: &Node, rx: &Node, 
     }
     assert_eq!(rx.stats().await.protocol.events_delivered, n);
 }
+
+/// A receipt names the seqs the events really got: publishers racing on
+/// clones of one node, with single events and batches, each get the seqs
+/// the receivers then deliver those events under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_name_the_seqs_receivers_deliver() {
+    let c = Loopback::new();
+    let (tx, rx) = (c.join("tx").await, c.join("rx").await);
+    let mut sub = rx.subscribe();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..50 {
+                let key = format!("t{t}-{i}");
+                if i % 2 == 0 {
+                    let r = tx.invalidate([key.clone()]).await.unwrap();
+                    assert_eq!(r.seqs.end - r.seqs.start, 1);
+                    mine.push((r.stream, r.seqs.start, key));
+                } else {
+                    let mut batch = EventBatch::new();
+                    batch.invalidate(&[key.as_str()]).unwrap();
+                    batch.invalidate(&[format!("{key}b").as_str()]).unwrap();
+                    let r = tx.publish_batch(&mut batch).await.unwrap();
+                    assert_eq!(r.seqs.end - r.seqs.start, 2);
+                    mine.push((r.stream, r.seqs.start, key.clone()));
+                    mine.push((r.stream, r.seqs.start + 1, format!("{key}b")));
+                }
+            }
+            mine
+        }));
+    }
+    let mut want = Vec::new();
+    for t in tasks {
+        want.extend(t.await.unwrap());
+    }
+    want.sort();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let d = recv_until(&mut sub, "every published event", |d| keys_of(d).is_some()).await;
+        if let Delivery::Event { stream, seq, .. } = &d {
+            let (_, keys) = keys_of(&d).unwrap();
+            got.push((*stream, *seq, keys[0].clone()));
+        }
+    }
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(tx.stream(), want[0].0);
+    tx.shutdown().await;
+    rx.shutdown().await;
+}
