@@ -1,5 +1,6 @@
 //! `cachecast`: the command line (send, listen, demo, doctor).
 
+mod agent;
 mod args;
 mod demo;
 mod doctor;

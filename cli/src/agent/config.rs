@@ -1,0 +1,475 @@
+//! The agent's configuration: a TOML file (every field has a default; see
+//! `contrib/agent.toml`), then `CACHECAST_*` environment variables on top,
+//! then checks that name the field and the problem.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use cachecast::net::socket::InterfaceSpec;
+use cachecast::{NodeConfig, DEFAULT_GROUP};
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub http: HttpSection,
+    pub sse: SseSection,
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+    pub apply: ApplySection,
+}
+
+/// `[node]`: where the cluster is, as for every command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Multicast group and port (IPv4 or IPv6).
+    pub group: SocketAddr,
+    /// Interface name or address, or "default".
+    pub interface: String,
+    pub cluster: String,
+    /// 1 stays on the LAN, 0 on this host.
+    pub ttl: u32,
+    /// Empty: agent-<pid>.
+    pub name: String,
+    /// Deliveries the agent may fall behind its node by before a Reset.
+    pub queue: usize,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            group: DEFAULT_GROUP,
+            interface: "default".into(),
+            cluster: "default".into(),
+            ttl: 1,
+            name: String::new(),
+            queue: 65536,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+    /// Bearer token; required when `listen` is not a loopback address.
+    pub token: String,
+    /// Largest request body, in bytes (413 above).
+    pub max_body: usize,
+    /// Most keys in one request, all events together (400 above).
+    pub max_keys: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:7468".parse().expect("valid"),
+            token: String::new(),
+            max_body: 1 << 20,
+            max_keys: 10_000,
+        }
+    }
+}
+
+/// `[sse]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSection {
+    /// Deliveries kept for clients that reconnect with Last-Event-ID (and
+    /// how far a client may fall behind before it gets a reset).
+    pub buffer: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub keepalive: Duration,
+    /// The `retry:` hint to clients.
+    #[serde(with = "humantime_serde_compat")]
+    pub retry: Duration,
+}
+
+impl Default for SseSection {
+    fn default() -> Self {
+        SseSection {
+            buffer: 65536,
+            keepalive: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One `[[webhook]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// http:// URL the batches are POSTed to.
+    pub url: String,
+    /// Most deliveries in one POST.
+    pub batch: usize,
+    /// Time limit of one POST.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Tries of one batch before it is given up (and replaced by a reset).
+    pub retries: u32,
+    /// First back-off; doubles up to `backoff_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff_max: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            batch: 100,
+            timeout: Duration::from_secs(5),
+            retries: 5,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[apply]`: the host's cache servers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApplySection {
+    pub redis: Vec<RedisConfig>,
+    pub memcached: Vec<MemcachedConfig>,
+}
+
+/// How a Redis applier clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flush {
+    /// FLUSHDB ASYNC.
+    Db,
+    /// SCAN + UNLINK of `key_prefix*`.
+    Prefix,
+}
+
+/// One `[[apply.redis]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prepended to every key (as ASP.NET's InstanceName).
+    pub key_prefix: String,
+    pub flush: Flush,
+    /// Flush once when the agent starts (it was not listening while down).
+    pub flush_on_start: bool,
+    /// Keys per UNLINK and per SCAN batch.
+    pub batch: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: String::new(),
+            flush: Flush::Db,
+            flush_on_start: true,
+            batch: 500,
+        }
+    }
+}
+
+/// One `[[apply.memcached]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemcachedConfig {
+    /// `memcache://HOST:PORT` or `HOST:PORT`.
+    pub url: String,
+    /// Prepended to every key.
+    pub key_prefix: String,
+    pub flush_on_start: bool,
+}
+
+impl Default for MemcachedConfig {
+    fn default() -> Self {
+        MemcachedConfig {
+            url: String::new(),
+            key_prefix: String::new(),
+            flush_on_start: true,
+        }
+    }
+}
+
+/// Durations as "500ms", "15s", "1m" in the file.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (write e.g. 500ms, 2s, 1m)")))
+    }
+}
+
+/// Environment variables that override the file: each names one scalar
+/// field. `CACHECAST_GROUP` and the other network names are the same as
+/// every command's flags' variables.
+pub const ENV: &[(&str, &str, &str)] = &[
+    ("CACHECAST_GROUP", "node", "group"),
+    ("CACHECAST_INTERFACE", "node", "interface"),
+    ("CACHECAST_CLUSTER", "node", "cluster"),
+    ("CACHECAST_TTL", "node", "ttl"),
+    ("CACHECAST_NAME", "node", "name"),
+    ("CACHECAST_NODE_QUEUE", "node", "queue"),
+    ("CACHECAST_HTTP_LISTEN", "http", "listen"),
+    ("CACHECAST_HTTP_TOKEN", "http", "token"),
+    ("CACHECAST_HTTP_MAX_BODY", "http", "max_body"),
+    ("CACHECAST_HTTP_MAX_KEYS", "http", "max_keys"),
+    ("CACHECAST_SSE_BUFFER", "sse", "buffer"),
+    ("CACHECAST_SSE_KEEPALIVE", "sse", "keepalive"),
+    ("CACHECAST_SSE_RETRY", "sse", "retry"),
+];
+
+/// Largest config file read (a config is a few KiB).
+const MAX_FILE: u64 = 1 << 20;
+
+impl Config {
+    /// Reads `path` (or the defaults, when `None`), applies `env`
+    /// (name, value) overrides, and checks the result. The error names the
+    /// field and the problem.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, String> {
+        let text = match path {
+            Some(p) => read_file(p)?,
+            None => String::new(),
+        };
+        let origin = path.map_or("defaults".to_owned(), |p| p.display().to_string());
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        // Checked as written first, so that an error points at its line.
+        let _: Config = toml::from_str(&text).map_err(|e| format!("{origin}: {e}"))?;
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some((_, section, field)) = ENV.iter().find(|(n, _, _)| *n == name) else {
+                continue;
+            };
+            let sect = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let toml::Value::Table(sect) = sect else {
+                return Err(format!("{origin}: `{section}` must be a table"));
+            };
+            // Numbers stay numbers; anything else is a string.
+            let v = match value.parse::<i64>() {
+                Ok(n) if n >= 0 => toml::Value::Integer(n),
+                _ => toml::Value::String(value.clone()),
+            };
+            sect.insert(field.to_string(), v);
+            overridden.push(format!("{name} (node.{field})").replace("node.", &format!("{section}.")));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                format!("{origin} with {}: {}", overridden.join(", "), e.message().trim())
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks serde cannot make.
+    pub fn check(&self) -> Result<(), String> {
+        let e = |field: &str, problem: String| Err(format!("{field}: {problem}"));
+        if self.node.interface.trim().is_empty() {
+            return e("node.interface", "empty: give a name, an address, or \"default\"".into());
+        }
+        if let Err(err) = self.node.interface.parse::<InterfaceSpec>() {
+            return e("node.interface", err.to_string());
+        }
+        if self.node.cluster.is_empty() {
+            return e("node.cluster", "empty".into());
+        }
+        if self.node.name.len() > 64 {
+            return e("node.name", "longer than 64 bytes".into());
+        }
+        if self.node.queue < 1024 {
+            return e("node.queue", "at least 1024".into());
+        }
+        if !self.http.listen.ip().is_loopback() && self.http.token.is_empty() {
+            return e(
+                "http.token",
+                format!(
+                    "required when http.listen ({}) is not a loopback address",
+                    self.http.listen
+                ),
+            );
+        }
+        if !self.http.token.is_empty() && self.http.token.len() < 16 {
+            return e("http.token", "shorter than 16 characters".into());
+        }
+        if !(1024..=64 << 20).contains(&self.http.max_body) {
+            return e("http.max_body", "between 1024 and 67108864 bytes".into());
+        }
+        if !(1..=1_000_000).contains(&self.http.max_keys) {
+            return e("http.max_keys", "between 1 and 1000000".into());
+        }
+        if !(16..=16 << 20).contains(&self.sse.buffer) {
+            return e("sse.buffer", "between 16 and 16777216".into());
+        }
+        if self.sse.keepalive < Duration::from_secs(1) {
+            return e("sse.keepalive", "at least 1s".into());
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let f = |name: &str| format!("webhook[{i}].{name}");
+            match reqwest::Url::parse(&w.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => return e(&f("url"), format!("scheme {} (http or https)", u.scheme())),
+                Err(err) => return e(&f("url"), format!("{err}: {:?}", w.url)),
+            }
+            if !(1..=10_000).contains(&w.batch) {
+                return e(&f("batch"), "between 1 and 10000".into());
+            }
+            if w.backoff.is_zero() || w.backoff > w.backoff_max {
+                return e(&f("backoff"), "above zero and at most backoff_max".into());
+            }
+            if w.timeout.is_zero() {
+                return e(&f("timeout"), "above zero".into());
+            }
+        }
+        for (i, r) in self.apply.redis.iter().enumerate() {
+            let f = |name: &str| format!("apply.redis[{i}].{name}");
+            if let Err(err) = redis::Client::open(r.url.as_str()) {
+                return e(&f("url"), format!("{err}: {:?}", r.url));
+            }
+            if r.flush == Flush::Prefix && r.key_prefix.is_empty() {
+                return e(&f("flush"), "\"prefix\" needs a key_prefix".into());
+            }
+            if !(1..=100_000).contains(&r.batch) {
+                return e(&f("batch"), "between 1 and 100000".into());
+            }
+        }
+        for (i, m) in self.apply.memcached.iter().enumerate() {
+            if memcached_addr(&m.url).is_none() {
+                return e(
+                    &format!("apply.memcached[{i}].url"),
+                    format!("not memcache://HOST:PORT or HOST:PORT: {:?}", m.url),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's configuration.
+    pub fn node_config(&self) -> NodeConfig {
+        let interface = self.node.interface.parse().unwrap_or(InterfaceSpec::Default);
+        NodeConfig {
+            group: self.node.group,
+            interface,
+            cluster: self.node.cluster.clone(),
+            ttl: self.node.ttl,
+            node_name: if self.node.name.is_empty() {
+                format!("agent-{}", std::process::id())
+            } else {
+                self.node.name.clone()
+            },
+            subscriber_queue: self.node.queue,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// The effective configuration as TOML, the token hidden.
+    pub fn to_toml(&self) -> String {
+        let mut c = self.clone();
+        if !c.http.token.is_empty() {
+            c.http.token = "(set)".into();
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// `memcache://HOST:PORT` or `HOST:PORT`, as "HOST:PORT".
+pub fn memcached_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("memcache://").unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    if host.is_empty() || port.parse::<u16>().ok()? == 0 {
+        return None;
+    }
+    Some(rest.to_owned())
+}
+
+fn read_file(p: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut text = String::new();
+    f.take(MAX_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(format!("{}: larger than {MAX_FILE} bytes", p.display()));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("cc-agent-cfg-{}", rand::random::<u64>()));
+        std::fs::write(&dir, text).unwrap();
+        let r = Config::load(
+            Some(&dir),
+            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        );
+        let _ = std::fs::remove_file(&dir);
+        r
+    }
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7468");
+        assert_eq!(c.node.ttl, 1);
+        let c = load(
+            "[node]\nttl = 0\n",
+            &[("CACHECAST_TTL", "3"), ("CACHECAST_CLUSTER", "shop"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!((c.node.ttl, c.node.cluster.as_str()), (3, "shop"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = load("[node]\ngrup = \"x\"\n", &[]).unwrap_err();
+        assert!(err.contains("grup"), "{err}");
+        let err = load("[node]\nttl = \"x\"\n", &[]).unwrap_err();
+        assert!(err.contains("ttl") && err.contains("line 2"), "{err}");
+        let err = load("[http]\nlisten = \"0.0.0.0:7468\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("http.token: required"), "{err}");
+        let err = load("[[webhook]]\nurl = \"ftp://x\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("webhook[0].url"), "{err}");
+        let err = load("[sse]\nkeepalive = \"soon\"\n", &[]).unwrap_err();
+        assert!(err.contains("keepalive"), "{err}");
+        let err = load("", &[("CACHECAST_TTL", "many")]).unwrap_err();
+        assert!(err.contains("CACHECAST_TTL") && err.contains("ttl"), "{err}");
+        let err = load("[[apply.redis]]\nurl = \"nope\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("apply.redis[0].url"), "{err}");
+        let err = load("[[apply.memcached]]\nurl = \"host\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("apply.memcached[0].url"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults_and_valid() {
+        let text = include_str!("../../../contrib/agent.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.check().unwrap();
+        let d = Config::default();
+        assert_eq!(c.node.group, d.node.group);
+        assert_eq!(c.http.listen, d.http.listen);
+        assert_eq!(c.sse.buffer, d.sse.buffer);
+    }
+}

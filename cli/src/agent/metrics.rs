@@ -1,0 +1,138 @@
+//! The agent's metrics, in Prometheus text format at `GET /metrics`
+//! (prometheus-client): one `cachecast_` prefix, the node's counters read
+//! at each scrape, and the agent's own (HTTP, SSE, webhooks, appliers).
+
+use std::sync::Mutex;
+
+use cachecast::NodeStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of an applier's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplierLabels {
+    /// `redis` or `memcached`.
+    pub kind: String,
+    /// The server's address as configured (password left out).
+    pub target: String,
+}
+
+/// Labels of a webhook's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub url: String,
+}
+
+/// Labels of HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+/// Labels naming a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric of the agent. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    /// The node's counters at the last scrape (read by the collector).
+    pub node: std::sync::Arc<Mutex<Option<NodeStats>>>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Seconds from a `POST /v1/invalidate` arriving to the node taking it.
+    pub http_publish_latency: Histogram,
+    /// Events accepted over HTTP.
+    pub http_events_accepted: Counter,
+    pub sse_clients: Gauge,
+    pub sse_events_sent: Counter,
+    /// `reset`s the agent gave SSE clients of its own (cursor too old,
+    /// restarted, client too slow).
+    pub sse_resets: Family<ReasonLabels, Counter>,
+    pub webhook_backlog: Family<WebhookLabels, Gauge>,
+    pub webhook_posts_ok: Family<WebhookLabels, Counter>,
+    pub webhook_posts_failed: Family<WebhookLabels, Counter>,
+    /// Batches given up (replaced by a `reset`).
+    pub webhook_resets: Family<WebhookLabels, Counter>,
+    pub applied: Family<ApplierLabels, Counter>,
+    pub apply_failed: Family<ApplierLabels, Counter>,
+    pub apply_flushes: Family<ApplierLabels, Counter>,
+    /// 1 while the applier's server is reachable.
+    pub applier_up: Family<ApplierLabels, Gauge>,
+    /// Seconds from the delivery reaching the agent to the cache server
+    /// confirming it.
+    pub apply_latency: Family<ApplierLabels, Histogram>,
+    /// Items in the agent's buffer of deliveries.
+    pub feed_buffered: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cachecast");
+        let m = Metrics {
+            node: Default::default(),
+            http_requests: Family::default(),
+            http_publish_latency: latency_histogram(),
+            http_events_accepted: Counter::default(),
+            sse_clients: Gauge::default(),
+            sse_events_sent: Counter::default(),
+            sse_resets: Family::default(),
+            webhook_backlog: Family::default(),
+            webhook_posts_ok: Family::default(),
+            webhook_posts_failed: Family::default(),
+            webhook_resets: Family::default(),
+            applied: Family::default(),
+            apply_failed: Family::default(),
+            apply_flushes: Family::default(),
+            applier_up: Family::default(),
+            apply_latency: Family::new_with_constructor(latency_histogram),
+            feed_buffered: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
+        r.register(
+            "http_publish_latency_seconds",
+            "From a POST /v1/invalidate arriving to the node taking its events",
+            m.http_publish_latency.clone(),
+        );
+        r.register("http_events_accepted", "Events accepted over HTTP", m.http_events_accepted.clone());
+        r.register("sse_clients", "Connected SSE clients", m.sse_clients.clone());
+        r.register("sse_events_sent", "SSE events sent", m.sse_events_sent.clone());
+        r.register("sse_resets", "Resets the agent gave SSE clients, by reason", m.sse_resets.clone());
+        r.register("webhook_backlog", "Deliveries not yet posted, per webhook", m.webhook_backlog.clone());
+        r.register("webhook_posts_ok", "Batches a webhook accepted", m.webhook_posts_ok.clone());
+        r.register("webhook_posts_failed", "Failed webhook posts", m.webhook_posts_failed.clone());
+        r.register("webhook_resets", "Batches given up and replaced by a reset", m.webhook_resets.clone());
+        r.register("applier_applied", "Deliveries applied to a cache server", m.applied.clone());
+        r.register("applier_failed", "Failed applies (retried)", m.apply_failed.clone());
+        r.register("applier_flushes", "Flushes of a cache server", m.apply_flushes.clone());
+        r.register("applier_up", "1 while the cache server is reachable", m.applier_up.clone());
+        r.register(
+            "applier_latency_seconds",
+            "From a delivery reaching the agent to the cache server confirming it",
+            m.apply_latency.clone(),
+        );
+        r.register("feed_buffered", "Deliveries held for SSE resume", m.feed_buffered.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition, with the node's counters as of `stats`.
+    pub fn encode(&self, stats: Option<NodeStats>) -> String {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
