@@ -512,6 +512,21 @@ impl Node {
         }
     }
 
+    /// What this node knows of every other node's stream it follows
+    /// (their names, positions, open gaps, when last heard), in stream
+    /// order; empty once the node has stopped.
+    pub async fn streams(&self) -> Vec<crate::proto::StreamState> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Streams(tx)).await.is_err() {
+            return Vec::new();
+        }
+        let mut done = self.shared.done.clone();
+        tokio::select! {
+            r = rx => r.unwrap_or_default(),
+            _ = done.wait_for(|d| *d) => Vec::new(),
+        }
+    }
+
     /// Sends everything published so far, says `Goodbye`, lingers to answer
     /// late requests, and stops. Publishing afterwards fails with
     /// [`PublishError::Closed`]; subscriptions end.

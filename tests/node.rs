@@ -488,6 +488,11 @@ async fn receipts_name_the_seqs_receivers_deliver() {
     got.sort();
     assert_eq!(got, want);
     assert_eq!(tx.stream(), want[0].0);
+    // And the receiver's view of the stream says the same position.
+    let seen = rx.streams().await;
+    let st = seen.iter().find(|s| s.stream == tx.stream()).unwrap();
+    assert_eq!((st.next_expected, st.gaps.len()), (want.len() as u64 + 1, 0));
     tx.shutdown().await;
+    assert!(tx.streams().await.is_empty());
     rx.shutdown().await;
 }

@@ -33,6 +33,7 @@ pub(crate) enum Command {
     /// `Node::publish_many`).
     PublishEvents(Events),
     Stats(oneshot::Sender<DriverStats>),
+    Streams(oneshot::Sender<Vec<crate::proto::StreamState>>),
     Shutdown,
 }
 
@@ -253,6 +254,9 @@ impl Driver {
             Command::Stats(tx) => {
                 stats.protocol = self.core.stats_snapshot();
                 let _ = tx.send(stats.clone());
+            }
+            Command::Streams(tx) => {
+                let _ = tx.send(self.core.stream_states());
             }
             Command::Shutdown => {
                 if linger_end.is_none() {

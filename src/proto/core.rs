@@ -165,6 +165,17 @@ impl NodeCore {
         })
     }
 
+    /// What this node knows of every remote stream it follows.
+    pub fn stream_states(&self) -> Vec<StreamState> {
+        let mut v: Vec<StreamState> = self
+            .streams
+            .keys()
+            .filter_map(|s| self.stream_state(*s))
+            .collect();
+        v.sort_by_key(|s| s.stream);
+        v
+    }
+
     /// A copy of the counters with the gauges filled in.
     pub fn stats_snapshot(&self) -> Stats {
         let mut s = self.stats.clone();
