@@ -389,7 +389,11 @@ impl Node {
             return Err(PublishError::Closed);
         }
         let permit = (self.commands.reserve().await).map_err(|_| PublishError::Closed)?;
-        let mut next = self.shared.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self
+            .shared
+            .next_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let first = *next;
         *next += events;
         permit.send(cmd());
@@ -443,7 +447,10 @@ impl Node {
     }
 
     /// Invalidates every key starting with `prefix` everywhere.
-    pub async fn invalidate_prefix(&self, prefix: impl Into<String>) -> Result<Receipt, PublishError> {
+    pub async fn invalidate_prefix(
+        &self,
+        prefix: impl Into<String>,
+    ) -> Result<Receipt, PublishError> {
         self.publish(Event::InvalidatePrefix {
             prefix: prefix.into(),
         })

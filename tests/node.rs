@@ -491,7 +491,10 @@ async fn receipts_name_the_seqs_receivers_deliver() {
     // And the receiver's view of the stream says the same position.
     let seen = rx.streams().await;
     let st = seen.iter().find(|s| s.stream == tx.stream()).unwrap();
-    assert_eq!((st.next_expected, st.gaps.len()), (want.len() as u64 + 1, 0));
+    assert_eq!(
+        (st.next_expected, st.gaps.len()),
+        (want.len() as u64 + 1, 0)
+    );
     tx.shutdown().await;
     assert!(tx.streams().await.is_empty());
     rx.shutdown().await;

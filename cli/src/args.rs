@@ -10,7 +10,7 @@ use cachecast::net::socket::InterfaceSpec;
 use cachecast::{NodeConfig, DEFAULT_GROUP};
 
 use crate::logs::LogFormat;
-use crate::{demo, doctor, listen, send};
+use crate::{agent, demo, doctor, listen, send};
 
 /// cachecast: coherent caches over UDP multicast.
 ///
@@ -54,6 +54,8 @@ pub enum Command {
     Listen(listen::ListenArgs),
     // (Doctor: its help is its arguments' doc comment.)
     Doctor(doctor::DoctorArgs),
+    // (Agent: likewise.)
+    Agent(agent::AgentArgs),
 }
 
 /// Where the cluster is: shared by every subcommand.

@@ -1,4 +1,4 @@
-//! `cachecast`: the command line (send, listen, demo, doctor).
+//! `cachecast`: the command line (send, listen, demo, doctor, agent).
 
 mod agent;
 mod args;
@@ -46,6 +46,7 @@ async fn run(command: Command, parent: libc::pid_t) -> Result<(), Failure> {
         // No node: a signal ends it at once (its probe's Goodbye is sent
         // right after the Hello).
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Agent(args) => agent::run(args, &stop).await,
     }
 }
 

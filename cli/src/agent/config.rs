@@ -17,7 +17,7 @@ pub struct Config {
     pub node: NodeSection,
     pub http: HttpSection,
     pub sse: SseSection,
-    #[serde(rename = "webhook")]
+    #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookConfig>,
     pub apply: ApplySection,
 }
@@ -269,13 +269,19 @@ impl Config {
                 _ => toml::Value::String(value.clone()),
             };
             sect.insert(field.to_string(), v);
-            overridden.push(format!("{name} (node.{field})").replace("node.", &format!("{section}.")));
+            overridden
+                .push(format!("{name} (node.{field})").replace("node.", &format!("{section}.")));
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                format!("{origin} with {}: {}", overridden.join(", "), e.message().trim())
-            })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!(
+                        "{origin} with {}: {}",
+                        overridden.join(", "),
+                        e.message().trim()
+                    )
+                })?;
         config.check()?;
         Ok(config)
     }
@@ -284,7 +290,10 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         let e = |field: &str, problem: String| Err(format!("{field}: {problem}"));
         if self.node.interface.trim().is_empty() {
-            return e("node.interface", "empty: give a name, an address, or \"default\"".into());
+            return e(
+                "node.interface",
+                "empty: give a name, an address, or \"default\"".into(),
+            );
         }
         if let Err(err) = self.node.interface.parse::<InterfaceSpec>() {
             return e("node.interface", err.to_string());
@@ -364,7 +373,11 @@ impl Config {
 
     /// The node's configuration.
     pub fn node_config(&self) -> NodeConfig {
-        let interface = self.node.interface.parse().unwrap_or(InterfaceSpec::Default);
+        let interface = self
+            .node
+            .interface
+            .parse()
+            .unwrap_or(InterfaceSpec::Default);
         NodeConfig {
             group: self.node.group,
             interface,
@@ -436,7 +449,11 @@ mod tests {
         assert_eq!(c.node.ttl, 1);
         let c = load(
             "[node]\nttl = 0\n",
-            &[("CACHECAST_TTL", "3"), ("CACHECAST_CLUSTER", "shop"), ("OTHER", "x")],
+            &[
+                ("CACHECAST_TTL", "3"),
+                ("CACHECAST_CLUSTER", "shop"),
+                ("OTHER", "x"),
+            ],
         )
         .unwrap();
         assert_eq!((c.node.ttl, c.node.cluster.as_str()), (3, "shop"));
@@ -455,7 +472,10 @@ mod tests {
         let err = load("[sse]\nkeepalive = \"soon\"\n", &[]).unwrap_err();
         assert!(err.contains("keepalive"), "{err}");
         let err = load("", &[("CACHECAST_TTL", "many")]).unwrap_err();
-        assert!(err.contains("CACHECAST_TTL") && err.contains("ttl"), "{err}");
+        assert!(
+            err.contains("CACHECAST_TTL") && err.contains("ttl"),
+            "{err}"
+        );
         let err = load("[[apply.redis]]\nurl = \"nope\"\n", &[]).unwrap_err();
         assert!(err.starts_with("apply.redis[0].url"), "{err}");
         let err = load("[[apply.memcached]]\nurl = \"host\"\n", &[]).unwrap_err();

@@ -44,6 +44,7 @@ impl Action {
     }
 
     /// True when a cache must drop everything.
+    #[allow(dead_code)] // for the appliers
     pub fn clears(&self) -> bool {
         matches!(self, Action::Clear | Action::Reset { .. })
     }
@@ -64,13 +65,20 @@ pub struct Item {
     /// `reset`, which takes the position it resumes after).
     pub id: u64,
     pub action: Action,
+    #[allow(dead_code)] // for consumers that want it
     pub origin: Option<Origin>,
     /// The JSON object for SSE and webhooks (with the cursor as `id`).
     pub json: String,
 }
 
 impl Item {
-    fn new(epoch: u64, id: u64, action: Action, origin: Option<Origin>, detail: Option<Value>) -> Item {
+    fn new(
+        epoch: u64,
+        id: u64,
+        action: Action,
+        origin: Option<Origin>,
+        detail: Option<Value>,
+    ) -> Item {
         let mut o = Map::new();
         o.insert("id".into(), Value::String(cursor(epoch, id)));
         o.insert("type".into(), Value::String(action.kind().into()));
@@ -269,13 +277,20 @@ impl Feed {
         });
     }
 
-    /// Appends one action (tests, and the agent's own resets).
+    /// Appends one action (tests).
+    #[cfg(test)]
     pub fn push(&self, action: Action, origin: Option<Origin>) -> u64 {
         let epoch = self.epoch;
         let mut action = Some(action);
         let mut origin = origin;
         self.push_with(1, |id, _| {
-            Item::new(epoch, id, action.take().unwrap_or(Action::Clear), origin.take(), None)
+            Item::new(
+                epoch,
+                id,
+                action.take().unwrap_or(Action::Clear),
+                origin.take(),
+                None,
+            )
         });
         self.last()
     }
@@ -312,10 +327,6 @@ impl Feed {
     /// No more items will come (the node stopped): waiters wake.
     pub fn close(&self) {
         self.closed.send_replace(true);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
     }
 
     /// What a client's `Last-Event-ID` means here.
@@ -378,11 +389,17 @@ mod tests {
         assert_eq!(f.resume("00000000000000ab:2"), Resume::After(2));
         assert_eq!(
             f.resume("00000000000000ab:1"),
-            Resume::Reset { reason: "cursor_too_old", after: 2 }
+            Resume::Reset {
+                reason: "cursor_too_old",
+                after: 2
+            }
         );
         assert_eq!(
             f.resume("00000000000000ac:4"),
-            Resume::Reset { reason: "agent_restarted", after: 5 }
+            Resume::Reset {
+                reason: "agent_restarted",
+                after: 5
+            }
         );
         for bad in ["", "x", "ab:", ":3", "00000000000000ab:9", "ab:-1"] {
             assert!(matches!(f.resume(bad), Resume::Reset { .. }), "{bad}");
@@ -393,10 +410,19 @@ mod tests {
     fn items_carry_their_cursor_and_kind() {
         let f = Feed::new(1, 8);
         f.push(
-            Action::Custom { topic: "t".into(), payload: vec![0, 255] },
-            Some(Origin { stream: 2, seq: 7, node: Some("a".into()) }),
+            Action::Custom {
+                topic: "t".into(),
+                payload: vec![0, 255],
+            },
+            Some(Origin {
+                stream: 2,
+                seq: 7,
+                node: Some("a".into()),
+            }),
         );
-        let Read::Items(v) = f.read(0, 1) else { panic!() };
+        let Read::Items(v) = f.read(0, 1) else {
+            panic!()
+        };
         let j: Value = serde_json::from_str(&v[0].json).unwrap();
         assert_eq!(j["id"], "0000000000000001:1");
         assert_eq!(j["type"], "custom");

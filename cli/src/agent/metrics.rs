@@ -101,30 +101,86 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            m.http_requests.clone(),
+        );
         r.register(
             "http_publish_latency_seconds",
             "From a POST /v1/invalidate arriving to the node taking its events",
             m.http_publish_latency.clone(),
         );
-        r.register("http_events_accepted", "Events accepted over HTTP", m.http_events_accepted.clone());
-        r.register("sse_clients", "Connected SSE clients", m.sse_clients.clone());
-        r.register("sse_events_sent", "SSE events sent", m.sse_events_sent.clone());
-        r.register("sse_resets", "Resets the agent gave SSE clients, by reason", m.sse_resets.clone());
-        r.register("webhook_backlog", "Deliveries not yet posted, per webhook", m.webhook_backlog.clone());
-        r.register("webhook_posts_ok", "Batches a webhook accepted", m.webhook_posts_ok.clone());
-        r.register("webhook_posts_failed", "Failed webhook posts", m.webhook_posts_failed.clone());
-        r.register("webhook_resets", "Batches given up and replaced by a reset", m.webhook_resets.clone());
-        r.register("applier_applied", "Deliveries applied to a cache server", m.applied.clone());
-        r.register("applier_failed", "Failed applies (retried)", m.apply_failed.clone());
-        r.register("applier_flushes", "Flushes of a cache server", m.apply_flushes.clone());
-        r.register("applier_up", "1 while the cache server is reachable", m.applier_up.clone());
+        r.register(
+            "http_events_accepted",
+            "Events accepted over HTTP",
+            m.http_events_accepted.clone(),
+        );
+        r.register(
+            "sse_clients",
+            "Connected SSE clients",
+            m.sse_clients.clone(),
+        );
+        r.register(
+            "sse_events_sent",
+            "SSE events sent",
+            m.sse_events_sent.clone(),
+        );
+        r.register(
+            "sse_resets",
+            "Resets the agent gave SSE clients, by reason",
+            m.sse_resets.clone(),
+        );
+        r.register(
+            "webhook_backlog",
+            "Deliveries not yet posted, per webhook",
+            m.webhook_backlog.clone(),
+        );
+        r.register(
+            "webhook_posts_ok",
+            "Batches a webhook accepted",
+            m.webhook_posts_ok.clone(),
+        );
+        r.register(
+            "webhook_posts_failed",
+            "Failed webhook posts",
+            m.webhook_posts_failed.clone(),
+        );
+        r.register(
+            "webhook_resets",
+            "Batches given up and replaced by a reset",
+            m.webhook_resets.clone(),
+        );
+        r.register(
+            "applier_applied",
+            "Deliveries applied to a cache server",
+            m.applied.clone(),
+        );
+        r.register(
+            "applier_failed",
+            "Failed applies (retried)",
+            m.apply_failed.clone(),
+        );
+        r.register(
+            "applier_flushes",
+            "Flushes of a cache server",
+            m.apply_flushes.clone(),
+        );
+        r.register(
+            "applier_up",
+            "1 while the cache server is reachable",
+            m.applier_up.clone(),
+        );
         r.register(
             "applier_latency_seconds",
             "From a delivery reaching the agent to the cache server confirming it",
             m.apply_latency.clone(),
         );
-        r.register("feed_buffered", "Deliveries held for SSE resume", m.feed_buffered.clone());
+        r.register(
+            "feed_buffered",
+            "Deliveries held for SSE resume",
+            m.feed_buffered.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -2,11 +2,166 @@
 //! once and serves the applications on the host: publish over HTTP,
 //! receive over Server-Sent Events and webhooks, and the host's Redis and
 //! memcached kept coherent by appliers.
-
-#![allow(dead_code)]
+//!
+//! Order of a start: config, HTTP listening (503 until joined), join, then
+//! the appliers (each flushes once: the agent was not listening while it
+//! was down, and a flush before the join would leave what changed in
+//! between), then ready. A stop (SIGTERM): refuse publishing, Goodbye, end
+//! SSE streams with a final event, drain webhooks and appliers for at most
+//! 5 s, exit 0.
 
 pub mod apply;
 pub mod config;
 pub mod feed;
+pub mod http;
 pub mod metrics;
+pub mod sse;
 pub mod webhook;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::failure::Failure;
+use crate::stop::Stop;
+use config::Config;
+use feed::{Feed, Item};
+use http::AppState;
+use metrics::Metrics;
+
+/// How long a stop waits for webhooks and appliers to finish what they hold.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Run the local agent: applications on this host publish with
+/// `POST /v1/invalidate`, receive with `GET /v1/events` (Server-Sent
+/// Events, resumable with Last-Event-ID) or webhooks, and the host's Redis
+/// and memcached are kept coherent by the agent itself. Watch it with
+/// `/metrics`, `/livez`, `/readyz`, `/v1/status`. See contrib/agent.toml
+/// for every setting (each has a default; CACHECAST_* variables override
+/// the file).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The configuration file (TOML). Without it: the defaults, with
+    /// CACHECAST_* environment variables applied.
+    #[arg(long, short = 'c', env = "CACHECAST_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, print the effective one (token hidden) and
+    /// exit: 0 if valid, 2 with one error naming the field if not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
+    let config = Config::load(args.config.as_deref(), std::env::vars())
+        .map_err(|e| Failure::Usage(format!("config: {e}")))?;
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let feed = Feed::new(rand::random(), config.sse.buffer);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        node: OnceLock::new(),
+        feed: feed.clone(),
+        metrics: metrics.clone(),
+        appliers: OnceLock::new(),
+        stopping,
+        started: Instant::now(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (http.listen): {e}", config.http.listen))?;
+    let app = http::router(state.clone());
+    let mut server_stop = state.stopping.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    stop.arm();
+    let node_config = config.node_config();
+    tracing::info!(
+        group = %node_config.group,
+        cluster = %node_config.cluster,
+        http = %config.http.listen,
+        "agent joining"
+    );
+    let node = tokio::select! {
+        r = cachecast::Node::join(node_config) => r.map_err(|e| format!("cannot join: {e}"))?,
+        _ = stop.wait() => return Ok(()),
+    };
+    let sub = node.subscribe();
+    let _ = state.node.set(node.clone());
+    let feeder = tokio::spawn(feed_from(sub, feed.clone()));
+    let appliers = apply::spawn_all(&config.apply, &feed, &metrics);
+    let _ = state.appliers.set(
+        appliers
+            .iter()
+            .map(|a| (a.name.clone(), a.connected.clone()))
+            .collect(),
+    );
+    let webhooks = webhook::spawn_all(&config.webhooks, &feed, &metrics);
+    tracing::info!(stream = %format_args!("{:016x}", node.stream()), "agent ready");
+    println!(
+        "{}",
+        serde_json::json!({
+            "ready": true,
+            "http": config.http.listen.to_string(),
+            "stream": format!("{:016x}", node.stream()),
+            "epoch": format!("{:016x}", feed.epoch()),
+        })
+    );
+
+    let reason = stop.wait().await;
+    tracing::info!(%reason, "agent stopping");
+    let _ = stopping_tx.send(true);
+    node.shutdown().await;
+    // The subscription ends with the node: the feed closes, and consumers
+    // finish what it holds.
+    let _ = feeder.await;
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    for a in appliers {
+        if tokio::time::timeout_at(deadline, a.task).await.is_err() {
+            tracing::warn!(applier = %a.name, "stopped before applying everything");
+        }
+    }
+    for w in webhooks {
+        let abort = w.abort_handle();
+        if tokio::time::timeout_at(deadline, w).await.is_err() {
+            abort.abort();
+            tracing::warn!("a webhook stopped before posting everything");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(())
+}
+
+/// Copies every delivery of the node into the feed, numbered; closes the
+/// feed when the node has stopped.
+async fn feed_from(mut sub: cachecast::Subscription, feed: Arc<Feed>) {
+    let epoch = feed.epoch();
+    let mut items = Vec::new();
+    loop {
+        let mut next = feed.last() + 1;
+        let got = sub
+            .recv_each(|d| {
+                items.push(Item::from_delivery(epoch, next, d));
+                next += 1;
+            })
+            .await;
+        feed.extend(std::mem::take(&mut items));
+        if got.is_none() {
+            break;
+        }
+    }
+    feed.close();
+}

@@ -13,7 +13,11 @@ use super::metrics::Metrics;
 /// Starts one task per webhook, each reading `feed` from its first item;
 /// each ends once the feed is closed and drained (the agent aborts it
 /// after its drain time).
-pub fn spawn_all(cfgs: &[WebhookConfig], feed: &Arc<Feed>, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
+pub fn spawn_all(
+    cfgs: &[WebhookConfig],
+    feed: &Arc<Feed>,
+    metrics: &Arc<Metrics>,
+) -> Vec<JoinHandle<()>> {
     cfgs.iter()
         .map(|c| {
             let (_c, _f, _m) = (c.clone(), feed.clone(), metrics.clone());

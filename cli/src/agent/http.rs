@@ -1,0 +1,507 @@
+//! The agent's HTTP API (axum): publish (`POST /v1/invalidate`), receive
+//! (`GET /v1/events`, in sse.rs), and watch (`/v1/status`, `/metrics`,
+//! `/livez`, `/readyz`). Every request body is hostile: bounded in size
+//! (413), checked field by field (400 with a JSON error naming the
+//! problem), and nothing reaches the node before all of it is valid.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use cachecast::wire::{Event, EventBatch, MAX_KEY_LEN};
+use cachecast::{Node, PublishError};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::config::Config;
+use super::feed::Feed;
+use super::metrics::{HttpLabels, Metrics};
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// Set once the node has joined.
+    pub node: OnceLock<Node>,
+    pub feed: Arc<Feed>,
+    pub metrics: Arc<Metrics>,
+    /// Each applier's name and whether it is connected (for `/readyz`);
+    /// set once the node has joined (appliers start after the join).
+    pub appliers: OnceLock<Vec<(String, Arc<AtomicBool>)>>,
+    /// True once the agent is stopping: publishing is refused, SSE
+    /// streams end with a final event.
+    pub stopping: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+/// The router, with the bearer-token check when a token is configured.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.config.http.max_body;
+    Router::new()
+        .route("/v1/invalidate", post(invalidate))
+        .route("/v1/events", get(super::sse::events))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// A JSON error: `{"error": "..."}`.
+pub fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Checks the bearer token (when one is set) and counts every request
+/// by route and status.
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_owned();
+    let token = &st.config.http.token;
+    let resp = if !token.is_empty() && !bearer_matches(req.headers(), token) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <http.token>)".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"cachecast\""),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    st.metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Constant-time comparison of the `Authorization: Bearer` token.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One event of a request, or (at the top) a batch of them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    keys: Option<Vec<String>>,
+    prefix: Option<String>,
+    all: Option<bool>,
+    topic: Option<String>,
+    payload: Option<String>,
+    events: Option<Vec<EventIn>>,
+}
+
+impl EventIn {
+    /// The event this names, checked; `at` names it in errors.
+    fn to_event(&self, at: &str) -> Result<Event, String> {
+        let kinds = [
+            self.keys.is_some(),
+            self.prefix.is_some(),
+            self.all.is_some(),
+            self.topic.is_some(),
+        ];
+        let n = kinds.iter().filter(|k| **k).count();
+        if self.events.is_some() {
+            return Err(format!("{at}events: only at the top level, and alone"));
+        }
+        if n != 1 {
+            return Err(format!(
+                "{at}exactly one of \"keys\", \"prefix\", \"all\", \"topic\" (found {n})"
+            ));
+        }
+        if self.payload.is_some() && self.topic.is_none() {
+            return Err(format!("{at}payload: only with \"topic\""));
+        }
+        let text = |what: &str, s: &str| -> Result<(), String> {
+            if s.is_empty() {
+                return Err(format!("{at}{what}: empty"));
+            }
+            if s.len() > MAX_KEY_LEN {
+                return Err(format!(
+                    "{at}{what}: {} bytes, at most {MAX_KEY_LEN}",
+                    s.len()
+                ));
+            }
+            Ok(())
+        };
+        if let Some(keys) = &self.keys {
+            if keys.is_empty() {
+                return Err(format!("{at}keys: empty list"));
+            }
+            for (i, k) in keys.iter().enumerate() {
+                text(&format!("keys[{i}]"), k)?;
+            }
+            return Ok(Event::Invalidate { keys: keys.clone() });
+        }
+        if let Some(p) = &self.prefix {
+            text("prefix", p)?;
+            return Ok(Event::InvalidatePrefix { prefix: p.clone() });
+        }
+        if let Some(all) = self.all {
+            if !all {
+                return Err(format!("{at}all: must be true"));
+            }
+            return Ok(Event::ClearAll);
+        }
+        let topic = self.topic.as_deref().unwrap_or_default();
+        text("topic", topic)?;
+        let payload = match &self.payload {
+            None => Vec::new(),
+            Some(p) => base64::engine::general_purpose::STANDARD
+                .decode(p)
+                .map_err(|e| format!("{at}payload: not base64 ({e})"))?,
+        };
+        Ok(Event::Custom {
+            topic: topic.to_owned(),
+            payload,
+        })
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.as_ref().map_or(1, Vec::len)
+    }
+}
+
+/// Parses and checks a request body into events.
+fn parse_events(headers: &HeaderMap, body: &[u8], max_keys: usize) -> Result<Vec<Event>, String> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(format!(
+            "content type {:?}: send application/json",
+            if ct.is_empty() { "(none)" } else { ct }
+        ));
+    }
+    let req: EventIn = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let events: Vec<(String, &EventIn)> = match &req.events {
+        Some(list) => {
+            if req.keys.is_some()
+                || req.prefix.is_some()
+                || req.all.is_some()
+                || req.topic.is_some()
+                || req.payload.is_some()
+            {
+                return Err("events: alone at the top level, not beside an event's fields".into());
+            }
+            if list.is_empty() {
+                return Err("events: empty list".into());
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, e)| (format!("events[{i}]."), e))
+                .collect()
+        }
+        None => vec![(String::new(), &req)],
+    };
+    let keys: usize = events.iter().map(|(_, e)| e.key_count()).sum();
+    if keys > max_keys {
+        return Err(format!(
+            "too many keys: {keys} in one request, at most {max_keys}"
+        ));
+    }
+    events.iter().map(|(at, e)| e.to_event(at)).collect()
+}
+
+/// `POST /v1/invalidate`: publishes one event or a batch; 202 with the
+/// stream and sequence numbers once the node has taken them.
+async fn invalidate(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let t0 = Instant::now();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body over {} bytes (http.max_body)",
+                    st.config.http.max_body
+                ),
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(node) = st.node.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not joined yet: the agent is joining the cluster".into(),
+        );
+    };
+    if *st.stopping.borrow() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".into(),
+        );
+    }
+    let events = match parse_events(&headers, &body, st.config.http.max_keys) {
+        Ok(ev) => ev,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let mut batch = EventBatch::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Err(err) = batch.push(e) {
+            return error(StatusCode::BAD_REQUEST, format!("events[{i}]: {err}"));
+        }
+    }
+    let n = events.len() as u64;
+    match node.publish_batch(&mut batch).await {
+        Ok(r) => {
+            st.metrics.http_events_accepted.inc_by(n);
+            st.metrics
+                .http_publish_latency
+                .observe(t0.elapsed().as_secs_f64());
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "stream": format!("{:016x}", r.stream),
+                    "first_seq": r.seqs.start,
+                    "last_seq": r.seqs.end.saturating_sub(1),
+                    "events": n,
+                })),
+            )
+                .into_response()
+        }
+        Err(PublishError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /readyz`: 200 once joined and every applier connected.
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let mut not = Vec::new();
+    if st.node.get().is_none() {
+        not.push("not joined yet".to_owned());
+    }
+    if *st.stopping.borrow() {
+        not.push("stopping".to_owned());
+    }
+    for (name, up) in st.appliers.get().into_iter().flatten() {
+        if !up.load(Ordering::Relaxed) {
+            not.push(format!("{name}: not connected"));
+        }
+    }
+    if not.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reasons": not })),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let stats = match st.node.get() {
+        Some(n) => Some(n.stats().await),
+        None => None,
+    };
+    st.metrics.feed_buffered.set(st.feed.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(stats),
+    )
+        .into_response()
+}
+
+/// `GET /v1/status`: joined, the streams followed with their last-heard
+/// age, the feed, the appliers, the counters.
+async fn status(State(st): State<Arc<AppState>>) -> Response {
+    let cfg = &st.config;
+    let (node, streams, stats) = match st.node.get() {
+        Some(n) => {
+            let now = Instant::now();
+            let streams: Vec<_> = n
+                .streams()
+                .await
+                .into_iter()
+                .map(|s| {
+                    json!({
+                        "stream": format!("{:016x}", s.stream),
+                        "node": s.node.as_deref(),
+                        "next_expected": s.next_expected,
+                        "open_gaps": s.gaps.len(),
+                        "last_heard_ms": now.saturating_duration_since(s.last_heard).as_millis() as u64,
+                    })
+                })
+                .collect();
+            let stats = n.stats().await;
+            (
+                json!({ "stream": format!("{:016x}", n.stream()) }),
+                streams,
+                serde_json::to_value(stats).unwrap_or_default(),
+            )
+        }
+        None => (json!(null), Vec::new(), json!(null)),
+    };
+    let appliers: Vec<_> = st
+        .appliers
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|(name, up)| json!({ "name": name, "connected": up.load(Ordering::Relaxed) }))
+        .collect();
+    Json(json!({
+        "joined": st.node.get().is_some(),
+        "stopping": *st.stopping.borrow(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cluster": cfg.node.cluster,
+        "group": cfg.node.group.to_string(),
+        "node": node,
+        "epoch": format!("{:016x}", st.feed.epoch()),
+        "uptime_s": st.started.elapsed().as_secs(),
+        "streams": streams,
+        "feed": { "last": st.feed.last(), "buffered": st.feed.len() },
+        "sse_clients": st.metrics.sse_clients.get(),
+        "appliers": appliers,
+        "counters": stats,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ct: &str, body: &str) -> Result<Vec<Event>, String> {
+        let mut h = HeaderMap::new();
+        if !ct.is_empty() {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        parse_events(&h, body.as_bytes(), 5)
+    }
+
+    #[test]
+    fn bodies_become_events_or_errors_naming_the_problem() {
+        let j = "application/json";
+        assert_eq!(
+            parse(j, r#"{"keys":["a","b"]}"#).unwrap(),
+            [Event::Invalidate {
+                keys: vec!["a".into(), "b".into()]
+            }]
+        );
+        assert_eq!(
+            parse(
+                "application/json; charset=utf-8",
+                r#"{"events":[{"prefix":"p"},{"all":true},{"topic":"t","payload":"AP8="}]}"#
+            )
+            .unwrap(),
+            [
+                Event::InvalidatePrefix { prefix: "p".into() },
+                Event::ClearAll,
+                Event::Custom {
+                    topic: "t".into(),
+                    payload: vec![0, 255]
+                },
+            ]
+        );
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        for (ct, body, want) in [
+            ("text/plain", r#"{"keys":["a"]}"#, "content type"),
+            ("", r#"{"keys":["a"]}"#, "content type"),
+            (j, r#"{"keys":["a"]"#, "malformed JSON"),
+            (j, r#"{"kyes":["a"]}"#, "unknown field `kyes`"),
+            (j, r#"{"keys":[""]}"#, "keys[0]: empty"),
+            (
+                j,
+                &format!(r#"{{"keys":["{long}"]}}"#),
+                "keys[0]: 1025 bytes",
+            ),
+            (j, r#"{"keys":[]}"#, "keys: empty list"),
+            (
+                j,
+                r#"{"keys":["a","b","c","d","e","f"]}"#,
+                "too many keys: 6",
+            ),
+            (j, r#"{"keys":["a"],"prefix":"p"}"#, "exactly one"),
+            (j, r#"{}"#, "exactly one"),
+            (j, r#"{"all":false}"#, "all: must be true"),
+            (j, r#"{"topic":"t","payload":"%%"}"#, "payload: not base64"),
+            (
+                j,
+                r#"{"prefix":"p","payload":"AA=="}"#,
+                "payload: only with",
+            ),
+            (j, r#"{"events":[]}"#, "events: empty list"),
+            (j, r#"{"events":[{"events":[]}]}"#, "events[0].events"),
+            (
+                j,
+                r#"{"events":[{"keys":["a"]}],"all":true}"#,
+                "events: alone",
+            ),
+            (
+                j,
+                r#"{"events":[{"keys":["a"]},{"prefix":""}]}"#,
+                "events[1].prefix: empty",
+            ),
+            (j, r#"[1,2]"#, "malformed JSON"),
+        ] {
+            let err = parse(ct, body).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_compared_whole() {
+        let mut h = HeaderMap::new();
+        assert!(!bearer_matches(&h, "secret-token-123"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer secret-token-123".parse().unwrap(),
+        );
+        assert!(bearer_matches(&h, "secret-token-123"));
+        assert!(!bearer_matches(&h, "secret-token-1234"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer secret-token-12".parse().unwrap(),
+        );
+        assert!(!bearer_matches(&h, "secret-token-123"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic secret-token-123".parse().unwrap(),
+        );
+        assert!(!bearer_matches(&h, "secret-token-123"));
+    }
+}
