@@ -1,0 +1,234 @@
+//! Running real agents (`cachecast agent`) on loopback for the tests: a
+//! config file of the test's, the network on 127.0.0.1 with TTL 0 and a
+//! fresh group, HTTP on a free port; and reading its SSE stream.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::process::{loopback, Running, LIMIT};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where a cluster of agents meets: one group, one cluster name.
+#[derive(Clone)]
+pub struct Net {
+    pub env: Vec<(String, String)>,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let a = loopback(None);
+        // --group G --interface I --ttl T --cluster C
+        Net {
+            env: vec![
+                ("CACHECAST_GROUP".into(), a[1].clone()),
+                ("CACHECAST_INTERFACE".into(), a[3].clone()),
+                ("CACHECAST_TTL".into(), a[5].clone()),
+                ("CACHECAST_CLUSTER".into(), a[7].clone()),
+            ],
+        }
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub proc: Running,
+    pub url: String,
+    pub port: u16,
+    pub config: PathBuf,
+    pub net: Net,
+    pub name: String,
+    /// Its `ready` line.
+    pub ready: serde_json::Value,
+}
+
+impl Agent {
+    /// Starts an agent named `name` with `toml` as its config (the network
+    /// and HTTP port come from the environment), waits until it is ready.
+    pub fn start(net: &Net, name: &str, toml: &str) -> Agent {
+        let config = std::env::temp_dir().join(format!(
+            "cachecast-agent-test-{}-{name}.toml",
+            rand::random::<u64>()
+        ));
+        std::fs::write(&config, toml).unwrap();
+        Self::start_with(net, name, config, free_port())
+    }
+
+    fn start_with(net: &Net, name: &str, config: PathBuf, port: u16) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachecast"));
+        cmd.arg("agent").arg("--config").arg(&config);
+        for (k, v) in &net.env {
+            cmd.env(k, v);
+        }
+        cmd.env("CACHECAST_NAME", name)
+            .env("CACHECAST_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        let mut proc = Running::spawn(&mut cmd);
+        let ready = proc.wait_out("the agent's ready line", |v| v["ready"] == true);
+        Agent {
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            config,
+            net: net.clone(),
+            name: name.to_owned(),
+            ready,
+        }
+    }
+
+    /// Kills it with SIGKILL (no Goodbye) and starts it again with the same
+    /// config and port.
+    pub fn kill_and_restart(mut self) -> Agent {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit();
+        let config = std::mem::take(&mut self.config);
+        Self::start_with(&self.net, &self.name, config, self.port)
+    }
+
+    /// POSTs `body` (JSON) to /v1/invalidate; the status and JSON answer.
+    pub fn post(&self, body: &str) -> (u16, serde_json::Value) {
+        let r = client()
+            .post(format!("{}/v1/invalidate", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Publishes keys; panics unless 202.
+    pub fn invalidate(&self, keys: &[&str]) -> serde_json::Value {
+        let (status, v) = self.post(&serde_json::json!({ "keys": keys }).to_string());
+        assert_eq!(status, 202, "{v}");
+        v
+    }
+
+    /// GETs a path; status and body text.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = client().get(format!("{}{path}", self.url)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// Opens the SSE stream, resuming after `last_event_id` if given.
+    pub fn events(&self, last_event_id: Option<&str>) -> Sse {
+        Sse::open(&format!("{}/v1/events", self.url), last_event_id)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.config.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.config);
+        }
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(LIMIT)
+        .build()
+        .unwrap()
+}
+
+/// One SSE event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// An SSE stream read by a thread of its own, event by event.
+pub struct Sse {
+    rx: mpsc::Receiver<SseEvent>,
+}
+
+impl Sse {
+    pub fn open(url: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = reqwest::blocking::Client::builder()
+            .build()
+            .unwrap()
+            .get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ev = SseEvent::default();
+            let mut data = String::new();
+            for line in BufReader::new(resp).lines() {
+                let Ok(line) = line else { break };
+                if line.is_empty() {
+                    if !data.is_empty() || !ev.event.is_empty() {
+                        ev.data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                        if tx.send(std::mem::take(&mut ev)).is_err() {
+                            break;
+                        }
+                        data.clear();
+                    }
+                    continue;
+                }
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => ev.event = value.to_owned(),
+                    "id" => ev.id = Some(value.to_owned()),
+                    "data" => {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
+                        data.push_str(value)
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Sse { rx }
+    }
+
+    /// The next event, within the limit; None if the stream ended.
+    pub fn next(&self) -> Option<SseEvent> {
+        match self.rx.recv_timeout(LIMIT) {
+            Ok(e) => Some(e),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no SSE event within {LIMIT:?}"),
+        }
+    }
+
+    /// The next `n` events (panics if the stream ends first).
+    pub fn take(&self, n: usize) -> Vec<SseEvent> {
+        (0..n)
+            .map(|i| {
+                self.next()
+                    .unwrap_or_else(|| panic!("the stream ended after {i} of {n} events"))
+            })
+            .collect()
+    }
+
+    /// True if no event comes within `d` (for "nothing more" checks after
+    /// a condition that was waited for).
+    pub fn quiet_for(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        self.rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .is_err()
+    }
+}
