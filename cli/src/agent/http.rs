@@ -483,6 +483,49 @@ mod tests {
         }
     }
 
+    /// Before the join: 503 with the reason for publishing, SSE and
+    /// readiness; alive all the same.
+    #[tokio::test]
+    async fn until_the_node_has_joined_publishing_is_503_with_the_reason() {
+        use tower::ServiceExt;
+        let (_tx, stopping) = watch::channel(false);
+        let st = Arc::new(AppState {
+            config: Arc::new(Config::default()),
+            node: OnceLock::new(),
+            feed: Feed::new(1, 16),
+            metrics: Arc::new(Metrics::new()),
+            appliers: OnceLock::new(),
+            stopping,
+            started: Instant::now(),
+        });
+        let call = |method: &str, path: &str| {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(r#"{"keys":["a"]}"#))
+                .unwrap();
+            router(st.clone()).oneshot(req)
+        };
+        for (method, path, want) in [
+            ("POST", "/v1/invalidate", 503),
+            ("GET", "/v1/events", 503),
+            ("GET", "/readyz", 503),
+            ("GET", "/livez", 200),
+            ("GET", "/v1/status", 200),
+        ] {
+            let resp = call(method, path).await.unwrap();
+            assert_eq!(resp.status().as_u16(), want, "{method} {path}");
+            if want == 503 {
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                let text = String::from_utf8_lossy(&body);
+                assert!(text.contains("not joined yet"), "{path}: {text}");
+            }
+        }
+    }
+
     #[test]
     fn the_token_is_compared_whole() {
         let mut h = HeaderMap::new();
