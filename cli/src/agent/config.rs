@@ -116,8 +116,12 @@ pub struct WebhookConfig {
     /// First back-off; doubles up to `backoff_max`.
     #[serde(with = "humantime_serde_compat")]
     pub backoff: Duration,
+    /// Longest back-off between two tries.
     #[serde(with = "humantime_serde_compat")]
     pub backoff_max: Duration,
+    /// Begin with a `reset` (reason `agent_started`) at agent start: the
+    /// agent was not posting while it was down.
+    pub reset_on_start: bool,
 }
 
 impl Default for WebhookConfig {
@@ -129,6 +133,7 @@ impl Default for WebhookConfig {
             retries: 5,
             backoff: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            reset_on_start: true,
         }
     }
 }
@@ -334,8 +339,17 @@ impl Config {
         for (i, w) in self.webhooks.iter().enumerate() {
             let f = |name: &str| format!("webhook[{i}].{name}");
             match reqwest::Url::parse(&w.url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => return e(&f("url"), format!("scheme {} (http or https)", u.scheme())),
+                Ok(u) if u.scheme() == "http" => {}
+                Ok(u) => {
+                    return e(
+                        &f("url"),
+                        format!(
+                            "scheme {}: only http (this build has no TLS; webhooks are for \
+                             applications on this host)",
+                            u.scheme()
+                        ),
+                    )
+                }
                 Err(err) => return e(&f("url"), format!("{err}: {:?}", w.url)),
             }
             if !(1..=10_000).contains(&w.batch) {
@@ -469,6 +483,8 @@ mod tests {
         assert!(err.starts_with("http.token: required"), "{err}");
         let err = load("[[webhook]]\nurl = \"ftp://x\"\n", &[]).unwrap_err();
         assert!(err.starts_with("webhook[0].url"), "{err}");
+        let err = load("[[webhook]]\nurl = \"https://x/\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("webhook[0].url") && err.contains("no TLS"), "{err}");
         let err = load("[sse]\nkeepalive = \"soon\"\n", &[]).unwrap_err();
         assert!(err.contains("keepalive"), "{err}");
         let err = load("", &[("CACHECAST_TTL", "many")]).unwrap_err();
