@@ -484,7 +484,10 @@ mod tests {
         let err = load("[[webhook]]\nurl = \"ftp://x\"\n", &[]).unwrap_err();
         assert!(err.starts_with("webhook[0].url"), "{err}");
         let err = load("[[webhook]]\nurl = \"https://x/\"\n", &[]).unwrap_err();
-        assert!(err.starts_with("webhook[0].url") && err.contains("no TLS"), "{err}");
+        assert!(
+            err.starts_with("webhook[0].url") && err.contains("no TLS"),
+            "{err}"
+        );
         let err = load("[sse]\nkeepalive = \"soon\"\n", &[]).unwrap_err();
         assert!(err.contains("keepalive"), "{err}");
         let err = load("", &[("CACHECAST_TTL", "many")]).unwrap_err();

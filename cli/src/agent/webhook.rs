@@ -13,7 +13,7 @@
 //! left the feed's buffer gets a `reset` too (`webhook_behind`), and so does
 //! every webhook at agent start (`agent_started`, unless `reset_on_start =
 //! false`): the agent was not posting while it was down. At most one `reset`
-//! is pending at a time; it keeps the reason of the first loss and is
+//! is pending at a time; it carries the reason of the latest loss and is
 //! placed right before the first item still to come (its `id` is the cursor
 //! of the last item skipped). A pending `reset` is POSTed even when no item
 //! follows it, so a receiver learns of a loss without waiting for traffic.
@@ -224,11 +224,11 @@ impl Webhook {
         self.backlog.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// A loss: the next POST begins with a `reset` (the first reason
-    /// pending is kept; there is never more than one).
+    /// A loss: the next POST begins with a `reset` (one, however many
+    /// losses; it names the latest).
     fn lose(&mut self, reason: &'static str) {
         self.resets.inc();
-        self.pending.get_or_insert(reason);
+        self.pending = Some(reason);
     }
 
     async fn run(mut self) {
@@ -733,6 +733,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let cfg = WebhookConfig {
             retries: 2,
+            // Pending too: the reset names the latest loss.
+            reset_on_start: true,
             ..config(addr)
         };
         let l = labels(&cfg);
