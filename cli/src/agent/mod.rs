@@ -134,13 +134,11 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
             tracing::warn!(applier = %a.name, "stopped before applying everything");
         }
     }
-    for w in webhooks {
-        let abort = w.abort_handle();
-        if tokio::time::timeout_at(deadline, w).await.is_err() {
-            abort.abort();
-            tracing::warn!("a webhook stopped before posting everything");
-        }
-    }
+    webhook::drain(
+        webhooks,
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(())
 }
