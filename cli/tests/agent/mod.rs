@@ -232,3 +232,115 @@ impl Sse {
             .is_err()
     }
 }
+
+/// A webhook receiver: a real HTTP/1.1 server on 127.0.0.1 (a thread per
+/// connection) that records every POSTed JSON array, answering 500 to the
+/// first `fail` requests and 200 after.
+pub struct Hook {
+    pub url: String,
+    pub posts: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub fail: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Hook {
+    pub fn start(fail: usize) -> Hook {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cache", listener.local_addr().unwrap());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicUsize::new(fail));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (p, f, fd) = (posts.clone(), fail.clone(), failed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let (p, f, fd) = (p.clone(), f.clone(), fd.clone());
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 65536];
+                    loop {
+                        // One request: headers, then Content-Length bytes.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            assert!(buf.len() < 64 << 20);
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                        let failing = f
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let status = if failing {
+                            fd.fetch_add(1, Ordering::SeqCst);
+                            "500 Internal Server Error"
+                        } else {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                            p.lock().unwrap().push(v);
+                            "200 OK"
+                        };
+                        let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Hook {
+            url,
+            posts,
+            fail,
+            failed,
+        }
+    }
+
+    /// Every item posted so far, in order.
+    pub fn items(&self) -> Vec<serde_json::Value> {
+        self.posts
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|a| a.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the items posted.
+    pub fn wait(
+        &self,
+        what: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let end = Instant::now() + LIMIT;
+        loop {
+            let items = self.items();
+            if pred(&items) {
+                return items;
+            }
+            assert!(
+                Instant::now() < end,
+                "webhook: no {what} within {LIMIT:?}: {items:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
