@@ -120,6 +120,8 @@ impl Stats {
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
+    /// Sum of the recorded durations in µs (saturating).
+    sum_us: u64,
     max_us: u64,
 }
 
@@ -156,12 +158,30 @@ impl Histogram {
         }
         self.counts[b] += 1;
         self.total += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
         self.max_us = self.max_us.max(us);
     }
 
     /// Number of durations recorded.
     pub fn count(&self) -> u64 {
         self.total
+    }
+
+    /// Sum of the durations recorded, in microseconds (each clamped as
+    /// recorded; saturates at `u64::MAX`).
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us
+    }
+
+    /// The buckets, in order: the range of microseconds each holds and how
+    /// many durations fell in it. Every power of two is a bucket edge, so
+    /// the number of durations below `1 << k` µs is exact (what a
+    /// Prometheus histogram with power-of-two bounds needs).
+    pub fn buckets(&self) -> impl Iterator<Item = (std::ops::Range<u64>, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (Self::bucket_floor(b)..Self::bucket_floor(b + 1), c))
     }
 
     /// The `q` quantile (0..=1), in microseconds (the lower edge of its
@@ -190,6 +210,7 @@ impl Histogram {
             *a += b;
         }
         self.total += other.total;
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
         self.max_us = self.max_us.max(other.max_us);
     }
 }
@@ -229,5 +250,23 @@ mod tests {
         assert!((400..=500).contains(&p50), "{p50}");
         assert!((800..=990).contains(&p99), "{p99}");
         assert_eq!(h.count(), 1000);
+        assert_eq!(h.sum_us(), 500_500);
+        // The buckets tile the line and hold every duration once.
+        let mut next = 0;
+        let mut n = 0;
+        for (range, c) in h.buckets() {
+            assert_eq!(range.start, next);
+            assert!(range.end > range.start);
+            next = range.end;
+            n += c;
+        }
+        assert_eq!(n, 1000);
+        // Power-of-two edges: exactly the durations below 512 µs (1..=511).
+        let below: u64 = h
+            .buckets()
+            .filter(|(r, _)| r.end <= 512)
+            .map(|(_, c)| c)
+            .sum();
+        assert_eq!(below, 511);
     }
 }
