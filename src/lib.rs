@@ -61,8 +61,12 @@
 //! driven in virtual time by the simulator); [`net`] the sockets and the one
 //! tokio driver; [`Node`] the async API on top. With the feature `test-util`,
 //! `cachecast::testkit`: a loopback harness and a simulator that check the promise
-//! (one checker, one fault model) for your own tests.
+//! (one checker, one fault model) for your own tests. With the feature
+//! `moka`, `cachecast::moka` keeps a `moka::future::Cache` coherent from a
+//! [`Subscription`].
 
+#[cfg(feature = "moka")]
+pub mod moka;
 pub mod net;
 mod node;
 pub mod proto;
