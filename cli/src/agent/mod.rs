@@ -16,6 +16,7 @@ pub mod feed;
 pub mod http;
 pub mod metrics;
 pub mod sse;
+pub mod systemd;
 pub mod webhook;
 
 use std::path::PathBuf;
