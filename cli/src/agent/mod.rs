@@ -89,6 +89,9 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     });
 
     stop.arm();
+    // Under systemd with WatchdogSec=: pings from this runtime from now on.
+    let watchdog = systemd::spawn_watchdog();
+    systemd::status("joining the cluster");
     let node_config = config.node_config();
     tracing::info!(
         group = %node_config.group,
@@ -112,6 +115,13 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     );
     let webhooks = webhook::spawn_all(&config.webhooks, &feed, &metrics);
     tracing::info!(stream = %format_args!("{:016x}", node.stream()), "agent ready");
+    systemd::ready();
+    systemd::status(&format!(
+        "joined cluster {} as stream {:016x}; HTTP on {}",
+        config.node.cluster,
+        node.stream(),
+        config.http.listen
+    ));
     println!(
         "{}",
         serde_json::json!({
@@ -124,6 +134,7 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
 
     let reason = stop.wait().await;
     tracing::info!(%reason, "agent stopping");
+    systemd::stopping();
     let _ = stopping_tx.send(true);
     node.shutdown().await;
     // The subscription ends with the node: the feed closes, and consumers
@@ -141,6 +152,9 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
 }
 
