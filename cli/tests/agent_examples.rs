@@ -299,3 +299,22 @@ fn python_and_node_consumers_stay_coherent_resume_and_clear_on_reset() {
     a.run.signal(libc::SIGTERM);
     assert!(a.run.wait_exit().success());
 }
+
+/// The Python example's own unit tests (its SSE parser on line ends and
+/// splits the agent does not produce, its cache rules).
+#[test]
+fn python_consumer_unit_tests_pass() {
+    require_tools();
+    let child = Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_consumer"])
+        .current_dir(examples().join("python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(child);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    assert!(err.contains("Ran 3 tests"), "{err}");
+}
