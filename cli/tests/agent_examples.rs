@@ -8,10 +8,11 @@
 //! (`npm ci` in examples/agent/node) are required: without them this test
 //! fails, saying what is missing; it never skips.
 
+mod agent;
 mod process;
-use process::{finish, loopback, Running};
+use agent::{free_port, Net};
+use process::{finish, Running};
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -58,26 +59,6 @@ fn require_tools() {
     );
 }
 
-/// The network settings of `process::loopback` as the agent's environment.
-fn net_env() -> Vec<(String, String)> {
-    let flags = loopback(None);
-    flags
-        .chunks(2)
-        .map(|kv| {
-            let name = kv[0].trim_start_matches("--").to_uppercase();
-            (format!("CACHECAST_{name}"), kv[1].clone())
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running agent and what its ready line said.
 struct Agent {
     run: Running,
@@ -87,11 +68,11 @@ struct Agent {
 
 /// Starts `cachecast agent` with HTTP on 127.0.0.1:`port` and waits for
 /// its ready line.
-fn agent(port: u16, net: &[(String, String)]) -> Agent {
+fn agent(port: u16, net: &Net) -> Agent {
     let mut cmd = Command::new(BIN);
     cmd.arg("agent")
         .env_remove("CACHECAST_AGENT_CONFIG")
-        .envs(net.iter().map(|(k, v)| (k, v)))
+        .envs(net.env.iter().map(|(k, v)| (k, v)))
         .env("CACHECAST_HTTP_LISTEN", format!("127.0.0.1:{port}"))
         // Reconnect quickly: the test waits for the consumers to do so.
         .env("CACHECAST_SSE_RETRY", "100ms")
@@ -177,7 +158,7 @@ fn wait_for(c: &mut Running, what: &str, want: &Value) {
 #[test]
 fn python_and_node_consumers_stay_coherent_resume_and_clear_on_reset() {
     require_tools();
-    let net = net_env();
+    let net = Net::new();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let seeds = [
