@@ -507,9 +507,21 @@ mod tests {
                 .unwrap();
             router(st.clone()).oneshot(req)
         };
+        // SSE is served before the join (EventSource clients give up on a
+        // 503): it starts, with the retry hint first.
+        let resp = call("GET", "/v1/events").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut body = resp.into_body().into_data_stream();
+        let first = futures_util::StreamExt::next(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&first).starts_with("retry:"),
+            "{first:?}"
+        );
         for (method, path, want) in [
             ("POST", "/v1/invalidate", 503),
-            ("GET", "/v1/events", 503),
             ("GET", "/readyz", 503),
             ("GET", "/livez", 200),
             ("GET", "/v1/status", 200),

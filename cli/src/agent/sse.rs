@@ -42,8 +42,6 @@ struct Client {
     after: u64,
     hello: bool,
     reset: Option<Item>,
-    /// Disconnect after the pending reset (the client was too slow).
-    end_after_reset: bool,
     items: VecDeque<Arc<Item>>,
     filter: Option<Vec<String>>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -69,10 +67,14 @@ pub async fn events(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    if st.node.get().is_none() {
+    // Served before the join too: the feed exists from the start, and an
+    // EventSource gives up for good on any answer but 200, so a client
+    // reconnecting while a restarted agent joins must not get a 503. While
+    // stopping, a 503 is right: the agent is going away.
+    if *st.stopping.borrow() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not joined yet: the agent is joining the cluster".into(),
+            "the agent is stopping".into(),
         );
     }
     let filter = match q.prefix.as_deref() {
@@ -111,7 +113,6 @@ pub async fn events(
         after,
         hello: true,
         reset,
-        end_after_reset: false,
         items: VecDeque::new(),
         filter,
         stopping: st.stopping.clone(),
@@ -155,9 +156,6 @@ impl Client {
             );
         }
         if let Some(r) = self.reset.take() {
-            if self.end_after_reset {
-                self.done = true;
-            }
             return Some(sse_event(self.st.feed.epoch(), &r, &r.json));
         }
         loop {
