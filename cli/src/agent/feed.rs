@@ -69,6 +69,9 @@ pub struct Item {
     pub origin: Option<Origin>,
     /// The JSON object for SSE and webhooks (with the cursor as `id`).
     pub json: String,
+    /// When the item was built, i.e. reached the agent (apply latency is
+    /// measured from here).
+    pub at: std::time::Instant,
 }
 
 impl Item {
@@ -113,6 +116,7 @@ impl Item {
             action,
             origin,
             json,
+            at: std::time::Instant::now(),
         }
     }
 

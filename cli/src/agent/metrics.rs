@@ -134,6 +134,10 @@ pub struct Metrics {
     pub applied: Family<ApplierLabels, Counter>,
     pub apply_failed: Family<ApplierLabels, Counter>,
     pub apply_flushes: Family<ApplierLabels, Counter>,
+    /// What an applier did not send: custom events, and keys its server
+    /// cannot hold under that name (memcached: over 250 bytes, spaces,
+    /// control characters).
+    pub apply_skipped: Family<ApplierLabels, Counter>,
     /// 1 while the applier's server is reachable.
     pub applier_up: Family<ApplierLabels, Gauge>,
     /// Seconds from the delivery reaching the agent to the cache server
@@ -161,6 +165,7 @@ impl Metrics {
             applied: Family::default(),
             apply_failed: Family::default(),
             apply_flushes: Family::default(),
+            apply_skipped: Family::default(),
             applier_up: Family::default(),
             apply_latency: Family::new_with_constructor(latency_histogram),
             feed_buffered: Gauge::default(),
@@ -231,6 +236,11 @@ impl Metrics {
             "applier_flushes",
             "Flushes of a cache server",
             m.apply_flushes.clone(),
+        );
+        r.register(
+            "applier_skipped",
+            "Custom events and keys the cache server cannot hold, not sent",
+            m.apply_skipped.clone(),
         );
         r.register(
             "applier_up",
