@@ -17,6 +17,8 @@ pub mod http;
 pub mod metrics;
 pub mod sse;
 pub mod systemd;
+#[cfg(test)]
+pub mod testservers;
 pub mod webhook;
 
 use std::path::PathBuf;
