@@ -189,12 +189,17 @@ impl<B: Backend> Run<B> {
                     Ok(()) => online = true,
                     Err(e) => {
                         self.fail(&e);
-                        if self.feed.is_closed() {
+                        if feed_closed(&self.feed) {
                             tracing::warn!(kind, %target, error = %e,
                                 "applier: feed closed while the server is unreachable; giving up (the next start flushes)");
                             return;
                         }
-                        tokio::time::sleep(self.backoff).await;
+                        // Waits the back-off, or until the feed closes (a
+                        // stop): then one last try at once.
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.backoff) => {}
+                            _ = self.feed.wait(u64::MAX) => {}
+                        }
                         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                         continue;
                     }
@@ -350,6 +355,13 @@ impl<B: Backend> Run<B> {
             self.cursor = last.id;
         }
     }
+}
+
+/// True once `feed` is closed (no item will ever follow `u64::MAX`, so
+/// the wait ends only on close).
+fn feed_closed(feed: &Feed) -> bool {
+    use futures_util::FutureExt;
+    feed.wait(u64::MAX).now_or_never().is_some()
 }
 
 /// `f` within [`COMMAND_TIMEOUT`].

@@ -517,6 +517,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ends_when_the_feed_closes_even_with_the_server_down() {
+        let mut server = TestServer::redis();
+        let url = server.url();
+        server.stop();
+        let (feed, metrics) = (Feed::new(1, 1024), Arc::new(Metrics::new()));
+        let a = spawn(
+            cfg(&url, "", Flush::Db, true),
+            feed.clone(),
+            metrics.clone(),
+        );
+        // Back-off has grown to 3.2 s (after 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s).
+        until("retries", || async {
+            metrics_of(&metrics, &url).failed >= 6
+        })
+        .await;
+        assert!(!a.connected.load(Ordering::Relaxed));
+        feed.push(Action::Invalidate(vec!["k".into()]), None);
+        let closed = Instant::now();
+        feed.close();
+        // A stop does not wait out the back-off: one last try, then the
+        // task ends (the next start flushes).
+        tokio::time::timeout(Duration::from_secs(4), a.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            closed.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            closed.elapsed()
+        );
+        assert_eq!(metrics_of(&metrics, &url).applied, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cursor_that_fell_out_of_the_feed_flushes() {
         let server = TestServer::redis();
         let url = server.url();
