@@ -91,8 +91,19 @@ impl Agent {
     /// Kills it with SIGKILL (no Goodbye) and starts it again with the same
     /// config and port.
     pub fn kill_and_restart(mut self) -> Agent {
+        self.kill();
+        self.restart()
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait_exit();
+    }
+
+    /// Starts it again (after [`Agent::kill`]) with the same config and
+    /// port.
+    pub fn restart(mut self) -> Agent {
         let config = std::mem::take(&mut self.config);
         Self::start_with(&self.net, &self.name, config, self.port)
     }
