@@ -8,11 +8,18 @@
 #   scripts/bench.sh speed      `cachecast-bench`: cachecast against raw UDP
 #                               multicast on loopback (throughput, latency,
 #                               rate sweep); Redis and NATS with --peers
+#   scripts/bench.sh agent      `cachecast-bench agent`: the `cachecast agent`
+#                               daemon over HTTP on 127.0.0.1 (publish
+#                               throughput, POST on A -> SSE event and key
+#                               gone from Redis on B, RSS and CPU); starts
+#                               a redis-server for B like --peers (about
+#                               a minute; not part of all)
 #
 # Extra arguments after the benchmark name go to it (for all: to speed), e.g.
 #   scripts/bench.sh repair --receivers 200 --loss 0.05 --json
 #   scripts/bench.sh speed --mode throughput --events 300000 --plot sweep.svg
 #   scripts/bench.sh speed --help           (every option of the bench)
+#   scripts/bench.sh agent --duration 5s    (cachecast-bench agent --help)
 #
 #   --peers   (speed, all) also compare with Redis pub/sub and NATS: start
 #             redis-server and nats-server on 127.0.0.1 (free ports, no
@@ -25,15 +32,15 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stop-pids.sh
 . scripts/stop-pids.sh
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|all) what="$1"; shift ;;
+  repair|speed|agent|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -41,7 +48,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && [ "$what" = repair ]; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -208,8 +215,17 @@ speed() {
   run cargo run --quiet --release -p cachecast-bench -- ${args[@]+"${args[@]}"}
 }
 
+# The agent benchmark runs the real `cachecast` binary, found next to
+# cachecast-bench in target/release; B's Redis applier gets a server of its own.
+agent() {
+  cargo build --quiet --release -p cachecast-cli -p cachecast-bench
+  start_redis
+  run "${CARGO_TARGET_DIR:-target}/release/cachecast-bench" agent ${args[@]+"${args[@]}"}
+}
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
+  agent) agent ;;
   all) repair; speed ;;
 esac

@@ -14,6 +14,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
 }
 
+pub mod agent;
 pub mod cachecast_sys;
 pub mod common;
 pub mod peers;
@@ -962,7 +963,8 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
     Ok(())
 }
 
-fn us(v: f64) -> String {
+/// Microseconds, as µs below a millisecond and ms above.
+pub(crate) fn us(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.1}ms", v / 1000.0)
     } else {

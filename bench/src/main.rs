@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cachecast_bench::agent::AgentArgs;
 use cachecast_bench::{BenchArgs, SubArgs};
 
 /// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
@@ -30,6 +31,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
+    /// The `cachecast agent` daemon through its HTTP API: publish
+    /// throughput, end to end between two agents (SSE, Redis), memory and
+    /// CPU (scripts/bench.sh agent).
+    Agent(AgentArgs),
     /// One subscriber process of the bench (internal).
     #[command(hide = true)]
     Sub(SubArgs),
@@ -40,6 +45,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.sub {
         Some(Sub::Sub(args)) => cachecast_bench::run_sub(args),
+        Some(Sub::Agent(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::agent::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
         None => cachecast_bench::run(cli.bench)
             .await
             .map_err(|e| e.to_string()),

@@ -151,3 +151,18 @@ fn bad_options_are_clear_errors() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_agent_bench_names_a_missing_agent_binary_and_how_to_build_it() {
+    let out = Command::new(BIN)
+        .args(["agent", "--quiet", "--cachecast", "/nonexistent/cachecast"])
+        .output()
+        .expect("run cachecast-bench agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/cachecast")
+            && err.contains("cargo build --release -p cachecast-cli"),
+        "{err}"
+    );
+}
