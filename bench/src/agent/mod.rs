@@ -293,7 +293,7 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
         for p in &r.publish {
             writeln!(
                 out,
-                "{:>5} {:>10} {:>11} {:>16} {:>17} {:>13} {:>9} {:>8}",
+                "{:>5} {:>10} {:>11} {:>16} {:>17} {:>13} {:>9} {:>9} {:>8}",
                 p.connections,
                 p.batch,
                 si(p.requests as f64 / p.seconds),
@@ -301,6 +301,7 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
                 format!("{}..{}", si(p.slice_min_per_s), si(p.slice_max_per_s)),
                 format!("{:.2}ms", p.cpu_ms_per_k),
                 format!("{:.0}%", p.cpu_pct),
+                mib(p.rss_kib),
                 p.refused,
             )?;
         }
@@ -315,7 +316,7 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
         }
         writeln!(
             out,
-            "agent A's peak RSS after the publish runs: {}",
+            "agent RSS: at the end of each run; A's peak over the publish runs {}",
             mib(r.publish_peak_rss_kib)
         )?;
     }
@@ -333,6 +334,14 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
             "path", "p50", "p99", "p99.9", "max", "p99 spread", "seen", "missing"
         )?;
         let row = |out: &mut dyn Write, name: &str, l: &Latency| {
+            // Nothing seen: no latency to show.
+            let us = |v: f64| {
+                if l.received == 0 {
+                    "—".to_owned()
+                } else {
+                    us(v)
+                }
+            };
             writeln!(
                 out,
                 "{:<26} {:>8} {:>8} {:>8} {:>8} {:>15} {:>8} {:>8}",
@@ -341,7 +350,11 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
                 us(l.p99_us),
                 us(l.p999_us),
                 us(l.max_us),
-                format!("{}..{}", us(l.window_p99_min_us), us(l.window_p99_max_us)),
+                if l.received == 0 {
+                    "—".to_owned()
+                } else {
+                    format!("{}..{}", us(l.window_p99_min_us), us(l.window_p99_max_us))
+                },
                 l.received,
                 l.missing
             )

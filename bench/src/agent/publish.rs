@@ -36,6 +36,8 @@ pub struct PublishRun {
     pub cpu_ms_per_k: f64,
     /// Agent CPU over the run, % of one core.
     pub cpu_pct: f64,
+    /// The agent's resident memory at the end of the run, KiB.
+    pub rss_kib: u64,
     /// The first failure (a connection error or a status other than 202).
     pub error: Option<String>,
 }
@@ -162,6 +164,7 @@ pub fn run(agent: &Agent, connections: u16, batch: u16, time: Duration, max: u64
             cpu * 1e3 / (accepted as f64 / 1e3)
         },
         cpu_pct: cpu / seconds * 100.0,
+        rss_kib: agent.rss_kib(),
         error,
     }
 }
