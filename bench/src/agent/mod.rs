@@ -280,7 +280,7 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
         )?;
         writeln!(
             out,
-            "{:>5} {:>10} {:>11} {:>16} {:>17} {:>13} {:>9} {:>8}",
+            "{:>5} {:>10} {:>11} {:>16} {:>17} {:>13} {:>9} {:>9} {:>8}",
             "conns",
             "events/req",
             "requests/s",
@@ -288,6 +288,7 @@ fn print_tables(out: &mut impl Write, args: &AgentArgs, r: &AgentResults) -> std
             "spread",
             "agent CPU/1k",
             "agent CPU",
+            "agent RSS",
             "refused"
         )?;
         for p in &r.publish {
