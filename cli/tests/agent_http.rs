@@ -52,6 +52,38 @@ fn a_post_on_one_agent_reaches_the_sse_clients_of_both() {
     assert_eq!(kinds, ["prefix", "clear", "custom"]);
     assert_eq!(got[0].data["prefix"], "page:");
     assert_eq!(got[2].data["payload"], "AP8=");
+    // More keys than one datagram holds: split into consecutive events,
+    // every key delivered in order.
+    let many: Vec<String> = (0..300).map(|i| format!("bulk-key-{i:08}")).collect();
+    let (status, r) = a.post(&json!({ "keys": many }).to_string());
+    let n = r["events"].as_u64().unwrap();
+    assert!(status == 202 && n > 1, "{r}");
+    assert_eq!(
+        r["last_seq"].as_u64().unwrap() - r["first_seq"].as_u64().unwrap() + 1,
+        n
+    );
+    let got: Vec<String> = sb.take(n as usize).iter().flat_map(keys).collect();
+    assert_eq!(got, many);
+}
+
+/// A client that heard no event at all before its agent restarted still
+/// resumes with a cursor (the first, data-less event carries it), and so
+/// gets a `reset` for what was published while the agent was down.
+#[test]
+fn a_client_that_heard_nothing_before_a_restart_still_gets_a_reset() {
+    let net = Net::new();
+    let a = Agent::start(&net, "a", "");
+    let mut b = Agent::start(&net, "b", "");
+    let cursor = b.events(None).wait_id();
+    b.kill();
+    a.invalidate(&["while-b-was-down"]);
+    let b = b.restart();
+    let s = b.events(Some(&cursor));
+    let e = s.next().unwrap();
+    assert_eq!(
+        (e.event.as_str(), e.data["reason"].as_str()),
+        ("reset", Some("agent_restarted"))
+    );
 }
 
 #[test]
@@ -188,6 +220,8 @@ fn bad_requests_get_their_status_and_a_json_error() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 405);
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(v["error"].as_str().unwrap().contains("method"), "{v}");
     // Nothing of that was published.
     let (_, st) = a.get("/v1/status");
     let st: serde_json::Value = serde_json::from_str(&st).unwrap();

@@ -238,6 +238,9 @@ pub const ENV: &[(&str, &str, &str)] = &[
     ("CACHECAST_SSE_RETRY", "sse", "retry"),
 ];
 
+/// The fields of [`ENV`] that are integers.
+const INTEGER_FIELDS: &[&str] = &["ttl", "queue", "max_body", "max_keys", "buffer"];
+
 /// Largest config file read (a config is a few KiB).
 const MAX_FILE: u64 = 1 << 20;
 
@@ -268,9 +271,11 @@ impl Config {
             let toml::Value::Table(sect) = sect else {
                 return Err(format!("{origin}: `{section}` must be a table"));
             };
-            // Numbers stay numbers; anything else is a string.
-            let v = match value.parse::<i64>() {
-                Ok(n) if n >= 0 => toml::Value::Integer(n),
+            // Integer fields get an integer (or the string, for serde to
+            // refuse with the field's name); every other field a string,
+            // digits or not (a token, a cluster named 2024).
+            let v = match (INTEGER_FIELDS.contains(field), value.parse::<i64>()) {
+                (true, Ok(n)) => toml::Value::Integer(n),
                 _ => toml::Value::String(value.clone()),
             };
             sect.insert(field.to_string(), v);
@@ -294,6 +299,15 @@ impl Config {
     /// The checks serde cannot make.
     pub fn check(&self) -> Result<(), String> {
         let e = |field: &str, problem: String| Err(format!("{field}: {problem}"));
+        if !self.node.group.ip().is_multicast() {
+            return e(
+                "node.group",
+                format!("{} is not a multicast address", self.node.group.ip()),
+            );
+        }
+        if self.node.ttl > 255 {
+            return e("node.ttl", "at most 255".into());
+        }
         if self.node.interface.trim().is_empty() {
             return e(
                 "node.interface",
@@ -378,7 +392,10 @@ impl Config {
             if memcached_addr(&m.url).is_none() {
                 return e(
                     &format!("apply.memcached[{i}].url"),
-                    format!("not memcache://HOST:PORT or HOST:PORT: {:?}", m.url),
+                    format!(
+                        "not memcache://HOST:PORT or HOST:PORT with an IPv4 address or name: {:?}",
+                        m.url
+                    ),
                 );
             }
         }
@@ -422,7 +439,12 @@ pub fn memcached_addr(url: &str) -> Option<String> {
     let rest = url.strip_prefix("memcache://").unwrap_or(url);
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':')?;
-    if host.is_empty() || port.parse::<u16>().ok()? == 0 {
+    // The client connects over IPv4 (or a Unix socket) only.
+    if host.is_empty()
+        || host.contains(':')
+        || host.starts_with('[')
+        || port.parse::<u16>().ok()? == 0
+    {
         return None;
     }
     Some(rest.to_owned())
@@ -490,6 +512,21 @@ mod tests {
         );
         let err = load("[sse]\nkeepalive = \"soon\"\n", &[]).unwrap_err();
         assert!(err.contains("keepalive"), "{err}");
+        let c = load(
+            "",
+            &[
+                ("CACHECAST_CLUSTER", "2024"),
+                ("CACHECAST_HTTP_TOKEN", "12345678901234567890"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((c.node.cluster.as_str(), c.http.token.len()), ("2024", 20));
+        let err = load("[node]\ngroup = \"10.0.0.1:7467\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("node.group"), "{err}");
+        let err = load("[node]\nttl = 256\n", &[]).unwrap_err();
+        assert!(err.starts_with("node.ttl"), "{err}");
+        let err = load("[[apply.memcached]]\nurl = \"[::1]:11211\"\n", &[]).unwrap_err();
+        assert!(err.starts_with("apply.memcached[0].url"), "{err}");
         let err = load("", &[("CACHECAST_TTL", "many")]).unwrap_err();
         assert!(
             err.contains("CACHECAST_TTL") && err.contains("ttl"),

@@ -41,6 +41,8 @@ pub struct AppState {
     /// streams end with a final event.
     pub stopping: watch::Receiver<bool>,
     pub started: Instant,
+    /// The node's largest datagram: a long key list is split to fit.
+    pub max_datagram: usize,
 }
 
 /// The router, with the bearer-token check when a token is configured.
@@ -54,6 +56,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -101,7 +109,11 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 7235).
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case("bearer ").then_some(rest)
+        })
     else {
         return false;
     };
@@ -196,7 +208,12 @@ impl EventIn {
 }
 
 /// Parses and checks a request body into events.
-fn parse_events(headers: &HeaderMap, body: &[u8], max_keys: usize) -> Result<Vec<Event>, String> {
+fn parse_events(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_keys: usize,
+    max_datagram: usize,
+) -> Result<Vec<Event>, String> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -235,7 +252,19 @@ fn parse_events(headers: &HeaderMap, body: &[u8], max_keys: usize) -> Result<Vec
             "too many keys: {keys} in one request, at most {max_keys}"
         ));
     }
-    events.iter().map(|(at, e)| e.to_event(at)).collect()
+    let mut out = Vec::with_capacity(events.len());
+    for (at, e) in &events {
+        match e.to_event(at)? {
+            // A long list becomes several events (consecutive seqs), each
+            // fitting in one datagram.
+            Event::Invalidate { keys } => out.extend(
+                crate::send::pack_keys(keys, max_datagram)
+                    .map_err(|err| format!("{at}keys: {err}"))?,
+            ),
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// `POST /v1/invalidate`: publishes one event or a batch; 202 with the
@@ -271,7 +300,7 @@ async fn invalidate(
             "the agent is stopping".into(),
         );
     }
-    let events = match parse_events(&headers, &body, st.config.http.max_keys) {
+    let events = match parse_events(&headers, &body, st.config.http.max_keys, st.max_datagram) {
         Ok(ev) => ev,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
@@ -306,24 +335,24 @@ async fn invalidate(
 
 /// `GET /readyz`: 200 once joined and every applier connected.
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let mut not = Vec::new();
+    let mut reasons = Vec::new();
     if st.node.get().is_none() {
-        not.push("not joined yet".to_owned());
+        reasons.push("not joined yet".to_owned());
     }
     if *st.stopping.borrow() {
-        not.push("stopping".to_owned());
+        reasons.push("stopping".to_owned());
     }
     for (name, up) in st.appliers.get().into_iter().flatten() {
         if !up.load(Ordering::Relaxed) {
-            not.push(format!("{name}: not connected"));
+            reasons.push(format!("{name}: not connected"));
         }
     }
-    if not.is_empty() {
+    if reasons.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reasons": not })),
+            Json(json!({ "ready": false, "reasons": reasons })),
         )
             .into_response()
     }
@@ -410,7 +439,7 @@ mod tests {
         if !ct.is_empty() {
             h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
         }
-        parse_events(&h, body.as_bytes(), 5)
+        parse_events(&h, body.as_bytes(), 5, 1200)
     }
 
     #[test]
@@ -437,6 +466,22 @@ mod tests {
                 },
             ]
         );
+        // 200 keys of 20 bytes: more than one datagram's worth, split.
+        let many: Vec<String> = (0..200).map(|i| format!("key-{i:016}")).collect();
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, j.parse().unwrap());
+        let body = json!({ "keys": many }).to_string();
+        let ev = parse_events(&h, body.as_bytes(), 1000, 1200).unwrap();
+        assert!(ev.len() > 1, "{}", ev.len());
+        let mut back = Vec::new();
+        for e in &ev {
+            cachecast::wire::check_event(e, 1200).unwrap();
+            let Event::Invalidate { keys } = e else {
+                panic!()
+            };
+            back.extend(keys.iter().cloned());
+        }
+        assert_eq!(back, many);
         let long = "x".repeat(MAX_KEY_LEN + 1);
         for (ct, body, want) in [
             ("text/plain", r#"{"keys":["a"]}"#, "content type"),
@@ -497,6 +542,7 @@ mod tests {
             appliers: OnceLock::new(),
             stopping,
             started: Instant::now(),
+            max_datagram: 1200,
         });
         let call = |method: &str, path: &str| {
             let req = axum::http::Request::builder()

@@ -75,6 +75,7 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
         appliers: OnceLock::new(),
         stopping,
         started: Instant::now(),
+        max_datagram: config.node_config().protocol.max_datagram,
     });
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -27,8 +27,9 @@ use super::metrics::ReasonLabels;
 /// Items read from the feed at a time, per client.
 const READ_MAX: usize = 256;
 
+/// The query: other parameters (a cache-buster) are ignored, since an
+/// EventSource gives up for good on a 400.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     last_event_id: Option<String>,
     /// Comma-separated key prefixes: only events touching them (a reset
@@ -67,16 +68,9 @@ pub async fn events(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    // Served before the join too: the feed exists from the start, and an
-    // EventSource gives up for good on any answer but 200, so a client
-    // reconnecting while a restarted agent joins must not get a 503. While
-    // stopping, a 503 is right: the agent is going away.
-    if *st.stopping.borrow() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is stopping".into(),
-        );
-    }
+    // Served before the join and while stopping too: the feed exists from
+    // the start, and an EventSource gives up for good on any answer but
+    // 200. While stopping, the stream is the hello and the final event.
     let filter = match q.prefix.as_deref() {
         None => None,
         Some(p) => {
@@ -94,11 +88,12 @@ pub async fn events(
             Some(list)
         }
     };
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(q.last_event_id);
+    // A header that is there but not text is an unknown cursor (a reset),
+    // never "no cursor".
+    let last_id = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().unwrap_or("(not text)").to_owned()),
+        None => q.last_event_id,
+    };
     let feed = &st.feed;
     let (after, reset) = match last_id.as_deref().map(|id| feed.resume(id.trim())) {
         None => (feed.last(), None),
@@ -149,9 +144,13 @@ impl Client {
         if self.hello {
             self.hello = false;
             let epoch = self.st.feed.epoch();
+            // With the cursor of where it starts: a client that hears no
+            // event before the agent restarts still resumes with a cursor,
+            // and so gets the `reset` for what it missed meanwhile.
             return Some(
                 Event::default()
                     .retry(self.st.config.sse.retry)
+                    .id(cursor(epoch, self.after))
                     .comment(format!("cachecast agent, epoch {epoch:016x}")),
             );
         }

@@ -165,6 +165,9 @@ pub struct SseEvent {
 /// An SSE stream read by a thread of its own, event by event.
 pub struct Sse {
     rx: mpsc::Receiver<SseEvent>,
+    /// The last `id:` seen, with or without an event (the agent's first,
+    /// data-less event carries the starting cursor).
+    last_id: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Sse {
@@ -179,6 +182,8 @@ impl Sse {
         let resp = req.send().unwrap();
         assert_eq!(resp.status().as_u16(), 200, "GET {url}");
         let (tx, rx) = mpsc::channel();
+        let last_id = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = last_id.clone();
         std::thread::spawn(move || {
             let mut ev = SseEvent::default();
             let mut data = String::new();
@@ -201,7 +206,10 @@ impl Sse {
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
                     "event" => ev.event = value.to_owned(),
-                    "id" => ev.id = Some(value.to_owned()),
+                    "id" => {
+                        ev.id = Some(value.to_owned());
+                        *seen.lock().unwrap() = Some(value.to_owned());
+                    }
                     "data" => {
                         if !data.is_empty() {
                             data.push('\n');
@@ -212,7 +220,20 @@ impl Sse {
                 }
             }
         });
-        Sse { rx }
+        Sse { rx, last_id }
+    }
+
+    /// Waits for the first `id:` line (the agent's hello) and returns the
+    /// last one seen.
+    pub fn wait_id(&self) -> String {
+        let end = Instant::now() + LIMIT;
+        loop {
+            if let Some(id) = self.last_id.lock().unwrap().clone() {
+                return id;
+            }
+            assert!(Instant::now() < end, "no id: line within {LIMIT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The next event, within the limit; None if the stream ended.

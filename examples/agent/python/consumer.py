@@ -282,6 +282,12 @@ def follow(agent, cache, on_applied=None, on_status=None, last_event_id="",
                     last_event_id = ev.last_event_id
                     if info is not None and on_applied:
                         on_applied(info, ev)
+                # Every event of the chunk is applied: resume from the last
+                # id seen, also one without data (the agent's first event
+                # carries the starting cursor, so a client that heard
+                # nothing before a restart still gets its reset).
+                if parser.last_event_id:
+                    last_event_id = parser.last_event_id
                 if parser.retry_ms is not None:
                     retry_ms = parser.retry_ms
         except (OSError, http.client.HTTPException, ValueError) as e:

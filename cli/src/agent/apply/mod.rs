@@ -259,7 +259,7 @@ impl<B: Backend> Run<B> {
             // Everything pushed so far is covered by this flush; what comes
             // after is applied after it.
             self.cursor = self.cursor.max(self.feed.last());
-            timed(self.b.flush()).await?;
+            timed_long(self.b.flush()).await?;
             self.need_flush = false;
             self.metrics.apply_flushes.get_or_create(&self.labels).inc();
             tracing::info!(kind, %target, cursor = self.cursor, "applier: flushed");
@@ -319,16 +319,16 @@ impl<B: Backend> Run<B> {
                 }
                 Action::Prefix(p) => {
                     if B::PREFIX_FLUSHES {
-                        timed(self.b.flush()).await?;
+                        timed_long(self.b.flush()).await?;
                         self.metrics.apply_flushes.get_or_create(&self.labels).inc();
                     } else {
-                        timed(self.b.delete_prefix(p)).await?;
+                        timed_long(self.b.delete_prefix(p)).await?;
                     }
                     self.done(&items[i..i + 1]);
                     i += 1;
                 }
                 Action::Clear | Action::Reset { .. } => {
-                    timed(self.b.flush()).await?;
+                    timed_long(self.b.flush()).await?;
                     self.metrics.apply_flushes.get_or_create(&self.labels).inc();
                     self.done(&items[i..i + 1]);
                     i += 1;
@@ -365,6 +365,18 @@ fn feed_closed(feed: &Feed) -> bool {
 }
 
 /// `f` within [`COMMAND_TIMEOUT`].
+/// Flushes and prefix deletes walk the whole key space (SCAN) on a shared
+/// server: each round trip is bounded by the connection's own timeout, the
+/// whole walk by this.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn timed_long<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(SCAN_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("not done within {SCAN_TIMEOUT:?}")),
+    }
+}
+
 async fn timed<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
     match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
         Ok(r) => r,
