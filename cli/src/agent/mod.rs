@@ -37,8 +37,10 @@ use metrics::Metrics;
 /// How long a stop waits for webhooks and appliers to finish what they hold.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Run the local agent: applications on this host publish with
-/// `POST /v1/invalidate`, receive with `GET /v1/events` (Server-Sent
+/// Run the local agent: HTTP, Server-Sent Events, webhooks, and this
+/// host's Redis/memcached kept coherent.
+///
+/// Applications on this host publish with `POST /v1/invalidate`, receive with `GET /v1/events` (Server-Sent
 /// Events, resumable with Last-Event-ID) or webhooks, and the host's Redis
 /// and memcached are kept coherent by the agent itself. Watch it with
 /// `/metrics`, `/livez`, `/readyz`, `/v1/status`. See contrib/agent.toml
