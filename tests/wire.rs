@@ -1289,3 +1289,35 @@ fn data_overhead_is_an_upper_bound() {
         }
     }
 }
+
+/// Keys are packed by their exact encoded sizes: every event fits, in
+/// order, and each but the last is full (its successor's first key would
+/// not have fit in it).
+#[test]
+fn pack_keys_fills_each_datagram_and_keeps_the_order() {
+    let keys: Vec<String> = (0..5000)
+        .map(|i| "k".repeat(1 + (i * 37) % 300) + &i.to_string())
+        .collect();
+    let events = pack_keys(keys.clone(), 1200).unwrap();
+    let mut back = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let size = check_event(e, 1200).unwrap();
+        let Event::Invalidate { keys } = e else {
+            panic!("{e:?}")
+        };
+        if let Some(Event::Invalidate { keys: next }) = events.get(i + 1) {
+            let mut more = keys.clone();
+            more.push(next[0].clone());
+            let bigger = Event::Invalidate { keys: more };
+            assert!(
+                check_event(&bigger, 1200).is_err(),
+                "event {i} of {size} bytes was not full"
+            );
+        }
+        back.extend(keys.iter().cloned());
+    }
+    assert_eq!(back, keys);
+    let too_big = vec!["x".repeat(1200)];
+    assert!(pack_keys(too_big, 1200).is_err());
+    assert!(pack_keys(vec!["y".repeat(MAX_KEY_LEN + 1)], 64 * 1024).is_err());
+}

@@ -151,33 +151,15 @@ fn read_keys(input: impl BufRead) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-/// Packs keys into as few `Invalidate` events as fit in a datagram each.
+/// Packs keys into as few `Invalidate` events as fit in a datagram each
+/// ([`wire::pack_keys`]), the error as one line.
 pub fn pack_keys(keys: Vec<String>, max_datagram: usize) -> Result<Vec<Event>, String> {
-    let budget = max_datagram - wire::DATA_OVERHEAD;
-    let mut events = Vec::new();
-    let mut current: Vec<String> = Vec::new();
-    // Event tag + key count (varint) + per key: length (varint) + bytes.
-    let mut size = 1 + 3;
-    for key in keys {
-        let cost = key.len() + 3;
-        if !current.is_empty() && (size + cost > budget || current.len() == wire::MAX_KEYS) {
-            events.push(Event::Invalidate {
-                keys: std::mem::take(&mut current),
-            });
-            size = 1 + 3;
+    wire::pack_keys(keys, max_datagram).map_err(|e| match e {
+        wire::EventError::TooLarge { .. } => {
+            format!("a key does not fit in a {max_datagram}-byte datagram ({e})")
         }
-        if size + cost > budget {
-            return Err(format!(
-                "key {key:?} does not fit in a {max_datagram}-byte datagram"
-            ));
-        }
-        size += cost;
-        current.push(key);
-    }
-    if !current.is_empty() {
-        events.push(Event::Invalidate { keys: current });
-    }
-    Ok(events)
+        e => e.to_string(),
+    })
 }
 
 /// Runs `cachecast send`.

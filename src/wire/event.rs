@@ -67,6 +67,45 @@ pub fn check_event(event: &Event, max_datagram: usize) -> Result<usize, EventErr
     Ok(size)
 }
 
+/// Packs `keys` into as few `Invalidate` events as fit in a datagram of
+/// `max_datagram` each (and at most [`MAX_KEYS`] keys each), in order, by
+/// the events' exact encoded sizes. Fails on a key over [`MAX_KEY_LEN`],
+/// or one that does not fit in a datagram alone.
+pub fn pack_keys(keys: Vec<String>, max_datagram: usize) -> Result<Vec<Event>, EventError> {
+    use super::varint::varint_len;
+    let budget = max_datagram.saturating_sub(DATA_OVERHEAD);
+    // An event of `n` keys whose fields take `fields` bytes: its tag, the
+    // key count's varint, the fields.
+    let size = |n: usize, fields: usize| 1 + varint_len(n as u64) + fields;
+    let mut events = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut fields = 0;
+    for key in keys {
+        check_text(&key)?;
+        let cost = varint_len(key.len() as u64) + key.len();
+        if !current.is_empty()
+            && (size(current.len() + 1, fields + cost) > budget || current.len() == MAX_KEYS)
+        {
+            events.push(Event::Invalidate {
+                keys: std::mem::take(&mut current),
+            });
+            fields = 0;
+        }
+        if size(1, cost) > budget {
+            return Err(EventError::TooLarge {
+                size: size(1, cost),
+                max_datagram,
+            });
+        }
+        fields += cost;
+        current.push(key);
+    }
+    if !current.is_empty() {
+        events.push(Event::Invalidate { keys: current });
+    }
+    Ok(events)
+}
+
 /// An event of `size` encoded bytes fits in a datagram of `max_datagram`.
 pub fn check_size(size: usize, max_datagram: usize) -> Result<(), EventError> {
     if size + DATA_OVERHEAD > max_datagram {

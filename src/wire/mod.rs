@@ -141,7 +141,7 @@ mod varint;
 
 pub use batch::{EventBatch, MAX_BATCH};
 pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram};
-pub use event::{check_event, check_size, Event, EventError, EventTag};
+pub use event::{check_event, check_size, pack_keys, Event, EventError, EventTag};
 pub use header::{
     cluster_hash, decode_header, Header, FLAG_AUTH, FLAG_RECEIVE_ONLY, MAGIC, VERSION,
 };

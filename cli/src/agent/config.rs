@@ -279,8 +279,7 @@ impl Config {
                 _ => toml::Value::String(value.clone()),
             };
             sect.insert(field.to_string(), v);
-            overridden
-                .push(format!("{name} (node.{field})").replace("node.", &format!("{section}.")));
+            overridden.push(format!("{name} ({section}.{field})"));
         }
         let config: Config =
             toml::Value::Table(table)

@@ -42,12 +42,6 @@ impl Action {
             Action::Reset { .. } => "reset",
         }
     }
-
-    /// True when a cache must drop everything.
-    #[allow(dead_code)] // for the appliers
-    pub fn clears(&self) -> bool {
-        matches!(self, Action::Clear | Action::Reset { .. })
-    }
 }
 
 /// Where an event came from.
@@ -65,8 +59,6 @@ pub struct Item {
     /// `reset`, which takes the position it resumes after).
     pub id: u64,
     pub action: Action,
-    #[allow(dead_code)] // for consumers that want it
-    pub origin: Option<Origin>,
     /// The JSON object for SSE and webhooks (with the cursor as `id`).
     pub json: String,
     /// When the item was built, i.e. reached the agent (apply latency is
@@ -114,7 +106,6 @@ impl Item {
         Item {
             id,
             action,
-            origin,
             json,
             at: std::time::Instant::now(),
         }

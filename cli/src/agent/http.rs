@@ -258,7 +258,7 @@ fn parse_events(
             // A long list becomes several events (consecutive seqs), each
             // fitting in one datagram.
             Event::Invalidate { keys } => out.extend(
-                crate::send::pack_keys(keys, max_datagram)
+                cachecast::wire::pack_keys(keys, max_datagram)
                     .map_err(|err| format!("{at}keys: {err}"))?,
             ),
             other => out.push(other),

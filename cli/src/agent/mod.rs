@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod sse;
 pub mod systemd;
 #[cfg(test)]
+pub mod testprom;
+#[cfg(test)]
 pub mod testservers;
 pub mod webhook;
 

@@ -594,6 +594,16 @@ mod tests {
         l.local_addr().unwrap()
     }
 
+    /// The feed position in an object's cursor (`<epoch>:<n>`).
+    fn position(v: &Value) -> u64 {
+        let id = v["id"].as_str().expect("an id");
+        id.split_once(':')
+            .expect("a cursor")
+            .1
+            .parse()
+            .expect("a number")
+    }
+
     #[tokio::test]
     async fn deliveries_arrive_in_order_as_json_arrays_in_batches() {
         let (rx, addr, _server) = Receiver::start("127.0.0.1:0".parse().unwrap(), 0).await;
@@ -696,14 +706,7 @@ mod tests {
             "one reset for all the batches given up: {d:?}"
         );
         // After the reset: every item from the one after its cursor on, in order.
-        let after: u64 = first[0]["id"]
-            .as_str()
-            .unwrap()
-            .split_once(':')
-            .unwrap()
-            .1
-            .parse()
-            .unwrap();
+        let after: u64 = position(&first[0]);
         assert!(after >= 3, "3 batches were given up: {d:?}");
         assert_eq!(ids(&d), (after + 1..=last).collect::<Vec<u64>>());
         let l = labels(&cfg);
@@ -755,14 +758,7 @@ mod tests {
         assert_eq!(d[0][0]["type"], "reset", "{d:?}");
         assert_eq!(d[0][0]["reason"], REASON_GAVE_UP);
         assert_eq!(resets(&d).len(), 1);
-        let after: u64 = d[0][0]["id"]
-            .as_str()
-            .unwrap()
-            .split_once(':')
-            .unwrap()
-            .1
-            .parse()
-            .unwrap();
+        let after: u64 = position(&d[0][0]);
         assert!(after >= 3, "{d:?}");
         assert_eq!(ids(&d), (after + 1..=last).collect::<Vec<u64>>());
         feed.close();

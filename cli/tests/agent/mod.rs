@@ -254,15 +254,6 @@ impl Sse {
             })
             .collect()
     }
-
-    /// True if no event comes within `d` (for "nothing more" checks after
-    /// a condition that was waited for).
-    pub fn quiet_for(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        self.rx
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-            .is_err()
-    }
 }
 
 /// A webhook receiver: a real HTTP/1.1 server on 127.0.0.1 (a thread per
