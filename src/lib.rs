@@ -78,6 +78,9 @@ pub use net::socket::InterfaceSpec;
 pub use node::{JoinError, Node, NodeConfig, NodeStats, Receipt, Subscription, DEFAULT_GROUP};
 pub use proto::config::{ConfigError, CoreConfig};
 pub use proto::delivery::{Delivery, DeliveryRef, ResetReason};
+pub use proto::members::{
+    ConfirmReport, Liveness, Member, MemberRef, MemberStream, Staleness, StreamStaleness,
+};
 pub use proto::sender::PublishError;
 pub use proto::stats::{Histogram, Stats};
 pub use wire::{EncodedEvent, Event, EventBatch, EventRef};

@@ -38,7 +38,8 @@ use crate::net::driver::{Command, Driver, DriverStats, Hooks};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 use crate::proto::{
-    ConfigError, CoreConfig, Delivery, DeliveryRef, PublishError, ResetReason, Stats,
+    ConfigError, ConfirmReport, CoreConfig, Delivery, DeliveryRef, Member, PublishError,
+    ResetReason, Staleness, Stats,
 };
 use crate::wire::{self, Event, EventBatch};
 
@@ -322,6 +323,7 @@ impl Node {
             linger: config.linger,
             final_stats: final_stats.clone(),
             done: done_tx,
+            confirms: std::collections::HashMap::new(),
         };
         let task = tokio::spawn(driver.run());
         tokio::time::sleep_until(sync_deadline).await;
@@ -531,6 +533,104 @@ impl Node {
         tokio::select! {
             r = rx => r.unwrap_or_default(),
             _ = done.wait_for(|d| *d) => Vec::new(),
+        }
+    }
+
+    /// Awaits confirmation of what `receipt` (from a publish call of this
+    /// node) published: resolves when every member that was live at this
+    /// call has delivered those events, or a `Reset` after them, or has
+    /// left (`Goodbye`) or died (its lease expired), or at `timeout` with
+    /// the members still pending. Acknowledgements are asked for only while
+    /// a confirmation is awaited.
+    ///
+    /// ```no_run
+    /// # async fn f(node: cachecast::Node) -> Result<(), cachecast::PublishError> {
+    /// use std::time::Duration;
+    /// let receipt = node.invalidate(["user:42"]).await?;
+    /// let report = node.confirm(&receipt, Duration::from_secs(1)).await?;
+    /// if !report.is_complete() {
+    ///     eprintln!("not confirmed by: {:?}", report.pending);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`PublishError::Closed`] once the node has stopped.
+    pub async fn confirm(
+        &self,
+        receipt: &Receipt,
+        timeout: Duration,
+    ) -> Result<ConfirmReport, PublishError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Confirm {
+            seqs: receipt.seqs.clone(),
+            timeout,
+            reply,
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        let mut done = self.shared.done.clone();
+        tokio::select! {
+            r = rx => r.map_err(|_| PublishError::Closed),
+            _ = done.wait_for(|d| *d) => Err(PublishError::Closed),
+        }
+    }
+
+    /// Publishes `events` (as [`Node::publish_many`]) and awaits their
+    /// confirmation (as [`Node::confirm`]).
+    pub async fn publish_confirmed(
+        &self,
+        events: impl IntoIterator<Item = Event>,
+        timeout: Duration,
+    ) -> Result<ConfirmReport, PublishError> {
+        let receipt = self.publish_many(events).await?;
+        self.confirm(&receipt, timeout).await
+    }
+
+    /// Invalidates these keys everywhere and awaits confirmation (as
+    /// [`Node::confirm`]).
+    pub async fn invalidate_confirmed<I, S>(
+        &self,
+        keys: I,
+        timeout: Duration,
+    ) -> Result<ConfirmReport, PublishError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let receipt = self.invalidate(keys).await?;
+        self.confirm(&receipt, timeout).await
+    }
+
+    /// The membership view: this node first, then every member heard
+    /// (live, left or dead; those gone are kept for `member_forget`), with
+    /// how far each has delivered each stream; empty once the node has
+    /// stopped.
+    pub async fn members(&self) -> Vec<Member> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Members(tx)).await.is_err() {
+            return Vec::new();
+        }
+        let mut done = self.shared.done.clone();
+        tokio::select! {
+            r = rx => r.unwrap_or_default(),
+            _ = done.wait_for(|d| *d) => Vec::new(),
+        }
+    }
+
+    /// The staleness bound: per stream followed, the longest this node may
+    /// have been missing an event without knowing it; and whether it is cut
+    /// off. An application may refuse to serve from its cache while
+    /// [`Staleness::worst`] is over its tolerance. `None` once the node has
+    /// stopped.
+    pub async fn staleness(&self) -> Option<Staleness> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Staleness(tx)).await.ok()?;
+        let mut done = self.shared.done.clone();
+        tokio::select! {
+            r = rx => r.ok(),
+            _ = done.wait_for(|d| *d) => None,
         }
     }
 

@@ -162,9 +162,14 @@ fn a_far_future_heartbeat_does_not_block_the_events_that_follow() {
     rx.data(t, s, 1);
     // The bogus position.
     rx.heartbeat(t, s, 1 << 40, 1);
-    for _ in 0..400 {
+    for i in 0..400 {
         t += ms(10);
         rx.tick(t);
+        // The real stream stays alive meanwhile (an idle heartbeat a
+        // second): it is not a member that died.
+        if i % 100 == 99 {
+            rx.heartbeat(t, s, 2, 1);
+        }
     }
     assert_eq!(rx.resets(), 1, "{:?}", rx.got);
     rx.got.clear();

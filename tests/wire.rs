@@ -167,6 +167,25 @@ const GOLDEN_GOODBYE: &str = concat!(
     "fd0000000000010000",       // next_seq 1 << 40
 );
 
+const GOLDEN_ACK_REQUEST: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "07",                       // AckRequest
+    "fb2c01",                   // next_seq 300 (fb + u16 LE)
+    "02",                       // members: 2
+    "09",                       // stream 9
+    "fd0000000000010000",       // stream 1 << 40
+);
+const GOLDEN_REPORT: &str = concat!(
+    "434353540100fc44ad051707", // header, stream 7
+    "08",                       // Report
+    "066e6f64652d63",           // node "node-c"
+    "02",                       // positions: 2
+    "2a0700",                   // stream 42, delivered 7, reset_end 0
+    "fdffffffffffffffff",       // stream u64::MAX,
+    "fd0000000000010000",       //   delivered 1 << 40,
+    "05",                       //   reset_end 5
+);
+
 fn goldens() -> Vec<(Header, Body, &'static str)> {
     let big = Header::new(cluster(), 0x0102_0304_0506_0708);
     vec![
@@ -233,6 +252,33 @@ fn goldens() -> Vec<(Header, Body, &'static str)> {
             GOLDEN_UNAVAILABLE,
         ),
         (hdr(), Body::Goodbye { next_seq: 1 << 40 }, GOLDEN_GOODBYE),
+        (
+            hdr(),
+            Body::AckRequest {
+                next_seq: 300,
+                members: vec![9, 1 << 40],
+            },
+            GOLDEN_ACK_REQUEST,
+        ),
+        (
+            hdr(),
+            Body::Report {
+                node: "node-c".into(),
+                positions: vec![
+                    Position {
+                        stream: 42,
+                        delivered: 7,
+                        reset_end: 0,
+                    },
+                    Position {
+                        stream: u64::MAX,
+                        delivered: 1 << 40,
+                        reset_end: 5,
+                    },
+                ],
+            },
+            GOLDEN_REPORT,
+        ),
     ]
 }
 
@@ -749,7 +795,24 @@ fn body() -> impl Strategy<Value = Body> {
         }),
         (any::<u64>(), ranges()).prop_map(|(stream, ranges)| Body::Unavailable { stream, ranges }),
         seq().prop_map(|next_seq| Body::Goodbye { next_seq }),
+        (
+            seq(),
+            proptest::collection::vec(1..=u64::MAX, 0..=MAX_ACK_MEMBERS)
+        )
+            .prop_map(|(next_seq, members)| Body::AckRequest { next_seq, members }),
+        (text(16), proptest::collection::vec(position(), 0..=40))
+            .prop_map(|(node, positions)| Body::Report { node, positions }),
     ]
+}
+
+fn position() -> impl Strategy<Value = Position> {
+    (1..=u64::MAX, seq())
+        .prop_flat_map(|(stream, delivered)| (Just(stream), Just(delivered), 0..=delivered))
+        .prop_map(|(stream, delivered, reset_end)| Position {
+            stream,
+            delivered,
+            reset_end,
+        })
 }
 
 /// Events whose counts and lengths also take the wider varints.

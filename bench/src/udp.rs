@@ -151,7 +151,7 @@ pub fn subscribe(
             let now = mono_ns();
             for d in bufs.datagrams() {
                 rec.datagrams += 1;
-                for msg in d.chunks_exact(msg_len) {
+                for msg in d.1.chunks_exact(msg_len) {
                     rec.record(msg, now);
                 }
             }

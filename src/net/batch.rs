@@ -160,14 +160,15 @@ impl RecvBuffers {
         Ok(())
     }
 
-    /// Every datagram of the last receive, in order.
-    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+    /// Every datagram of the last receive, in order, with its source.
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.meta[..self.filled]
             .iter()
             .zip(self.storage.chunks(RECV_BUFFER_SIZE))
             .flat_map(|(m, buf)| {
                 let len = m.len.min(buf.len());
-                buf[..len].chunks(m.stride.max(1))
+                let addr = m.addr;
+                buf[..len].chunks(m.stride.max(1)).map(move |d| (addr, d))
             })
     }
 }

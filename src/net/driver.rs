@@ -34,6 +34,14 @@ pub(crate) enum Command {
     PublishEvents(Events),
     Stats(oneshot::Sender<DriverStats>),
     Streams(oneshot::Sender<Vec<crate::proto::StreamState>>),
+    /// Await confirmation of these seqs of the node's stream.
+    Confirm {
+        seqs: std::ops::Range<u64>,
+        timeout: Duration,
+        reply: oneshot::Sender<crate::proto::ConfirmReport>,
+    },
+    Members(oneshot::Sender<Vec<crate::proto::Member>>),
+    Staleness(oneshot::Sender<crate::proto::Staleness>),
     Shutdown,
 }
 
@@ -58,6 +66,8 @@ pub(crate) struct Driver {
     pub final_stats: Arc<Mutex<Option<DriverStats>>>,
     /// Set to true when the driver has stopped, after `final_stats`.
     pub done: watch::Sender<bool>,
+    /// Confirmations awaited, by the core's id.
+    pub confirms: std::collections::HashMap<u64, oneshot::Sender<crate::proto::ConfirmReport>>,
 }
 
 /// How long the driver stops reading for a subscription that does not
@@ -139,8 +149,8 @@ impl Driver {
                 r = self.socket.recv(&mut rx), if !pause => {
                     match r {
                         Ok(()) => {
-                            for d in rx.datagrams() {
-                                self.receive(d);
+                            for (from, d) in rx.datagrams() {
+                                self.receive(from, d);
                             }
                         }
                         Err(e) => {
@@ -258,6 +268,20 @@ impl Driver {
             Command::Streams(tx) => {
                 let _ = tx.send(self.core.stream_states());
             }
+            Command::Confirm {
+                seqs,
+                timeout,
+                reply,
+            } => {
+                let id = self.core.confirm(now, seqs, now + timeout);
+                self.confirms.insert(id, reply);
+            }
+            Command::Members(tx) => {
+                let _ = tx.send(self.core.members(now));
+            }
+            Command::Staleness(tx) => {
+                let _ = tx.send(self.core.staleness(now));
+            }
             Command::Shutdown => {
                 if linger_end.is_none() {
                     self.core.close(now);
@@ -270,13 +294,14 @@ impl Driver {
 
     /// A received datagram, to the protocol (through the test kit's
     /// faults, if it set them).
-    fn receive(&mut self, bytes: &[u8]) {
+    fn receive(&mut self, from: SocketAddr, bytes: &[u8]) {
         #[cfg(feature = "test-util")]
         if let Some(tap) = self.hooks.tap.as_mut() {
-            tap.receive(&mut self.core, bytes);
+            tap.receive(&mut self.core, from, bytes);
             return;
         }
-        self.core.handle_datagram(Self::now(), bytes);
+        self.core
+            .handle_datagram_from(Self::now(), Some(from), bytes);
     }
 
     /// Sends everything the core wants sent and hands deliveries out.
@@ -310,6 +335,15 @@ impl Driver {
             tap.handing(&batch, now);
         }
         self.deliveries.push(batch);
+        while let Some((id, report)) = self.core.poll_confirmation() {
+            #[cfg(feature = "test-util")]
+            if let Some(tap) = self.hooks.tap.as_ref() {
+                tap.confirmed(&report);
+            }
+            if let Some(reply) = self.confirms.remove(&id) {
+                let _ = reply.send(report);
+            }
+        }
     }
 }
 

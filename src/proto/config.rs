@@ -95,6 +95,31 @@ pub struct CoreConfig {
     /// evicts on delivery evicts on the publishing server as well. Default
     /// true.
     pub deliver_own: bool,
+    /// A member not heard for this long is dead (every node sends at least
+    /// a heartbeat per `heartbeat_idle`): confirmations stop waiting for
+    /// it, and a node that hears no member at all for this long knows it is
+    /// cut off. Default 3 s.
+    pub lease: Duration,
+    /// Every node reports how far it has delivered each stream about this
+    /// often (jittered by ±25 %), only what changed plus a few unchanged
+    /// positions in turn. Default 1 s.
+    pub report_interval: Duration,
+    /// A member answers an `AckRequest` after a random delay up to this,
+    /// once it has delivered what was asked for, coalescing its answers.
+    /// Default 500 µs.
+    pub ack_delay: Duration,
+    /// A confirmation asks again, the members that have not answered,
+    /// after this; doubling up to 16 times it. Default 20 ms.
+    pub ack_retry: Duration,
+    /// Most members kept in the view; past it, members that left or died
+    /// are forgotten first. Default 4096.
+    pub max_members: usize,
+    /// Members that left or died stay in the view this long. Default 60 s.
+    pub member_forget: Duration,
+    /// Stability: when every live member has reported delivering this
+    /// node's stream up to a seq, events below it leave the retransmit
+    /// ring. Default true.
+    pub stability: bool,
 }
 
 impl Default for CoreConfig {
@@ -127,6 +152,13 @@ impl Default for CoreConfig {
             max_ended: 1024,
             receive_only: false,
             deliver_own: true,
+            lease: Duration::from_secs(3),
+            report_interval: Duration::from_secs(1),
+            ack_delay: Duration::from_micros(500),
+            ack_retry: Duration::from_millis(20),
+            max_members: 4096,
+            member_forget: Duration::from_secs(60),
+            stability: true,
         }
     }
 }
@@ -227,6 +259,21 @@ impl CoreConfig {
                     self.max_datagram
                 ),
             ));
+        }
+        if self.lease < self.heartbeat_idle * 2 {
+            return Err(ConfigError::new(
+                "lease",
+                "must be at least twice heartbeat_idle, or live members expire",
+            ));
+        }
+        if self.report_interval.is_zero() || self.ack_retry.is_zero() {
+            return Err(ConfigError::new(
+                "report_interval/ack_retry",
+                "must be above zero",
+            ));
+        }
+        if self.max_members == 0 {
+            return Err(ConfigError::new("max_members", "must be at least 1"));
         }
         if self.max_streams == 0 || self.max_gaps == 0 {
             return Err(ConfigError::new(

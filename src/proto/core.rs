@@ -21,19 +21,27 @@
 //! parameter, randomness comes from `CoreConfig::seed`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::proto::config::{ConfigError, CoreConfig};
 use crate::proto::delivery::{Delivery, Output, ResetReason};
+use crate::proto::members::{
+    ConfirmReport, Liveness, Member, MemberStream, Members, Staleness, StreamStaleness,
+};
 use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
 use crate::proto::timers::{Timer, TimerTable};
-use crate::wire::{self, Body, EncodedEvent, Event, Header, SeqRange};
+use crate::wire::{self, Body, EncodedEvent, Event, Header, Position, SeqRange};
+
+/// Unchanged positions a periodic `Report` adds, in turn, to what changed.
+const REFRESH: usize = 8;
 
 /// Unsent events past which a node takes no more publishes (see
 /// [`NodeCore::accepts_publishes`]): as many as one `EventBatch` holds.
@@ -70,6 +78,9 @@ pub struct StreamState {
     pub gaps: Vec<SeqRange>,
     /// When anything of the stream was last heard.
     pub last_heard: Instant,
+    /// The staleness bound: how long this node may have been missing an
+    /// event of the stream without knowing it (at the snapshot).
+    pub staleness: Duration,
 }
 
 /// One node's protocol state machine. See the module docs for the drive loop.
@@ -78,6 +89,8 @@ pub struct NodeCore {
     cfg: CoreConfig,
     header: Header,
     rng: SmallRng,
+    /// Membership's randomness (report jitter, acknowledgement delays).
+    member_rng: SmallRng,
     /// When the join's sync window ends (a deadline, not a timer: nothing
     /// happens at it, it only changes how new streams are placed).
     sync_until: Instant,
@@ -100,6 +113,17 @@ pub struct NodeCore {
     stats: Stats,
     /// This node's name, for the deliveries of its own events.
     own_name: Arc<str>,
+    /// The membership view, confirmations, acknowledgements owed.
+    members: Members,
+    /// Streams that timed out here, with the position their `Reset`
+    /// covered, so that members' reports of them do not bring them back
+    /// (bounded by `max_ended`, oldest forgotten first).
+    timed_out: HashMap<u64, u64>,
+    timed_out_order: VecDeque<u64>,
+    /// When the next `AckRequest` of the confirmations goes out.
+    next_ask: Option<Instant>,
+    /// The latest `now` passed in (for snapshots).
+    last_now: Instant,
 }
 
 impl NodeCore {
@@ -111,10 +135,17 @@ impl NodeCore {
         timers.set(Timer::Hello, now);
         timers.set(Timer::Sweep, now + cfg.stream_timeout / 20);
         timers.set(Timer::Heartbeat, now + cfg.heartbeat_idle);
+        timers.set(Timer::Members, now + cfg.lease / 4);
+        // Membership draws from its own RNG, so that it leaves the
+        // protocol's random choices (back-offs, jitter) as they were.
+        let mut member_rng = SmallRng::seed_from_u64(cfg.seed ^ 0x6d65_6d62_6572_7321);
+        let first_report = jitter(&mut member_rng, cfg.report_interval);
+        timers.set(Timer::Report, now + first_report);
         Ok(NodeCore {
             header: cfg.header(),
             own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
+            member_rng,
             sync_until: now + cfg.sync_window,
             hellos_left: cfg.hello_count,
             timers,
@@ -127,6 +158,11 @@ impl NodeCore {
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: Stats::default(),
+            members: Members::default(),
+            timed_out: HashMap::new(),
+            timed_out_order: VecDeque::new(),
+            next_ask: None,
+            last_now: now,
             cfg,
         })
     }
@@ -162,6 +198,7 @@ impl NodeCore {
             known_end: r.known_end(),
             gaps: r.gaps().iter().map(|(start, g)| (start, g.end)).collect(),
             last_heard: r.last_heard(),
+            staleness: r.staleness(self.last_now),
         })
     }
 
@@ -181,6 +218,11 @@ impl NodeCore {
         let mut s = self.stats.clone();
         s.open_gaps = self.open_gaps() as u64;
         s.streams = self.streams.len() as u64;
+        s.ring_bytes = self.sender.ring_bytes() as u64;
+        s.members_live = self.members.live() as u64;
+        let st = self.staleness(self.last_now);
+        s.staleness_ms = st.worst.as_millis() as u64;
+        s.isolated = st.isolated as u64;
         s
     }
 
@@ -295,6 +337,13 @@ impl NodeCore {
     /// Feeds one received datagram. Anything that fails to decode or
     /// validate is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        self.handle_datagram_from(now, None, bytes);
+    }
+
+    /// [`NodeCore::handle_datagram`], with the address it came from (for
+    /// the membership view).
+    pub fn handle_datagram_from(&mut self, now: Instant, addr: Option<SocketAddr>, bytes: &[u8]) {
+        self.last_now = now;
         self.stats.datagrams_received += 1;
         // The header first: this node's own traffic (multicast loops back)
         // is ignored before its body is decoded.
@@ -317,11 +366,32 @@ impl NodeCore {
             }
         };
         let from = dgram.header.stream;
-        if dgram.header.receive_only() {
+        let resets_before = self.stats.resets_total();
+        let receive_only = dgram.header.receive_only();
+        if let Some(silent) =
+            self.members
+                .heard(now, from, addr, receive_only, self.cfg.max_members)
+        {
+            // Cut off for longer than the lease: streams may have begun and
+            // ended unheard meanwhile. Nothing proves otherwise: Reset.
+            let mut sink = sink!(self);
+            sink.reset(ResetReason::Isolated {
+                silent_ms: silent.as_millis() as u64,
+            });
+        }
+        match &dgram.body {
+            Body::Hello { node } | Body::Heartbeat { node, .. } | Body::Report { node, .. } => {
+                self.members.named(from, node)
+            }
+            Body::Goodbye { .. } => self.members.left(now, from),
+            _ => {}
+        }
+        if receive_only {
             self.handle_receive_only(now, from, dgram.body);
+            self.after_resets(resets_before);
+            self.check_acks(now);
             return;
         }
-        let resets_before = self.stats.resets_total();
         let sync_until = self.sync_until;
         let mut sink = sink!(self);
         let streams = &mut self.streams;
@@ -332,6 +402,7 @@ impl NodeCore {
             Body::Nak { stream, .. } => Some(*stream),
             _ => None,
         };
+        let mut report = None;
         // The receiver of the datagram's sender (created if new), placed at
         // `pos` when the datagram tells its position.
         macro_rules! sender_of {
@@ -392,15 +463,35 @@ impl NodeCore {
                 if let Some(r) = sender_of!(Some(next_seq)) {
                     r.set_node(&node);
                     r.on_position(now, next_seq, Some(oldest), &mut sink);
+                    r.learned_position(now);
                 }
             }
             Body::Goodbye { next_seq } => {
                 if let Some(r) = sender_of!(Some(next_seq)) {
                     r.on_goodbye(now, next_seq, &mut sink);
+                    r.learned_position(now);
                 }
             }
+            Body::AckRequest { next_seq, members } => {
+                if let Some(r) = sender_of!(Some(next_seq)) {
+                    r.on_position(now, next_seq, None, &mut sink);
+                    r.learned_position(now);
+                }
+                if members.is_empty() || members.contains(&self.cfg.stream) {
+                    let want = self.members.ack_wanted.entry(from).or_insert(0);
+                    *want = (*want).max(next_seq);
+                }
+            }
+            Body::Report { positions, .. } => {
+                sender_of!(None);
+                report = Some(positions);
+            }
+        }
+        if let Some(positions) = report {
+            self.on_report(now, from, &positions);
         }
         self.after_resets(resets_before);
+        self.check_acks(now);
         self.schedule(from);
         if let Some(target) = nak_target {
             self.schedule(target);
@@ -432,6 +523,7 @@ impl NodeCore {
                 self.schedule(stream);
             }
             Body::Heartbeat { .. } => self.stats.receive_only_heard += 1,
+            Body::Report { positions, .. } => self.on_report(now, from, &positions),
             Body::Goodbye { .. } => {
                 self.stats.receive_only_heard += 1;
                 tracing::debug!(
@@ -441,7 +533,10 @@ impl NodeCore {
             }
             // Events or repairs from a node that says it never publishes:
             // malformed (or forged), never trusted.
-            Body::Data { .. } | Body::Repair { .. } | Body::Unavailable { .. } => {
+            Body::Data { .. }
+            | Body::Repair { .. }
+            | Body::Unavailable { .. }
+            | Body::AckRequest { .. } => {
                 self.stats.drop("receive_only_data");
             }
         }
@@ -477,7 +572,19 @@ impl NodeCore {
 
     fn retire_if_finished(&mut self, stream: u64) {
         if self.streams.get(&stream).is_some_and(|r| r.is_finished()) {
-            self.streams.remove(&stream);
+            if let Some(r) = self.streams.remove(&stream) {
+                // Still reported for a while: a member that missed the
+                // whole stream (cut off meanwhile) learns of it.
+                self.members.reported.remove(&stream);
+                self.members.ended.push_back((
+                    Position {
+                        stream,
+                        delivered: r.next_expected(),
+                        reset_end: r.reset_end(),
+                    },
+                    self.last_now,
+                ));
+            }
             tracing::debug!(
                 stream = format_args!("{stream:016x}"),
                 "stream ended (Goodbye)"
@@ -496,6 +603,8 @@ impl NodeCore {
 
     /// Acts on everything due at `now`: hellos, heartbeats, gaps, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        self.membership_timeout(now);
         // A held (paced) datagram may go on the next poll_transmit.
         self.timers.take_due(Timer::Pace, now);
         if self.timers.take_due(Timer::Hello, now) && self.hellos_left > 0 {
@@ -551,6 +660,15 @@ impl NodeCore {
                     tracing::debug!(stream = format_args!("{s:016x}"), "stream timed out");
                     sink.stats.streams_timed_out += 1;
                     r.time_out(&mut sink);
+                    // The Reset covers everything the stream sent so far.
+                    self.timed_out.insert(s, r.known_end());
+                    self.timed_out_order.push_back(s);
+                    self.members.reported.remove(&s);
+                    while self.timed_out_order.len() > self.cfg.max_ended {
+                        if let Some(old) = self.timed_out_order.pop_front() {
+                            self.timed_out.remove(&old);
+                        }
+                    }
                 }
             }
             self.evicted.sweep(now, &mut sink);
@@ -562,6 +680,434 @@ impl NodeCore {
         }
         for s in finished {
             self.retire_if_finished(s);
+        }
+        self.check_acks(now);
+    }
+
+    /// A member's `Report`: its positions update the view (and this
+    /// node's confirmations and ring); a stream it reports further on than
+    /// this node knows, or that this node never heard, is a gap to repair
+    /// from the stream's origin (a `Reset` if the origin is gone).
+    fn on_report(&mut self, now: Instant, from: u64, positions: &[Position]) {
+        self.stats.reports_received += 1;
+        let me = self.cfg.stream;
+        if self
+            .members
+            .report(now, from, positions, me, self.cfg.max_streams)
+        {
+            self.stabilize();
+        }
+        let in_sync = now < self.sync_until;
+        let mut touched = Vec::new();
+        let mut sink = sink!(self);
+        for p in positions {
+            if p.stream == me || self.ended_set.contains(&p.stream) {
+                continue;
+            }
+            match self.streams.get_mut(&p.stream) {
+                Some(r) => {
+                    if p.delivered > r.known_end() && r.is_placed() {
+                        sink.stats.positions_learned += 1;
+                        r.on_position(now, p.delivered, None, &mut sink);
+                        touched.push(p.stream);
+                    }
+                }
+                None => {
+                    let covered = self.timed_out.get(&p.stream).copied();
+                    if covered.is_some_and(|c| p.delivered <= c)
+                        || self.streams.len() >= self.cfg.max_streams
+                    {
+                        continue;
+                    }
+                    // Never heard (or not since its Reset): followed from
+                    // where nothing is known to be covered. During the
+                    // sync window nothing before the join matters.
+                    let start = if in_sync {
+                        p.delivered
+                    } else {
+                        covered.unwrap_or(1)
+                    };
+                    tracing::debug!(
+                        stream = format_args!("{:016x}", p.stream),
+                        from = format_args!("{from:016x}"),
+                        delivered = p.delivered,
+                        "stream learned from a member's report"
+                    );
+                    let mut r = StreamReceiver::new(p.stream, Some(start), now);
+                    if let Some(name) = self.members.name(p.stream) {
+                        r.set_node(&name);
+                    }
+                    r.on_position(now, p.delivered, None, &mut sink);
+                    sink.stats.streams_learned += 1;
+                    self.streams.insert(p.stream, r);
+                    sink.stats.streams = self.streams.len() as u64;
+                    touched.push(p.stream);
+                }
+            }
+        }
+        for s in touched {
+            self.schedule(s);
+        }
+    }
+
+    /// Stability: drops from the ring what every live member has.
+    fn stabilize(&mut self) {
+        if !self.cfg.stability {
+            return;
+        }
+        if let Some(p) = self.members.stable(self.cfg.stream) {
+            self.stats.ring_trimmed += self.sender.trim_below(p) as u64;
+        }
+    }
+
+    /// Acknowledgements owed whose streams are now delivered far enough
+    /// become ready; they go out after a random delay, together.
+    fn check_acks(&mut self, now: Instant) {
+        if self.members.ack_wanted.is_empty() {
+            return;
+        }
+        let streams = &self.streams;
+        let ended = &self.members.ended;
+        let mut ready = Vec::new();
+        self.members.ack_wanted.retain(|s, want| {
+            let have = match streams.get(s) {
+                Some(r) => r.next_expected(),
+                None => ended
+                    .iter()
+                    .find(|(p, _)| p.stream == *s)
+                    .map_or(0, |(p, _)| p.delivered),
+            };
+            if have >= *want {
+                ready.push(*s);
+                false
+            } else {
+                true
+            }
+        });
+        if ready.is_empty() {
+            return;
+        }
+        for s in ready {
+            if !self.members.ack_ready.contains(&s) {
+                self.members.ack_ready.push(s);
+            }
+        }
+        if self.timers.get(Timer::Ack).is_none() {
+            let max = self.cfg.ack_delay.as_micros() as u64;
+            let delay = if max == 0 {
+                0
+            } else {
+                self.member_rng.gen_range(0..=max)
+            };
+            self.timers
+                .set(Timer::Ack, now + Duration::from_micros(delay));
+        }
+    }
+
+    /// This node's position in `stream`, if it follows it (or did until
+    /// its `Goodbye`).
+    fn position_of(&self, stream: u64) -> Option<Position> {
+        match self.streams.get(&stream) {
+            Some(r) => Some(Position {
+                stream,
+                delivered: r.next_expected(),
+                reset_end: r.reset_end(),
+            }),
+            None => self
+                .members
+                .ended
+                .iter()
+                .find(|(p, _)| p.stream == stream)
+                .map(|(p, _)| *p),
+        }
+    }
+
+    /// Queues a `Report`: the acknowledgements owed, then what changed
+    /// since the last report, then (periodic ones) streams that ended
+    /// lately and a few unchanged positions in turn; at most what fits one
+    /// datagram. Nothing when there is nothing to say.
+    fn send_report(&mut self, periodic: bool) {
+        let cap = ((self.cfg.max_datagram.saturating_sub(100)) / 28).clamp(1, wire::MAX_POSITIONS);
+        let mut positions: Vec<Position> = Vec::new();
+        let mut seen = HashSet::new();
+        let acks = std::mem::take(&mut self.members.ack_ready);
+        for s in acks {
+            if positions.len() < cap && seen.insert(s) {
+                if let Some(p) = self.position_of(s) {
+                    positions.push(p);
+                }
+            } else if positions.len() >= cap {
+                // The rest go in the next report, soon.
+                self.members.ack_ready.push(s);
+            }
+        }
+        let mut ids: Vec<u64> = self.streams.keys().copied().collect();
+        ids.sort_unstable();
+        for &s in &ids {
+            if positions.len() >= cap {
+                break;
+            }
+            let r = &self.streams[&s];
+            if !r.is_placed() {
+                continue;
+            }
+            if self.members.reported.get(&s) != Some(&r.next_expected()) && seen.insert(s) {
+                positions.extend(self.position_of(s));
+            }
+        }
+        if periodic {
+            let ended: Vec<Position> = self.members.ended.iter().map(|(p, _)| *p).collect();
+            for p in ended {
+                if positions.len() >= cap {
+                    break;
+                }
+                if seen.insert(p.stream) {
+                    positions.push(p);
+                }
+            }
+            // A few unchanged positions, in turn, so that every member
+            // eventually hears every position, lost reports included.
+            let from = self.members.refresh_from;
+            let mut added = 0;
+            let order = ids
+                .iter()
+                .filter(|s| **s > from)
+                .chain(ids.iter().filter(|s| **s <= from));
+            for &s in order {
+                if added >= REFRESH || positions.len() >= cap {
+                    break;
+                }
+                if self.streams[&s].is_placed() && seen.insert(s) {
+                    positions.extend(self.position_of(s));
+                    self.members.refresh_from = s;
+                    added += 1;
+                }
+            }
+        }
+        if positions.is_empty() {
+            return;
+        }
+        for p in &positions {
+            if self.streams.contains_key(&p.stream) {
+                self.members.reported.insert(p.stream, p.delivered);
+            }
+        }
+        self.stats.reports_sent += 1;
+        self.out.push_back(Body::Report {
+            node: self.cfg.node_name.clone(),
+            positions,
+        });
+    }
+
+    /// Reports, acknowledgements, confirmations and leases that are due.
+    fn membership_timeout(&mut self, now: Instant) {
+        if self.timers.take_due(Timer::Ack, now) {
+            self.send_report(false);
+        }
+        if self.timers.is_due(Timer::Report, now) {
+            let next = jitter(&mut self.member_rng, self.cfg.report_interval);
+            self.timers.set(Timer::Report, now + next);
+            let keep = self.cfg.stream_timeout;
+            while self
+                .members
+                .ended
+                .front()
+                .is_some_and(|(_, at)| *at + keep <= now)
+            {
+                self.members.ended.pop_front();
+            }
+            self.send_report(true);
+        }
+        if self.timers.is_due(Timer::Members, now) {
+            self.timers.set(Timer::Members, now + self.cfg.lease / 4);
+            self.members
+                .tick(now, self.cfg.lease, self.cfg.member_forget);
+            self.stabilize();
+        }
+        if self.timers.is_due(Timer::Confirm, now) {
+            self.members.finish(now);
+            if self.next_ask.is_some_and(|t| t <= now) {
+                self.ask(now);
+            }
+            self.arm_confirm();
+        }
+        self.collect_confirmations();
+    }
+
+    /// Queues an `AckRequest` for what the confirmations wait for, naming
+    /// the members that have not answered (every member, if too many).
+    fn ask(&mut self, now: Instant) {
+        let waiting = self.members.unanswered();
+        if waiting.is_empty() {
+            self.next_ask = None;
+            return;
+        }
+        let members = if waiting.len() <= wire::MAX_ACK_MEMBERS && self.members.ask_tries > 0 {
+            waiting
+        } else {
+            Vec::new()
+        };
+        self.stats.ack_requests_sent += 1;
+        self.out.push_back(Body::AckRequest {
+            next_seq: self.sender.sent_end().max(1),
+            members,
+        });
+        let exp = self.members.ask_tries.min(4);
+        self.members.ask_tries += 1;
+        self.next_ask = Some(now + self.cfg.ack_retry * (1u32 << exp));
+    }
+
+    /// Sets the confirmation timer: the next ask or deadline.
+    fn arm_confirm(&mut self) {
+        if !self.members.confirming() {
+            self.next_ask = None;
+            self.timers.stop(Timer::Confirm);
+            return;
+        }
+        let at = match (self.next_ask, self.members.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match at {
+            Some(t) => self.timers.set(Timer::Confirm, t),
+            None => self.timers.stop(Timer::Confirm),
+        }
+    }
+
+    /// Counts confirmations that ended.
+    fn collect_confirmations(&mut self) {
+        // (Outcomes stay queued for poll_confirmation; the timer is rearmed
+        // when the last one resolves.)
+        if !self.members.confirming() {
+            self.next_ask = None;
+            self.timers.stop(Timer::Confirm);
+        }
+    }
+
+    /// Awaits confirmation of `seqs` of this node's stream (a publish's
+    /// [`Receipt`](crate::Receipt)): every member live now must deliver
+    /// them (or a `Reset` after them), or leave, or die, by `deadline`.
+    /// Sends what is published at once, then an `AckRequest`. The outcome
+    /// comes from [`NodeCore::poll_confirmation`] with the returned id.
+    pub fn confirm(&mut self, now: Instant, seqs: Range<u64>, deadline: Instant) -> u64 {
+        self.last_now = now;
+        if self.sender.has_batch() {
+            let queued = self.out.len();
+            self.sender.flush(now, &mut self.out, &mut self.timers);
+            self.deliver_own(queued);
+        }
+        let id = self.members.confirm(now, seqs, deadline, self.cfg.stream);
+        if self.members.confirming() {
+            self.members.ask_tries = 0;
+            self.ask(now);
+        }
+        self.arm_confirm();
+        id
+    }
+
+    /// The outcome of a confirmation started by [`NodeCore::confirm`], once
+    /// it is known. Call after every input.
+    pub fn poll_confirmation(&mut self) -> Option<(u64, ConfirmReport)> {
+        let (id, mut report) = self.members.poll_done()?;
+        report.stream = self.cfg.stream;
+        if report.is_complete() {
+            self.stats.confirmations_complete += 1;
+        } else {
+            self.stats.confirmations_incomplete += 1;
+        }
+        if !self.members.confirming() {
+            self.next_ask = None;
+            self.timers.stop(Timer::Confirm);
+        }
+        Some((id, report))
+    }
+
+    /// The membership view at `now`: this node first, then every member
+    /// heard (live, left or dead), in stream order.
+    pub fn members(&self, now: Instant) -> Vec<Member> {
+        let me = self.cfg.stream;
+        let end_of = |s: u64| {
+            if s == me {
+                Some(self.sender.sent_end())
+            } else {
+                self.streams.get(&s).map(|r| r.known_end())
+            }
+        };
+        let name_of = |s: u64| {
+            if s == me {
+                return Some(self.cfg.node_name.clone());
+            }
+            self.streams
+                .get(&s)
+                .and_then(|r| r.node().map(|n| n.to_string()))
+                .or_else(|| self.members.name(s).map(|n| n.to_string()))
+        };
+        let mut own: Vec<MemberStream> = self
+            .streams
+            .values()
+            .map(|r| MemberStream {
+                stream: r.stream(),
+                node: name_of(r.stream()),
+                delivered: r.next_expected(),
+                lag: r.known_end() - r.next_expected(),
+                reset_end: r.reset_end(),
+                reported: Duration::ZERO,
+                staleness: Some(r.staleness(now)),
+            })
+            .collect();
+        own.sort_by_key(|m| m.stream);
+        let mut v = vec![Member {
+            stream: me,
+            name: Some(self.cfg.node_name.clone()),
+            addr: None,
+            this_node: true,
+            receive_only: self.cfg.receive_only,
+            state: if self.sender.is_closed() {
+                Liveness::Left
+            } else {
+                Liveness::Live
+            },
+            last_heard: Duration::ZERO,
+            streams: own,
+        }];
+        v.extend(
+            self.members
+                .view(now, end_of, name_of)
+                .into_iter()
+                .filter(|m| m.stream != me),
+        );
+        v
+    }
+
+    /// The staleness bound at `now`: per stream followed, the time since
+    /// this node last had proof of holding everything it had sent; while
+    /// the node is cut off, at least the time since any member was heard.
+    pub fn staleness(&self, now: Instant) -> Staleness {
+        let mut streams: Vec<StreamStaleness> = self
+            .streams
+            .values()
+            .map(|r| StreamStaleness {
+                stream: r.stream(),
+                node: r.node().map(|n| n.to_string()),
+                staleness: r.staleness(now),
+            })
+            .collect();
+        streams.sort_by_key(|s| s.stream);
+        let mut worst = streams
+            .iter()
+            .map(|s| s.staleness)
+            .max()
+            .unwrap_or_default();
+        let isolated = self.members.isolated_since.is_some();
+        if isolated {
+            if let Some(at) = self.members.last_heard_any {
+                worst = worst.max(now.saturating_duration_since(at));
+            }
+        }
+        Staleness {
+            worst,
+            isolated,
+            streams,
         }
     }
 
@@ -758,4 +1304,11 @@ impl Evicted {
             });
         }
     }
+}
+
+/// `base` jittered by ±25 %, so that periodic reports spread out.
+fn jitter(rng: &mut SmallRng, base: Duration) -> Duration {
+    let us = base.as_micros() as u64;
+    let quarter = us / 4;
+    Duration::from_micros(us - quarter + rng.gen_range(0..=quarter * 2))
 }

@@ -216,6 +216,11 @@ pub enum ResetReason {
     StreamEvicted { stream: u64, missing: SeqRange },
     /// The subscriber fell behind and `missed` deliveries were dropped.
     Lagged { missed: u64 },
+    /// This node heard no member for longer than the lease (after some
+    /// died) and now hears the cluster again: it was cut off for about
+    /// `silent_ms`, and streams that began and ended meanwhile may have
+    /// gone unheard.
+    Isolated { silent_ms: u64 },
 }
 
 impl ResetReason {
@@ -229,6 +234,7 @@ impl ResetReason {
             ResetReason::StreamTimedOut { .. } => "stream_timed_out",
             ResetReason::StreamEvicted { .. } => "stream_evicted",
             ResetReason::Lagged { .. } => "lagged",
+            ResetReason::Isolated { .. } => "isolated",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub(crate) mod config;
 mod core;
 pub(crate) mod delivery;
+pub(crate) mod members;
 mod pace;
 mod ranges;
 mod receiver;
@@ -19,6 +20,9 @@ mod timers;
 
 pub use self::core::{NodeCore, StreamState};
 pub use delivery::Output;
+pub use members::{
+    ConfirmReport, Liveness, Member, MemberRef, MemberStream, Staleness, StreamStaleness,
+};
 
 // At the crate root for users (one path each); here for the crate.
 pub(crate) use config::{ConfigError, CoreConfig};

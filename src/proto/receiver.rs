@@ -98,6 +98,14 @@ pub struct StreamReceiver {
     /// False while only datagrams that do not tell the stream's position
     /// (`Nak`, `Repair`, `Unavailable`) were heard from it.
     placed: bool,
+    /// One past the highest seq given up with a `Reset` (0: none).
+    reset_end: u64,
+    /// When the stream's position was last learned (data, a heartbeat, a
+    /// `Goodbye`, an `AckRequest`, a member's report).
+    position_at: Instant,
+    /// When this node last had proof that it held everything the stream
+    /// had sent (no gap, at a position learned then).
+    proven_at: Instant,
 }
 
 impl StreamReceiver {
@@ -116,7 +124,42 @@ impl StreamReceiver {
             ending: None,
             given_up: RangeSet::new(256),
             placed: start.is_some(),
+            reset_end: 0,
+            position_at: now,
+            proven_at: now,
         }
+    }
+
+    /// Gives up `start..end` (a `Reset` covers it).
+    fn give_up(&mut self, start: u64, end: u64) {
+        self.given_up.insert(start, end);
+        self.reset_end = self.reset_end.max(end);
+    }
+
+    /// One past the highest seq given up with a `Reset` (0: none).
+    pub fn reset_end(&self) -> u64 {
+        self.reset_end.min(self.next_expected())
+    }
+
+    /// Records that the stream's position was learned at `now`, and the
+    /// proof of completeness if nothing is missing.
+    pub fn learned_position(&mut self, now: Instant) {
+        self.position_at = now;
+        self.update_proof();
+    }
+
+    /// With no gap open, everything up to the last position learned is
+    /// held: that is proof as of when it was learned.
+    pub fn update_proof(&mut self) {
+        if self.gaps.is_empty() {
+            self.proven_at = self.position_at;
+        }
+    }
+
+    /// The longest this node may have been missing an event of the stream
+    /// without knowing it: the time since its last proof of completeness.
+    pub fn staleness(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.proven_at)
     }
 
     /// True once the stream's position is known.
@@ -204,6 +247,7 @@ impl StreamReceiver {
             }
             let n = events.len() as u64;
             self.known_end = first_seq + n;
+            self.learned_position(now);
             sink.stats.events_delivered += n;
             sink.deliveries.push_back(Output::Run {
                 stream: self.stream,
@@ -251,6 +295,10 @@ impl StreamReceiver {
                 event,
             }));
         }
+        if how == Arrival::Data {
+            self.position_at = now;
+        }
+        self.update_proof();
     }
 
     /// The stream announced that everything below `next_seq` was sent
@@ -272,6 +320,7 @@ impl StreamReceiver {
                 self.unavailable(&[(1, oldest)], sink);
             }
         }
+        self.update_proof();
     }
 
     /// The stream said `Goodbye` at `next_seq`.
@@ -285,7 +334,7 @@ impl StreamReceiver {
         let mut lost: Option<SeqRange> = None;
         for &(start, end) in ranges {
             for (s, e) in self.gaps.remove_range(start, end) {
-                self.given_up.insert(s, e);
+                self.give_up(s, e);
                 lost = Some(lost.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
             }
         }
@@ -295,6 +344,7 @@ impl StreamReceiver {
                 missing,
             });
         }
+        self.update_proof();
     }
 
     /// Another receiver asked for `start..end` of this stream: our own
@@ -349,7 +399,7 @@ impl StreamReceiver {
         while self.gaps.len() > sink.cfg.max_gaps {
             if let Some((s, g)) = self.gaps.first() {
                 self.gaps.remove(s);
-                self.given_up.insert(s, g.end);
+                self.give_up(s, g.end);
                 sink.reset(ResetReason::TooManyGaps {
                     stream: self.stream,
                     missing: (s, g.end),
@@ -362,10 +412,12 @@ impl StreamReceiver {
     /// covers them (everything missing was sent before it).
     pub fn cover_gaps(&mut self, sink: &mut Sink<'_>) {
         sink.stats.gaps_covered_by_reset += self.gaps.len() as u64;
-        for (s, g) in self.gaps.iter() {
-            self.given_up.insert(s, g.end);
+        let gaps: Vec<(u64, u64)> = self.gaps.iter().map(|(s, g)| (s, g.end)).collect();
+        for (s, e) in gaps {
+            self.give_up(s, e);
         }
         self.gaps = GapSet::new();
+        self.update_proof();
     }
 
     /// When [`StreamReceiver::handle_timeout`] next has work.
@@ -387,11 +439,11 @@ impl StreamReceiver {
         for (s, g) in due {
             if now.saturating_duration_since(g.opened) >= cfg.max_gap_age {
                 self.gaps.remove(s);
-                self.given_up.insert(s, g.end);
+                self.give_up(s, g.end);
                 too_old = Some(too_old.map_or((s, g.end), |(a, _)| (a, g.end)));
             } else if g.tries >= cfg.max_nak_tries {
                 self.gaps.remove(s);
-                self.given_up.insert(s, g.end);
+                self.give_up(s, g.end);
                 exhausted = Some(exhausted.map_or(((s, g.end), g.tries), |((a, _), t)| {
                     ((a, g.end), t.max(g.tries))
                 }));
@@ -424,6 +476,7 @@ impl StreamReceiver {
                 tries,
             });
         }
+        self.update_proof();
     }
 
     /// The stream is evicted (table full): a `Reset` if anything is still
@@ -484,5 +537,10 @@ fn log_reset(reason: &ResetReason) {
             "Reset: the stream went silent without Goodbye; events from next_expected on may be lost"
         ),
         ResetReason::Lagged { missed } => tracing::warn!(kind, missed, "Reset: a subscriber fell behind"),
+        ResetReason::Isolated { silent_ms } => tracing::warn!(
+            kind,
+            silent_ms,
+            "Reset: this node heard no member for longer than the lease; events of that time may be lost"
+        ),
     }
 }

@@ -70,6 +70,22 @@ impl RetransmitRing {
         }
     }
 
+    /// Drops every event below `seq` (every member has it: stability).
+    /// Returns how many.
+    pub fn drop_below(&mut self, seq: u64) -> usize {
+        let mut n = 0;
+        while self.first_seq < seq && !self.entries.is_empty() {
+            self.pop();
+            n += 1;
+        }
+        n
+    }
+
+    /// Bytes held (encoded events plus their entries).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn pop(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             let size = e.size as usize;
@@ -120,12 +136,6 @@ impl RetransmitRing {
         let from = (e.start - self.data_start) as usize;
         out.extend(self.data.range(from..from + e.size as usize).copied());
         true
-    }
-
-    #[cfg(test)]
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 }
 

@@ -116,6 +116,23 @@ impl Sender {
         self.next_seq
     }
 
+    /// One past the last seq put in a datagram (events still in the open
+    /// batch were not sent).
+    pub fn sent_end(&self) -> u64 {
+        self.next_seq - self.batch.len() as u64
+    }
+
+    /// Stability: every live member has everything below `seq`, so the
+    /// ring need not hold it. Returns how many events left the ring.
+    pub fn trim_below(&mut self, seq: u64) -> usize {
+        self.ring.drop_below(seq.min(self.sent_end()))
+    }
+
+    /// Bytes the retransmit ring holds.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.bytes()
+    }
+
     /// True after [`Sender::close`].
     pub fn is_closed(&self) -> bool {
         self.closed

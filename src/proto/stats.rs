@@ -90,6 +90,34 @@ pub struct Stats {
     pub dropped: BTreeMap<&'static str, u64>,
     /// `Reset`s delivered, by reason (`ResetReason::kind`).
     pub resets: BTreeMap<&'static str, u64>,
+    /// `AckRequest`s this node sent (a confirmation was awaited).
+    pub ack_requests_sent: u64,
+    /// `Report`s this node sent (periodic, and answers to `AckRequest`s).
+    pub reports_sent: u64,
+    /// `Report`s received from members.
+    pub reports_received: u64,
+    /// Confirmations that ended with every member answered or gone.
+    pub confirmations_complete: u64,
+    /// Confirmations that ended at their deadline with members pending.
+    pub confirmations_incomplete: u64,
+    /// Streams this node learned of from members' reports, not from the
+    /// stream itself (it had missed them: a partition, a loss).
+    pub streams_learned: u64,
+    /// Times a member's report showed a followed stream further on than
+    /// this node knew (a gap opened from it).
+    pub positions_learned: u64,
+    /// Events dropped from the retransmit ring because every live member
+    /// had them (stability).
+    pub ring_trimmed: u64,
+    /// Bytes the retransmit ring holds (a gauge, at the snapshot).
+    pub ring_bytes: u64,
+    /// Live members besides this node (a gauge, at the snapshot).
+    pub members_live: u64,
+    /// The staleness bound in milliseconds (a gauge, at the snapshot; see
+    /// `Node::staleness`).
+    pub staleness_ms: u64,
+    /// 1 while this node is cut off (no member heard within the lease).
+    pub isolated: u64,
 }
 
 impl Stats {

@@ -21,10 +21,18 @@ pub(crate) enum Timer {
     HelloAnswer,
     /// The repair token bucket allows the next pending repair.
     Repair,
+    /// The next periodic position `Report`.
+    Report,
+    /// Acknowledgements owed go out (after their random delay), coalesced.
+    Ack,
+    /// A confirmation's next `AckRequest`, or its deadline.
+    Confirm,
+    /// The next look at members' leases.
+    Members,
 }
 
 impl Timer {
-    const COUNT: usize = 6;
+    const COUNT: usize = 10;
 }
 
 /// When each [`Timer`] fires, if set.

@@ -73,6 +73,9 @@ pub struct Life {
     /// [`Record::begin_life`] sets false; the simulator and the loopback
     /// cluster set it from the node's configuration.
     pub deliver_own: bool,
+    /// Every confirmation this life awaited, with when its outcome came
+    /// (the checker verifies that no member is claimed falsely).
+    pub confirmations: Vec<(Instant, crate::proto::ConfirmReport)>,
 }
 
 /// An event a node published.
@@ -122,6 +125,7 @@ impl Record {
             deliveries: Vec::new(),
             produced: HashMap::new(),
             deliver_own: false,
+            confirmations: Vec::new(),
         });
         self.lives.len() - 1
     }

@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -173,7 +174,7 @@ impl Tap {
 }
 
 /// A datagram held back: due time, order of arrival, stream, bytes.
-type Delayed = Reverse<(Instant, u64, u64, Vec<u8>)>;
+type Delayed = Reverse<(Instant, u64, u64, SocketAddr, Vec<u8>)>;
 
 /// The tap as the driver holds it: with the datagrams it delays.
 pub(crate) struct DriverTap {
@@ -220,7 +221,7 @@ impl DriverTap {
     }
 
     /// A datagram read from the socket: through the faults to `core`.
-    pub(crate) fn receive(&mut self, core: &mut NodeCore, bytes: &[u8]) {
+    pub(crate) fn receive(&mut self, core: &mut NodeCore, from: SocketAddr, bytes: &[u8]) {
         let decoded = wire::decode(bytes, self.tap.cluster).ok();
         let stream = decoded.as_ref().map_or(0, |d| d.header.stream);
         match self.tap.faults.fate(decoded.as_ref()) {
@@ -236,13 +237,14 @@ impl DriverTap {
             Fate::Arrives { after, again } => {
                 for d in [Some(after), again].into_iter().flatten() {
                     if d.is_zero() || self.delayed.len() >= MAX_DELAYED {
-                        self.hand(core, stream, bytes);
+                        self.hand(core, stream, from, bytes);
                     } else {
                         self.order += 1;
                         self.delayed.push(Reverse((
                             Instant::now() + d,
                             self.order,
                             stream,
+                            from,
                             bytes.to_vec(),
                         )));
                     }
@@ -253,10 +255,10 @@ impl DriverTap {
 
     /// Hands a datagram of `stream` to the protocol, and records that the
     /// node heard it.
-    fn hand(&mut self, core: &mut NodeCore, stream: u64, bytes: &[u8]) {
+    fn hand(&mut self, core: &mut NodeCore, stream: u64, from: SocketAddr, bytes: &[u8]) {
         let now = Instant::now().into_std();
         self.input(now);
-        core.handle_datagram(now, bytes);
+        core.handle_datagram_from(now, Some(from), bytes);
         self.tap.record(|r, _, life| {
             r.lives[life].heard.insert(stream, now);
         });
@@ -271,8 +273,8 @@ impl DriverTap {
     pub(crate) fn release(&mut self, core: &mut NodeCore) {
         let now = Instant::now();
         while self.next_due().is_some_and(|t| t <= now) {
-            if let Some(Reverse((_, _, stream, bytes))) = self.delayed.pop() {
-                self.hand(core, stream, &bytes);
+            if let Some(Reverse((_, _, stream, from, bytes))) = self.delayed.pop() {
+                self.hand(core, stream, from, &bytes);
             }
         }
     }
@@ -310,6 +312,14 @@ impl DriverTap {
 
     /// True when the publishes need recording (else the driver need not
     /// copy them).
+    /// The node's protocol gave the outcome of a confirmation.
+    pub(crate) fn confirmed(&self, report: &crate::proto::ConfirmReport) {
+        let now = Instant::now().into_std();
+        self.tap.record(|r, _, life| {
+            r.lives[life].confirmations.push((now, report.clone()));
+        });
+    }
+
     pub(crate) fn records(&self) -> bool {
         self.tap.recording.is_some()
     }

@@ -49,7 +49,37 @@ tagged! {
         },
         /// Clean end of the stream; everything below `next_seq` was sent.
         Goodbye { next_seq: u64 },
+        /// "Acknowledge, please": a heartbeat (everything below `next_seq`
+        /// was sent) that asks each member listed in `members` by stream id
+        /// (every member, when empty) to answer with a `Report` once it has
+        /// delivered everything below `next_seq`, or a `Reset` covered it.
+        /// Sent only while the application awaits a confirmation.
+        AckRequest {
+            next_seq: u64,
+            #[serde(deserialize_with = "crate::wire::bounded::members")]
+            members: Vec<u64>,
+        },
+        /// How far the sending node has delivered the streams it follows:
+        /// periodically (what changed), and in answer to an `AckRequest`.
+        Report {
+            node: String,
+            #[serde(deserialize_with = "crate::wire::bounded::positions")]
+            positions: Vec<Position>,
+        },
     }
+}
+
+/// How far a node has delivered one stream (an entry of a `Report`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The stream.
+    pub stream: u64,
+    /// Every seq of the stream below this was delivered, or covered by a
+    /// `Reset` (at least 1).
+    pub delivered: u64,
+    /// One past the highest seq of the stream given up with a `Reset`
+    /// rather than delivered; 0 if none. At most `delivered`.
+    pub reset_end: u64,
 }
 
 /// A decoded datagram. Its serde derive (bincode 2, standard config) is the
@@ -196,6 +226,24 @@ fn validate_body(body: &Body) -> Result<(), DecodeError> {
         Body::Goodbye { next_seq } => {
             if !seq_ok(*next_seq) {
                 return Err(DecodeError::Invalid("bad goodbye position"));
+            }
+            Ok(())
+        }
+        Body::AckRequest { next_seq, members } => {
+            if !seq_ok(*next_seq) {
+                return Err(DecodeError::Invalid("bad ack request position"));
+            }
+            if members.contains(&0) {
+                return Err(DecodeError::Invalid("stream id 0"));
+            }
+            Ok(())
+        }
+        Body::Report { node, positions } => {
+            validate_name(node)?;
+            for p in positions {
+                if p.stream == 0 || !seq_ok(p.delivered) || p.reset_end > p.delivered {
+                    return Err(DecodeError::Invalid("bad position"));
+                }
             }
             Ok(())
         }

@@ -10,8 +10,9 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{
-    Event, SeqRange, BAD_RANGE_COUNT, MAX_DATAGRAM, MAX_EVENTS, MAX_KEYS, MAX_RANGES,
-    PAYLOAD_TOO_LONG, TOO_MANY_EVENTS, TOO_MANY_KEYS,
+    Event, Position, SeqRange, BAD_RANGE_COUNT, MAX_ACK_MEMBERS, MAX_DATAGRAM, MAX_EVENTS,
+    MAX_KEYS, MAX_POSITIONS, MAX_RANGES, PAYLOAD_TOO_LONG, TOO_MANY_EVENTS, TOO_MANY_KEYS,
+    TOO_MANY_MEMBERS, TOO_MANY_POSITIONS,
 };
 
 /// Elements preallocated for a sequence, whatever length it claims.
@@ -20,6 +21,16 @@ const PREALLOC: usize = 64;
 /// The ranges of `Nak` and `Unavailable`: at most [`MAX_RANGES`].
 pub(super) fn ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SeqRange>, D::Error> {
     d.deserialize_seq(BoundedSeq(MAX_RANGES, BAD_RANGE_COUNT, PhantomData))
+}
+
+/// The members of an `AckRequest`: at most [`MAX_ACK_MEMBERS`].
+pub(super) fn members<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_ACK_MEMBERS, TOO_MANY_MEMBERS, PhantomData))
+}
+
+/// The positions of a `Report`: at most [`MAX_POSITIONS`].
+pub(super) fn positions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Position>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_POSITIONS, TOO_MANY_POSITIONS, PhantomData))
 }
 
 /// The keys of an `Invalidate`: at most [`MAX_KEYS`].

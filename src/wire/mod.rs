@@ -21,7 +21,9 @@
 //! Body    Data { first_seq, events: [Event] } | Heartbeat { next_seq, oldest, node }
 //!         | Hello { node } | Nak { stream, ranges: [(u64, u64)] }
 //!         | Repair { first_seq, events: [Event] } | Unavailable { stream, ranges }
-//!         | Goodbye { next_seq }
+//!         | Goodbye { next_seq } | AckRequest { next_seq, members: [u64] }
+//!         | Report { node, positions: [Position] }
+//! Position { stream, delivered, reset_end }
 //! Event   Invalidate { keys: [String] } | InvalidatePrefix { prefix }
 //!         | ClearAll | Custom { topic, payload: [u8] }
 //! ```
@@ -140,7 +142,7 @@ mod run;
 mod varint;
 
 pub use batch::{EventBatch, MAX_BATCH};
-pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram};
+pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram, Position};
 pub use event::{check_event, check_size, pack_keys, Event, EventError, EventTag};
 pub use header::{
     cluster_hash, decode_header, Header, FLAG_AUTH, FLAG_RECEIVE_ONLY, MAGIC, VERSION,
@@ -163,6 +165,10 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_NODE_NAME: usize = 64;
 /// Ranges in one `Nak` or `Unavailable`.
 pub const MAX_RANGES: usize = 64;
+/// Members named in one `AckRequest`.
+pub const MAX_ACK_MEMBERS: usize = 128;
+/// Positions in one `Report`.
+pub const MAX_POSITIONS: usize = 256;
 /// Sequence numbers at or above this are rejected (they never occur: a
 /// stream would need centuries to reach it), so `seq + 1` never overflows.
 pub const MAX_SEQ: u64 = 1 << 62;
@@ -225,6 +231,8 @@ const TOO_MANY_EVENTS: &str = "too many events";
 const TOO_MANY_KEYS: &str = "too many keys";
 const BAD_RANGE_COUNT: &str = "bad range count";
 const PAYLOAD_TOO_LONG: &str = "payload too long";
+const TOO_MANY_MEMBERS: &str = "too many members";
+const TOO_MANY_POSITIONS: &str = "too many positions";
 
 /// The bincode config of the format, with the size limit that bounds every
 /// length-prefixed allocation while decoding.
@@ -249,6 +257,8 @@ fn malformed(e: bincode::error::DecodeError) -> DecodeError {
             TOO_MANY_KEYS,
             BAD_RANGE_COUNT,
             PAYLOAD_TOO_LONG,
+            TOO_MANY_MEMBERS,
+            TOO_MANY_POSITIONS,
         ] {
             if msg == reason {
                 return DecodeError::Invalid(reason);
