@@ -499,3 +499,45 @@ async fn receipts_name_the_seqs_receivers_deliver() {
     assert!(tx.streams().await.is_empty());
     rx.shutdown().await;
 }
+
+/// A confirmed publish on three nodes: the publisher's report names both
+/// others as confirmed, and the first confirmation on a quiet cluster
+/// takes one round trip (no fixed wait).
+#[tokio::test]
+async fn a_confirmed_invalidation_names_every_live_member() {
+    let c = Loopback::new();
+    let nodes = [c.join("a").await, c.join("b").await, c.join("c").await];
+    // Wait until a sees both others live (every node heartbeats at join).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let live = nodes[0]
+            .members()
+            .await
+            .iter()
+            .filter(|m| !m.this_node && m.state == cachecast::Liveness::Live)
+            .count();
+        if live == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never saw b and c live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..5 {
+        let report = nodes[0]
+            .invalidate_confirmed([format!("k{i}")], Duration::from_secs(2))
+            .await
+            .unwrap();
+        let names: Vec<String> = report
+            .confirmed
+            .iter()
+            .filter_map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, ["b", "c"], "{report:?}");
+        assert!(report.is_complete(), "{report:?}");
+    }
+    let s = nodes[0].stats().await.protocol;
+    assert_eq!(s.confirmations_complete, 5, "{s:?}");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

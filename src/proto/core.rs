@@ -383,7 +383,10 @@ impl NodeCore {
             Body::Hello { node } | Body::Heartbeat { node, .. } | Body::Report { node, .. } => {
                 self.members.named(from, node)
             }
-            Body::Goodbye { .. } => self.members.left(now, from),
+            Body::Goodbye { .. } => {
+                self.members.left(now, from);
+                self.members.finish(now);
+            }
             _ => {}
         }
         if receive_only {
@@ -696,6 +699,7 @@ impl NodeCore {
             .report(now, from, positions, me, self.cfg.max_streams)
         {
             self.stabilize();
+            self.members.finish(now);
         }
         let in_sync = now < self.sync_until;
         let mut touched = Vec::new();
@@ -856,14 +860,18 @@ impl NodeCore {
             }
         }
         if periodic {
-            let ended: Vec<Position> = self.members.ended.iter().map(|(p, _)| *p).collect();
-            for p in ended {
-                if positions.len() >= cap {
-                    break;
-                }
+            // Streams that ended lately, in turn (at most half a report).
+            let n = self.members.ended.len();
+            let take = n.min(cap.saturating_sub(positions.len()).div_ceil(2));
+            for i in 0..take {
+                let at = (self.members.ended_from + i) % n;
+                let p = self.members.ended[at].0;
                 if seen.insert(p.stream) {
                     positions.push(p);
                 }
+            }
+            if n > 0 {
+                self.members.ended_from = (self.members.ended_from + take) % n;
             }
             // A few unchanged positions, in turn, so that every member
             // eventually hears every position, lost reports included.
@@ -908,14 +916,9 @@ impl NodeCore {
             let next = jitter(&mut self.member_rng, self.cfg.report_interval);
             self.timers.set(Timer::Report, now + next);
             let keep = self.cfg.stream_timeout;
-            while self
-                .members
-                .ended
-                .front()
-                .is_some_and(|(_, at)| *at + keep <= now)
-            {
-                self.members.ended.pop_front();
-            }
+            self.members.ended.retain(|(_, at)| *at + keep > now);
+            let streams = &self.streams;
+            self.members.reported.retain(|s, _| streams.contains_key(s));
             self.send_report(true);
         }
         if self.timers.is_due(Timer::Members, now) {

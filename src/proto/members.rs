@@ -234,6 +234,8 @@ pub(crate) struct Members {
     /// Streams retired here (Goodbye), still reported so that a member
     /// that missed them learns of them.
     pub ended: VecDeque<(Position, Instant)>,
+    /// Where the turn over `ended` resumes.
+    pub ended_from: usize,
     /// Where the round-robin refresh of unchanged positions resumes.
     pub refresh_from: u64,
     /// Set when the node found itself cut off: since when nobody was heard.
@@ -508,6 +510,7 @@ impl Members {
                 died.push(*s);
             }
         }
+        let last_died = !died.is_empty();
         for s in died {
             tracing::debug!(stream = format_args!("{s:016x}"), "member lease expired");
             self.depart(s);
@@ -515,8 +518,9 @@ impl Members {
         self.table
             .retain(|_, e| e.state == Liveness::Live || e.since + forget > now);
         let any_live = self.table.values().any(|e| e.state == Liveness::Live);
-        let any_dead = self.table.values().any(|e| e.state == Liveness::Dead);
-        if !any_live && any_dead && self.isolated_since.is_none() {
+        // The last live members died (rather than said Goodbye): this node
+        // cannot tell whether they crashed or it was cut off.
+        if !any_live && last_died && self.isolated_since.is_none() {
             let since = self.last_heard_any.unwrap_or(now);
             tracing::warn!(
                 silent_ms = now.saturating_duration_since(since).as_millis() as u64,
