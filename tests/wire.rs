@@ -180,10 +180,11 @@ const GOLDEN_REPORT: &str = concat!(
     "08",                       // Report
     "066e6f64652d63",           // node "node-c"
     "02",                       // positions: 2
-    "2a0700",                   // stream 42, delivered 7, reset_end 0
+    "2a070000",                 // stream 42, delivered 7, reset_end 0, idle_ms 0
     "fdffffffffffffffff",       // stream u64::MAX,
     "fd0000000000010000",       //   delivered 1 << 40,
-    "05",                       //   reset_end 5
+    "05",                       //   reset_end 5,
+    "fbe803",                   //   idle_ms 1000 (fb + u16 LE)
 );
 
 fn goldens() -> Vec<(Header, Body, &'static str)> {
@@ -269,11 +270,13 @@ fn goldens() -> Vec<(Header, Body, &'static str)> {
                         stream: 42,
                         delivered: 7,
                         reset_end: 0,
+                        idle_ms: 0,
                     },
                     Position {
                         stream: u64::MAX,
                         delivered: 1 << 40,
                         reset_end: 5,
+                        idle_ms: 1000,
                     },
                 ],
             },
@@ -806,12 +809,15 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 fn position() -> impl Strategy<Value = Position> {
-    (1..=u64::MAX, seq())
-        .prop_flat_map(|(stream, delivered)| (Just(stream), Just(delivered), 0..=delivered))
-        .prop_map(|(stream, delivered, reset_end)| Position {
+    (1..=u64::MAX, seq(), any::<u64>())
+        .prop_flat_map(|(stream, delivered, idle_ms)| {
+            (Just(stream), Just(delivered), 0..=delivered, Just(idle_ms))
+        })
+        .prop_map(|(stream, delivered, reset_end, idle_ms)| Position {
             stream,
             delivered,
             reset_end,
+            idle_ms,
         })
 }
 

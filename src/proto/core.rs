@@ -584,8 +584,9 @@ impl NodeCore {
                         stream,
                         delivered: r.next_expected(),
                         reset_end: r.reset_end(),
+                        idle_ms: 0,
                     },
-                    self.last_now,
+                    r.last_heard(),
                 ));
             }
             tracing::debug!(
@@ -718,8 +719,14 @@ impl NodeCore {
                 }
                 None => {
                     let covered = self.timed_out.get(&p.stream).copied();
+                    // Last heard by the member before this node joined: it
+                    // holds nothing this node needs (it ended before, or it
+                    // is idle and its next heartbeat will place it).
+                    let heard = now.checked_sub(Duration::from_millis(p.idle_ms));
+                    let joined = self.sync_until.checked_sub(self.cfg.sync_window);
                     if covered.is_some_and(|c| p.delivered <= c)
                         || self.streams.len() >= self.cfg.max_streams
+                        || heard.zip(joined).is_none_or(|(h, j)| h < j)
                     {
                         continue;
                     }
@@ -816,13 +823,20 @@ impl NodeCore {
                 stream,
                 delivered: r.next_expected(),
                 reset_end: r.reset_end(),
+                idle_ms: self
+                    .last_now
+                    .saturating_duration_since(r.last_heard())
+                    .as_millis() as u64,
             }),
             None => self
                 .members
                 .ended
                 .iter()
                 .find(|(p, _)| p.stream == stream)
-                .map(|(p, _)| *p),
+                .map(|(p, at)| Position {
+                    idle_ms: self.last_now.saturating_duration_since(*at).as_millis() as u64,
+                    ..*p
+                }),
         }
     }
 
@@ -865,9 +879,12 @@ impl NodeCore {
             let take = n.min(cap.saturating_sub(positions.len()).div_ceil(2));
             for i in 0..take {
                 let at = (self.members.ended_from + i) % n;
-                let p = self.members.ended[at].0;
+                let (p, heard) = self.members.ended[at];
                 if seen.insert(p.stream) {
-                    positions.push(p);
+                    positions.push(Position {
+                        idle_ms: self.last_now.saturating_duration_since(heard).as_millis() as u64,
+                        ..p
+                    });
                 }
             }
             if n > 0 {

@@ -80,6 +80,10 @@ pub struct Position {
     /// One past the highest seq of the stream given up with a `Reset`
     /// rather than delivered; 0 if none. At most `delivered`.
     pub reset_end: u64,
+    /// How long ago, in milliseconds, the reporting node last heard the
+    /// stream (for a stream that ended: heard its end). A node that joined
+    /// after that needs none of it.
+    pub idle_ms: u64,
 }
 
 /// A decoded datagram. Its serde derive (bincode 2, standard config) is the

@@ -23,7 +23,7 @@
 //!         | Repair { first_seq, events: [Event] } | Unavailable { stream, ranges }
 //!         | Goodbye { next_seq } | AckRequest { next_seq, members: [u64] }
 //!         | Report { node, positions: [Position] }
-//! Position { stream, delivered, reset_end }
+//! Position { stream, delivered, reset_end, idle_ms }
 //! Event   Invalidate { keys: [String] } | InvalidatePrefix { prefix }
 //!         | ClearAll | Custom { topic, payload: [u8] }
 //! ```
