@@ -501,3 +501,72 @@ fn only_a_nak_for_sent_data_paces_the_sender_and_close_waits_for_paced_data() {
     assert!(goodbye);
     assert_eq!(tx.unsent_events(), 0);
 }
+
+fn report(t: Instant, rx: &mut Rx, from: u64, stream: u64, delivered: u64, idle_ms: u64) {
+    rx.feed(
+        t,
+        from,
+        Body::Report {
+            node: "peer".into(),
+            positions: vec![wire::Position {
+                stream,
+                delivered,
+                reset_end: 0,
+                idle_ms,
+            }],
+        },
+    );
+}
+
+/// A member reports a stream this node never heard (it was cut off while
+/// the stream came and went): the node asks the stream for it, and, the
+/// stream being gone, Resets. Never silent.
+#[test]
+fn a_stream_learned_from_a_members_report_is_repaired_or_reset() {
+    let t0 = Instant::now();
+    let mut rx = Rx::new(t0);
+    let mut t = t0 + ms(500);
+    // Heard since the join, 20 events, never heard here.
+    report(t, &mut rx, 9, 77, 21, 100);
+    for _ in 0..500 {
+        t += ms(10);
+        rx.tick(t);
+        if rx.resets() > 0 {
+            break;
+        }
+    }
+    assert!(
+        rx.core.stats().naks_sent > 0,
+        "asked the origin: {:?}",
+        rx.core.stats()
+    );
+    assert!(
+        rx.got.iter().any(|d| matches!(
+            d,
+            Delivery::Reset {
+                reason: cachecast::ResetReason::RetriesExhausted { stream: 77, .. }
+            }
+        )),
+        "{:?}",
+        rx.got
+    );
+    assert_eq!(rx.core.stats().streams_learned, 1);
+}
+
+/// A stream that ended before this node joined, still reported by a member,
+/// is nothing this node needs: no gap, no Reset.
+#[test]
+fn a_stream_that_ended_before_the_join_is_not_learned() {
+    let t0 = Instant::now();
+    let mut rx = Rx::new(t0 + ms(5_000));
+    let mut t = t0 + ms(5_500);
+    // Last heard by the member 2 s ago: before this node joined (at 5 s).
+    report(t, &mut rx, 9, 77, 21, 2_000);
+    for _ in 0..1_500 {
+        t += ms(10);
+        rx.tick(t);
+    }
+    assert_eq!(rx.core.stats().streams_learned, 0);
+    assert_eq!(rx.core.stats().naks_sent, 0);
+    assert_eq!(rx.resets(), 0, "{:?}", rx.got);
+}
