@@ -358,13 +358,10 @@ impl Members {
             }
             let room = e.positions.len() < max_positions || p.stream == me;
             match e.positions.get_mut(&p.stream) {
-                Some(old) => {
-                    // Positions only move forward; a late, older report
-                    // changes nothing.
-                    if p.delivered >= old.0.delivered {
-                        *old = (*p, now);
-                    }
-                }
+                // Positions only move forward; a late, older report changes
+                // nothing.
+                Some(old) if p.delivered >= old.0.delivered => *old = (*p, now),
+                Some(_) => {}
                 None if room => {
                     e.positions.insert(p.stream, (*p, now));
                 }
