@@ -160,9 +160,9 @@ pub struct Staleness {
     /// least the time since any member was heard.
     #[serde(serialize_with = "ms")]
     pub worst: Duration,
-    /// No member has been heard for longer than the lease, after some
-    /// died: the node is cut off. When it hears the cluster again it
-    /// Resets (`isolated`).
+    /// Nobody has been heard for longer than the lease, and a member that
+    /// was live when the silence began died in it: the node is probably cut
+    /// off. When it hears the cluster again it Resets (`isolated`).
     pub isolated: bool,
     /// Per stream, in stream order.
     pub streams: Vec<StreamStaleness>,
@@ -507,7 +507,6 @@ impl Members {
                 died.push(*s);
             }
         }
-        let last_died = !died.is_empty();
         for s in died {
             tracing::debug!(stream = format_args!("{s:016x}"), "member lease expired");
             self.depart(s);
@@ -515,9 +514,21 @@ impl Members {
         self.table
             .retain(|_, e| e.state == Liveness::Live || e.since + forget > now);
         let any_live = self.table.values().any(|e| e.state == Liveness::Live);
-        // The last live members died (rather than said Goodbye): this node
-        // cannot tell whether they crashed or it was cut off.
-        if !any_live && last_died && self.isolated_since.is_none() {
+        // Isolated: nobody at all heard for the lease, and a member that
+        // was live when the silence began died in it (rather than said
+        // Goodbye): it crashed, or this node is cut off, and this node cannot
+        // tell which. A short-lived publisher heard within the lease proves
+        // the node is not cut off, although no member is live (its only
+        // peer may be the one cut off); a member dead before the silence
+        // began says nothing about it.
+        let cut_off = self.last_heard_any.is_some_and(|since| {
+            since + lease <= now
+                && self
+                    .table
+                    .values()
+                    .any(|e| e.state == Liveness::Dead && e.last_heard + lease > since)
+        });
+        if !any_live && cut_off && self.isolated_since.is_none() {
             let since = self.last_heard_any.unwrap_or(now);
             tracing::warn!(
                 silent_ms = now.saturating_duration_since(since).as_millis() as u64,
