@@ -1,32 +1,54 @@
 #!/usr/bin/env bash
-# LAN simulation: cachecast between real hosts, with loss made by the kernel.
+# LAN simulation: cachecast between real hosts, with loss and partitions
+# made by the kernel.
 #
-#   sudo scripts/lan-sim.sh [--hosts K] [--keys N] [--batches B] [--loss PCT]
-#                           [--lossy-hosts M] [--family 4|6|both] [--settle S]
-#                           [--bin PATH] [--keep]
+#   sudo scripts/lan-sim.sh [--scenario loss|partition] [--hosts K] [--keys N]
+#                           [--batches B] [--loss PCT] [--lossy-hosts M]
+#                           [--cut S] [--cut-at S] [--family 4|6|both]
+#                           [--settle S] [--bin PATH] [--keep]
 #
 # Builds K hosts (default 3) as network namespaces whose veths meet on a
 # bridge in a namespace of its own: nothing is added to this host's own
 # network namespace, and nothing is sent anywhere else. Addresses are
 # 10.77.0.H/24 and fd77::H/64; groups 239.255.77.77:7777 and [ff15::77]:7777.
-# For IPv4, then IPv6: host 1 sends N unique keys (default 2000) with
-# `cachecast send invalidate --stdin`, in B batches (default 20; each batch
-# is a new process, hence a new stream), while every other host runs
-# `cachecast listen`; nft drops PCT % (default 5) of the cachecast datagrams
-# arriving at M of the listening hosts (default 1). Then every listener's
-# JSON is checked against the promise: each key was delivered, or a Reset
-# was delivered after it was sent. Exit 0 only if every host passed for
-# every family.
+# For IPv4, then IPv6: host 1 sends N unique keys with `cachecast send
+# invalidate --stdin`, in B batches (each batch is a new process, hence a
+# new stream that says Goodbye at its end), while every other host runs
+# `cachecast listen`. Then every listener's JSON is checked against the
+# promise: each key was delivered, or a Reset was delivered after it was
+# sent. Exit 0 only if every host passed for every family.
 #
-#   --hosts K        hosts, one of them the sender (default 3, at least 2)
-#   --keys N         unique keys sent per family (default 2000)
-#   --batches B      `send` runs the keys are split into (default 20)
-#   --loss PCT       % of incoming cachecast datagrams dropped (default 5)
+# Scenarios:
+#   loss (default)  the batches go back to back (0.1 s apart); nft drops PCT %
+#                   of the cachecast datagrams arriving at M listening hosts.
+#   partition       one batch a second (each `send` lives about 0.35 s);
+#                   host 2 is cut off (nft drops everything in and out of
+#                   its namespace) for --cut seconds, and then healed.
+#                   Short-lived publishers come and go unheard by it: when
+#                   it hears the cluster again it must learn of them (or
+#                   know it was isolated) and Reset, never lose keys
+#                   silently. A listener neither cut off nor lossy must not
+#                   Reset at all. The run fails if no publisher lived
+#                   wholly inside the cut (it tested nothing).
+#
+#   --scenario X     loss or partition (default loss)
+#   --hosts K        hosts, one of them the sender (default 3, at least 2;
+#                    partition: at least 3, so that someone heard the rest)
+#   --keys N         unique keys sent per family (default 2000; partition
+#                    1000 per batch)
+#   --batches B      `send` runs the keys are split into (default 20;
+#                    partition: enough for 3 s past the heal, at least 20)
+#   --loss PCT       % of incoming cachecast datagrams dropped (default 5;
+#                    partition 0)
 #   --lossy-hosts M  listening hosts with that loss (default 1)
+#   --cut S          partition: seconds host 2 is cut off (default 3)
+#   --cut-at S       partition: seconds after the first batch started that
+#                    the cut begins (default 2.6: between two publishers,
+#                    and so is the heal for a whole --cut)
 #   --family F       4, 6 or both (default both)
-#   --settle S       seconds listeners keep running after the last send
-#                    (default 12: past the 10 s stream timeout, so that a
-#                    Reset for a stream whose end was lost is seen)
+#   --settle S       seconds listeners keep running after the last send (and
+#                    the heal) (default 12: past the 10 s stream timeout, so
+#                    that a Reset for a stream whose end was lost is seen)
 #   --bin PATH       cachecast binary (default: cargo build --release)
 #   --keep           leave namespaces and output files for debugging
 #
@@ -42,24 +64,31 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stop-pids.sh
 . scripts/stop-pids.sh
 
-HOSTS=3 KEYS=2000 BATCHES=20 LOSS=5 LOSSY=1 FAMILY=both SETTLE=12 BIN="" KEEP=0
+SCENARIO=loss HOSTS=3 KEYS="" BATCHES="" LOSS="" LOSSY=1 CUT=3 CUT_AT=2.6
+FAMILY=both SETTLE=12 BIN="" KEEP=0
 PORT=7777
 GROUP4="239.255.77.77:$PORT"
 GROUP6="[ff15::77]:$PORT"
 KEY_BYTES=64   # long keys: fewer per datagram, so more datagrams to lose
-PAUSE=0.1      # between batches
+PAUSE=0.1      # loss: between batches
+PERIOD=1       # partition: one batch starts every PERIOD seconds
+CUT_HOST=2     # partition: the host cut off
 
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "lan-sim: $*" >&2; exit 2; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_secs() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    --scenario) SCENARIO="${2:-}"; shift 2 ;;
     --hosts) HOSTS="${2:-}"; shift 2 ;;
     --keys) KEYS="${2:-}"; shift 2 ;;
     --batches) BATCHES="${2:-}"; shift 2 ;;
     --loss) LOSS="${2:-}"; shift 2 ;;
     --lossy-hosts) LOSSY="${2:-}"; shift 2 ;;
+    --cut) CUT="${2:-}"; shift 2 ;;
+    --cut-at) CUT_AT="${2:-}"; shift 2 ;;
     --family) FAMILY="${2:-}"; shift 2 ;;
     --settle) SETTLE="${2:-}"; shift 2 ;;
     --bin) BIN="${2:-}"; shift 2 ;;
@@ -68,6 +97,20 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown option: $1" ;;
   esac
 done
+case "$SCENARIO" in
+  loss)
+    BATCHES="${BATCHES:-20}" KEYS="${KEYS:-2000}" LOSS="${LOSS:-5}" ;;
+  partition)
+    is_uint "$CUT" || die "--cut wants a whole number, not '$CUT'"
+    is_secs "$CUT_AT" || die "--cut-at wants seconds (e.g. 2.6), not '$CUT_AT'"
+    # Batches go on for 3 s past the heal: publishers heard by everyone again.
+    least="$(awk -v a="$CUT_AT" -v c="$CUT" -v p="$PERIOD" 'BEGIN { n = int((a + c + 3) / p) + 1; print (n > 20 ? n : 20) }')"
+    BATCHES="${BATCHES:-$least}"
+    is_uint "$BATCHES" && KEYS="${KEYS:-$((BATCHES * 1000))}"
+    LOSS="${LOSS:-0}"
+    ;;
+  *) die "--scenario is loss or partition" ;;
+esac
 for opt in "--hosts $HOSTS" "--keys $KEYS" "--batches $BATCHES" "--loss $LOSS" \
            "--lossy-hosts $LOSSY" "--settle $SETTLE"; do
   is_uint "${opt#* }" || die "${opt%% *} wants a whole number, not '${opt#* }'"
@@ -76,11 +119,17 @@ if [ "$HOSTS" -lt 2 ] || [ "$HOSTS" -gt 50 ]; then die "--hosts must be 2..50"; 
 [ "$LOSS" -le 100 ] || die "--loss is a percentage (0..100)"
 [ "$LOSSY" -le $((HOSTS - 1)) ] || die "--lossy-hosts must be at most --hosts - 1 ($((HOSTS - 1)))"
 if [ "$BATCHES" -lt 1 ] || [ "$KEYS" -lt "$BATCHES" ]; then die "need --keys >= --batches >= 1"; fi
+if [ "$SCENARIO" = partition ]; then
+  [ "$HOSTS" -ge 3 ] || die "--scenario partition needs --hosts 3 or more (a listener that is not cut off)"
+  [ "$CUT" -ge 1 ] || die "--cut must be at least 1 second"
+  if awk -v a="$CUT_AT" -v c="$CUT" -v e="$(( (BATCHES - 1) * PERIOD ))" 'BEGIN { exit !(a + c >= e) }'; then
+    die "the cut (--cut-at $CUT_AT + --cut $CUT s) must heal before the last batch starts ($BATCHES batches, one a second)"
+  fi
+fi
 case "$FAMILY" in
   4) FAMILIES=(4) ;; 6) FAMILIES=(6) ;; both) FAMILIES=(4 6) ;;
   *) die "--family is 4, 6 or both" ;;
 esac
-
 [ "$(id -u)" -eq 0 ] || die "must run as root: it creates network namespaces, veths and nft tables (try: sudo $0)"
 command -v ip >/dev/null || die "'ip' not found: install iproute2"
 command -v nft >/dev/null || die "'nft' not found: install nftables"
@@ -191,6 +240,38 @@ take_loss() {
     awk '/counter packets/ { for (i = 1; i < NF; i++) if ($i == "packets") c[++k] = $(i + 1) }
          END { printf "%d %d\n", c[1], c[2] }'
   ip netns exec "$n" nft delete table inet lansim
+}
+
+# ------------------------------------------------------------ partition (nft)
+# Cuts host $1 off: everything in and out of its namespace is dropped (and
+# counted), ahead of any loss table.
+cut_off() {
+  ip netns exec "$(ns "$1")" nft -f - <<EOF2
+table inet lancut {
+  chain input { type filter hook input priority -10; policy accept; counter drop; }
+  chain output { type filter hook output priority -10; policy accept; counter drop; }
+}
+EOF2
+}
+# Prints "in out" (datagrams dropped each way) and removes the cut.
+heal() {
+  local n; n="$(ns "$1")"
+  ip netns exec "$n" nft list table inet lancut |
+    awk '/counter packets/ { for (i = 1; i < NF; i++) if ($i == "packets") c[++k] = $(i + 1) }
+         END { printf "%d %d\n", c[1], c[2] }'
+  ip netns exec "$n" nft delete table inet lancut
+}
+# Run in the background: $CUT_AT s after time $2, cuts host $1 off for
+# $CUT s, then heals it; writes "cut T", "heal T in out" to file $3.
+partition() {
+  local h=$1 t0=$2 out=$3 wait_s
+  wait_s="$(awk -v t0="$t0" -v now="$EPOCHREALTIME" -v a="$CUT_AT" 'BEGIN { w = t0 + a - now; printf "%.3f", (w > 0 ? w : 0) }')"
+  sleep "$wait_s"
+  cut_off "$h"
+  echo "cut $EPOCHREALTIME" >>"$out"
+  sleep "$CUT"
+  local counts; counts="$(heal "$h")"
+  echo "heal $EPOCHREALTIME $counts" >>"$out"
 }
 
 # -------------------------------------------------------------- listeners
@@ -323,16 +404,12 @@ END {
 }'
 
 # ---------------------------------------------------------------- one run
-# run_family 4|6: prints a line per host and a summary; returns 0 if all passed.
-run_family() {
-  local fam=$1 group label dir h n pid b rc
-  if [ "$fam" = 4 ]; then group=$GROUP4 label=IPv4; else group=$GROUP6 label=IPv6; fi
-  dir="$WORK/v$fam"; mkdir -p "$dir"
-  local cluster="lansim-$RUN-v$fam" t0=$EPOCHREALTIME
-  echo "== $label: group $group, $HOSTS hosts (h1 sends), $KEYS keys in $BATCHES batches, $LOSS % loss on $LOSSY host(s)"
+# The steps of run_family, which owns (and so shares with them) the locals
+# label, group, cluster, dir, lpids, spids and the send tallies.
 
-  # Keys: batch b, key i. All unique across runs and families.
-  awk -v n="$KEYS" -v nb="$BATCHES" -v run="$RUN" -v fam="$fam" -v len="$KEY_BYTES" -v dir="$dir" 'BEGIN {
+# Keys: batch b, key i. All unique across runs and families.
+make_keys() {
+  awk -v n="$KEYS" -v nb="$BATCHES" -v run="$RUN" -v fam="$1" -v len="$KEY_BYTES" -v dir="$dir" 'BEGIN {
     pad = ""; while (length(pad) < len) pad = pad "x"
     for (i = 0; i < n; i++) {
       b = int(i * nb / n) + 1
@@ -340,9 +417,11 @@ run_family() {
       print k > (dir "/batch-" b ".keys"); print b, k > (dir "/keys")
     }
   }'
+}
 
-  # Listeners on h2..hK; loss on the first LOSSY of them.
-  local lpids=() spids=() max_listen=$((60 + BATCHES * 3 + SETTLE))
+# Listeners on h2..hK, each until it is ready (15 s at most).
+start_listeners() {
+  local h n deadline max_listen=$((60 + BATCHES * 3 + SETTLE))
   for h in $(seq 2 "$HOSTS"); do
     n="$(ns "$h")"
     mkfifo "$dir/h$h.fifo"
@@ -353,7 +432,7 @@ run_family() {
       >"$dir/h$h.fifo" 2>"$dir/h$h.err" &
     lpids[h]=$!; PIDS+=($!)
   done
-  local deadline=$((SECONDS + 15))
+  deadline=$((SECONDS + 15))
   for h in $(seq 2 "$HOSTS"); do
     until grep -q '"type":"ready"' "$dir/h$h.out" 2>/dev/null; do
       if ! kill -0 "${lpids[h]}" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
@@ -364,39 +443,57 @@ run_family() {
       sleep 0.05
     done
   done
-  for h in $(seq 2 $((1 + LOSSY))); do add_loss "$h"; done
+}
 
-  # Send, batch by batch, from h1. Each batch: start time, end time, stream.
-  local send_fail=0 datagrams=0 bt0 stream d
+# Sends batch $1 from h1 and waits for its `send` to exit; records the
+# batch (start, end, stream) and counts failures and data datagrams.
+send_batch() {
+  local b=$1 bt0=$EPOCHREALTIME pid rc=0 stream d
+  NO_COLOR=1 RUST_LOG=cachecast=info timeout 30 ip netns exec "$(ns 1)" "$BIN" send \
+    --group "$group" --interface cc0 --ttl 1 --cluster "$cluster" --name "h1-b$b" \
+    invalidate --stdin <"$dir/batch-$b.keys" >"$dir/send-$b.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    send_fail=$((send_fail + 1))
+    echo "lan-sim: $label: send of batch $b failed (exit $rc):" >&2
+    sed 's/^/    /' "$dir/send-$b.log" >&2
+  fi
+  stream="$(sed -n 's/.*joining.* stream=\(0x[0-9a-f]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
+  d="$(sed -n 's/.* sent .*datagrams=\([0-9]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
+  datagrams=$((datagrams + ${d:-0}))
+  echo "$b $bt0 $EPOCHREALTIME ${stream:--}" >>"$dir/batches"
+}
+
+# Loss: batches back to back.
+send_loss() {
+  local b
   for b in $(seq 1 "$BATCHES"); do
-    bt0=$EPOCHREALTIME
-    NO_COLOR=1 RUST_LOG=cachecast=info timeout 30 ip netns exec "$(ns 1)" "$BIN" send \
-      --group "$group" --interface cc0 --ttl 1 --cluster "$cluster" --name "h1-b$b" \
-      invalidate --stdin <"$dir/batch-$b.keys" >"$dir/send-$b.log" 2>&1 &
-    pid=$!; PIDS+=("$pid")
-    rc=0; wait "$pid" || rc=$?
-    if [ "$rc" -ne 0 ]; then
-      send_fail=$((send_fail + 1))
-      echo "lan-sim: $label: send of batch $b failed (exit $rc):" >&2
-      sed 's/^/    /' "$dir/send-$b.log" >&2
-    fi
-    stream="$(sed -n 's/.*joining.* stream=\(0x[0-9a-f]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
-    d="$(sed -n 's/.* sent .*datagrams=\([0-9]*\).*/\1/p' "$dir/send-$b.log" | head -n1)"
-    datagrams=$((datagrams + ${d:-0}))
-    echo "$b $bt0 $EPOCHREALTIME ${stream:--}" >>"$dir/batches"
+    send_batch "$b"
     sleep "$PAUSE"
   done
-  local send_s; send_s="$(elapsed "$t0")"
+}
 
-  # Let late repairs, retries and stream time-outs happen, then stop the
-  # listeners (SIGINT: they print their stats and exit).
-  nap "$SETTLE"
-  local loss_seen=() loss_drop=() seen_total=0 drop_total=0
-  for h in $(seq 2 $((1 + LOSSY))); do
-    read -r "loss_seen[h]" "loss_drop[h]" < <(take_loss "$h")
-    seen_total=$((seen_total + loss_seen[h])); drop_total=$((drop_total + loss_drop[h]))
+# Partition: batch b starts PERIOD * (b - 1) s after the first (or when
+# the one before it ends, if later); host CUT_HOST is cut off meanwhile.
+# Returns once the last batch ended and the cut healed.
+send_partition() {
+  local t0=$EPOCHREALTIME b w cutter
+  partition "$CUT_HOST" "$t0" "$dir/cut" &
+  cutter=$!; PIDS+=("$cutter")
+  for b in $(seq 1 "$BATCHES"); do
+    w="$(awk -v t0="$t0" -v now="$EPOCHREALTIME" -v at="$(( (b - 1) * PERIOD ))" \
+      'BEGIN { w = t0 + at - now; printf "%.3f", (w > 0 ? w : 0) }')"
+    nap "$w"
+    send_batch "$b"
   done
-  local lrc=()
+  wait "$cutter" || { echo "lan-sim: $label: the cut of h$CUT_HOST failed" >&2; return 1; }
+}
+
+# Stops the listeners (SIGINT: they print their stats and exit), each
+# within 10 s; their exit codes in lrc.
+stop_listeners() {
+  local h deadline
   for h in $(seq 2 "$HOSTS"); do kill -INT "${lpids[h]}" 2>/dev/null || true; done
   for h in $(seq 2 "$HOSTS"); do
     deadline=$((SECONDS + 10))
@@ -408,30 +505,94 @@ run_family() {
     kill -KILL "${spids[h]}" 2>/dev/null || true
     wait "${spids[h]}" 2>/dev/null || true
   done
+}
+
+# run_family 4|6: prints a line per host and a summary; returns 0 if all passed.
+run_family() {
+  local fam=$1 group label h
+  if [ "$fam" = 4 ]; then group=$GROUP4 label=IPv4; else group=$GROUP6 label=IPv6; fi
+  local dir="$WORK/v$fam" cluster="lansim-$RUN-v$fam" t0=$EPOCHREALTIME
+  local lpids=() spids=() lrc=() send_fail=0 datagrams=0
+  mkdir -p "$dir"
+  case "$SCENARIO" in
+    loss) echo "== $label: group $group, $HOSTS hosts (h1 sends), $KEYS keys in $BATCHES batches, $LOSS % loss on $LOSSY host(s)" ;;
+    partition) echo "== $label: group $group, $HOSTS hosts (h1 sends), $KEYS keys in $BATCHES batches one a second, h$CUT_HOST cut off for $CUT s from $CUT_AT s, $LOSS % loss on $LOSSY host(s)" ;;
+  esac
+
+  make_keys "$fam"
+  start_listeners || return 1
+  if [ "$LOSS" -gt 0 ]; then
+    for h in $(seq 2 $((1 + LOSSY))); do add_loss "$h"; done
+  fi
+  case "$SCENARIO" in
+    loss) send_loss ;;
+    partition) send_partition || return 1 ;;
+  esac
+  local send_s; send_s="$(elapsed "$t0")"
+
+  # Let late repairs, retries and stream time-outs happen, then stop.
+  nap "$SETTLE"
+  local loss_seen=() loss_drop=() seen_total=0 drop_total=0
+  if [ "$LOSS" -gt 0 ]; then
+    for h in $(seq 2 $((1 + LOSSY))); do
+      read -r "loss_seen[h]" "loss_drop[h]" < <(take_loss "$h")
+      seen_total=$((seen_total + loss_seen[h])); drop_total=$((drop_total + loss_drop[h]))
+    done
+  fi
+  stop_listeners
+
+  # The cut, as it happened ("cut T" and "heal T in out"), and the
+  # publishers that lived wholly inside it (never heard by the cut host).
+  local cut_desc="" ok=1
+  if [ "$SCENARIO" = partition ]; then
+    local c=() hl=() unheard
+    read -r -a c < <(grep '^cut ' "$dir/cut")
+    read -r -a hl < <(grep '^heal ' "$dir/cut")
+    unheard="$(awk -v a="${c[1]}" -v b="${hl[1]}" '$2 >= a && $3 <= b { n++ } END { print n + 0 }' "$dir/batches")"
+    cut_desc="$(awk -v a="${c[1]}" -v b="${hl[1]}" -v t0="$(awk 'NR == 1 { print $2 }' "$dir/batches")" -v i="${hl[2]}" -v o="${hl[3]}" -v u="$unheard" \
+      'BEGIN { printf "cut off %.1f s from %.1f s after the first send (%d publishers wholly inside), nft dropped %d in, %d out", b - a, a - t0, u, i, o }')"
+    if [ "$unheard" -eq 0 ]; then
+      echo "  no publisher lived wholly inside the cut of h$CUT_HOST: this run did not test the partition hole" >&2
+      ok=0
+    fi
+  fi
 
   # Check every listener.
-  local outs=() ok=1 tot_del=0 tot_exp=0 tot_rep=0 tot_naks=0 tot_resets=0 tot_silent=0 tot_miss=0
+  local outs=() tot_del=0 tot_exp=0 tot_rep=0 tot_naks=0 tot_resets=0 tot_silent=0 tot_miss=0
   for h in $(seq 2 "$HOSTS"); do outs+=("$dir/h$h.out"); done
   for h in $(seq 2 "$HOSTS"); do
-    local res verdict=PASS lossdesc="no loss"
+    local res verdict=PASS desc=() r=()
     res="$(awk "$CHECK_AWK" phase=batch "$dir/batches" phase=keys "$dir/keys" \
       phase=map "${outs[@]}" phase=check "$dir/h$h.out")" || { ok=0; echo "lan-sim: checker failed on h$h" >&2; continue; }
     # RESULT delivered expected missing silent resets dups lines repaired naks
     #        suppressed gaps late_after_reset covered_by_reset p50 p99 problems
     #        covered kinds covered_naming covered_other longest_wait
-    local r=(); read -r -a r <<<"$(grep '^RESULT ' <<<"$res")"
+    read -r -a r <<<"$(grep '^RESULT ' <<<"$res")"
     if [ "${r[4]}" -ne 0 ] || [ "${r[16]}" -ne 0 ] || [ "${lrc[h]}" -ne 0 ] || [ "$send_fail" -ne 0 ]; then
       verdict=FAIL; ok=0
     fi
-    if [ "$h" -le $((1 + LOSSY)) ]; then
-      lossdesc="$LOSS % loss, nft dropped ${loss_drop[h]}/${loss_seen[h]}"
+    if [ "$LOSS" -gt 0 ] && [ "$h" -le $((1 + LOSSY)) ]; then
+      desc+=("$LOSS % loss, nft dropped ${loss_drop[h]}/${loss_seen[h]}")
+    fi
+    if [ "$SCENARIO" = partition ] && [ "$h" -eq "$CUT_HOST" ]; then desc+=("$cut_desc"); fi
+    if [ ${#desc[@]} -eq 0 ]; then
+      desc=("no loss")
+      # Partition: a listener that was neither cut off nor lossy heard every
+      # publisher; a Reset there (say, thinking itself isolated while only
+      # its peer was) clears a cache for nothing.
+      if [ "$SCENARIO" = partition ] && [ "${r[5]}" -ne 0 ]; then
+        verdict=FAIL; ok=0
+        res+=$'\n'"    PROBLEM: h$h was neither cut off nor lossy, yet Reset ${r[5]} times"
+      fi
     fi
     local missdesc="${r[3]}"
     if [ "${r[3]}" -ne 0 ]; then
       missdesc="${r[3]} (after them a Reset: ${r[17]} [naming their stream: ${r[19]}, another: ${r[20]}; at most ${r[21]} s after the send]; silent: ${r[4]})"
     fi
+    local descs="" dd
+    for dd in "${desc[@]}"; do descs="${descs:+$descs; }$dd"; done
     printf '  h%-2s %s: delivered %s/%s keys in %s events, missing %s; repaired %s events (p50/p99 %s/%s us), NAKs %s sent, %s suppressed; resets %s {%s}; duplicates %s; exit %s -> %s\n' \
-      "$h" "($lossdesc)" "${r[1]}" "${r[2]}" "${r[7]}" "$missdesc" "${r[8]}" "${r[14]}" "${r[15]}" \
+      "$h" "($descs)" "${r[1]}" "${r[2]}" "${r[7]}" "$missdesc" "${r[8]}" "${r[14]}" "${r[15]}" \
       "${r[9]}" "${r[10]}" "${r[5]}" "${r[18]}" "${r[6]}" "${lrc[h]}" "$verdict"
     grep -v '^RESULT ' <<<"$res" || true
     if [ "$verdict" = FAIL ] && [ -s "$dir/h$h.err" ]; then sed 's/^/    stderr: /' "$dir/h$h.err" | tail -n 5; fi
@@ -443,15 +604,18 @@ run_family() {
   if [ "$LOSS" -gt 0 ] && [ "$LOSSY" -gt 0 ] && [ "$drop_total" -eq 0 ]; then
     echo "  WARNING: nft dropped nothing: this run did not exercise repair"
   fi
-  echo "$label $verdict: $KEYS keys in $BATCHES sends ($datagrams data datagrams) to $((HOSTS - 1)) listeners; nft dropped $drop_total of $seen_total datagrams on $LOSSY host(s); delivered $tot_del/$tot_exp keys (missing $tot_miss, of them silent $tot_silent), repaired $tot_rep, NAKs $tot_naks, resets $tot_resets; sending ${send_s} s, total $(elapsed "$t0") s"
+  local what="nft dropped $drop_total of $seen_total datagrams on $LOSSY host(s)"
+  [ "$LOSS" -gt 0 ] || what="no loss"
+  [ "$SCENARIO" != partition ] || what="$what; h$CUT_HOST $cut_desc"
+  echo "$label $verdict: $KEYS keys in $BATCHES sends ($datagrams data datagrams) to $((HOSTS - 1)) listeners; $what; delivered $tot_del/$tot_exp keys (missing $tot_miss, of them silent $tot_silent), repaired $tot_rep, NAKs $tot_naks, resets $tot_resets; sending ${send_s} s, total $(elapsed "$t0") s"
   [ "$ok" -eq 1 ]
 }
 
 setup
-echo "lan-sim: run $RUN: namespaces $PFX-{br,h1..h$HOSTS}, binary $BIN"
+echo "lan-sim: run $RUN ($SCENARIO): namespaces $PFX-{br,h1..h$HOSTS}, binary $BIN"
 status=0 summary=()
 for fam in "${FAMILIES[@]}"; do
   if run_family "$fam"; then summary+=("IPv$fam PASS"); else summary+=("IPv$fam FAIL"); status=1; fi
 done
-echo "lan-sim: ${summary[*]} ($(elapsed "$T_START") s)"
+echo "lan-sim: $SCENARIO: ${summary[*]} ($(elapsed "$T_START") s)"
 exit "$status"

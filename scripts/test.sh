@@ -40,5 +40,16 @@ if [ -n "$lan_sim_skip" ]; then
 else
   # The binary cargo test just built: no extra release build here.
   cargo build --locked --quiet --bin cachecast
-  scripts/lan-sim.sh --bin "${CARGO_TARGET_DIR:-target}/debug/cachecast"
+  bin="${CARGO_TARGET_DIR:-target}/debug/cachecast"
+  scripts/lan-sim.sh --bin "$bin"
+  # The partition hole: a listener cut off for 3 s (about the lease) while
+  # short-lived publishers come and go must Reset for what it missed, never
+  # lose it silently (about 25 s). CACHECAST_LAN_SIM_LONG_CUT=1 adds a 15 s
+  # cut (past the lease: the listener knows it was isolated; about 35 s).
+  echo "== scripts/lan-sim.sh --scenario partition (3 s cut, IPv4)"
+  scripts/lan-sim.sh --bin "$bin" --scenario partition --family 4 --cut 3 --batches 9 --keys 2700
+  if [ "${CACHECAST_LAN_SIM_LONG_CUT:-}" = 1 ]; then
+    echo "== scripts/lan-sim.sh --scenario partition (15 s cut, IPv4)"
+    scripts/lan-sim.sh --bin "$bin" --scenario partition --family 4 --cut 15 --keys 4200
+  fi
 fi
