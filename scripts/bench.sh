@@ -14,12 +14,20 @@
 #                               gone from Redis on B, RSS and CPU); starts
 #                               a redis-server for B like --peers (about
 #                               a minute; not part of all)
+#   scripts/bench.sh confirm    `cachecast-bench confirm`: confirmed publish on
+#                               loopback, 1 publisher and 3 members:
+#                               publish -> confirmed by every member p50/p99
+#                               at 1,000/s and flat out, side by side with
+#                               unconfirmed publish -> delivered (target:
+#                               confirmed p99 <= 2 ms at 1,000/s; about 30 s;
+#                               not part of all)
 #
 # Extra arguments after the benchmark name go to it (for all: to speed), e.g.
 #   scripts/bench.sh repair --receivers 200 --loss 0.05 --json
 #   scripts/bench.sh speed --mode throughput --events 300000 --plot sweep.svg
 #   scripts/bench.sh speed --help           (every option of the bench)
 #   scripts/bench.sh agent --duration 5s    (cachecast-bench agent --help)
+#   scripts/bench.sh confirm --ack-delay 0  (cachecast-bench confirm --help)
 #
 #   --peers   (speed, all) also compare with Redis pub/sub and NATS: start
 #             redis-server and nats-server on 127.0.0.1 (free ports, no
@@ -32,15 +40,15 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stop-pids.sh
 . scripts/stop-pids.sh
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -48,7 +56,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -223,9 +231,13 @@ agent() {
   run "${CARGO_TARGET_DIR:-target}/release/cachecast-bench" agent ${args[@]+"${args[@]}"}
 }
 
+# Confirmed publish: nodes in the bench's own process, on loopback.
+confirm() { run cargo run --quiet --release -p cachecast-bench -- confirm ${args[@]+"${args[@]}"}; }
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
   agent) agent ;;
+  confirm) confirm ;;
   all) repair; speed ;;
 esac

@@ -17,6 +17,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub mod agent;
 pub mod cachecast_sys;
 pub mod common;
+pub mod confirm;
 pub mod peers;
 pub mod plot;
 pub mod udp;

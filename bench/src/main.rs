@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cachecast_bench::agent::AgentArgs;
+use cachecast_bench::confirm::ConfirmArgs;
 use cachecast_bench::{BenchArgs, SubArgs};
 
 /// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
@@ -24,17 +25,21 @@ use cachecast_bench::{BenchArgs, SubArgs};
 )]
 struct Cli {
     #[command(subcommand)]
-    sub: Option<Sub>,
+    command: Option<Command>,
     #[command(flatten)]
     bench: BenchArgs,
 }
 
 #[derive(Debug, Subcommand)]
-enum Sub {
+enum Command {
     /// The `cachecast agent` daemon through its HTTP API: publish
     /// throughput, end to end between two agents (SSE, Redis), memory and
     /// CPU (scripts/bench.sh agent).
     Agent(AgentArgs),
+    /// Confirmed publish on loopback: publish → confirmed by every member
+    /// at a fixed rate and flat out, side by side with unconfirmed publish
+    /// (scripts/bench.sh confirm).
+    Confirm(ConfirmArgs),
     /// One subscriber process of the bench (internal).
     #[command(hide = true)]
     Sub(SubArgs),
@@ -43,10 +48,15 @@ enum Sub {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.sub {
-        Some(Sub::Sub(args)) => cachecast_bench::run_sub(args),
-        Some(Sub::Agent(args)) => {
+    let result = match cli.command {
+        Some(Command::Sub(args)) => cachecast_bench::run_sub(args),
+        Some(Command::Agent(args)) => {
             tokio::task::spawn_blocking(move || cachecast_bench::agent::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Some(Command::Confirm(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::confirm::run(args))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }

@@ -166,3 +166,75 @@ fn the_agent_bench_names_a_missing_agent_binary_and_how_to_build_it() {
         "{err}"
     );
 }
+
+#[test]
+fn the_confirm_bench_confirms_every_event_with_every_member_and_times_both_paths() {
+    let out = Command::new(BIN)
+        .args([
+            "confirm",
+            "--quiet",
+            "--json",
+            "--members",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--batch",
+            "10",
+            "--flat-time",
+            "300ms",
+        ])
+        .output()
+        .expect("run cachecast-bench confirm");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(v["members"], 2);
+    assert_eq!(v["member_resets"], 0, "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "unconfirmed 200/s",
+            "confirmed 200/s",
+            "confirmed flat out, 10/publish",
+            "unconfirmed flat out, 10/publish"
+        ]
+    );
+    for r in runs {
+        let events = r["events"].as_u64().unwrap();
+        assert!(events > 0, "{r}");
+        assert_eq!(r["missing"], 0, "every member got every event: {r}");
+        assert_eq!(r["delivery"]["count"], events * 2, "{r}");
+        assert!(r["delivery"]["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+        if r["confirmed"] == true {
+            let confirmations = r["confirmations"].as_u64().unwrap();
+            assert_eq!(confirmations * r["batch"].as_u64().unwrap(), events, "{r}");
+            assert_eq!(r["complete"], confirmations, "{r}");
+            assert_eq!(r["incomplete"], 0, "{r}");
+            assert_eq!(r["confirm"]["count"], confirmations, "{r}");
+            assert!(r["confirm"]["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+            // Every confirmation asked at least once.
+            assert!(r["ack_requests"].as_u64().unwrap() >= 1, "{r}");
+        } else {
+            assert_eq!(r["confirm"], Value::Null, "{r}");
+            assert_eq!(r["confirmations"], 0, "{r}");
+        }
+    }
+}
+
+#[test]
+fn the_confirm_bench_refuses_a_group_outside_239_255() {
+    let out = Command::new(BIN)
+        .args(["confirm", "--quiet", "--group", "239.1.2.3"])
+        .output()
+        .expect("run cachecast-bench confirm");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("239.255.0.0/16"), "{err}");
+}
