@@ -1,6 +1,8 @@
 //! The command line's shared arguments: the subcommands, where the cluster
-//! is ([`NetArgs`]), durations.
+//! is ([`NetArgs`]), durations, and the options whose value is optional
+//! (`--confirm[=TIMEOUT]`, `--watch[=INTERVAL]`).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use cachecast::net::socket::InterfaceSpec;
 use cachecast::{NodeConfig, DEFAULT_GROUP};
 
 use crate::logs::LogFormat;
-use crate::{agent, demo, doctor, listen, send};
+use crate::{agent, demo, doctor, listen, members, send};
 
 /// cachecast: coherent caches over UDP multicast.
 ///
@@ -52,6 +54,9 @@ pub enum Command {
     Send(send::SendArgs),
     /// Print every delivery as one JSON object per line.
     Listen(listen::ListenArgs),
+    /// Print the members of the cluster: who is live, left or dead, and how
+    /// far each has delivered each stream.
+    Members(members::MembersArgs),
     // (Doctor: its help is its arguments' doc comment.)
     Doctor(doctor::DoctorArgs),
     // (Agent: likewise.)
@@ -111,7 +116,106 @@ pub fn parse_interface(s: &str) -> Result<InterfaceSpec, String> {
     s.parse::<InterfaceSpec>().map_err(|e| e.to_string())
 }
 
+/// Options whose value is optional: given alone they take their default
+/// (`--confirm` waits 2s), with `=` the value (`--confirm=5s`).
+pub const OPTIONAL_VALUE: [&str; 2] = ["--confirm", "--watch"];
+
+/// Lets an option of [`OPTIONAL_VALUE`] take its value after a space too
+/// (`--confirm 5s`): such an option followed by a duration becomes
+/// `--confirm=5s`; followed by anything else (`--confirm invalidate k`) it
+/// stays alone and takes its default. Nothing after `--` is touched. (clap
+/// alone cannot do both: an optional value after a space would swallow
+/// the subcommand that follows, so these options require `=`.)
+pub fn join_optional_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(a) = args.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(args);
+            break;
+        }
+        let joins = OPTIONAL_VALUE.iter().any(|o| a == *o)
+            && args
+                .peek()
+                .and_then(|v| v.to_str())
+                .is_some_and(|v| humantime::parse_duration(v).is_ok());
+        if joins {
+            let mut joined = a;
+            joined.push("=");
+            joined.push(args.next().unwrap_or_default());
+            out.push(joined);
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
 /// Parses "250ms", "2s", "1m30s".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(args: &[&str]) -> Vec<String> {
+        join_optional_values(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_optional_value_after_a_space_is_joined_only_when_it_is_a_duration() {
+        assert_eq!(
+            joined(&["cachecast", "send", "--confirm", "5s", "invalidate", "k"]),
+            ["cachecast", "send", "--confirm=5s", "invalidate", "k"]
+        );
+        assert_eq!(
+            joined(&["cachecast", "send", "--confirm", "invalidate", "k"]),
+            ["cachecast", "send", "--confirm", "invalidate", "k"]
+        );
+        assert_eq!(
+            joined(&["cachecast", "members", "--watch", "500ms", "--json"]),
+            ["cachecast", "members", "--watch=500ms", "--json"]
+        );
+        assert_eq!(
+            joined(&["cachecast", "members", "--watch"]),
+            ["cachecast", "members", "--watch"]
+        );
+        // Other options, `=` forms and what follows `--` stay as they are.
+        assert_eq!(
+            joined(&["x", "--linger", "1s", "--confirm=1s", "--", "--watch", "1s"]),
+            ["x", "--linger", "1s", "--confirm=1s", "--", "--watch", "1s"]
+        );
+    }
+
+    #[test]
+    fn optional_values_parse_alone_with_equals_and_after_a_space() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(join_optional_values(args.iter().map(OsString::from)))
+        };
+        let confirm = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Send(s) => s.confirm,
+            c => panic!("{c:?}"),
+        };
+        let two = Some(Duration::from_secs(2));
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(confirm(&["c", "send", "--confirm", "clear"]), two);
+        assert_eq!(confirm(&["c", "send", "--confirm=5s", "clear"]), five);
+        assert_eq!(confirm(&["c", "send", "--confirm", "5s", "clear"]), five);
+        assert_eq!(confirm(&["c", "send", "clear"]), None);
+        let e = parse(&["c", "send", "--confirm=0s", "clear"]).unwrap_err();
+        assert!(e.to_string().contains("above 0"), "{e}");
+        let watch = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Members(m) => m.watch,
+            c => panic!("{c:?}"),
+        };
+        assert_eq!(watch(&["c", "members", "--watch"]), two);
+        assert_eq!(watch(&["c", "members", "--watch", "5s"]), five);
+        assert_eq!(watch(&["c", "members"]), None);
+    }
 }

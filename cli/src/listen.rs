@@ -82,6 +82,24 @@ pub fn stream_hex(stream: u64) -> String {
     format!("{stream:016x}")
 }
 
+/// Rewrites every `"stream"` field holding a number, at any depth, as 16
+/// hex digits ([`stream_hex`]): the library's types serialize stream ids as
+/// numbers, which JSON readers round past 2^53.
+pub fn hex_streams(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                match x.as_u64() {
+                    Some(s) if k == "stream" => *x = json!(stream_hex(s)),
+                    _ => hex_streams(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(hex_streams),
+        _ => {}
+    }
+}
+
 /// One delivery as a JSON object.
 pub fn delivery_json(d: &Delivery) -> Value {
     match d {

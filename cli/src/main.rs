@@ -1,12 +1,15 @@
-//! `cachecast`: the command line (send, listen, demo, doctor, agent).
+//! `cachecast`: the command line (send, listen, members, demo, doctor,
+//! agent).
 
 mod agent;
 mod args;
+mod confirm;
 mod demo;
 mod doctor;
 mod failure;
 mod listen;
 mod logs;
+mod members;
 mod send;
 mod stop;
 
@@ -21,7 +24,7 @@ use stop::Stop;
 fn main() -> ExitCode {
     // First, so that a parent that ends later is noticed (--exit-with-parent).
     let parent = stop::parent_pid();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args::join_optional_values(std::env::args_os()));
     logs::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,6 +46,7 @@ async fn run(command: Command, parent: libc::pid_t) -> Result<(), Failure> {
         Command::Demo(args) => demo::run(args, &stop).await,
         Command::Send(args) => send::run(args, &stop).await,
         Command::Listen(args) => listen::run(args, &stop, parent).await,
+        Command::Members(args) => members::run(args, &stop).await,
         // No node: a signal ends it at once (its probe's Goodbye is sent
         // right after the Hello).
         Command::Doctor(args) => doctor::run(args).await,

@@ -1,4 +1,6 @@
-//! `cachecast send`: join, publish, say Goodbye, linger, exit.
+//! `cachecast send`: join, publish, wait (bounded) until every live member
+//! has the events, say Goodbye, linger, exit; with `--confirm`, print the
+//! confirmation report and exit 0 only if it is complete.
 //!
 //! Input that would do harm is refused before anything is sent: an empty
 //! key, an empty prefix (it would match every key: `clear` says that
@@ -10,10 +12,14 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::args::{parse_duration, NetArgs};
+use crate::confirm::{self, NoReport};
 use crate::failure::Failure;
 use crate::stop::Stop;
 use cachecast::wire::{self, Event};
-use cachecast::Node;
+use cachecast::{Node, Receipt};
+
+/// The longest `--confirm` or `--settle` accepted.
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 const AFTER_HELP: &str = "\
 Refused before anything is sent (exit status 2): an empty key, an empty \
@@ -21,10 +27,36 @@ prefix (it matches every key, so it would clear every cache of the cluster: \
 use `cachecast send clear` if that is what you mean), a key longer than the \
 wire allows, standard input without a key.
 
+Before it says Goodbye, send waits until every live member has delivered the \
+events (they acknowledge on request), at most --settle (default 2s): under \
+loss, the repair finishes while the sender is still there to answer it. \
+Members that had not acknowledged at the bound are named in a warning on \
+standard error; the exit status does not change. Then Goodbye, and --linger.
+
+--confirm[=TIMEOUT] (default 2s; `--confirm 5s` works too) makes the wait \
+the point: after publishing it asks every member that is live for an \
+acknowledgement, waits at most TIMEOUT, and prints the report on standard \
+output (text, or one JSON object with --json): confirmed (delivered every \
+event), covered by reset (delivered a Reset after them, i.e. cleared its \
+cache), departed (said Goodbye or its 3 s lease expired before it \
+answered), pending (no answer at the timeout), each member by name and \
+stream id. A node that just joined knows at once the members that answered \
+its Hello, but one that cannot hear it (exactly what a confirmation must \
+catch) only from that member's next heartbeat, sent at least every second: \
+so the confirmation starts about 1.25 s after joining, whatever TIMEOUT is \
+(the events themselves are published at once).
+
+Exit status: 0 when everything was published (and, with --confirm, no \
+member is pending); 1 when a member is pending at the --confirm timeout, \
+the network or system failed, or a signal came before everything was \
+published or confirmed; 2 for bad input.
+
 SIGINT or SIGTERM while publishing: the events not yet published are not \
 sent, the node says Goodbye and lingers, and the exit status is 1. While \
-lingering: the linger is finished (it is bounded by --linger) and the exit \
-status stays 0. A second signal exits at once.";
+waiting for --confirm: no report, Goodbye, linger, exit status 1. While \
+waiting for --settle or lingering: the wait ends (Goodbye and the linger, \
+bounded by --linger, still happen) and the exit status stays 0. A second \
+signal exits at once.";
 
 /// Publish invalidations to the cluster.
 #[derive(Debug, Args)]
@@ -35,6 +67,26 @@ pub struct SendArgs {
     /// After Goodbye, stay this long to answer receivers' requests.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub linger: Duration,
+    /// Before Goodbye, wait at most this long until every live member has
+    /// delivered the events (0s: do not wait). At most 10m.
+    #[arg(long, default_value = "2s", value_parser = parse_settle, conflicts_with = "confirm")]
+    pub settle: Duration,
+    /// Await the confirmation of everything published, at most TIMEOUT
+    /// (default 2s), print the report, and exit 1 if a member is pending.
+    /// Above 0, at most 10m.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "2s",
+        value_parser = parse_confirm
+    )]
+    pub confirm: Option<Duration>,
+    /// With --confirm: print the report as one JSON object (stream ids as
+    /// 16 hex digits, durations in ms, and `complete`).
+    #[arg(long, requires = "confirm")]
+    pub json: bool,
     #[command(subcommand)]
     pub what: What,
 }
@@ -70,6 +122,23 @@ pub enum What {
         /// Payload (sent as UTF-8 bytes).
         payload: String,
     },
+}
+
+/// Parses `--settle`: 0 (no wait) up to [`MAX_WAIT`].
+fn parse_settle(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d > MAX_WAIT => Err(format!("at most {}", humantime::format_duration(MAX_WAIT))),
+        d => Ok(d),
+    }
+}
+
+/// Parses `--confirm`'s timeout: above 0 (a confirmation that cannot wait
+/// confirms nothing), at most [`MAX_WAIT`].
+fn parse_confirm(s: &str) -> Result<Duration, String> {
+    match parse_settle(s)? {
+        d if d.is_zero() => Err("must be above 0 (leave --confirm out not to confirm)".into()),
+        d => Ok(d),
+    }
 }
 
 /// Parses a key given as an argument: not empty, within the wire's limit.
@@ -170,21 +239,44 @@ pub async fn run(args: SendArgs, stop: &Stop) -> Result<(), Failure> {
     // its own events.
     config.subscriber_queue = 16;
     config.deliver_own = false;
+    let view_after = config.protocol.heartbeat_idle + confirm::VIEW_MARGIN;
     let events = events(&args.what, config.protocol.max_datagram).map_err(Failure::Usage)?;
     stop.arm();
     let node = Node::join(config).await.map_err(|e| e.to_string())?;
+    let joined = tokio::time::Instant::now();
     let n = events.len();
     let mut published = 0;
     let mut failed = None;
+    // Everything published: one range of this node's stream.
+    let mut all: Option<Receipt> = None;
     for e in events {
         if stop.requested().is_some() {
             break;
         }
-        if let Err(e) = node.publish(e).await {
-            failed = Some(e.to_string());
-            break;
+        match node.publish(e).await {
+            Ok(r) => {
+                let all = all.get_or_insert(Receipt {
+                    stream: r.stream,
+                    seqs: r.seqs.start..r.seqs.start,
+                });
+                all.seqs.end = r.seqs.end;
+            }
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
         }
         published += 1;
+    }
+    let mut report = None;
+    if let (Some(all), true) = (&all, failed.is_none() && published == n) {
+        match args.confirm {
+            Some(timeout) => {
+                report =
+                    Some(confirm::confirm(&node, all, joined + view_after, timeout, stop).await);
+            }
+            None => confirm::settle(&node, all, args.settle, stop).await,
+        }
     }
     // Goodbye and linger, also after a signal or a failure: the other nodes
     // then forget this stream instead of timing it out with a Reset.
@@ -206,7 +298,42 @@ pub async fn run(args: SendArgs, stop: &Stop) -> Result<(), Failure> {
             "stopped by {why}: published {published} of {n} events, the rest were not sent"
         )));
     }
-    Ok(())
+    match report {
+        None => Ok(()),
+        Some(Err(NoReport::Stopped(why))) => Err(Failure::Failed(format!(
+            "stopped by {why}: published {n} events, not confirmed"
+        ))),
+        Some(Err(NoReport::Closed(e))) => Err(Failure::Failed(format!(
+            "published {n} events, no confirmation: {e}"
+        ))),
+        Some(Ok(r)) => {
+            let text = if args.json {
+                format!("{}\n", confirm::report_json(&r))
+            } else {
+                confirm::report_text(&r)
+            };
+            print_out(&text)?;
+            if r.is_complete() {
+                Ok(())
+            } else {
+                Err(Failure::Failed(format!(
+                    "not confirmed: {} member(s) pending at the timeout: {}",
+                    r.pending.len(),
+                    confirm::names(&r.pending)
+                )))
+            }
+        }
+    }
+}
+
+/// Writes `text` to standard output (the node is stopped by now: a slow
+/// reader holds nothing but this process).
+fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::Failed(format!("writing the report to standard output: {e}")))
 }
 
 #[cfg(test)]
