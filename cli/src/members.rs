@@ -50,14 +50,15 @@ Columns, one row per member:
   HEARD       how long ago it was last heard
   ROLE        publisher, or receive-only (never publishes)
 and under it, one line per stream it reported:
-  follows     the stream's node name and stream id
+  follows     the stream's node name (? if this node never heard it) and
+              stream id
   delivered   every event of the stream below this seq was delivered (or
               covered by a Reset)
   lag         how many events of the stream, as far as this node knows
               it, the member had not delivered when it reported
+  reported    how long ago it reported this position
   reset<      present when the member gave up events below this seq with
               a Reset (it cleared its cache)
-  reported    how long ago it reported this position
 The last line: this node's staleness bound per stream it follows, the \
 longest it may have been missing an event of that stream without knowing \
 it, and whether it is isolated (heard no member for longer than the lease).
@@ -297,12 +298,12 @@ pub fn table(name: &str, members: &[Member], staleness: Option<&Staleness>) -> S
                 stream_hex(s.stream),
                 format!("delivered {}", s.delivered),
                 format!("lag {}", s.lag),
+                format!("reported {} ago", human(s.reported)),
                 if s.reset_end > 0 {
                     format!("reset<{}", s.reset_end)
                 } else {
                     String::new()
                 },
-                format!("reported {} ago", human(s.reported)),
             ]);
         }
         under.push(from..follows.len());
@@ -425,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "  follows  backend  00000000000000a1  delivered 42  lag 3  reset<7  reported 1.5s ago"
+            "  follows  backend  00000000000000a1  delivered 42  lag 3  reported 1.5s ago  reset<7"
         );
         assert_eq!(
             lines[5],
