@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::config::Config;
 use super::feed::Feed;
-use super::metrics::{HttpLabels, Metrics};
+use super::metrics::{HttpLabels, Metrics, NodeSnapshot};
 
 /// What every handler shares.
 pub struct AppState {
@@ -360,8 +360,11 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let stats = match st.node.get() {
-        Some(n) => Some(n.stats().await),
+    let node = match st.node.get() {
+        Some(n) => Some(NodeSnapshot {
+            stats: n.stats().await,
+            members: n.members().await,
+        }),
         None => None,
     };
     st.metrics.feed_buffered.set(st.feed.len() as i64);
@@ -370,7 +373,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.encode(stats),
+        st.metrics.encode(node),
     )
         .into_response()
 }

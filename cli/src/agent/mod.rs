@@ -11,6 +11,7 @@
 //! 5 s, exit 0.
 
 pub mod apply;
+pub mod collector;
 pub mod config;
 pub mod feed;
 pub mod http;
