@@ -234,7 +234,13 @@ fn bad_requests_get_their_status_and_a_json_error() {
 fn with_a_token_every_request_without_it_is_401() {
     let net = Net::new();
     let a = Agent::start(&net, "a", "[http]\ntoken = \"0123456789abcdef-secret\"\n");
-    for path in ["/v1/status", "/metrics", "/livez", "/v1/events"] {
+    for path in [
+        "/v1/status",
+        "/v1/members",
+        "/metrics",
+        "/livez",
+        "/v1/events",
+    ] {
         let r = client().get(format!("{}{path}", a.url)).send().unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path}");
         let r = client()

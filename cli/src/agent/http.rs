@@ -1,16 +1,17 @@
-//! The agent's HTTP API (axum): publish (`POST /v1/invalidate`), receive
-//! (`GET /v1/events`, in sse.rs), and watch (`/v1/status`, `/metrics`,
-//! `/livez`, `/readyz`). Every request body is hostile: bounded in size
-//! (413), checked field by field (400 with a JSON error naming the
-//! problem), and nothing reaches the node before all of it is valid.
+//! The agent's HTTP API (axum): publish (`POST /v1/invalidate`, with
+//! `?confirm=` to await every live member), receive (`GET /v1/events`, in
+//! sse.rs), and watch (`/v1/status`, `/v1/members`, `/metrics`, `/livez`,
+//! `/readyz`). Every request is hostile: bounded in size (413), checked
+//! field by field (400 with a JSON error naming the problem), and nothing
+//! reaches the node before all of it is valid.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,12 +21,12 @@ use base64::Engine;
 use cachecast::wire::{Event, EventBatch, MAX_KEY_LEN};
 use cachecast::{Node, PublishError};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::config::Config;
 use super::feed::Feed;
-use super::metrics::{HttpLabels, Metrics, NodeSnapshot};
+use super::metrics::{HttpLabels, Metrics, NodeSnapshot, OutcomeLabels};
 
 /// What every handler shares.
 pub struct AppState {
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/invalidate", post(invalidate))
         .route("/v1/events", get(super::sse::events))
         .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -267,14 +269,77 @@ fn parse_events(
     Ok(out)
 }
 
+/// The longest `?confirm=` a request may wait.
+pub const MAX_CONFIRM: Duration = Duration::from_secs(30);
+
+/// The query string of `POST /v1/invalidate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateQuery {
+    /// Await confirmation for this long (`1s`, `250ms`).
+    confirm: Option<String>,
+}
+
+/// Reads `?confirm=`: a duration above zero, at most [`MAX_CONFIRM`].
+fn parse_confirm(v: &str) -> Result<Duration, String> {
+    // The value is echoed in the error: cut to a readable length.
+    let shown: String = v.chars().take(40).collect();
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        format!("confirm: {shown:?} is not a duration ({e}); e.g. confirm=1s or confirm=250ms")
+    })?;
+    if d.is_zero() {
+        return Err("confirm: must be more than 0 (e.g. confirm=1s)".into());
+    }
+    if d > MAX_CONFIRM {
+        return Err(format!(
+            "confirm: {shown} is over the limit of {}",
+            humantime::format_duration(MAX_CONFIRM)
+        ));
+    }
+    Ok(d)
+}
+
+/// Rewrites every `"stream": <u64>` in `v` as 16 hex digits, as the rest
+/// of the API writes stream ids (a JSON number above 2^53 loses digits in
+/// JavaScript).
+fn hex_streams(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                match x.as_u64() {
+                    Some(id) if k == "stream" => *x = json!(format!("{id:016x}")),
+                    _ => hex_streams(x),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hex_streams),
+        _ => {}
+    }
+}
+
 /// `POST /v1/invalidate`: publishes one event or a batch; 202 with the
-/// stream and sequence numbers once the node has taken them.
+/// stream and sequence numbers once the node has taken them. With
+/// `?confirm=1s`, then awaits every member live at that moment (for at
+/// most that long): 200 with the report added when nobody is pending, 504
+/// with it (the pending members named) when somebody is.
 async fn invalidate(
     State(st): State<Arc<AppState>>,
+    query: Result<Query<InvalidateQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let t0 = Instant::now();
+    let confirm = match query.map(|Query(q)| q.confirm.as_deref().map(parse_confirm)) {
+        Ok(None) => None,
+        Ok(Some(Ok(d))) => Some(d),
+        Ok(Some(Err(msg))) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("query: {} (only ?confirm=DURATION)", e.body_text()),
+            )
+        }
+    };
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -311,26 +376,78 @@ async fn invalidate(
         }
     }
     let n = events.len() as u64;
-    match node.publish_batch(&mut batch).await {
-        Ok(r) => {
-            st.metrics.http_events_accepted.inc_by(n);
+    let receipt = match node.publish_batch(&mut batch).await {
+        Ok(r) => r,
+        Err(PublishError::Invalid(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    st.metrics.http_events_accepted.inc_by(n);
+    st.metrics
+        .http_publish_latency
+        .observe(t0.elapsed().as_secs_f64());
+    let mut answer = json!({
+        "stream": format!("{:016x}", receipt.stream),
+        "first_seq": receipt.seqs.start,
+        "last_seq": receipt.seqs.end.saturating_sub(1),
+        "events": n,
+    });
+    let Some(timeout) = confirm else {
+        return (StatusCode::ACCEPTED, Json(answer)).into_response();
+    };
+    // The receipt spans every event of the request (a batch, or a key
+    // list split over several): one confirmation covers them all.
+    let t1 = Instant::now();
+    let status = match node.confirm(&receipt, timeout).await {
+        Ok(report) => {
+            let complete = report.is_complete();
             st.metrics
-                .http_publish_latency
-                .observe(t0.elapsed().as_secs_f64());
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "stream": format!("{:016x}", r.stream),
-                    "first_seq": r.seqs.start,
-                    "last_seq": r.seqs.end.saturating_sub(1),
-                    "events": n,
-                })),
-            )
-                .into_response()
+                .http_confirm_latency
+                .get_or_create(&OutcomeLabels {
+                    outcome: if complete { "complete" } else { "incomplete" },
+                })
+                .observe(t1.elapsed().as_secs_f64());
+            let mut report = serde_json::to_value(&report).unwrap_or_default();
+            hex_streams(&mut report);
+            answer["confirmation"] = report;
+            if complete {
+                StatusCode::OK
+            } else {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
-        Err(PublishError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+        // Published (the events reach every member, or a Reset does), but
+        // the node stopped before it could confirm.
+        Err(e) => {
+            answer["error"] = json!(format!("published, but not confirmed: {e}"));
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (status, Json(answer)).into_response()
+}
+
+/// `GET /v1/members`: the node's membership view (this node first, then
+/// every member heard, live, left or dead, with how far each delivered
+/// each stream) and its staleness bound; 503 before the join.
+async fn members(State(st): State<Arc<AppState>>) -> Response {
+    let Some(node) = st.node.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not joined yet: the agent is joining the cluster".into(),
+        );
+    };
+    let members = node.members().await;
+    let live = members
+        .iter()
+        .filter(|m| !m.this_node && m.state == cachecast::Liveness::Live)
+        .count();
+    let mut v = json!({
+        "node": format!("{:016x}", node.stream()),
+        "live": live,
+        "members": members,
+        "staleness": node.staleness().await,
+    });
+    hex_streams(&mut v);
+    Json(v).into_response()
 }
 
 /// `GET /readyz`: 200 once joined and every applier connected.
@@ -571,6 +688,8 @@ mod tests {
         );
         for (method, path, want) in [
             ("POST", "/v1/invalidate", 503),
+            ("POST", "/v1/invalidate?confirm=1s", 503),
+            ("GET", "/v1/members", 503),
             ("GET", "/readyz", 503),
             ("GET", "/livez", 200),
             ("GET", "/v1/status", 200),
@@ -585,6 +704,53 @@ mod tests {
                 assert!(text.contains("not joined yet"), "{path}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn confirm_takes_a_bounded_duration_or_names_the_problem() {
+        assert_eq!(parse_confirm("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_confirm("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_confirm("30s"), Ok(MAX_CONFIRM));
+        for (v, want) in [
+            ("", "is not a duration"),
+            ("abc", "is not a duration"),
+            ("1", "is not a duration"),
+            ("-1s", "is not a duration"),
+            ("0s", "more than 0"),
+            ("31s", "over the limit of 30s"),
+            ("1h", "over the limit"),
+            ("99999999999999999999999s", "is not a duration"),
+        ] {
+            let err = parse_confirm(v).unwrap_err();
+            assert!(
+                err.starts_with("confirm: ") && err.contains(want),
+                "{v}: {err}"
+            );
+        }
+        // A long value is not echoed whole.
+        let err = parse_confirm(&"9".repeat(10_000)).unwrap_err();
+        assert!(err.len() < 400, "{err}");
+    }
+
+    #[test]
+    fn stream_ids_become_hex_wherever_they_are() {
+        let mut v = json!({
+            "stream": 255u64,
+            "members": [{"stream": u64::MAX, "streams": [{"stream": 1, "lag": 3}]}],
+            "pending": [{"name": "b", "stream": 16}],
+            "other": 7,
+        });
+        hex_streams(&mut v);
+        assert_eq!(
+            v,
+            json!({
+                "stream": "00000000000000ff",
+                "members": [{"stream": "ffffffffffffffff",
+                             "streams": [{"stream": "0000000000000001", "lag": 3}]}],
+                "pending": [{"name": "b", "stream": "0000000000000010"}],
+                "other": 7,
+            })
+        );
     }
 
     #[test]
