@@ -43,10 +43,12 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Run the local agent: HTTP, Server-Sent Events, webhooks, and this
 /// host's Redis/memcached kept coherent.
 ///
-/// Applications on this host publish with `POST /v1/invalidate`, receive with `GET /v1/events` (Server-Sent
-/// Events, resumable with Last-Event-ID) or webhooks, and the host's Redis
-/// and memcached are kept coherent by the agent itself. Watch it with
-/// `/metrics`, `/livez`, `/readyz`, `/v1/status`. See contrib/agent.toml
+/// Applications on this host publish with `POST /v1/invalidate` (with
+/// `?confirm=1s`: wait until every live member has the events), receive
+/// with `GET /v1/events` (Server-Sent Events, resumable with Last-Event-ID)
+/// or webhooks, and the host's Redis and memcached are kept coherent by the
+/// agent itself. Watch it with `/metrics`, `/livez`, `/readyz`,
+/// `/v1/status`, `/v1/members`. See contrib/agent.toml
 /// for every setting (each has a default; CACHECAST_* variables override
 /// the file).
 #[derive(Debug, Args)]
