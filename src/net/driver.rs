@@ -273,6 +273,8 @@ impl Driver {
                 timeout,
                 reply,
             } => {
+                // A huge timeout means "as long as it takes": a day.
+                let timeout = timeout.min(Duration::from_secs(86_400));
                 let id = self.core.confirm(now, seqs, now + timeout);
                 self.confirms.insert(id, reply);
             }

@@ -43,6 +43,11 @@ use crate::wire::{self, Body, EncodedEvent, Event, Header, Position, SeqRange};
 /// Unchanged positions a periodic `Report` adds, in turn, to what changed.
 const REFRESH: usize = 8;
 
+/// Streams that ended are still reported for this many stream timeouts
+/// (30 s by default), so that a node cut off from their side for up to that
+/// long learns of them; a member back from a longer death costs a Reset.
+const ENDED_KEPT: u32 = 3;
+
 /// Unsent events past which a node takes no more publishes (see
 /// [`NodeCore::accepts_publishes`]): as many as one `EventBatch` holds.
 const MAX_UNSENT: usize = wire::MAX_BATCH;
@@ -368,10 +373,14 @@ impl NodeCore {
         let from = dgram.header.stream;
         let resets_before = self.stats.resets_total();
         let receive_only = dgram.header.receive_only();
-        if let Some(silent) =
-            self.members
-                .heard(now, from, addr, receive_only, self.cfg.max_members)
-        {
+        if let Some(silent) = self.members.heard(
+            now,
+            from,
+            addr,
+            receive_only,
+            self.cfg.max_members,
+            self.cfg.stream_timeout * ENDED_KEPT,
+        ) {
             // Cut off for longer than the lease: streams may have begun and
             // ended unheard meanwhile. Nothing proves otherwise: Reset.
             let mut sink = sink!(self);
@@ -480,9 +489,14 @@ impl NodeCore {
                     r.on_position(now, next_seq, None, &mut sink);
                     r.learned_position(now);
                 }
-                if members.is_empty() || members.contains(&self.cfg.stream) {
-                    let want = self.members.ack_wanted.entry(from).or_insert(0);
-                    *want = (*want).max(next_seq);
+                if (members.is_empty() || members.contains(&self.cfg.stream))
+                    && (self.members.ack_wanted.len() < self.cfg.max_streams
+                        || self.members.ack_wanted.contains_key(&from))
+                {
+                    // The lowest request outstanding: a retry asking for
+                    // more must not starve the answer to the first.
+                    let want = self.members.ack_wanted.entry(from).or_insert(next_seq);
+                    *want = (*want).min(next_seq);
                 }
             }
             Body::Report { positions, .. } => {
@@ -588,6 +602,9 @@ impl NodeCore {
                     },
                     r.last_heard(),
                 ));
+                while self.members.ended.len() > self.cfg.max_ended {
+                    self.members.ended.pop_front();
+                }
             }
             tracing::debug!(
                 stream = format_args!("{stream:016x}"),
@@ -704,6 +721,9 @@ impl NodeCore {
         }
         let in_sync = now < self.sync_until;
         let mut touched = Vec::new();
+        // New streams learned per report: a bogus report costs at most
+        // this many gaps (and their Resets).
+        let mut learn_left = 16;
         let mut sink = sink!(self);
         for p in positions {
             if p.stream == me || self.ended_set.contains(&p.stream) {
@@ -738,6 +758,11 @@ impl NodeCore {
                     } else {
                         covered.unwrap_or(1)
                     };
+                    // Nothing missing (an empty stream, or all covered).
+                    if !in_sync && p.delivered <= start || learn_left == 0 {
+                        continue;
+                    }
+                    learn_left -= 1;
                     tracing::debug!(
                         stream = format_args!("{:016x}", p.stream),
                         from = format_args!("{from:016x}"),
@@ -767,7 +792,15 @@ impl NodeCore {
             return;
         }
         if let Some(p) = self.members.stable(self.cfg.stream) {
-            self.stats.ring_trimmed += self.sender.trim_below(p) as u64;
+            // Only what is also older than a joiner's sync and two idle
+            // heartbeats: a node that meets the stream late (after its
+            // sync window, or after an eviction) follows it from seq 1 and
+            // is repaired rather than Reset.
+            let age = self.cfg.heartbeat_idle * 2 + self.cfg.sync_window;
+            let Some(before) = self.last_now.checked_sub(age) else {
+                return;
+            };
+            self.stats.ring_trimmed += self.sender.trim_below(p, before) as u64;
         }
     }
 
@@ -783,10 +816,12 @@ impl NodeCore {
         self.members.ack_wanted.retain(|s, want| {
             let have = match streams.get(s) {
                 Some(r) => r.next_expected(),
-                None => ended
-                    .iter()
-                    .find(|(p, _)| p.stream == *s)
-                    .map_or(0, |(p, _)| p.delivered),
+                None => match ended.iter().find(|(p, _)| p.stream == *s) {
+                    Some((p, _)) => p.delivered,
+                    // Neither followed nor ended here (timed out, evicted):
+                    // nothing to answer; the requester asks again.
+                    None => return false,
+                },
             };
             if have >= *want {
                 ready.push(*s);
@@ -845,7 +880,14 @@ impl NodeCore {
     /// lately and a few unchanged positions in turn; at most what fits one
     /// datagram. Nothing when there is nothing to say.
     fn send_report(&mut self, periodic: bool) {
-        let cap = ((self.cfg.max_datagram.saturating_sub(100)) / 28).clamp(1, wire::MAX_POSITIONS);
+        // A position encodes to at most 46 bytes (stream, delivered,
+        // reset_end, idle_ms, each a varint of at most 9); besides, the
+        // header, the tag, the name and the count.
+        let room = self
+            .cfg
+            .max_datagram
+            .saturating_sub(40 + wire::MAX_NODE_NAME + 10);
+        let cap = (room / 46).clamp(1, wire::MAX_POSITIONS);
         let mut positions: Vec<Position> = Vec::new();
         let mut seen = HashSet::new();
         let acks = std::mem::take(&mut self.members.ack_ready);
@@ -932,7 +974,7 @@ impl NodeCore {
         if self.timers.is_due(Timer::Report, now) {
             let next = jitter(&mut self.member_rng, self.cfg.report_interval);
             self.timers.set(Timer::Report, now + next);
-            let keep = self.cfg.stream_timeout;
+            let keep = self.cfg.stream_timeout * ENDED_KEPT;
             self.members.ended.retain(|(_, at)| *at + keep > now);
             let streams = &self.streams;
             self.members.reported.retain(|s, _| streams.contains_key(s));

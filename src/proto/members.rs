@@ -244,6 +244,9 @@ pub(crate) struct Members {
     pub last_heard_any: Option<Instant>,
     /// Members forgotten because the table was full.
     pub dropped: u64,
+    /// When this node last Reset for a partition (isolated, or a member
+    /// back from the dead): one Reset per heal, not one per member.
+    pub heal_reset: Option<Instant>,
 }
 
 impl Members {
@@ -256,8 +259,10 @@ impl Members {
         addr: Option<SocketAddr>,
         receive_only: bool,
         max: usize,
+        healed_after: Duration,
     ) -> Option<Duration> {
         self.last_heard_any = Some(now);
+        let mut healed = None;
         if !self.table.contains_key(&stream) {
             if self.table.len() >= max {
                 self.make_room(max);
@@ -280,19 +285,35 @@ impl Members {
             }
         }
         if let Some(e) = self.table.get_mut(&stream) {
-            e.last_heard = now;
             e.receive_only = receive_only;
             if addr.is_some() {
                 e.addr = addr;
             }
             if e.state == Liveness::Dead {
-                // Back from a partition (or never dead at all).
+                // Back: stream ids are new at every start, so a dead member
+                // heard again was cut off from this node, not restarted.
+                // Past `healed_after`, publishers that came and went on its
+                // side may no longer be in anyone's reports: this node
+                // cannot prove it missed nothing.
+                let unheard = now.saturating_duration_since(e.last_heard);
+                if unheard >= healed_after
+                    && self.heal_reset.is_none_or(|t| t + healed_after <= now)
+                {
+                    healed = Some(unheard);
+                }
                 e.state = Liveness::Live;
             }
+            e.last_heard = now;
         }
-        self.isolated_since
+        let isolated = self
+            .isolated_since
             .take()
-            .map(|since| now.saturating_duration_since(since))
+            .map(|since| now.saturating_duration_since(since));
+        let reset = isolated.or(healed);
+        if reset.is_some() {
+            self.heal_reset = Some(now);
+        }
+        reset
     }
 
     /// Forgets members that left or died, oldest first, to make room.
@@ -513,6 +534,11 @@ impl Members {
         }
         self.table
             .retain(|_, e| e.state == Liveness::Live || e.since + forget > now);
+        // Positions not reported again for `forget` are dropped (a refresh
+        // reports every live one well within it).
+        for e in self.table.values_mut() {
+            e.positions.retain(|_, (_, at)| *at + forget > now);
+        }
         let any_live = self.table.values().any(|e| e.state == Liveness::Live);
         // Isolated: nobody at all heard for the lease, and a member that
         // was live when the silence began died in it (rather than said

@@ -72,9 +72,9 @@ impl RetransmitRing {
 
     /// Drops every event below `seq` (every member has it: stability).
     /// Returns how many.
-    pub fn drop_below(&mut self, seq: u64) -> usize {
+    pub fn drop_below(&mut self, seq: u64, sent_before: Instant) -> usize {
         let mut n = 0;
-        while self.first_seq < seq && !self.entries.is_empty() {
+        while self.first_seq < seq && self.entries.front().is_some_and(|e| e.sent < sent_before) {
             self.pop();
             n += 1;
         }

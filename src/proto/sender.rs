@@ -124,8 +124,8 @@ impl Sender {
 
     /// Stability: every live member has everything below `seq`, so the
     /// ring need not hold it. Returns how many events left the ring.
-    pub fn trim_below(&mut self, seq: u64) -> usize {
-        self.ring.drop_below(seq.min(self.sent_end()))
+    pub fn trim_below(&mut self, seq: u64, sent_before: Instant) -> usize {
+        self.ring.drop_below(seq.min(self.sent_end()), sent_before)
     }
 
     /// Bytes the retransmit ring holds.
