@@ -146,3 +146,69 @@ fn publish_one(sim: &mut Sim, i: u64) {
     sim.run_for(ms(100));
     sim.crash(p);
 }
+
+/// Two nodes cut off from two others for 25 s (each side still hears its
+/// own half, so nobody is isolated); on the far side a publisher publishes
+/// and ends 12 s into the cut. After the heal, each near node has the
+/// events or a Reset after them: it learns the stream from the far side's
+/// reports (still kept), or Resets for a member back from a long death.
+#[test]
+fn a_two_sided_partition_loses_nothing_silently() {
+    let mut sim = Sim::new(7);
+    let listener = CoreConfig {
+        receive_only: true,
+        ..CoreConfig::default()
+    };
+    let n0 = sim.add_node("n0", listener.clone());
+    let n1 = sim.add_node("n1", listener.clone());
+    let n2 = sim.add_node("n2", listener);
+    sim.run_for(ms(500));
+    let cut = |sim: &mut Sim, far: &[usize], on: bool| {
+        for &a in &[n0, n1] {
+            for &b in far {
+                let f = if on {
+                    cachecast::testkit::Faults::dropping(|_| true)
+                } else {
+                    cachecast::testkit::Faults::default()
+                };
+                sim.set_link(a, b, f.clone());
+                sim.set_link(b, a, f);
+            }
+        }
+    };
+    cut(&mut sim, &[n2], true);
+    sim.run_for(Duration::from_secs(11));
+    let p = sim.add_node("p", CoreConfig::default());
+    cut(&mut sim, &[n2, p], true);
+    sim.run_for(ms(200));
+    let published_at = sim.now();
+    for i in 0..10 {
+        sim.publish(
+            p,
+            Event::Invalidate {
+                keys: vec![format!("k{i}")],
+            },
+        );
+    }
+    sim.run_for(ms(100));
+    sim.close(p);
+    sim.run_for(ms(300));
+    sim.crash(p);
+    sim.run_for(Duration::from_secs(13));
+    cut(&mut sim, &[n2, p], false);
+    sim.run_for(Duration::from_secs(15));
+    let stream = sim.life(p).stream;
+    for n in [n0, n1] {
+        let got = sim
+            .delivered_events(n)
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .count();
+        let reset_after = sim.resets(n).iter().any(|(at, _)| *at >= published_at);
+        assert!(
+            got == 10 || reset_after,
+            "node {n}: {got} of 10 delivered and no Reset after them: {:?}",
+            sim.resets(n)
+        );
+    }
+}
