@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::record::{Life, NodeId, Published, Record};
-use crate::proto::{Delivery, ResetReason};
+use crate::proto::{ConfirmReport, Delivery, MemberRef, ResetReason};
 use crate::wire::Event;
 
 /// What the checker counted when the promise held.
@@ -26,13 +26,22 @@ pub struct CheckReport {
     /// because no protocol could know of the event (exception 3 of
     /// [`Record::check`]).
     pub excused: u64,
+    /// Confirmation reports checked (every life's, ended lives' included).
+    pub confirmations: u64,
+    /// (member, event) pairs those reports claimed (confirmed or covered
+    /// by a `Reset`) and the member's life bears out.
+    pub confirmed_claims: u64,
 }
 
-/// The first event a node lost silently: it neither delivered it nor a
-/// `Reset` after it.
+/// The first broken promise found: an event a node lost silently (it
+/// neither delivered it nor a `Reset` after it), or, when
+/// [`SilentLoss::confirmation`] is set, a false confirmation (a report
+/// claimed that the node had an event it had not delivered, nor a `Reset`
+/// after it, by the report's time).
 #[derive(Debug, Clone)]
 pub struct SilentLoss {
-    /// The receiving node.
+    /// The receiving node (for a false confirmation, the member claimed;
+    /// `NodeId::MAX` if that member was no life of the run at all).
     pub node: NodeId,
     /// Its name.
     pub name: String,
@@ -53,10 +62,56 @@ pub struct SilentLoss {
     /// The life's last deliveries of that stream, and its `Reset`s, newest
     /// first (at most 20).
     pub log: Vec<String>,
+    /// Set when the promise broken is a confirmation's: which report
+    /// claimed the member.
+    pub confirmation: Option<FalseConfirmation>,
+}
+
+/// A confirmation report that claimed a member falsely (see
+/// [`SilentLoss::confirmation`]).
+#[derive(Debug, Clone)]
+pub struct FalseConfirmation {
+    /// The node whose confirmation it was (the publisher).
+    pub by: NodeId,
+    /// Its name.
+    pub by_name: String,
+    /// When the outcome came, since the start of the run.
+    pub at: Duration,
+    /// The member as the report named it.
+    pub member: MemberRef,
+    /// The report.
+    pub report: ConfirmReport,
 }
 
 impl fmt::Display for SilentLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.confirmation {
+            writeln!(
+                f,
+                "false confirmation: node {} (#{}) reported at {:?} that member {} (#{}, stream \
+                 {:#018x}, joined at {:?}, in sync at {:?}) had seq {} of stream {:#018x} ({:?}) \
+                 published at {:?}, but it delivered neither that event nor a Reset between the \
+                 publish and the report; the report: {:?}; the member's last deliveries of that \
+                 stream, and its Resets, newest first:",
+                c.by_name,
+                c.by,
+                c.at,
+                c.member,
+                self.node,
+                self.node_stream,
+                self.life.0,
+                self.life.1,
+                self.seq,
+                self.stream,
+                self.event,
+                self.published_at,
+                c.report,
+            )?;
+            for line in &self.log {
+                writeln!(f, "  {line}")?;
+            }
+            return Ok(());
+        }
         writeln!(
             f,
             "silent loss: node {} (#{}, stream {:#018x}, joined at {:?}, in sync at {:?}) never \
@@ -128,10 +183,21 @@ impl Record {
     ///      once faults heal. Pairs excused so, neither delivered nor
     ///      covered, are counted in [`CheckReport::excused`].
     ///
+    /// - **No false confirmation.** For every confirmation report of every
+    ///   life (ended lives' too: a report is a claim made when it came),
+    ///   every member it names confirmed or covered by a `Reset` must be a
+    ///   life of the run (by stream id) that, for each event of the
+    ///   report's seqs, delivered it (at any time: a loopback reader may
+    ///   read it after the report came), or delivered a `Reset` produced at
+    ///   or after its publish and no later than the report came. Events
+    ///   published before the member's join returned are not owed (rule 2
+    ///   below: it caches only after its join).
+    ///
     /// Run it once the run has settled: faults healed, repairs done, and
     /// past the stream timeout if a publisher crashed.
     pub fn check(&self) -> Result<CheckReport, Box<SilentLoss>> {
         let mut report = CheckReport::default();
+        self.check_confirmations(&mut report)?;
         let ended: HashMap<u64, bool> = self
             .lives
             .iter()
@@ -182,6 +248,111 @@ impl Record {
         Ok(report)
     }
 
+    /// The rule of false confirmations (see [`Record::check`]).
+    fn check_confirmations(&self, report: &mut CheckReport) -> Result<(), Box<SilentLoss>> {
+        let published: HashMap<(u64, u64), &Published> = self
+            .published
+            .iter()
+            .map(|p| ((p.stream, p.seq), p))
+            .collect();
+        // Built once per member life claimed: what it delivered, and when
+        // its Resets were produced (sorted).
+        let mut seen: HashMap<u64, (HashSet<(u64, u64)>, Vec<Instant>)> = HashMap::new();
+        for by in &self.lives {
+            for (t, rep) in &by.confirmations {
+                report.confirmations += 1;
+                let publisher = self.life_of_stream(rep.stream);
+                for m in rep.confirmed.iter().chain(&rep.covered_by_reset) {
+                    let Some(life) = self.life_of_stream(m.stream) else {
+                        let seq = rep.seqs.start;
+                        let p = published.get(&(rep.stream, seq)).copied();
+                        return Err(Box::new(
+                            self.false_confirmation(by, *t, rep, m, None, seq, p),
+                        ));
+                    };
+                    let (got, resets) = seen.entry(m.stream).or_insert_with(|| {
+                        let mut r: Vec<Instant> = life.resets().map(|(t, _)| t).collect();
+                        r.sort();
+                        (life.events().collect(), r)
+                    });
+                    for seq in rep.seqs.clone() {
+                        let p = published.get(&(rep.stream, seq)).copied();
+                        // Unknown publish (a seq never published): any time
+                        // in the publisher's life.
+                        let at = p
+                            .map(|p| p.at)
+                            .or(publisher.map(|l| l.joined))
+                            .unwrap_or(self.start);
+                        if at < life.synced || got.contains(&(rep.stream, seq)) {
+                            report.confirmed_claims += 1;
+                            continue;
+                        }
+                        let first = resets.partition_point(|r| *r < at);
+                        if resets.get(first).is_some_and(|r| r <= t) {
+                            report.confirmed_claims += 1;
+                            continue;
+                        }
+                        return Err(Box::new(self.false_confirmation(
+                            by,
+                            *t,
+                            rep,
+                            m,
+                            Some(life),
+                            seq,
+                            p,
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn false_confirmation(
+        &self,
+        by: &Life,
+        at: Instant,
+        report: &ConfirmReport,
+        member: &MemberRef,
+        life: Option<&Life>,
+        seq: u64,
+        p: Option<&Published>,
+    ) -> SilentLoss {
+        let rel = |t: Instant| t.saturating_duration_since(self.start);
+        let p = p.cloned().unwrap_or(Published {
+            node: by.node,
+            stream: report.stream,
+            seq,
+            at: by.joined,
+            event: Event::ClearAll,
+        });
+        let mut v = match life {
+            Some(l) => self.silent_loss(l, &p),
+            None => SilentLoss {
+                node: NodeId::MAX,
+                name: member.to_string(),
+                node_stream: member.stream,
+                life: (Duration::ZERO, Duration::ZERO),
+                publisher: p.node,
+                stream: p.stream,
+                seq,
+                event: p.event.clone(),
+                published_at: rel(p.at),
+                log: vec!["(no life of the run has this stream)".to_string()],
+                confirmation: None,
+            },
+        };
+        v.confirmation = Some(FalseConfirmation {
+            by: by.node,
+            by_name: by.name.clone(),
+            at: rel(at),
+            member: member.clone(),
+            report: report.clone(),
+        });
+        v
+    }
+
     fn silent_loss(&self, life: &Life, p: &Published) -> SilentLoss {
         let rel = |t: Instant| t.saturating_duration_since(self.start);
         let log = (life.deliveries.iter().enumerate())
@@ -207,6 +378,7 @@ impl Record {
             event: p.event.clone(),
             published_at: rel(p.at),
             log,
+            confirmation: None,
         }
     }
 }
@@ -486,5 +658,101 @@ mod tests {
         deliver(&mut r, 0, 200, event(1));
         let rep = r.check().unwrap();
         assert_eq!((rep.expected, rep.delivered), (2, 2), "{rep:?}");
+    }
+
+    /// A confirmation by the publisher (node 0), its outcome at `t` ms,
+    /// claiming `confirmed` and `covered` for seq 1.
+    fn confirmation(r: &mut Record, t: u64, confirmed: &[u64], covered: &[u64]) {
+        let refs = |v: &[u64]| {
+            v.iter()
+                .map(|s| MemberRef {
+                    name: Some(format!("{s:x}")),
+                    stream: *s,
+                })
+                .collect()
+        };
+        let report = ConfirmReport {
+            stream: S,
+            seqs: 1..2,
+            confirmed: refs(confirmed),
+            covered_by_reset: refs(covered),
+            departed: Vec::new(),
+            pending: Vec::new(),
+            elapsed: ms(t - 200),
+        };
+        let t = at(r, t);
+        r.lives[0].confirmations.push((t, report));
+    }
+
+    #[test]
+    fn a_confirmation_the_member_bears_out_passes() {
+        let mut r = record();
+        deliver(&mut r, 1, 201, event(1));
+        confirmation(&mut r, 202, &[R], &[]);
+        let rep = r.check().unwrap();
+        assert_eq!((rep.confirmations, rep.confirmed_claims), (1, 1));
+    }
+
+    #[test]
+    fn a_forged_false_confirmation_is_caught() {
+        // The member never delivered seq 1; a Reset much later keeps the
+        // no-silent-loss promise, but not the report's claim at 202 ms.
+        let mut r = record();
+        deliver(&mut r, 1, 500, timed_out());
+        assert!(r.clone().check().is_ok(), "the promise itself is kept");
+        confirmation(&mut r, 202, &[R], &[]);
+        let v = r.check().unwrap_err();
+        let c = v.confirmation.as_ref().expect("a false confirmation");
+        assert_eq!((v.node, v.stream, v.seq, c.by), (1, S, 1, 0));
+        assert_eq!(c.member.stream, R);
+        assert_eq!(c.at, ms(202));
+        let text = v.to_string();
+        assert!(
+            text.starts_with("false confirmation: node tx (#0)"),
+            "{text}"
+        );
+        assert!(text.contains("member b (#1"), "{text}");
+        // Claimed covered by a Reset instead: the same lie.
+        let mut r = record();
+        confirmation(&mut r, 202, &[], &[R]);
+        assert!(r.check().unwrap_err().confirmation.is_some());
+    }
+
+    #[test]
+    fn a_reset_backs_a_claim_only_between_the_publish_and_the_report() {
+        for (reset_at, ok) in [(199, false), (200, true), (202, true), (203, false)] {
+            let mut r = record();
+            deliver(
+                &mut r,
+                1,
+                reset_at,
+                reset(ResetReason::Lagged { missed: 1 }),
+            );
+            // A later Reset keeps the promise either way.
+            deliver(&mut r, 1, 600, timed_out());
+            confirmation(&mut r, 202, &[], &[R]);
+            let got = r.check();
+            assert_eq!(got.is_ok(), ok, "Reset at {reset_at}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_member_that_is_no_life_of_the_run_is_a_false_confirmation() {
+        let mut r = record();
+        deliver(&mut r, 1, 201, event(1));
+        confirmation(&mut r, 202, &[R, 0xdead], &[]);
+        let v = r.check().unwrap_err();
+        assert_eq!((v.node, v.node_stream), (NodeId::MAX, 0xdead));
+        assert!(v.to_string().contains("no life of the run"), "{v}");
+    }
+
+    #[test]
+    fn a_member_owes_no_event_published_before_its_join_returned() {
+        let mut r = record();
+        let t = at(&r, 250);
+        r.lives[1].synced = t;
+        confirmation(&mut r, 300, &[R], &[]);
+        let rep = r.check().unwrap();
+        assert_eq!((rep.confirmations, rep.confirmed_claims), (1, 1));
     }
 }

@@ -20,6 +20,10 @@
 //!   and delivered, and every event [`Published`]) and one checker,
 //!   [`Record::check`], whose rules are stated there. It returns a
 //!   [`CheckReport`], or the first [`SilentLoss`] with the node's log.
+//!   Every confirmation's outcome is recorded too ([`Life::confirmations`];
+//!   in the simulator [`Sim::confirm`], [`Sim::publish_confirmed`]), and
+//!   the checker holds each report to what its members delivered: no
+//!   member claimed falsely ([`FalseConfirmation`]).
 //!
 //! In the simulator:
 //!
@@ -74,11 +78,11 @@ mod record;
 mod sim;
 mod tap;
 
-pub use check::{CheckReport, SilentLoss};
+pub use check::{CheckReport, FalseConfirmation, SilentLoss};
 pub use faults::{data_seqs, DropIf, Faults, GilbertElliott};
 pub use harness::{Loopback, LoopbackCluster};
 pub use record::{Life, NodeId, Published, Record};
-pub use sim::Sim;
+pub use sim::{Count, Sim, Traffic, SIM_PORT};
 pub use tap::{join_with_faults, NodeFaults};
 
 pub(crate) use tap::DriverTap;

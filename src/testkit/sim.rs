@@ -10,6 +10,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,11 @@ use rand::{Rng, SeedableRng};
 use super::check::{CheckReport, SilentLoss};
 use super::faults::{Fate, Faults};
 use super::record::{Life, NodeId, Published, Record};
-use crate::proto::{CoreConfig, NodeCore, ResetReason};
-use crate::wire::{self, Body, Event};
+use crate::proto::{ConfirmReport, CoreConfig, NodeCore, ResetReason};
+use crate::wire::{self, Body, BodyTag, Event};
+
+/// The port of every simulated node's address (see [`Sim::addr`]).
+pub const SIM_PORT: u16 = 7467;
 
 /// One simulated node.
 struct SimNode {
@@ -33,15 +38,105 @@ struct SimNode {
     faults: Faults,
     /// Burst state of `faults`.
     bad: bool,
+    /// The outcomes of its current life's confirmations, by id.
+    outcomes: HashMap<u64, ConfirmReport>,
+    /// What it sent and received.
+    traffic: Traffic,
+}
+
+/// Datagrams and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Datagrams.
+    pub datagrams: u64,
+    /// Their bytes (whole datagrams: header, body, trailer).
+    pub bytes: u64,
+}
+
+impl Count {
+    fn add(&mut self, bytes: usize) {
+        self.datagrams += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// What one simulated node put on the network and took off it, by body
+/// kind, over all its lives ([`Sim::traffic`]). A datagram it sends counts
+/// once, however many nodes receive it; a datagram it receives counts when
+/// it reaches its protocol (after every fault; its own looped-back
+/// datagrams are not counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traffic {
+    sent: Vec<Count>,
+    received: Vec<Count>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            sent: vec![Count::default(); BodyTag::ALL.len()],
+            received: vec![Count::default(); BodyTag::ALL.len()],
+        }
+    }
+}
+
+impl Traffic {
+    /// Datagrams of kind `tag` sent.
+    pub fn sent(&self, tag: BodyTag) -> Count {
+        self.sent[tag as usize]
+    }
+
+    /// Datagrams of kind `tag` received.
+    pub fn received(&self, tag: BodyTag) -> Count {
+        self.received[tag as usize]
+    }
+
+    /// Every datagram sent.
+    pub fn sent_total(&self) -> Count {
+        sum(&self.sent)
+    }
+
+    /// Every datagram received.
+    pub fn received_total(&self) -> Count {
+        sum(&self.received)
+    }
+
+    /// What happened since `earlier` (a copy of this node's traffic taken
+    /// before).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        let diff = |a: &[Count], b: &[Count]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| Count {
+                    datagrams: a.datagrams - b.datagrams,
+                    bytes: a.bytes - b.bytes,
+                })
+                .collect()
+        };
+        Traffic {
+            sent: diff(&self.sent, &earlier.sent),
+            received: diff(&self.received, &earlier.received),
+        }
+    }
+}
+
+fn sum(counts: &[Count]) -> Count {
+    counts.iter().fold(Count::default(), |a, c| Count {
+        datagrams: a.datagrams + c.datagrams,
+        bytes: a.bytes + c.bytes,
+    })
 }
 
 /// A datagram on its way to one node.
 struct Arrival {
     at: Instant,
     order: u64,
+    from: NodeId,
     to: NodeId,
     /// The sending stream, from the header (0 if it did not decode).
     stream: u64,
+    /// Its body's kind, if it decoded.
+    tag: Option<BodyTag>,
     bytes: Rc<[u8]>,
 }
 
@@ -68,7 +163,13 @@ impl Ord for Arrival {
 /// ([`Sim::default_link`], or the link's own from [`Sim::set_link`]), then
 /// the receiving node's ([`Sim::set_faults`]: the same faults a
 /// [`LoopbackCluster`](super::LoopbackCluster) node has). A node always
-/// hears its own datagrams (multicast loopback), and ignores them.
+/// hears its own datagrams (multicast loopback), and ignores them. Each
+/// datagram reaches the protocol with its sender's address ([`Sim::addr`]),
+/// as on a real network.
+///
+/// After every input the simulator drains the node's outputs: datagrams go
+/// on the network, deliveries and the outcomes of confirmations
+/// ([`Sim::confirm`]) into the node's [`Life`].
 pub struct Sim {
     now: Instant,
     rng: SmallRng,
@@ -148,6 +249,8 @@ impl Sim {
             life: 0,
             faults: Faults::default(),
             bad: false,
+            outcomes: HashMap::new(),
+            traffic: Traffic::default(),
         });
         self.timer_of.push(None);
         self.start_node(id);
@@ -178,6 +281,7 @@ impl Sim {
         );
         self.record.lives[node.life].deliver_own = deliver_own;
         node.core = Some(core);
+        node.outcomes.clear();
         self.pump(id);
     }
 
@@ -199,6 +303,18 @@ impl Sim {
     /// Node `id`'s name.
     pub fn name(&self, id: NodeId) -> &str {
         &self.nodes[id].name
+    }
+
+    /// Node `id`'s address as the others see it: `10.x.y.z:7467`, node 0
+    /// being 10.0.0.1 (never sent to; only shown, as in its members' views).
+    pub fn addr(&self, id: NodeId) -> SocketAddr {
+        let ip = Ipv4Addr::from(0x0a00_0000 | ((id as u32 + 1) & 0x00ff_ffff));
+        SocketAddr::V4(SocketAddrV4::new(ip, SIM_PORT))
+    }
+
+    /// What node `id` sent and received so far (all lives).
+    pub fn traffic(&self, id: NodeId) -> &Traffic {
+        &self.nodes[id].traffic
     }
 
     /// Everything the run did so far: every life, delivery and publish.
@@ -281,12 +397,81 @@ impl Sim {
         seq
     }
 
-    /// Publishes several events at once (they share datagrams).
-    pub fn publish_batch(&mut self, id: NodeId, events: Vec<Event>) {
+    /// Publishes several events at once (they share datagrams). Returns
+    /// their seqs.
+    pub fn publish_batch(&mut self, id: NodeId, events: Vec<Event>) -> Range<u64> {
+        let next = self.nodes[id].core.as_ref().map_or(0, |c| c.next_seq());
+        let mut seqs = next..next;
         for event in events {
-            self.publish_unsent(id, event);
+            seqs.end = self.publish_unsent(id, event) + 1;
         }
         self.pump(id);
+        seqs
+    }
+
+    /// Awaits confirmation of `seqs` of node `id`'s stream
+    /// ([`NodeCore::confirm`]), with a deadline `timeout` from now. Returns
+    /// the confirmation's id: its outcome comes from [`Sim::outcome`] once
+    /// known, and is recorded in the node's [`Life::confirmations`] (the
+    /// checker verifies it).
+    pub fn confirm(&mut self, id: NodeId, seqs: Range<u64>, timeout: Duration) -> u64 {
+        let now = self.now;
+        let core = self.nodes[id]
+            .core
+            .as_mut()
+            .expect("confirm on a live node");
+        let confirm = core.confirm(now, seqs, now + timeout);
+        self.pump(id);
+        confirm
+    }
+
+    /// The outcome of node `id`'s confirmation `confirm` (of its current
+    /// life), once known.
+    pub fn outcome(&self, id: NodeId, confirm: u64) -> Option<&ConfirmReport> {
+        self.nodes[id].outcomes.get(&confirm)
+    }
+
+    /// Runs until node `id`'s confirmation `confirm` has its outcome, at
+    /// most `limit` of virtual time; `None` if it has none by then (or the
+    /// node crashed).
+    pub fn await_outcome(
+        &mut self,
+        id: NodeId,
+        confirm: u64,
+        limit: Duration,
+    ) -> Option<ConfirmReport> {
+        let end = self.now + limit;
+        let life = self.nodes[id].life;
+        loop {
+            if self.nodes[id].life != life {
+                return None;
+            }
+            if let Some(r) = self.outcome(id, confirm) {
+                return Some(r.clone());
+            }
+            if self.now >= end || self.nodes[id].core.is_none() {
+                return None;
+            }
+            // To the next thing that happens: the outcome's time is exact.
+            let next = self.next_event().map_or(end, |t| t.min(end));
+            self.run_until(next);
+        }
+    }
+
+    /// Publishes `events` on node `id` and awaits their confirmation
+    /// ([`Sim::confirm`]): runs until the outcome, at the latest the
+    /// deadline `timeout` from now. Panics if the node crashed meanwhile.
+    pub fn publish_confirmed(
+        &mut self,
+        id: NodeId,
+        events: Vec<Event>,
+        timeout: Duration,
+    ) -> ConfirmReport {
+        let seqs = self.publish_batch(id, events);
+        let confirm = self.confirm(id, seqs, timeout);
+        // The deadline is a timer of the node: the outcome comes by then.
+        self.await_outcome(id, confirm, timeout + Duration::from_millis(1))
+            .unwrap_or_else(|| panic!("node {} gave no outcome by its deadline", self.name(id)))
     }
 
     /// Publishes `event` on node `id` and records it, sending nothing yet.
@@ -353,6 +538,10 @@ impl Sim {
             while let Some(d) = core.poll_delivery() {
                 life.deliveries.push((now, d));
             }
+            while let Some((confirm, report)) = core.poll_confirmation() {
+                life.confirmations.push((now, report.clone()));
+                node.outcomes.insert(confirm, report);
+            }
         }
         self.buf = buf;
         self.update_timer(id);
@@ -376,6 +565,10 @@ impl Sim {
         let bytes: Rc<[u8]> = Rc::from(bytes);
         let decoded = wire::decode(&bytes, self.nodes[from].config.cluster).ok();
         let stream = decoded.as_ref().map_or(0, |d| d.header.stream);
+        let tag = decoded.as_ref().map(|d| d.body.tag());
+        if let Some(tag) = tag {
+            self.nodes[from].traffic.sent[tag as usize].add(bytes.len());
+        }
         let is_data = matches!(
             decoded,
             Some(wire::Datagram {
@@ -387,7 +580,7 @@ impl Sim {
         for to in 0..self.nodes.len() {
             if to == from {
                 // Multicast loopback: a node hears itself (and ignores it).
-                self.enqueue(self.now, to, stream, bytes.clone());
+                self.enqueue(self.now, (from, to), (stream, tag), bytes.clone());
                 continue;
             }
             self.sent += 1;
@@ -416,7 +609,7 @@ impl Sim {
                     Fate::Arrives { after, again } => {
                         for at_node in [Some(after), again].into_iter().flatten() {
                             let at = self.now + on_link + at_node;
-                            self.enqueue(at, to, stream, bytes.clone());
+                            self.enqueue(at, (from, to), (stream, tag), bytes.clone());
                         }
                     }
                 }
@@ -424,13 +617,21 @@ impl Sim {
         }
     }
 
-    fn enqueue(&mut self, at: Instant, to: NodeId, stream: u64, bytes: Rc<[u8]>) {
+    fn enqueue(
+        &mut self,
+        at: Instant,
+        (from, to): (NodeId, NodeId),
+        (stream, tag): (u64, Option<BodyTag>),
+        bytes: Rc<[u8]>,
+    ) {
         self.order += 1;
         self.queue.push(Reverse(Arrival {
             at,
             order: self.order,
+            from,
             to,
             stream,
+            tag,
             bytes,
         }));
     }
@@ -518,9 +719,13 @@ impl Sim {
     fn step_at(&mut self, t: Instant) -> bool {
         if self.queue.peek().is_some_and(|Reverse(a)| a.at <= t) {
             let Reverse(a) = self.queue.pop().expect("peeked");
+            let addr = self.addr(a.from);
             let node = &mut self.nodes[a.to];
             if let Some(core) = node.core.as_mut() {
-                core.handle_datagram(t, &a.bytes);
+                if let Some(tag) = a.tag.filter(|_| a.from != a.to) {
+                    node.traffic.received[tag as usize].add(a.bytes.len());
+                }
+                core.handle_datagram_from(t, Some(addr), &a.bytes);
                 self.record.lives[node.life].heard.insert(a.stream, t);
                 self.pump(a.to);
             }
