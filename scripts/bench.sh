@@ -28,6 +28,14 @@
 #   scripts/bench.sh speed --help           (every option of the bench)
 #   scripts/bench.sh agent --duration 5s    (cachecast-bench agent --help)
 #   scripts/bench.sh confirm --ack-delay 0  (cachecast-bench confirm --help)
+#   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
+#                               (1,000 receive-only members, 1 % loss:
+#                               report background per node, confirmed
+#                               publish latency, <= 1.1 acknowledgements per
+#                               member per confirmation, ring under a burst
+#                               with stability on and off; about 15 minutes,
+#                               not part of all)
+#   scripts/bench.sh confirm-sim --members 200 --confirmations 20 --burst 0
 #
 #   --peers   (speed, all) also compare with Redis pub/sub and NATS: start
 #             redis-server and nats-server on 127.0.0.1 (free ports, no
@@ -45,10 +53,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -56,7 +64,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -234,10 +242,14 @@ agent() {
 # Confirmed publish: nodes in the bench's own process, on loopback.
 confirm() { run cargo run --quiet --release -p cachecast-bench -- confirm ${args[@]+"${args[@]}"}; }
 
+# Membership and confirmation at scale, in the simulator.
+confirm_sim() { run cargo run --quiet --release -p cachecast-bench --example confirm_bench -- "$@"; }
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
   agent) agent ;;
   confirm) confirm ;;
+  confirm-sim) confirm_sim ${args[@]+"${args[@]}"} ;;
   all) repair; speed ;;
 esac

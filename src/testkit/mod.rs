@@ -77,12 +77,14 @@ mod harness;
 mod record;
 mod sim;
 mod tap;
+mod traffic;
 
 pub use check::{CheckReport, FalseConfirmation, SilentLoss};
 pub use faults::{data_seqs, DropIf, Faults, GilbertElliott};
 pub use harness::{Loopback, LoopbackCluster};
 pub use record::{Life, NodeId, Published, Record};
-pub use sim::{Count, Sim, Traffic, SIM_PORT};
+pub use sim::{Sim, SIM_PORT};
 pub use tap::{join_with_faults, NodeFaults};
+pub use traffic::{Count, Traffic};
 
 pub(crate) use tap::DriverTap;

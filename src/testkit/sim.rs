@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use super::check::{CheckReport, SilentLoss};
 use super::faults::{Fate, Faults};
 use super::record::{Life, NodeId, Published, Record};
+use super::traffic::Traffic;
 use crate::proto::{ConfirmReport, CoreConfig, NodeCore, ResetReason};
 use crate::wire::{self, Body, BodyTag, Event};
 
@@ -42,89 +43,6 @@ struct SimNode {
     outcomes: HashMap<u64, ConfirmReport>,
     /// What it sent and received.
     traffic: Traffic,
-}
-
-/// Datagrams and their bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Count {
-    /// Datagrams.
-    pub datagrams: u64,
-    /// Their bytes (whole datagrams: header, body, trailer).
-    pub bytes: u64,
-}
-
-impl Count {
-    fn add(&mut self, bytes: usize) {
-        self.datagrams += 1;
-        self.bytes += bytes as u64;
-    }
-}
-
-/// What one simulated node put on the network and took off it, by body
-/// kind, over all its lives ([`Sim::traffic`]). A datagram it sends counts
-/// once, however many nodes receive it; a datagram it receives counts when
-/// it reaches its protocol (after every fault; its own looped-back
-/// datagrams are not counted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Traffic {
-    sent: Vec<Count>,
-    received: Vec<Count>,
-}
-
-impl Default for Traffic {
-    fn default() -> Self {
-        Traffic {
-            sent: vec![Count::default(); BodyTag::ALL.len()],
-            received: vec![Count::default(); BodyTag::ALL.len()],
-        }
-    }
-}
-
-impl Traffic {
-    /// Datagrams of kind `tag` sent.
-    pub fn sent(&self, tag: BodyTag) -> Count {
-        self.sent[tag as usize]
-    }
-
-    /// Datagrams of kind `tag` received.
-    pub fn received(&self, tag: BodyTag) -> Count {
-        self.received[tag as usize]
-    }
-
-    /// Every datagram sent.
-    pub fn sent_total(&self) -> Count {
-        sum(&self.sent)
-    }
-
-    /// Every datagram received.
-    pub fn received_total(&self) -> Count {
-        sum(&self.received)
-    }
-
-    /// What happened since `earlier` (a copy of this node's traffic taken
-    /// before).
-    pub fn since(&self, earlier: &Traffic) -> Traffic {
-        let diff = |a: &[Count], b: &[Count]| {
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| Count {
-                    datagrams: a.datagrams - b.datagrams,
-                    bytes: a.bytes - b.bytes,
-                })
-                .collect()
-        };
-        Traffic {
-            sent: diff(&self.sent, &earlier.sent),
-            received: diff(&self.received, &earlier.received),
-        }
-    }
-}
-
-fn sum(counts: &[Count]) -> Count {
-    counts.iter().fold(Count::default(), |a, c| Count {
-        datagrams: a.datagrams + c.datagrams,
-        bytes: a.bytes + c.bytes,
-    })
 }
 
 /// A datagram on its way to one node.
@@ -584,8 +502,18 @@ impl Sim {
                 continue;
             }
             self.sent += 1;
-            let link = self.links.get(&(from, to)).unwrap_or(&self.default_link);
-            let bad = self.link_bad.entry((from, to)).or_insert(false);
+            let link = if self.links.is_empty() {
+                &self.default_link
+            } else {
+                self.links.get(&(from, to)).unwrap_or(&self.default_link)
+            };
+            // Burst state is kept only for links with bursts (a map of
+            // every pair costs a thousand nodes dearly).
+            let mut good = false;
+            let bad = match link.burst {
+                Some(_) => self.link_bad.entry((from, to)).or_insert(false),
+                None => &mut good,
+            };
             let fate = if cut_off {
                 Fate::Lost
             } else {
@@ -726,7 +654,13 @@ impl Sim {
                     node.traffic.received[tag as usize].add(a.bytes.len());
                 }
                 core.handle_datagram_from(t, Some(addr), &a.bytes);
-                self.record.lives[node.life].heard.insert(a.stream, t);
+                let heard = &mut self.record.lives[node.life].heard;
+                match heard.get_mut(&a.stream) {
+                    Some(at) => *at = t,
+                    None => {
+                        heard.insert(a.stream, t);
+                    }
+                }
                 self.pump(a.to);
             }
             return false;
