@@ -137,6 +137,10 @@ impl fmt::Display for SilentLoss {
 
 impl std::error::Error for SilentLoss {}
 
+/// What a member's life can bear out: the (stream, seq) of every event it
+/// delivered, and when each of its Resets was produced, in order.
+type Borne = (HashSet<(u64, u64)>, Vec<Instant>);
+
 impl Record {
     /// Checks the promise — for every event a receiver should have seen,
     /// it delivers that event or a `Reset` after it — on this record.
@@ -248,16 +252,16 @@ impl Record {
         Ok(report)
     }
 
-    /// The rule of false confirmations (see [`Record::check`]).
+    /// The rule of false confirmations (see [`Record::check`]). A member's
+    /// life is read once: what it delivered, and when its Resets were
+    /// produced (sorted).
     fn check_confirmations(&self, report: &mut CheckReport) -> Result<(), Box<SilentLoss>> {
         let published: HashMap<(u64, u64), &Published> = self
             .published
             .iter()
             .map(|p| ((p.stream, p.seq), p))
             .collect();
-        // Built once per member life claimed: what it delivered, and when
-        // its Resets were produced (sorted).
-        let mut seen: HashMap<u64, (HashSet<(u64, u64)>, Vec<Instant>)> = HashMap::new();
+        let mut seen: HashMap<u64, Borne> = HashMap::new();
         for by in &self.lives {
             for (t, rep) in &by.confirmations {
                 report.confirmations += 1;
