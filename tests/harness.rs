@@ -390,3 +390,36 @@ async fn a_lag_is_timed_by_the_deliveries_it_replaced_not_by_its_reading() {
     lost.check().expect("read-time stamping covers it");
     c.shutdown_all().await;
 }
+
+/// Confirmations on real sockets go into the record through the driver's
+/// tap, and the checker holds each to what its members delivered: read
+/// times of a loopback run (a subscriber reading after the report came)
+/// must not make a true confirmation look false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_confirmations_are_recorded_and_borne_out() {
+    let c = LoopbackCluster::start(3).await.unwrap();
+    let node = c.node(0).unwrap();
+    for i in 0..5 {
+        let r = node
+            .invalidate_confirmed([format!("c{i}")], Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(r.confirmed.len(), 2, "{r:?}");
+    }
+    // Node 2 hears nothing: pending at the deadline, and never claimed.
+    c.faults(2).partition(true);
+    let r = node
+        .invalidate_confirmed(["cut"], Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(r.pending.len(), 1, "{r:?}");
+    assert_eq!(r.pending[0].name.as_deref(), Some(c.name(2)), "{r:?}");
+    c.faults(2).partition(false);
+    let report = settle_and_check(&c).await;
+    assert_eq!(report.confirmations, 6, "{report:?}");
+    assert_eq!(report.confirmed_claims, 5 * 2 + 1, "{report:?}");
+    // The record holds them in the publisher's life.
+    let record = c.record();
+    let life = record.lives.iter().find(|l| l.node == 0).unwrap();
+    assert_eq!(life.confirmations.len(), 6);
+}
