@@ -9,7 +9,7 @@
 //!
 //! Checks the targets (≤ 1.1 acknowledgements per member per confirmation,
 //! ≤ 2 kB/s of reports sent per member) and the no-silent-loss promise,
-//! false confirmations included. Run through `scripts/bench.sh confirm`.
+//! false confirmations included. Run through `scripts/bench.sh confirm-sim`.
 
 use std::time::{Duration, Instant};
 
