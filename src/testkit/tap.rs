@@ -310,8 +310,6 @@ impl DriverTap {
         });
     }
 
-    /// True when the publishes need recording (else the driver need not
-    /// copy them).
     /// The node's protocol gave the outcome of a confirmation.
     pub(crate) fn confirmed(&self, report: &crate::proto::ConfirmReport) {
         let now = Instant::now().into_std();
@@ -320,6 +318,8 @@ impl DriverTap {
         });
     }
 
+    /// True when the publishes need recording (else the driver need not
+    /// copy them).
     pub(crate) fn records(&self) -> bool {
         self.tap.recording.is_some()
     }
