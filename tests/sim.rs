@@ -8,26 +8,13 @@ use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event};
 use cachecast::{CoreConfig, Delivery, ResetReason};
 
+mod common;
+use common::sim::{cluster, ms, stream_of};
+
 fn key(i: u64) -> Event {
     Event::Invalidate {
         keys: vec![format!("key-{i}")],
     }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A cluster of `n` default nodes that have all finished joining.
-fn cluster(seed: u64, n: usize) -> Sim {
-    let mut sim = Sim::new(seed);
-    sim.add_nodes("n", n);
-    sim.run_for(ms(200));
-    sim
-}
-
-fn stream_of(sim: &Sim, id: usize) -> u64 {
-    sim.core(id).unwrap().stream()
 }
 
 fn assert_checker(sim: &Sim) {

@@ -8,15 +8,8 @@ use cachecast::testkit::{data_seqs, Faults, GilbertElliott, Sim};
 use cachecast::wire::Event;
 use cachecast::{CoreConfig, ResetReason};
 
-fn key(i: u64) -> Event {
-    Event::Invalidate {
-        keys: vec![format!("key-{i:06}")],
-    }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+mod common;
+use common::sim::*;
 
 struct Outcome {
     resets: BTreeMap<&'static str, u64>,
@@ -84,15 +77,6 @@ fn one_to_many(seed: u64, receivers: usize, events: u64, link: Faults) -> (Sim, 
         out.resets
     );
     (sim, out)
-}
-
-fn lossy(loss: f64) -> Faults {
-    Faults {
-        loss,
-        delay: Duration::from_micros(100),
-        jitter: Duration::from_micros(50),
-        ..Faults::default()
-    }
 }
 
 #[test]
@@ -342,18 +326,12 @@ fn chaos(seed: u64) -> Result<(), String> {
 
 #[test]
 fn random_fault_mixes_never_lose_silently() {
-    // CACHECAST_CHAOS_SEED=N replays one seed; CACHECAST_CHAOS_RUNS=N runs more.
-    if let Ok(seed) = std::env::var("CACHECAST_CHAOS_SEED") {
-        let seed: u64 = seed.parse().expect("a number");
-        chaos(seed).unwrap_or_else(|e| panic!("{e}"));
-        return;
-    }
-    let runs: u64 = std::env::var("CACHECAST_CHAOS_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
-    assert!(runs > 0, "CACHECAST_CHAOS_RUNS=0 would test nothing");
-    let failures: Vec<String> = (0..runs).filter_map(|seed| chaos(seed).err()).collect();
+    let seeds = chaos_seeds(60);
+    let runs = seeds.len();
+    let failures: Vec<String> = seeds
+        .into_iter()
+        .filter_map(|seed| chaos(seed).err())
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {runs} seeds lost silently (replay with CACHECAST_CHAOS_SEED=N):\n{}",

@@ -157,6 +157,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 500ms, 2s, 1m)"))
 }
 
+/// Parses a wait: a duration above 0 and at most `max`.
+pub fn parse_wait(s: &str, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > max {
+        return Err(format!("give a wait above 0 and at most {max:?}"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

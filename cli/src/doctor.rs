@@ -30,7 +30,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::{parse_duration, NetArgs};
+use crate::args::NetArgs;
 use crate::failure::Failure;
 use cachecast::net::socket::{self, InterfaceInfo, SocketOptions};
 use cachecast::wire;
@@ -82,11 +82,7 @@ pub struct DoctorArgs {
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() || d > MAX_WAIT {
-        return Err(format!("give a wait above 0 and at most {MAX_WAIT:?}"));
-    }
-    Ok(d)
+    crate::args::parse_wait(s, MAX_WAIT)
 }
 
 /// How a finding counts.

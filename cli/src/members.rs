@@ -107,11 +107,7 @@ pub struct MembersArgs {
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() || d > MAX_WAIT {
-        return Err(format!("give a wait above 0 and at most {MAX_WAIT:?}"));
-    }
-    Ok(d)
+    crate::args::parse_wait(s, MAX_WAIT)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -993,7 +993,6 @@ impl NodeCore {
             }
             self.arm_confirm();
         }
-        self.collect_confirmations();
     }
 
     /// Queues an `AckRequest` for what the confirmations wait for, naming
@@ -1033,16 +1032,6 @@ impl NodeCore {
         match at {
             Some(t) => self.timers.set(Timer::Confirm, t),
             None => self.timers.stop(Timer::Confirm),
-        }
-    }
-
-    /// Counts confirmations that ended.
-    fn collect_confirmations(&mut self) {
-        // (Outcomes stay queued for poll_confirmation; the timer is rearmed
-        // when the last one resolves.)
-        if !self.members.confirming() {
-            self.next_ask = None;
-            self.timers.stop(Timer::Confirm);
         }
     }
 

@@ -4,6 +4,8 @@
 //! 0), so that tests run in parallel and nothing leaves the host.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::future::Future;
 use std::time::Duration;
 
