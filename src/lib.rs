@@ -65,6 +65,7 @@
 //! `moka`, `cachecast::moka` keeps a `moka::future::Cache` coherent from a
 //! [`Subscription`].
 
+pub mod keys;
 #[cfg(feature = "moka")]
 pub mod moka;
 pub mod net;
@@ -75,7 +76,10 @@ pub mod testkit;
 pub mod wire;
 
 pub use net::socket::InterfaceSpec;
-pub use node::{JoinError, Node, NodeConfig, NodeStats, Receipt, Subscription, DEFAULT_GROUP};
+pub use node::{
+    JoinError, Node, NodeConfig, NodeStats, Receipt, ReloadError, Subscription, DEFAULT_GROUP,
+};
+pub use proto::auth::{AuthConfig, AuthMode};
 pub use proto::config::{ConfigError, CoreConfig};
 pub use proto::delivery::{Delivery, DeliveryRef, ResetReason};
 pub use proto::members::{

@@ -25,6 +25,7 @@
 //! ([`crate::proto`]). It takes no protocol decision.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +33,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, RwLock};
 
+use crate::keys::{KeyFile, KeyFileError};
 use crate::net::hub::{Cursor, Hub, Take};
+use crate::proto::AuthMode;
+use crate::wire::{KeyError, Keyring};
 
 use crate::net::driver::{Command, Driver, DriverStats, Hooks};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
@@ -118,6 +122,17 @@ pub struct NodeConfig {
     /// Default true; turn it off when the application already evicts
     /// locally before publishing.
     pub deliver_own: bool,
+    /// The key file of the cluster (see [`crate::keys`]): with one, every
+    /// datagram is authenticated. Its first key sends, every key in it is
+    /// accepted; [`Node::reload_keys`] reads it again. Default none.
+    pub key_file: Option<PathBuf>,
+    /// How keys are used: [`AuthMode::Require`] when a `key_file` is given
+    /// and this is `None`, else [`AuthMode::Off`]. `Accept` is the roll-out
+    /// step (authenticated and unauthenticated datagrams both accepted).
+    pub auth: Option<AuthMode>,
+    /// Encrypt bodies, not only authenticate them (needs a key file; every
+    /// node must hold the key). Default false.
+    pub encrypt: bool,
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
     /// …). Its `cluster`, `stream`, `node_name`, `seed`, `receive_only` and
@@ -140,6 +155,9 @@ impl Default for NodeConfig {
             seed: None,
             receive_only: false,
             deliver_own: true,
+            key_file: None,
+            auth: None,
+            encrypt: false,
             protocol: CoreConfig::default(),
         }
     }
@@ -169,9 +187,42 @@ pub enum JoinError {
     /// The socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// The key file could not be used.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The keys could not be derived or combined.
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
     /// Must be called inside a tokio runtime with IO and time enabled.
     #[error("the socket could not be registered with tokio: {0}")]
     Runtime(std::io::Error),
+}
+
+/// Why keys could not be reloaded ([`Node::reload_keys`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The node was started without a key file.
+    #[error("the node has no key file to reload")]
+    NoKeyFile,
+    /// The key file could not be used.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The keys could not be derived or combined.
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    /// The protocol refused the keyring (e.g. no sending key).
+    #[error(transparent)]
+    Refused(ConfigError),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// This host's clock, ms since the Unix epoch (0 if it is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counters of a node: the protocol's, and the driver's and socket's.
@@ -221,6 +272,10 @@ struct Shared {
     recv_buffer_requested: usize,
     recv_buffer_granted: usize,
     local_addr: Option<SocketAddr>,
+    /// Where the keys were read from, for reloads.
+    key_file: Option<PathBuf>,
+    /// The cluster's hash (the keys' derivation binds it).
+    cluster: u32,
 }
 
 /// A member of a cluster. Cheap to clone; every clone publishes on the same
@@ -270,6 +325,16 @@ impl Node {
             }
         };
         core_cfg.seed = config.seed.unwrap_or_else(random_u64);
+        core_cfg.auth.mode = config.auth.unwrap_or(if config.key_file.is_some() {
+            AuthMode::Require
+        } else {
+            AuthMode::Off
+        });
+        core_cfg.auth.encrypt = config.encrypt;
+        if let Some(path) = &config.key_file {
+            core_cfg.auth.keyring = KeyFile::load(path)?.keyring(core_cfg.cluster)?;
+        }
+        core_cfg.auth.wall_clock_ms = unix_ms();
         core_cfg.validate()?;
         if config.subscriber_queue == 0 {
             return Err(ConfigError::new("subscriber_queue", "must be at least 1").into());
@@ -317,6 +382,7 @@ impl Node {
             socket: udp,
             group: config.group,
             commands: rx,
+            clock_at: now.into_std() + Duration::from_secs(10),
             deliveries: deliveries.clone(),
             #[cfg(feature = "test-util")]
             hooks,
@@ -337,13 +403,15 @@ impl Node {
                 final_stats,
                 closed: RwLock::new(false),
                 done,
-                max_datagram: core_cfg.max_datagram,
+                max_datagram: core_cfg.body_limit(),
                 receive_only: core_cfg.receive_only,
                 stream: core_cfg.stream,
                 interface: sock.interface,
                 recv_buffer_requested: sock.recv_buffer_requested,
                 recv_buffer_granted: sock.recv_buffer_granted,
                 local_addr,
+                key_file: config.key_file.clone(),
+                cluster: core_cfg.cluster,
             }),
         };
         Ok((node, task.abort_handle()))
@@ -631,6 +699,37 @@ impl Node {
         tokio::select! {
             r = rx => r.ok(),
             _ = done.wait_for(|d| *d) => None,
+        }
+    }
+
+    /// Reads the key file again ([`NodeConfig::key_file`]) and uses its
+    /// keys from now on, without leaving the group: the first key sends,
+    /// every key is accepted (see [`crate::keys`] for the rotation). Returns
+    /// the key ids now held, the sending one first. On any error the keys
+    /// in use stay.
+    pub async fn reload_keys(&self) -> Result<Vec<u32>, ReloadError> {
+        let path = self
+            .shared
+            .key_file
+            .as_ref()
+            .ok_or(ReloadError::NoKeyFile)?;
+        let file = KeyFile::load(path)?;
+        let keyring = file.keyring(self.shared.cluster)?;
+        self.set_keyring(keyring).await
+    }
+
+    /// Uses `keyring` from now on (see [`Node::reload_keys`]). Refused
+    /// without a sending key when the node uses keys; the mode cannot
+    /// change.
+    pub async fn set_keyring(&self, keyring: Keyring) -> Result<Vec<u32>, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SetKeyring(keyring, tx))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        match rx.await {
+            Ok(r) => r.map_err(ReloadError::Refused),
+            Err(_) => Err(ReloadError::Stopped),
         }
     }
 

@@ -514,6 +514,7 @@ fn report(t: Instant, rx: &mut Rx, from: u64, stream: u64, delivered: u64, idle_
                 reset_end: 0,
                 idle_ms,
             }],
+            keys: vec![],
         },
     );
 }

@@ -185,6 +185,9 @@ const GOLDEN_REPORT: &str = concat!(
     "fd0000000000010000",       //   delivered 1 << 40,
     "05",                       //   reset_end 5,
     "fbe803",                   //   idle_ms 1000 (fb + u16 LE)
+    "02",                       // keys: 2
+    "fc7e0a1c5d",               //   0x5d1c0a7e (fc + u32 LE)
+    "01",                       //   1
 );
 
 fn goldens() -> Vec<(Header, Body, &'static str)> {
@@ -279,6 +282,7 @@ fn goldens() -> Vec<(Header, Body, &'static str)> {
                         idle_ms: 1000,
                     },
                 ],
+                keys: vec![0x5d1c_0a7e, 1],
             },
             GOLDEN_REPORT,
         ),
@@ -803,8 +807,16 @@ fn body() -> impl Strategy<Value = Body> {
             proptest::collection::vec(1..=u64::MAX, 0..=MAX_ACK_MEMBERS)
         )
             .prop_map(|(next_seq, members)| Body::AckRequest { next_seq, members }),
-        (text(16), proptest::collection::vec(position(), 0..=40))
-            .prop_map(|(node, positions)| Body::Report { node, positions }),
+        (
+            text(16),
+            proptest::collection::vec(position(), 0..=40),
+            proptest::collection::vec(any::<u32>(), 0..=cachecast::wire::MAX_REPORT_KEYS)
+        )
+            .prop_map(|(node, positions, keys)| Body::Report {
+                node,
+                positions,
+                keys
+            }),
     ]
 }
 
@@ -979,12 +991,12 @@ fn rejects_another_cluster() {
 }
 
 #[test]
-fn rejects_auth_flag() {
+fn rejects_auth_flag_without_a_trailer() {
     let mut bytes = golden_hello();
     bytes[5] = FLAG_AUTH;
     assert_eq!(
         decode(&bytes, cluster()),
-        Err(DecodeError::BadFlags(FLAG_AUTH))
+        Err(DecodeError::Invalid("bad authentication trailer"))
     );
 }
 

@@ -350,6 +350,8 @@ mod tests {
 
     fn view() -> (Vec<Member>, Staleness) {
         let me = Member {
+            keys: vec![],
+            sends_with: None,
             stream: 9,
             name: Some("members-1".into()),
             addr: None,
@@ -360,6 +362,8 @@ mod tests {
             streams: vec![],
         };
         let pubr = Member {
+            keys: vec![],
+            sends_with: None,
             stream: 0xa1,
             name: Some("backend".into()),
             addr: Some("127.0.0.1:7467".parse().unwrap()),
@@ -370,6 +374,8 @@ mod tests {
             streams: vec![],
         };
         let listener = Member {
+            keys: vec![],
+            sends_with: None,
             stream: u64::MAX,
             name: Some("cache-1".into()),
             addr: Some("127.0.0.1:7467".parse().unwrap()),

@@ -42,6 +42,11 @@ pub(crate) enum Command {
     },
     Members(oneshot::Sender<Vec<crate::proto::Member>>),
     Staleness(oneshot::Sender<crate::proto::Staleness>),
+    /// New keys (a reload); answers the key ids now held.
+    SetKeyring(
+        crate::wire::Keyring,
+        oneshot::Sender<Result<Vec<u32>, crate::ConfigError>>,
+    ),
     Shutdown,
 }
 
@@ -58,6 +63,8 @@ pub(crate) struct Driver {
     pub socket: BatchSocket,
     pub group: SocketAddr,
     pub commands: mpsc::Receiver<Command>,
+    /// When the core's wall clock is next corrected.
+    pub clock_at: std::time::Instant,
     pub deliveries: Arc<Hub>,
     #[cfg(feature = "test-util")]
     pub hooks: Hooks,
@@ -117,6 +124,12 @@ impl Driver {
             if self.core.poll_timeout().is_some_and(|w| w <= now) {
                 #[cfg(feature = "test-util")]
                 self.input(now);
+                if now >= self.clock_at {
+                    // The wall clock (trailer timestamps, freshness) may
+                    // have been stepped since the core counted from it.
+                    self.core.set_wall_clock(now, crate::node::unix_ms());
+                    self.clock_at = now + Duration::from_secs(10);
+                }
                 self.core.handle_timeout(now);
                 self.drain(&mut tx_buf, &mut tx, &mut stats).await;
             }
@@ -283,6 +296,13 @@ impl Driver {
             }
             Command::Staleness(tx) => {
                 let _ = tx.send(self.core.staleness(now));
+            }
+            Command::SetKeyring(keyring, tx) => {
+                let result = self.core.set_keyring(keyring).map(|()| self.core.key_ids());
+                if result.is_ok() {
+                    tracing::info!(keys = ?self.core.key_ids(), "keys reloaded");
+                }
+                let _ = tx.send(result);
             }
             Command::Shutdown => {
                 if linger_end.is_none() {

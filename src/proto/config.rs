@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::proto::auth::AuthConfig;
 use crate::wire;
 
 /// Protocol settings of one node. `Default` gives the documented defaults;
@@ -120,6 +121,9 @@ pub struct CoreConfig {
     /// node's stream up to a seq, events below it leave the retransmit
     /// ring. Default true.
     pub stability: bool,
+    /// Authenticated datagrams: mode, keys, freshness window (see
+    /// [`AuthConfig`]). Default off.
+    pub auth: AuthConfig,
 }
 
 impl Default for CoreConfig {
@@ -159,6 +163,7 @@ impl Default for CoreConfig {
             max_members: 4096,
             member_forget: Duration::from_secs(60),
             stability: true,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -187,6 +192,12 @@ impl CoreConfig {
     /// node ignores its own datagrams, looped back by multicast; a driver
     /// may have them dropped before they are even read (a socket filter on
     /// this prefix).
+    /// Bytes of a datagram this node may fill with its body: `max_datagram`
+    /// less the authentication trailer, if any.
+    pub fn body_limit(&self) -> usize {
+        self.max_datagram - self.auth.overhead()
+    }
+
     pub fn own_prefix(&self) -> Vec<u8> {
         self.header().to_bytes()
     }
@@ -198,12 +209,18 @@ impl CoreConfig {
         if self.receive_only {
             header.flags |= wire::FLAG_RECEIVE_ONLY;
         }
+        if self.auth.overhead() > 0 {
+            header.flags |= wire::FLAG_AUTH;
+        }
         header
     }
 
     /// Checks every bound once, so that the hot path never has to.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let min_dgram = wire::DATA_OVERHEAD + 64;
+        if let Err(problem) = self.auth.check() {
+            return Err(ConfigError::new("auth", problem));
+        }
+        let min_dgram = wire::DATA_OVERHEAD + 64 + self.auth.overhead();
         if self.max_datagram < min_dgram || self.max_datagram > wire::MAX_DATAGRAM {
             return Err(ConfigError::new(
                 "max_datagram",

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::proto::auth::{Auth, AuthMode};
 use crate::proto::config::{ConfigError, CoreConfig};
 use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::members::{
@@ -93,6 +94,10 @@ pub struct StreamState {
 pub struct NodeCore {
     cfg: CoreConfig,
     header: Header,
+    /// The encoded header's length (where every body starts).
+    header_len: usize,
+    /// Keys, replay windows, the transmit counter.
+    auth: Auth,
     rng: SmallRng,
     /// Membership's randomness (report jitter, acknowledgement delays).
     member_rng: SmallRng,
@@ -148,6 +153,8 @@ impl NodeCore {
         timers.set(Timer::Report, now + first_report);
         Ok(NodeCore {
             header: cfg.header(),
+            header_len: cfg.header().to_bytes().len(),
+            auth: Auth::new(cfg.auth.clone(), now),
             own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
             member_rng,
@@ -352,13 +359,21 @@ impl NodeCore {
         self.stats.datagrams_received += 1;
         // The header first: this node's own traffic (multicast loops back)
         // is ignored before its body is decoded.
+        let mut key_id = None;
         let dgram = match wire::decode_header(bytes, self.cfg.cluster) {
             Ok((header, _)) if header.stream == self.cfg.stream => {
                 self.stats.own_ignored += 1;
                 return;
             }
             Ok((header, used)) => {
-                wire::decode_body(&bytes[used..]).map(|body| wire::Datagram { header, body })
+                // Authentication, before anything of the datagram is
+                // decoded or changes state.
+                let Some(opened) = self.auth.open(now, &header, used, bytes, &mut self.stats)
+                else {
+                    return;
+                };
+                key_id = opened.key_id;
+                opened.body.map(|body| wire::Datagram { header, body })
             }
             Err(e) => Err(e),
         };
@@ -388,10 +403,13 @@ impl NodeCore {
                 silent_ms: silent.as_millis() as u64,
             });
         }
+        self.members.sent_with(from, key_id);
         match &dgram.body {
-            Body::Hello { node } | Body::Heartbeat { node, .. } | Body::Report { node, .. } => {
-                self.members.named(from, node)
+            Body::Report { node, keys, .. } => {
+                self.members.named(from, node);
+                self.members.holds(from, keys);
             }
+            Body::Hello { node } | Body::Heartbeat { node, .. } => self.members.named(from, node),
             Body::Goodbye { .. } => {
                 self.members.left(now, from);
                 self.members.finish(now);
@@ -669,6 +687,7 @@ impl NodeCore {
         if self.timers.is_due(Timer::Sweep, now) {
             self.timers
                 .set(Timer::Sweep, now + self.cfg.stream_timeout / 20);
+            self.auth.sweep(now);
             let timeout = self.cfg.stream_timeout;
             let timed_out: Vec<u64> = self
                 .streams
@@ -883,10 +902,11 @@ impl NodeCore {
         // A position encodes to at most 46 bytes (stream, delivered,
         // reset_end, idle_ms, each a varint of at most 9); besides, the
         // header, the tag, the name and the count.
+        let keys = self.report_keys();
         let room = self
             .cfg
-            .max_datagram
-            .saturating_sub(40 + wire::MAX_NODE_NAME + 10);
+            .body_limit()
+            .saturating_sub(40 + wire::MAX_NODE_NAME + 10 + 1 + 5 * keys.len());
         let cap = (room / 46).clamp(1, wire::MAX_POSITIONS);
         let mut positions: Vec<Position> = Vec::new();
         let mut seen = HashSet::new();
@@ -963,7 +983,51 @@ impl NodeCore {
         self.out.push_back(Body::Report {
             node: self.cfg.node_name.clone(),
             positions,
+            keys,
         });
+    }
+
+    /// The key ids a `Report` carries: every key held, the sending one
+    /// first; none when this node does not use keys.
+    fn report_keys(&self) -> Vec<u32> {
+        if self.auth.mode() == AuthMode::Off {
+            Vec::new()
+        } else {
+            self.auth.keyring().ids()
+        }
+    }
+
+    /// Replaces the keys (a reload: the node stays in the group, its
+    /// stream and transmit counter go on). The mode stays what it was; a
+    /// keyring without a sending key is refused unless the mode is off.
+    /// Members learn the new key ids from the next `Report`.
+    pub fn set_keyring(&mut self, keyring: wire::Keyring) -> Result<(), ConfigError> {
+        self.auth
+            .set_keyring(keyring)
+            .map_err(|problem| ConfigError::new("auth", problem))?;
+        // Tell the members soon, not at the next periodic report only.
+        let soon = self.last_now + self.cfg.report_interval / 8;
+        if self.timers.get(Timer::Report).is_none_or(|t| t > soon) {
+            self.timers.set(Timer::Report, soon);
+        }
+        Ok(())
+    }
+
+    /// The key ids this node holds, the sending one first (empty without
+    /// keys).
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.report_keys()
+    }
+
+    /// Corrects this node's clock (ms since the Unix epoch) at `now`: it
+    /// stamps the trailers and judges new streams' freshness with it.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.auth.set_wall_clock(now, unix_ms);
+    }
+
+    /// Replay windows held (one per authenticated stream heard lately).
+    pub fn replay_windows(&self) -> usize {
+        self.auth.windows()
     }
 
     /// Reports, acknowledgements, confirmations and leases that are due.
@@ -1120,6 +1184,8 @@ impl NodeCore {
             },
             last_heard: Duration::ZERO,
             streams: own,
+            keys: self.report_keys(),
+            sends_with: self.report_keys().first().copied(),
         }];
         v.extend(
             self.members
@@ -1186,7 +1252,11 @@ impl NodeCore {
             return false;
         };
         wire::encode(&self.header, body, buf);
-        if let Body::Data { events, .. } = body {
+        let events_sent = match body {
+            Body::Data { events, .. } => Some(events.len()),
+            _ => None,
+        };
+        if let Some(events) = events_sent {
             // Data is paced (after a Nak); what is held waits, in order.
             if let Err(at) = self.sender.pace.check(now, buf.len()) {
                 if self.timers.get(Timer::Pace).is_none() {
@@ -1198,8 +1268,9 @@ impl NodeCore {
             self.timers.stop(Timer::Pace);
             self.sender.pace.on_sent(now, buf.len());
             self.stats.data_sent += 1;
-            self.stats.events_sent += events.len() as u64;
+            self.stats.events_sent += events as u64;
         }
+        self.auth.seal(now, buf, self.header_len, self.cfg.stream);
         self.out.pop_front();
         self.stats.datagrams_sent += 1;
         true

@@ -78,6 +78,12 @@ pub struct Member {
     pub last_heard: Duration,
     /// How far it has delivered each stream it reported, in stream order.
     pub streams: Vec<MemberStream>,
+    /// The ids of the keys it holds, the one it sends with first, as its
+    /// last `Report` said (empty: it uses no keys, or has not reported).
+    pub keys: Vec<u32>,
+    /// The key id of its last authenticated datagram heard (`None`: it
+    /// sends without keys, or was not heard since).
+    pub sends_with: Option<u32>,
 }
 
 /// How far a member has delivered one stream.
@@ -193,6 +199,10 @@ struct Entry {
     since: Instant,
     /// Its reported positions, by stream, and when each was reported.
     positions: HashMap<u64, (Position, Instant)>,
+    /// The key ids it holds (its last `Report`), and the key of its last
+    /// datagram.
+    keys: Vec<u32>,
+    sends_with: Option<u32>,
 }
 
 /// A confirmation in progress.
@@ -280,6 +290,8 @@ impl Members {
                         state: Liveness::Live,
                         since: now,
                         positions: HashMap::new(),
+                        keys: Vec::new(),
+                        sends_with: None,
                     },
                 );
             }
@@ -335,6 +347,24 @@ impl Members {
         if let Some(e) = self.table.get_mut(&stream) {
             if !name.is_empty() && e.name.as_deref() != Some(name) {
                 e.name = Some(Arc::from(name));
+            }
+        }
+    }
+
+    /// The member's last datagram was sealed with key `key_id` (`None`:
+    /// not authenticated).
+    pub fn sent_with(&mut self, stream: u64, key_id: Option<u32>) {
+        if let Some(e) = self.table.get_mut(&stream) {
+            e.sends_with = key_id;
+        }
+    }
+
+    /// The member's `Report` says it holds the keys `keys` (bounded by the
+    /// decoder).
+    pub fn holds(&mut self, stream: u64, keys: &[u32]) {
+        if let Some(e) = self.table.get_mut(&stream) {
+            if e.keys != keys {
+                e.keys = keys.to_vec();
             }
         }
     }
@@ -624,6 +654,8 @@ impl Members {
                     state: e.state,
                     last_heard: now.saturating_duration_since(e.last_heard),
                     streams,
+                    keys: e.keys.clone(),
+                    sends_with: e.sends_with,
                 }
             })
             .collect();

@@ -6,6 +6,7 @@
 //!
 //! [`NodeCore`] is the entry point; its module docs give the drive loop.
 
+pub(crate) mod auth;
 pub(crate) mod config;
 mod core;
 pub(crate) mod delivery;
@@ -19,6 +20,7 @@ pub(crate) mod stats;
 mod timers;
 
 pub use self::core::{NodeCore, StreamState};
+pub use auth::{AuthConfig, AuthMode, REPLAY_WINDOW};
 pub use delivery::Output;
 pub use members::{
     ConfirmReport, Liveness, Member, MemberRef, MemberStream, Staleness, StreamStaleness,

@@ -88,7 +88,7 @@ impl Sender {
     pub fn new(cfg: &CoreConfig, now: Instant) -> Self {
         Sender {
             node: cfg.node_name.clone(),
-            max_datagram: cfg.max_datagram,
+            max_datagram: cfg.body_limit(),
             heartbeat_min: cfg.heartbeat_min,
             heartbeat_idle: cfg.heartbeat_idle,
             hello_jitter: cfg.hello_answer_jitter,

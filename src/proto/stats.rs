@@ -85,6 +85,13 @@ pub struct Stats {
     pub gaps_covered_by_reset: u64,
     /// Time from noticing a gap to the repair that filled it.
     pub repair_time: Histogram,
+    /// Received datagrams whose trailer verified.
+    pub auth_verified: u64,
+    /// Received datagrams with a MAC trailer taken unchecked (`off` mode:
+    /// this node holds no key).
+    pub auth_unverified: u64,
+    /// Replay windows forgotten early because `max_windows` were held.
+    pub auth_windows_evicted: u64,
     /// Received datagrams dropped, by reason (`DecodeError::kind`, or
     /// `ended_stream` for late datagrams of a stream that said Goodbye).
     pub dropped: BTreeMap<&'static str, u64>,

@@ -65,6 +65,12 @@ tagged! {
             node: String,
             #[serde(deserialize_with = "crate::wire::bounded::positions")]
             positions: Vec<Position>,
+            /// The ids of the keys the node holds, the one it sends with
+            /// first (empty without keys), so that the membership view
+            /// shows when every member is ready for a key rotation's next
+            /// step.
+            #[serde(deserialize_with = "crate::wire::bounded::key_ids")]
+            keys: Vec<u32>,
         },
     }
 }
@@ -136,9 +142,24 @@ pub fn encode(header: &Header, body: &Body, buf: &mut Vec<u8>) {
 }
 
 /// Decodes and validates one received datagram of cluster `cluster`.
+///
+/// An authenticated datagram's trailer is checked for its form only (its
+/// length and algorithm), **not verified**: the node verifies it
+/// (`proto::auth`); this is for tools and tests that read traffic. An
+/// encrypted body cannot be decoded without the key.
 pub fn decode(bytes: &[u8], cluster: u32) -> Result<Datagram, DecodeError> {
     let (header, used) = decode_header(bytes, cluster)?;
-    let body = decode_body(&bytes[used..])?;
+    let end = if header.authenticated() {
+        let (trailer, _) = super::Trailer::read(bytes, used)
+            .map_err(|_| DecodeError::Invalid("bad authentication trailer"))?;
+        if trailer.algorithm != super::Algorithm::HmacSha256 {
+            return Err(DecodeError::Invalid("encrypted body"));
+        }
+        bytes.len() - super::TRAILER_LEN
+    } else {
+        bytes.len()
+    };
+    let body = decode_body(&bytes[used..end])?;
     Ok(Datagram { header, body })
 }
 
@@ -242,7 +263,9 @@ fn validate_body(body: &Body) -> Result<(), DecodeError> {
             }
             Ok(())
         }
-        Body::Report { node, positions } => {
+        Body::Report {
+            node, positions, ..
+        } => {
             validate_name(node)?;
             for p in positions {
                 if p.stream == 0 || !seq_ok(p.delivered) || p.reset_end > p.delivered {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::{
     Event, Position, SeqRange, BAD_RANGE_COUNT, MAX_ACK_MEMBERS, MAX_DATAGRAM, MAX_EVENTS,
-    MAX_KEYS, MAX_POSITIONS, MAX_RANGES, PAYLOAD_TOO_LONG, TOO_MANY_EVENTS, TOO_MANY_KEYS,
-    TOO_MANY_MEMBERS, TOO_MANY_POSITIONS,
+    MAX_KEYS, MAX_POSITIONS, MAX_RANGES, MAX_REPORT_KEYS, PAYLOAD_TOO_LONG, TOO_MANY_EVENTS,
+    TOO_MANY_KEYS, TOO_MANY_KEY_IDS, TOO_MANY_MEMBERS, TOO_MANY_POSITIONS,
 };
 
 /// Elements preallocated for a sequence, whatever length it claims.
@@ -31,6 +31,11 @@ pub(super) fn members<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Er
 /// The positions of a `Report`: at most [`MAX_POSITIONS`].
 pub(super) fn positions<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Position>, D::Error> {
     d.deserialize_seq(BoundedSeq(MAX_POSITIONS, TOO_MANY_POSITIONS, PhantomData))
+}
+
+/// The key ids of a `Report`: at most [`MAX_REPORT_KEYS`].
+pub(super) fn key_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    d.deserialize_seq(BoundedSeq(MAX_REPORT_KEYS, TOO_MANY_KEY_IDS, PhantomData))
 }
 
 /// The keys of an `Invalidate`: at most [`MAX_KEYS`].

@@ -9,8 +9,8 @@ use super::{config, malformed, put, DecodeError, MAX_DATAGRAM};
 pub const MAGIC: [u8; 4] = *b"CCST";
 /// The wire format version this build speaks.
 pub const VERSION: u8 = 1;
-/// Header flag bit 0: an authentication trailer follows (not supported in v1
-/// without a key, so such datagrams are rejected).
+/// Header flag bit 0: the datagram ends with an authentication trailer
+/// (see `auth`).
 pub const FLAG_AUTH: u8 = 0x01;
 /// Header flag bit 1: the sending node never publishes (it was configured
 /// receive-only), so its stream has no events to lose: receivers do not
@@ -19,7 +19,7 @@ pub const FLAG_AUTH: u8 = 0x01;
 pub const FLAG_RECEIVE_ONLY: u8 = 0x02;
 /// Every flag version 1 accepts: a datagram with any other bit set is
 /// dropped.
-const KNOWN_FLAGS: u8 = FLAG_RECEIVE_ONLY;
+const KNOWN_FLAGS: u8 = FLAG_AUTH | FLAG_RECEIVE_ONLY;
 
 /// The fixed part of every datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct Header {
     pub magic: [u8; 4],
     /// Always [`VERSION`].
     pub version: u8,
-    /// Bit 0: [`FLAG_AUTH`] (not accepted without a key); bit 1:
+    /// Bit 0: [`FLAG_AUTH`]; bit 1:
     /// [`FLAG_RECEIVE_ONLY`]; the others are reserved and must be zero.
     pub flags: u8,
     /// [`cluster_hash`] of the cluster name; foreign traffic is dropped.
@@ -47,6 +47,12 @@ impl Header {
             cluster,
             stream,
         }
+    }
+
+    /// True if the datagram ends with an authentication trailer
+    /// ([`FLAG_AUTH`]).
+    pub fn authenticated(&self) -> bool {
+        self.flags & FLAG_AUTH != 0
     }
 
     /// True if the sender declared itself receive-only

@@ -22,11 +22,15 @@
 //!         | Hello { node } | Nak { stream, ranges: [(u64, u64)] }
 //!         | Repair { first_seq, events: [Event] } | Unavailable { stream, ranges }
 //!         | Goodbye { next_seq } | AckRequest { next_seq, members: [u64] }
-//!         | Report { node, positions: [Position] }
+//!         | Report { node, positions: [Position], keys: [u32] }
 //! Position { stream, delivered, reset_end, idle_ms }
 //! Event   Invalidate { keys: [String] } | InvalidatePrefix { prefix }
 //!         | ClearAll | Custom { topic, payload: [u8] }
+//! Trailer (flag bit 0 only) key id u32, algorithm u8, timestamp u64, counter u64, tag [u8; 16]
 //! ```
+//!
+//! The trailer is fixed-width and little-endian, read from the end of the
+//! datagram; its layout and the keys are described in `auth`.
 //!
 //! # Two paths, one definition
 //!
@@ -55,7 +59,7 @@
 //!
 //! # Layout
 //!
-//! `header` (the fixed part), `body` (the bodies, encode and decode),
+//! `header` (the fixed part), `auth` (the trailer and the keys), `body` (the bodies, encode and decode),
 //! `event` (owned events, their limits), `run` (the hand-written event run:
 //! [`Events`], [`EncodedEvent`], [`EventRef`], the walk that checks a received
 //! run, and the one `unsafe` shortcut that relies on it), `batch`
@@ -133,6 +137,7 @@ macro_rules! tagged {
     };
 }
 
+mod auth;
 mod batch;
 mod body;
 mod bounded;
@@ -141,6 +146,10 @@ mod header;
 mod run;
 mod varint;
 
+pub use auth::{
+    key_id, Algorithm, AuthError, Key, KeyError, Keyring, Trailer, MAX_HELD_KEYS, MAX_SECRET_LEN,
+    MIN_SECRET_LEN, TAG_LEN, TRAILER_LEN,
+};
 pub use batch::{EventBatch, MAX_BATCH};
 pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram, Position};
 pub use event::{check_event, check_size, pack_keys, Event, EventError, EventTag};
@@ -169,6 +178,8 @@ pub const MAX_RANGES: usize = 64;
 pub const MAX_ACK_MEMBERS: usize = 128;
 /// Positions in one `Report`.
 pub const MAX_POSITIONS: usize = 256;
+/// Key ids in one `Report`.
+pub const MAX_REPORT_KEYS: usize = MAX_HELD_KEYS;
 /// Sequence numbers at or above this are rejected (they never occur: a
 /// stream would need centuries to reach it), so `seq + 1` never overflows.
 pub const MAX_SEQ: u64 = 1 << 62;
@@ -195,8 +206,8 @@ pub enum DecodeError {
     /// Another cluster on the same group and port.
     #[error("datagram of another cluster ({0:#010x})")]
     WrongCluster(u32),
-    /// The authentication flag is set, or a reserved flag bit.
-    #[error("flags {0:#04x} not supported (authentication needs a key)")]
+    /// A reserved flag bit is set.
+    #[error("flags {0:#04x} not supported")]
     BadFlags(u8),
     /// The bytes do not decode as a header and body.
     #[error("malformed datagram: {0}")]
@@ -233,6 +244,7 @@ const BAD_RANGE_COUNT: &str = "bad range count";
 const PAYLOAD_TOO_LONG: &str = "payload too long";
 const TOO_MANY_MEMBERS: &str = "too many members";
 const TOO_MANY_POSITIONS: &str = "too many positions";
+const TOO_MANY_KEY_IDS: &str = "too many key ids";
 
 /// The bincode config of the format, with the size limit that bounds every
 /// length-prefixed allocation while decoding.
@@ -259,6 +271,7 @@ fn malformed(e: bincode::error::DecodeError) -> DecodeError {
             PAYLOAD_TOO_LONG,
             TOO_MANY_MEMBERS,
             TOO_MANY_POSITIONS,
+            TOO_MANY_KEY_IDS,
         ] {
             if msg == reason {
                 return DecodeError::Invalid(reason);

@@ -654,6 +654,8 @@ mod tests {
 
     fn member(i: usize, state: Liveness, streams: usize) -> Member {
         Member {
+            keys: vec![],
+            sends_with: None,
             stream: 1000 + i as u64,
             // Names repeat (a restarted node keeps its name).
             name: Some(format!("web-{}", i % 100)),

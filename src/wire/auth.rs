@@ -1,0 +1,414 @@
+//! The authentication trailer: its layout, the keys, and the two
+//! operations on bytes, sealing a datagram and opening one. Which datagrams
+//! are accepted (key ids, replay windows, freshness, modes) is the
+//! protocol's business (`proto::auth`); this module only turns keys and
+//! bytes into tags and back.
+//!
+//! # Layout
+//!
+//! A datagram whose header sets flag bit 0 ([`FLAG_AUTH`](super::FLAG_AUTH))
+//! ends with a trailer of [`TRAILER_LEN`] bytes, fixed-width and
+//! little-endian (not varints: a receiver finds it by counting back from
+//! the end, before it decodes anything):
+//!
+//! ```text
+//! key id     u32   which key of the cluster (from the secret: `key_id`)
+//! algorithm  u8    1 HMAC-SHA256 truncated to 16 bytes, 2 XChaCha20-Poly1305
+//! timestamp  u64   the sender's clock, ms since the Unix epoch
+//! counter    u64   the stream's transmit counter: 1, 2, ... for every datagram it sends
+//! tag        [u8; 16]
+//! ```
+//!
+//! - **HMAC** (`mac`): the tag is the first 16 bytes of HMAC-SHA256 over
+//!   every byte before it (header, body, and the trailer's fields).
+//! - **XChaCha20-Poly1305** (`encrypt`): the body is encrypted in place
+//!   (same length); the header and the trailer's fields are associated
+//!   data; the tag is Poly1305's. The 24-byte nonce is the stream id, the
+//!   counter (both `u64` LE) and 8 zero bytes: a stream id is random per
+//!   process start and its counter never repeats, so no nonce is used
+//!   twice under one key.
+//!
+//! # Keys
+//!
+//! A cluster secret (at least [`MIN_SECRET_LEN`] random bytes) is never
+//! used directly: HKDF-SHA256 with a salt that binds the wire version and
+//! the cluster derives one key per purpose (MAC, encryption), so the same
+//! secret in two clusters or two versions gives unrelated keys. The key id
+//! is derived from the secret alone (HKDF with its own salt), so every
+//! holder of a secret computes the same id and `cachecast keygen` can print
+//! it. A key proves membership of the cluster, not which member sent.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Bytes of the trailer at the end of an authenticated datagram.
+pub const TRAILER_LEN: usize = 4 + 1 + 8 + 8 + TAG_LEN;
+/// Bytes of the tag that ends the trailer.
+pub const TAG_LEN: usize = 16;
+/// The shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+/// The longest cluster secret accepted.
+pub const MAX_SECRET_LEN: usize = 512;
+/// Keys one node holds at once (the sending key and those it accepts).
+pub const MAX_HELD_KEYS: usize = 8;
+/// The trailer's fields before the tag.
+const FIELDS_LEN: usize = TRAILER_LEN - TAG_LEN;
+/// The longest header: magic, version, flags, cluster (a varint `u32`, at
+/// most 5 bytes) and stream (a varint `u64`, at most 9).
+const MAX_HEADER_LEN: usize = 4 + 1 + 1 + 5 + 9;
+
+/// How a datagram is protected: the trailer's algorithm byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Algorithm {
+    /// HMAC-SHA256 over the whole datagram, truncated to 16 bytes: the body
+    /// travels in the clear.
+    HmacSha256 = 1,
+    /// XChaCha20-Poly1305: the body is encrypted, header and trailer
+    /// authenticated.
+    XChaCha20Poly1305 = 2,
+}
+
+impl Algorithm {
+    /// The algorithm named by a trailer's byte, if any.
+    pub fn from_u8(b: u8) -> Option<Algorithm> {
+        match b {
+            1 => Some(Algorithm::HmacSha256),
+            2 => Some(Algorithm::XChaCha20Poly1305),
+            _ => None,
+        }
+    }
+}
+
+/// Why a trailer could not be read or did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Shorter than a header and a trailer.
+    #[error("too short for an authentication trailer")]
+    Truncated,
+    /// The algorithm byte names no algorithm.
+    #[error("unknown algorithm {0}")]
+    UnknownAlgorithm(u8),
+    /// The tag does not match.
+    #[error("bad tag")]
+    BadTag,
+}
+
+/// The fields of a trailer, before its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// The key the datagram was sealed with.
+    pub key_id: u32,
+    /// How it was sealed.
+    pub algorithm: Algorithm,
+    /// The sender's clock when it sealed it, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The sending stream's transmit counter.
+    pub counter: u64,
+}
+
+impl Trailer {
+    fn fields(&self) -> [u8; FIELDS_LEN] {
+        let mut f = [0u8; FIELDS_LEN];
+        f[0..4].copy_from_slice(&self.key_id.to_le_bytes());
+        f[4] = self.algorithm as u8;
+        f[5..13].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        f[13..21].copy_from_slice(&self.counter.to_le_bytes());
+        f
+    }
+
+    /// Reads the trailer at the end of `dgram`, whose header is `header_len`
+    /// bytes long. Returns the trailer and its tag; reads nothing else and
+    /// checks nothing but the lengths and the algorithm byte.
+    pub fn read(dgram: &[u8], header_len: usize) -> Result<(Trailer, [u8; TAG_LEN]), AuthError> {
+        if dgram.len() < header_len + TRAILER_LEN {
+            return Err(AuthError::Truncated);
+        }
+        let t = &dgram[dgram.len() - TRAILER_LEN..];
+        let u32_at = |i: usize| u32::from_le_bytes(t[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().expect("8 bytes"));
+        let algorithm = Algorithm::from_u8(t[4]).ok_or(AuthError::UnknownAlgorithm(t[4]))?;
+        let tag = t[FIELDS_LEN..].try_into().expect("16 bytes");
+        Ok((
+            Trailer {
+                key_id: u32_at(0),
+                algorithm,
+                timestamp_ms: u64_at(5),
+                counter: u64_at(13),
+            },
+            tag,
+        ))
+    }
+}
+
+/// The key id of a cluster secret: derived from the secret alone, so
+/// every node holding it (and `cachecast keygen`) computes the same.
+pub fn key_id(secret: &[u8]) -> u32 {
+    let hk = Hkdf::<Sha256>::new(Some(b"cachecast key id"), secret);
+    let mut id = [0u8; 4];
+    hk.expand(b"id", &mut id)
+        .expect("4 bytes is a valid HKDF-SHA256 length");
+    u32::from_le_bytes(id)
+}
+
+/// One key of a cluster: the per-purpose keys derived from one secret for
+/// one cluster. Holds no secret bytes itself that `Debug` would print.
+#[derive(Clone)]
+pub struct Key {
+    id: u32,
+    /// HMAC-SHA256 keyed once (its pads computed): cloned per datagram.
+    mac: Hmac<Sha256>,
+    aead: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:#010x})", self.id)
+    }
+}
+
+/// The HKDF salt of a cluster's keys: binds the wire version and the
+/// cluster, so that the same secret elsewhere gives unrelated keys.
+fn salt(cluster: u32) -> [u8; 20] {
+    let mut s = [0u8; 20];
+    s[..15].copy_from_slice(b"cachecast wire ");
+    s[15] = super::VERSION;
+    s[16..].copy_from_slice(&cluster.to_le_bytes());
+    s
+}
+
+impl Key {
+    /// Derives the keys of `secret` for cluster `cluster`
+    /// ([`cluster_hash`](super::cluster_hash) of its name). The secret must
+    /// hold [`MIN_SECRET_LEN`] to [`MAX_SECRET_LEN`] bytes.
+    pub fn derive(secret: &[u8], cluster: u32) -> Result<Key, KeyError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError::TooShort(secret.len()));
+        }
+        if secret.len() > MAX_SECRET_LEN {
+            return Err(KeyError::TooLong(secret.len()));
+        }
+        let hk = Hkdf::<Sha256>::new(Some(&salt(cluster)), secret);
+        let mut mac_key = Zeroizing::new([0u8; 32]);
+        let mut enc_key = Zeroizing::new([0u8; 32]);
+        hk.expand(b"cachecast datagram mac", &mut mac_key[..])
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        hk.expand(b"cachecast datagram encrypt", &mut enc_key[..])
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        Ok(Key {
+            id: key_id(secret),
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&mac_key[..])
+                .expect("HMAC takes any key length"),
+            aead: XChaCha20Poly1305::new((&*enc_key).into()),
+        })
+    }
+
+    /// Its id, as trailers carry it.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Seals the datagram in `buf`: `header_len` bytes of header (with
+    /// [`FLAG_AUTH`](super::FLAG_AUTH) set), then the body. Appends the
+    /// trailer; with [`Algorithm::XChaCha20Poly1305`], encrypts the body in
+    /// place first. `stream` must be the header's stream.
+    pub fn seal(
+        &self,
+        buf: &mut Vec<u8>,
+        header_len: usize,
+        stream: u64,
+        algorithm: Algorithm,
+        timestamp_ms: u64,
+        counter: u64,
+    ) {
+        debug_assert!(buf.len() >= header_len && header_len <= MAX_HEADER_LEN);
+        debug_assert!(buf[5] & super::FLAG_AUTH != 0, "header must set FLAG_AUTH");
+        let trailer = Trailer {
+            key_id: self.id,
+            algorithm,
+            timestamp_ms,
+            counter,
+        };
+        let fields = trailer.fields();
+        match algorithm {
+            Algorithm::HmacSha256 => {
+                buf.extend_from_slice(&fields);
+                let mut mac = self.mac.clone();
+                mac.update(buf);
+                let tag = mac.finalize().into_bytes();
+                buf.extend_from_slice(&tag[..TAG_LEN]);
+            }
+            Algorithm::XChaCha20Poly1305 => {
+                let (aad, aad_len) = associated(&buf[..header_len], &fields);
+                let tag = self
+                    .aead
+                    .encrypt_in_place_detached(
+                        &nonce(stream, counter),
+                        &aad[..aad_len],
+                        &mut buf[header_len..],
+                    )
+                    .expect("a datagram is far below the cipher's length limit");
+                buf.extend_from_slice(&fields);
+                buf.extend_from_slice(&tag);
+            }
+        }
+    }
+
+    /// Verifies the datagram `dgram` (header of `header_len` bytes, body,
+    /// trailer as [`Trailer::read`] returned it with `tag`) in constant
+    /// time, and returns its body. An encrypted body is decrypted into
+    /// `scratch` (cleared first; it grows at most to one datagram and is
+    /// reused), a clear one is borrowed from `dgram`. On failure nothing of
+    /// the datagram is returned, and `scratch` holds nothing of it.
+    pub fn open<'a>(
+        &self,
+        dgram: &'a [u8],
+        header_len: usize,
+        stream: u64,
+        trailer: &Trailer,
+        tag: &[u8; TAG_LEN],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], AuthError> {
+        if dgram.len() < header_len + TRAILER_LEN {
+            return Err(AuthError::Truncated);
+        }
+        let body_end = dgram.len() - TRAILER_LEN;
+        match trailer.algorithm {
+            Algorithm::HmacSha256 => {
+                let mut mac = self.mac.clone();
+                mac.update(&dgram[..dgram.len() - TAG_LEN]);
+                mac.verify_truncated_left(tag)
+                    .map_err(|_| AuthError::BadTag)?;
+                Ok(&dgram[header_len..body_end])
+            }
+            Algorithm::XChaCha20Poly1305 => {
+                let (aad, aad_len) = associated(&dgram[..header_len], &trailer.fields());
+                scratch.clear();
+                scratch.extend_from_slice(&dgram[header_len..body_end]);
+                if self
+                    .aead
+                    .decrypt_in_place_detached(
+                        &nonce(stream, trailer.counter),
+                        &aad[..aad_len],
+                        scratch,
+                        Tag::from_slice(tag),
+                    )
+                    .is_err()
+                {
+                    scratch.clear();
+                    return Err(AuthError::BadTag);
+                }
+                Ok(&scratch[..])
+            }
+        }
+    }
+}
+
+/// The associated data of an encrypted datagram: its header, then the
+/// trailer's fields (on the stack: a header is at most 20 bytes).
+fn associated(
+    header: &[u8],
+    fields: &[u8; FIELDS_LEN],
+) -> ([u8; MAX_HEADER_LEN + FIELDS_LEN], usize) {
+    let mut aad = [0u8; MAX_HEADER_LEN + FIELDS_LEN];
+    let h = header.len().min(MAX_HEADER_LEN);
+    aad[..h].copy_from_slice(&header[..h]);
+    aad[h..h + FIELDS_LEN].copy_from_slice(fields);
+    (aad, h + FIELDS_LEN)
+}
+
+fn nonce(stream: u64, counter: u64) -> XNonce {
+    let mut n = [0u8; 24];
+    n[..8].copy_from_slice(&stream.to_le_bytes());
+    n[8..16].copy_from_slice(&counter.to_le_bytes());
+    n.into()
+}
+
+/// Why a secret or a set of keys was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Fewer than [`MIN_SECRET_LEN`] bytes.
+    #[error("the secret has {0} bytes; at least {MIN_SECRET_LEN} are needed (cachecast keygen writes 32 random bytes)")]
+    TooShort(usize),
+    /// More than [`MAX_SECRET_LEN`] bytes.
+    #[error("the secret has {0} bytes; at most {MAX_SECRET_LEN} are accepted")]
+    TooLong(usize),
+    /// More than [`MAX_HELD_KEYS`] keys.
+    #[error("{0} keys; a node holds at most {MAX_HELD_KEYS}")]
+    TooMany(usize),
+    /// Two secrets with the same key id.
+    #[error("two keys have the id {0:#010x} (the same secret twice?)")]
+    DuplicateId(u32),
+    /// The sending key is not among the keys.
+    #[error("the sending key {0:#010x} is not among the keys")]
+    NoSendKey(u32),
+}
+
+/// The keys one node holds: every key it accepts, and the one it sends
+/// with. Cheap to clone (the derived keys only).
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    keys: Vec<Key>,
+    send: Option<u32>,
+}
+
+impl Keyring {
+    /// A keyring of `keys`, sending with the key of id `send` (if any: a
+    /// keyring without a sending key only verifies).
+    pub fn new(keys: Vec<Key>, send: Option<u32>) -> Result<Keyring, KeyError> {
+        if keys.len() > MAX_HELD_KEYS {
+            return Err(KeyError::TooMany(keys.len()));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(KeyError::DuplicateId(k.id));
+            }
+        }
+        if let Some(id) = send {
+            if !keys.iter().any(|k| k.id == id) {
+                return Err(KeyError::NoSendKey(id));
+            }
+        }
+        Ok(Keyring { keys, send })
+    }
+
+    /// One key, sending with it: the usual case.
+    pub fn single(key: Key) -> Keyring {
+        let send = Some(key.id);
+        Keyring {
+            keys: vec![key],
+            send,
+        }
+    }
+
+    /// The key of id `id`, if held.
+    pub fn get(&self, id: u32) -> Option<&Key> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// The sending key, if any.
+    pub fn sending(&self) -> Option<&Key> {
+        self.send.and_then(|id| self.get(id))
+    }
+
+    /// The ids of every key held, sending key first.
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.send.into_iter().collect();
+        ids.extend(
+            self.keys
+                .iter()
+                .map(|k| k.id)
+                .filter(|&id| Some(id) != self.send),
+        );
+        ids
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
