@@ -165,6 +165,10 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
     wire::encode(&v2, &event, &mut buf);
     c.send_raw(&buf).unwrap();
     let mut flagged = Header::new(hash, 99);
+    flagged.flags = 0x80;
+    wire::encode(&flagged, &event, &mut buf);
+    c.send_raw(&buf).unwrap();
+    // Says it is authenticated, but has no trailer.
     flagged.flags = wire::FLAG_AUTH;
     wire::encode(&flagged, &event, &mut buf);
     c.send_raw(&buf).unwrap();
@@ -185,7 +189,13 @@ async fn garbage_foreign_cluster_and_other_versions_are_counted_and_ignored() {
         "{d:?}"
     );
     let s = node.stats().await.protocol;
-    for kind in ["bad_magic", "wrong_cluster", "bad_version", "bad_flags"] {
+    for kind in [
+        "bad_magic",
+        "wrong_cluster",
+        "bad_version",
+        "bad_flags",
+        "auth_bad_tag",
+    ] {
         assert_eq!(s.dropped.get(kind), Some(&1), "{kind}: {:?}", s.dropped);
     }
     assert_eq!(s.events_delivered, 1);
