@@ -98,7 +98,10 @@ impl KeyFile {
             path: path.to_owned(),
             problem,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
+        // One open: the checks and the read are of the same file (no swap
+        // in between), and at most MAX_FILE + 1 bytes are read.
+        let file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(invalid("not a regular file".into()));
         }
@@ -115,7 +118,9 @@ impl KeyFile {
                 meta.len()
             )));
         }
-        let text = Zeroizing::new(std::fs::read(path).map_err(io)?);
+        let mut text = Zeroizing::new(Vec::new());
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE + 1), &mut text)
+            .map_err(io)?;
         if text.len() as u64 > MAX_FILE {
             return Err(invalid("grew past 64 KiB while read".into()));
         }
@@ -204,9 +209,12 @@ pub fn generate() -> Zeroizing<Vec<u8>> {
 /// The line of a key file that holds `secret`, with a comment naming its
 /// id above it.
 pub fn key_lines(secret: &[u8]) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(format!("# key {:08x}\n", wire::key_id(secret)));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Zeroizing::new(String::with_capacity(20 + 2 * secret.len()));
+    s.push_str(&format!("# key {:08x}\n", wire::key_id(secret)));
     for b in secret {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
     }
     s.push('\n');
     s
@@ -254,14 +262,30 @@ pub fn append_new(path: &Path) -> Result<u32, KeyFileError> {
         });
     }
     let secret = generate();
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // A last line without its newline must not run into the new key.
+    let ends_in_newline = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))
+            .and_then(|_| f.read_exact(&mut last))
+            .map_err(io)?;
+        last[0] == b'\n'
+    };
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(|source| KeyFileError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    f.write_all(key_lines(&secret).as_bytes())
+        .map_err(io)?;
+    let mut lines = Zeroizing::new(String::new());
+    if !ends_in_newline {
+        lines.push('\n');
+    }
+    lines.push_str(&key_lines(&secret));
+    f.write_all(lines.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|source| KeyFileError::Io {
             path: path.to_owned(),
@@ -273,6 +297,29 @@ pub fn append_new(path: &Path) -> Result<u32, KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_after_a_last_line_without_newline() {
+        let dir = std::env::temp_dir().join(format!("cachecast-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k");
+        let _ = std::fs::remove_file(&path);
+        let first = write_new(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(write_new(&path), Err(KeyFileError::Exists(_))));
+        // Strip the final newline, as an editor may.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
+        let second = append_new(&path).unwrap();
+        assert_eq!(KeyFile::load(&path).unwrap().ids(), vec![first, second]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = KeyFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_keys_in_order_and_refuses_bad_lines() {

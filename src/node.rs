@@ -136,7 +136,9 @@ pub struct NodeConfig {
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
     /// …). Its `cluster`, `stream`, `node_name`, `seed`, `receive_only` and
-    /// `deliver_own` are set from the fields above at join.
+    /// `deliver_own` are set from the fields above at join; so are its
+    /// `auth.keyring` when `key_file` is given, `auth.mode` when `auth` or
+    /// `key_file` is, and `auth.encrypt` when `encrypt` is true.
     pub protocol: CoreConfig,
 }
 
@@ -325,14 +327,22 @@ impl Node {
             }
         };
         core_cfg.seed = config.seed.unwrap_or_else(random_u64);
-        core_cfg.auth.mode = config.auth.unwrap_or(if config.key_file.is_some() {
-            AuthMode::Require
-        } else {
-            AuthMode::Off
-        });
-        core_cfg.auth.encrypt = config.encrypt;
+        // `protocol.auth` as given (a keyring set by hand), unless the
+        // fields above say otherwise.
+        core_cfg.auth.mode = match (config.auth, &config.key_file) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => AuthMode::Require,
+            (None, None) => core_cfg.auth.mode,
+        };
+        core_cfg.auth.encrypt |= config.encrypt;
         if let Some(path) = &config.key_file {
             core_cfg.auth.keyring = KeyFile::load(path)?.keyring(core_cfg.cluster)?;
+            if core_cfg.auth.mode == AuthMode::Off {
+                tracing::warn!(
+                    key_file = %path.display(),
+                    "auth is off: the key file is not used (nothing is sent authenticated or checked)"
+                );
+            }
         }
         core_cfg.auth.wall_clock_ms = unix_ms();
         core_cfg.validate()?;

@@ -14,7 +14,21 @@ fn keyring(secret: u8) -> Keyring {
     Keyring::single(Key::derive(&[secret; 32], wire::cluster_hash(CLUSTER)).unwrap())
 }
 
+const WALL: u64 = 1_800_000_000_000;
+
 fn core(stream: u64, mode: AuthMode, keys: Keyring, encrypt: bool, t: Instant) -> NodeCore {
+    core_at(stream, mode, keys, encrypt, WALL, t)
+}
+
+/// A core whose clock reads `wall` (ms since the epoch) at `t`.
+fn core_at(
+    stream: u64,
+    mode: AuthMode,
+    keys: Keyring,
+    encrypt: bool,
+    wall: u64,
+    t: Instant,
+) -> NodeCore {
     let mut cfg = CoreConfig {
         cluster: wire::cluster_hash(CLUSTER),
         stream,
@@ -25,7 +39,7 @@ fn core(stream: u64, mode: AuthMode, keys: Keyring, encrypt: bool, t: Instant) -
     cfg.auth.mode = mode;
     cfg.auth.keyring = keys;
     cfg.auth.encrypt = encrypt;
-    cfg.auth.wall_clock_ms = 1_800_000_000_000;
+    cfg.auth.wall_clock_ms = wall;
     NodeCore::new(cfg, t).unwrap()
 }
 
@@ -153,4 +167,76 @@ fn accept_takes_both_and_require_refuses_unkeyed() {
         req.stats_snapshot().dropped.get("auth_missing"),
         Some(&(from_plain.len() as u64))
     );
+}
+
+fn inv(k: &str) -> Event {
+    Event::Invalidate {
+        keys: vec![k.into()],
+    }
+}
+
+/// A receiver that restarts takes nothing sent before it started (less the
+/// start skew, 2 s): what an attacker captured from the old life cannot be
+/// replayed to the new one, though it is well within `max_age`.
+#[test]
+fn a_restarted_receiver_refuses_replays_of_before_its_start() {
+    let t0 = Instant::now();
+    let mut a = core(1, AuthMode::Require, keyring(1), false, t0);
+    let mut b = core(2, AuthMode::Require, keyring(1), false, t0);
+    let t = t0 + Duration::from_millis(1);
+    a.publish(t, inv("user:42")).unwrap();
+    let captured = out(&mut a, t);
+    for d in &captured {
+        b.handle_datagram(t, d);
+    }
+    assert!(keys_delivered(&mut b).contains(&"user:42".to_string()));
+    // B restarts 30 s later (a new core, same key); the capture is replayed.
+    let t2 = t0 + Duration::from_secs(30);
+    let mut b2 = core_at(3, AuthMode::Require, keyring(1), false, WALL + 30_000, t2);
+    for d in &captured {
+        b2.handle_datagram(t2, d);
+    }
+    assert!(keys_delivered(&mut b2).is_empty());
+    let s = b2.stats_snapshot();
+    assert_eq!(s.auth_verified, 0);
+    assert_eq!(s.dropped.get("auth_stale"), Some(&(captured.len() as u64)));
+    assert_eq!(s.auth_stale_skew_ms, 30_000 - 1);
+    // What A sends now is taken.
+    let t3 = t2 + Duration::from_millis(1);
+    let mut a_now = core_at(4, AuthMode::Require, keyring(1), false, WALL + 30_000, t2);
+    a_now.publish(t3, inv("user:43")).unwrap();
+    for d in &out(&mut a_now, t3) {
+        b2.handle_datagram(t3, d);
+    }
+    assert_eq!(keys_delivered(&mut b2), vec!["user:43"]);
+}
+
+/// In `accept` mode an unauthenticated datagram is refused for a stream
+/// heard authenticated: a forger cannot strip a keyed node's trailer and
+/// speak for it (here, a forged Goodbye that would retire the stream).
+#[test]
+fn accept_mode_refuses_unkeyed_datagrams_of_a_keyed_stream() {
+    let t0 = Instant::now();
+    let mut a = core(1, AuthMode::Accept, keyring(1), false, t0);
+    let mut r = core(2, AuthMode::Accept, keyring(1), false, t0);
+    let t = t0 + Duration::from_millis(1);
+    a.publish(t, inv("k1")).unwrap();
+    for d in &out(&mut a, t) {
+        r.handle_datagram(t, d);
+    }
+    assert_eq!(keys_delivered(&mut r), vec!["k1"]);
+    let mut forged = Vec::new();
+    wire::encode(
+        &wire::Header::new(wire::cluster_hash(CLUSTER), 1),
+        &wire::Body::Goodbye { next_seq: 2 },
+        &mut forged,
+    );
+    r.handle_datagram(t, &forged);
+    assert_eq!(r.stats_snapshot().dropped.get("auth_missing"), Some(&1));
+    let t2 = t + Duration::from_millis(5);
+    a.publish(t2, inv("k2")).unwrap();
+    for d in &out(&mut a, t2) {
+        r.handle_datagram(t2, d);
+    }
+    assert_eq!(keys_delivered(&mut r), vec!["k2"]);
 }

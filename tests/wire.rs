@@ -991,6 +991,19 @@ fn rejects_another_cluster() {
 }
 
 #[test]
+fn reads_a_report_of_a_build_before_key_ids() {
+    // GOLDEN_REPORT less its key ids: what the previous build sends.
+    let legacy = GOLDEN_REPORT.strip_suffix("02fc7e0a1c5d01").unwrap();
+    let d = decode(&hex::decode(legacy).unwrap(), cluster()).unwrap();
+    assert!(
+        matches!(d.body, Body::Report { ref keys, ref positions, .. } if keys.is_empty() && positions.len() == 2)
+    );
+    // One byte short of either form: refused.
+    let short = &legacy[..legacy.len() - 2];
+    assert!(decode(&hex::decode(short).unwrap(), cluster()).is_err());
+}
+
+#[test]
 fn rejects_auth_flag_without_a_trailer() {
     let mut bytes = golden_hello();
     bytes[5] = FLAG_AUTH;
@@ -1212,6 +1225,10 @@ fn every_truncation_is_rejected() {
             let result = decode(&bytes[..len], cluster());
             if len < 4 {
                 assert_eq!(result, Err(DecodeError::BadMagic), "{golden} cut at {len}");
+            } else if golden == GOLDEN_REPORT && hex::encode(&bytes[len..]) == "02fc7e0a1c5d01" {
+                // Cut just before its key ids: a Report of the build before
+                // them, which is read as holding no key.
+                assert!(result.is_ok(), "{result:?}");
             } else {
                 assert!(
                     matches!(result, Err(DecodeError::Malformed(_))),

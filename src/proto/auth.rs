@@ -9,11 +9,22 @@
 //! (`auth_unknown_key`); (2) its tag verifies, in constant time
 //! (`auth_bad_tag`); (3) its transmit counter is not in the stream's replay
 //! window (`auth_replay`); (4) for a stream that has no window yet, its
-//! timestamp is within `max_age` of this node's clock (`auth_stale`). Only
-//! then is the counter marked in the window, and the body decoded. A
-//! datagram without a trailer is dropped in `require` mode
-//! (`auth_missing`). Each reason is counted in `Stats::dropped` and logged
-//! at most once a second; none causes a `Reset`.
+//! timestamp is within `max_age` of this node's clock, and not older than
+//! this node's start less `start_skew` (`auth_stale`): a node that just
+//! started (a restart) takes nothing sent before it, so what an attacker
+//! captured earlier cannot be replayed to it. Only then is the counter
+//! marked in the window, and the body decoded. A datagram without a
+//! trailer is dropped in `require` mode, and in `accept` mode when its
+//! stream was heard authenticated (nobody can strip a keyed node's trailer
+//! and speak for it) (`auth_missing`). Each reason is counted in
+//! `Stats::dropped` and logged at most once a second; none causes a
+//! `Reset`. Before the checks only the counters of received and own
+//! datagrams change.
+//!
+//! Clocks must agree within `max_age` (NTP): a sender whose clock is
+//! further off is never heard by a node that has not heard it yet (each
+//! drop is counted as `auth_stale`, the skew in `Stats::auth_stale_skew_ms`
+//! and in the log).
 //!
 //! # Replay windows
 //!
@@ -96,8 +107,15 @@ pub struct AuthConfig {
     /// the core counts on from it with `now` (the driver corrects it with
     /// `NodeCore::set_wall_clock`). Default 0 (the simulator's epoch).
     pub wall_clock_ms: u64,
+    /// A stream first heard after this node started is accepted only if
+    /// its datagram was sent after the start less this (clock skew between
+    /// hosts). Default 2 s.
+    pub start_skew: Duration,
     /// Replay windows kept at most (one per stream heard within
-    /// `max_age`). Default 8,192 (about 1.3 MB).
+    /// `max_age`). Default 8,192 (about 1.3 MB). Past it the stalest is
+    /// forgotten (`auth_windows_evicted`), and a replay of that stream's
+    /// last `max_age` could be taken once: only more authenticated streams
+    /// than this within `max_age` (key holders) can cause it.
     pub max_windows: usize,
 }
 
@@ -109,6 +127,7 @@ impl Default for AuthConfig {
             keyring: Keyring::default(),
             max_age: Duration::from_secs(60),
             wall_clock_ms: 0,
+            start_skew: Duration::from_secs(2),
             max_windows: 8192,
         }
     }
@@ -226,6 +245,9 @@ pub(crate) struct Auth {
     counter: u64,
     /// `cfg.wall_clock_ms` at `wall_at`.
     wall_ms: u64,
+    /// This node's clock when it started, less `start_skew`: a stream
+    /// first heard must have sent after it.
+    floor_ms: u64,
     wall_at: Instant,
     windows: HashMap<u64, ReplayWindow>,
     /// The body of an encrypted datagram, decrypted (one datagram at most,
@@ -240,6 +262,9 @@ impl Auth {
         Auth {
             counter: 0,
             wall_ms: cfg.wall_clock_ms,
+            floor_ms: cfg
+                .wall_clock_ms
+                .saturating_sub(cfg.start_skew.as_millis() as u64),
             wall_at: now,
             windows: HashMap::new(),
             scratch: Vec::new(),
@@ -307,7 +332,11 @@ impl Auth {
         stats: &mut Stats,
     ) -> Option<Opened> {
         if !header.authenticated() {
-            if self.cfg.mode == AuthMode::Require {
+            // Require: never. Accept: not for a stream heard authenticated
+            // (a forger would strip the trailer and speak for it).
+            if self.cfg.mode == AuthMode::Require
+                || (self.cfg.mode == AuthMode::Accept && self.windows.contains_key(&header.stream))
+            {
                 self.refuse(now, 4, header.stream, stats);
                 return None;
             }
@@ -373,8 +402,18 @@ impl Auth {
                 w.mark(trailer.counter, trailer.timestamp_ms);
             }
             None => {
-                if wall.abs_diff(trailer.timestamp_ms) > max_age {
-                    self.refuse(now, 3, header.stream, stats);
+                let ts = trailer.timestamp_ms;
+                if wall.abs_diff(ts) > max_age || ts < self.floor_ms {
+                    let skew = ts as i64 - wall as i64;
+                    stats.auth_stale_skew_ms = stats.auth_stale_skew_ms.max(skew.unsigned_abs());
+                    if ts < self.floor_ms && wall.abs_diff(ts) <= max_age {
+                        tracing::debug!(
+                            stream = format_args!("{:016x}", header.stream),
+                            skew_ms = skew,
+                            "sent before this node started: not taken (a replay, or a clock behind)"
+                        );
+                    }
+                    self.refuse_skewed(now, header.stream, skew, stats);
                     return None;
                 }
                 if self.windows.len() >= self.cfg.max_windows {
@@ -387,6 +426,11 @@ impl Auth {
             }
         }
         stats.auth_verified += 1;
+        if self.cfg.encrypt && trailer.algorithm == Algorithm::HmacSha256 {
+            // A member that does not encrypt: its bodies travel in the
+            // clear (a configuration to fix, counted).
+            stats.auth_cleartext += 1;
+        }
         // The body's bytes are the datagram's (MAC) or the scratch
         // buffer's (decrypted): decoded into owned values either way.
         let body = match trailer.algorithm {
@@ -426,10 +470,7 @@ impl Auth {
     fn refuse(&mut self, now: Instant, reason: usize, stream: u64, stats: &mut Stats) {
         let kind = REASONS[reason];
         stats.drop(kind);
-        let due = self.logged[reason]
-            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
-        if due {
-            self.logged[reason] = Some(now);
+        if self.log_due(now, reason) {
             tracing::warn!(
                 reason = kind,
                 stream = format_args!("{stream:016x}"),
@@ -437,6 +478,30 @@ impl Auth {
                 "dropped a datagram that failed authentication (logged at most once a second per reason)"
             );
         }
+    }
+
+    /// [`Auth::refuse`] for `auth_stale`, with the sender's clock skew.
+    fn refuse_skewed(&mut self, now: Instant, stream: u64, skew_ms: i64, stats: &mut Stats) {
+        stats.drop(REASONS[3]);
+        if self.log_due(now, 3) {
+            tracing::warn!(
+                reason = REASONS[3],
+                stream = format_args!("{stream:016x}"),
+                skew_ms,
+                total = stats.dropped.get(REASONS[3]).copied().unwrap_or(0),
+                "dropped a datagram of a stream not heard yet: sent too long ago, or the sender's clock is off \
+                 (clocks must agree within max_age; logged at most once a second)"
+            );
+        }
+    }
+
+    fn log_due(&mut self, now: Instant, reason: usize) -> bool {
+        let due = self.logged[reason]
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if due {
+            self.logged[reason] = Some(now);
+        }
+        due
     }
 
     /// Replay windows held.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::proto::auth::{Auth, AuthMode};
+use crate::proto::auth::{Auth, AuthConfig, AuthMode};
 use crate::proto::config::{ConfigError, CoreConfig};
 use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::members::{
@@ -139,7 +139,7 @@ pub struct NodeCore {
 impl NodeCore {
     /// A node joining at `now`: it sends its first `Hello` on the first
     /// [`NodeCore::poll_transmit`].
-    pub fn new(cfg: CoreConfig, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(mut cfg: CoreConfig, now: Instant) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut timers = TimerTable::default();
         timers.set(Timer::Hello, now);
@@ -154,7 +154,15 @@ impl NodeCore {
         Ok(NodeCore {
             header: cfg.header(),
             header_len: cfg.header().to_bytes().len(),
-            auth: Auth::new(cfg.auth.clone(), now),
+            // The keys live in `auth` only (replaced on reload, never kept
+            // in the config).
+            auth: Auth::new(
+                AuthConfig {
+                    keyring: std::mem::take(&mut cfg.auth.keyring),
+                    ..cfg.auth.clone()
+                },
+                now,
+            ),
             own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
             member_rng,

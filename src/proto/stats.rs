@@ -92,6 +92,12 @@ pub struct Stats {
     pub auth_unverified: u64,
     /// Replay windows forgotten early because `max_windows` were held.
     pub auth_windows_evicted: u64,
+    /// Datagrams verified with a MAC only (their body in the clear) while
+    /// this node encrypts: a member not configured to encrypt.
+    pub auth_cleartext: u64,
+    /// The largest clock skew (ms, either way) of a datagram dropped as
+    /// `auth_stale`: above `max_age`, a sender's clock is off.
+    pub auth_stale_skew_ms: u64,
     /// Received datagrams dropped, by reason (`DecodeError::kind`, or
     /// `ended_stream` for late datagrams of a stream that said Goodbye).
     pub dropped: BTreeMap<&'static str, u64>,

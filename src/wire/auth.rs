@@ -24,9 +24,11 @@
 //! - **XChaCha20-Poly1305** (`encrypt`): the body is encrypted in place
 //!   (same length); the header and the trailer's fields are associated
 //!   data; the tag is Poly1305's. The 24-byte nonce is the stream id, the
-//!   counter (both `u64` LE) and 8 zero bytes: a stream id is random per
+//!   counter and the timestamp (each `u64` LE): a stream id is random per
 //!   process start and its counter never repeats, so no nonce is used
-//!   twice under one key.
+//!   twice under one key; the timestamp guards even against two cores
+//!   given the same stream id by a careless `CoreConfig` (their counters
+//!   start alike, their clocks would have to agree to the millisecond).
 //!
 //! # Keys
 //!
@@ -247,7 +249,7 @@ impl Key {
                 let tag = self
                     .aead
                     .encrypt_in_place_detached(
-                        &nonce(stream, counter),
+                        &nonce(stream, counter, timestamp_ms),
                         &aad[..aad_len],
                         &mut buf[header_len..],
                     )
@@ -273,7 +275,7 @@ impl Key {
         tag: &[u8; TAG_LEN],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], AuthError> {
-        if dgram.len() < header_len + TRAILER_LEN {
+        if dgram.len() < header_len + TRAILER_LEN || header_len > MAX_HEADER_LEN {
             return Err(AuthError::Truncated);
         }
         let body_end = dgram.len() - TRAILER_LEN;
@@ -292,7 +294,7 @@ impl Key {
                 if self
                     .aead
                     .decrypt_in_place_detached(
-                        &nonce(stream, trailer.counter),
+                        &nonce(stream, trailer.counter, trailer.timestamp_ms),
                         &aad[..aad_len],
                         scratch,
                         Tag::from_slice(tag),
@@ -315,16 +317,18 @@ fn associated(
     fields: &[u8; FIELDS_LEN],
 ) -> ([u8; MAX_HEADER_LEN + FIELDS_LEN], usize) {
     let mut aad = [0u8; MAX_HEADER_LEN + FIELDS_LEN];
+    // Callers check the length (a header is at most 20 bytes).
     let h = header.len().min(MAX_HEADER_LEN);
     aad[..h].copy_from_slice(&header[..h]);
     aad[h..h + FIELDS_LEN].copy_from_slice(fields);
     (aad, h + FIELDS_LEN)
 }
 
-fn nonce(stream: u64, counter: u64) -> XNonce {
+fn nonce(stream: u64, counter: u64, timestamp_ms: u64) -> XNonce {
     let mut n = [0u8; 24];
     n[..8].copy_from_slice(&stream.to_le_bytes());
     n[8..16].copy_from_slice(&counter.to_le_bytes());
+    n[16..].copy_from_slice(&timestamp_ms.to_le_bytes());
     n.into()
 }
 

@@ -184,11 +184,19 @@ pub fn decode_body(rest: &[u8]) -> Result<Body, DecodeError> {
             (body, r.0.len())
         }
         // Control bodies: the definition itself, from the tag on.
-        Some(_) => {
-            let (body, used): (Body, usize) =
-                bincode::serde::decode_from_slice(rest, config()).map_err(malformed)?;
-            (body, rest.len() - used)
-        }
+        Some(tag) => match bincode::serde::decode_from_slice::<Body, _>(rest, config()) {
+            Ok((body, used)) => (body, rest.len() - used),
+            // A `Report` of a build from before key ids (the same fields,
+            // less the last): read as holding no key, so that a rolling
+            // upgrade keeps every member's positions.
+            Err(e) => match (tag == BodyTag::Report)
+                .then(|| legacy_report(r.0))
+                .flatten()
+            {
+                Some(body) => (body, 0),
+                None => return Err(malformed(e)),
+            },
+        },
         None => return Err(DecodeError::Malformed(format!("unknown body type {tag}"))),
     };
     if left != 0 {
@@ -196,6 +204,23 @@ pub fn decode_body(rest: &[u8]) -> Result<Body, DecodeError> {
     }
     validate_body(&body)?;
     Ok(body)
+}
+
+/// A `Report` without its `keys` (builds before authentication), if `after_tag`
+/// is exactly one.
+fn legacy_report(after_tag: &[u8]) -> Option<Body> {
+    #[derive(Deserialize)]
+    struct Legacy {
+        node: String,
+        #[serde(deserialize_with = "crate::wire::bounded::positions")]
+        positions: Vec<Position>,
+    }
+    let (l, used): (Legacy, usize) = bincode::serde::decode_from_slice(after_tag, config()).ok()?;
+    (used == after_tag.len()).then_some(Body::Report {
+        node: l.node,
+        positions: l.positions,
+        keys: Vec::new(),
+    })
 }
 
 fn seq_ok(seq: u64) -> bool {
