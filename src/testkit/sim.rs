@@ -187,6 +187,9 @@ impl Sim {
         cfg.stream = self.rng.gen_range(1..u64::MAX);
         cfg.seed = self.rng.gen();
         cfg.node_name = self.nodes[id].name.clone();
+        // Every simulated host's clock reads the same: the configured one
+        // (its value at the simulation's start) plus the time elapsed.
+        cfg.auth.wall_clock_ms += (self.now - self.record.start).as_millis() as u64;
         let deliver_own = cfg.deliver_own && !cfg.receive_only;
         let core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
         let node = &mut self.nodes[id];
