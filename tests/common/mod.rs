@@ -4,6 +4,7 @@
 //! 0), so that tests run in parallel and nothing leaves the host.
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod sim;
 
 use std::future::Future;
