@@ -187,9 +187,14 @@ impl Sim {
         cfg.stream = self.rng.gen_range(1..u64::MAX);
         cfg.seed = self.rng.gen();
         cfg.node_name = self.nodes[id].name.clone();
-        // Every simulated host's clock reads the same: the configured one
-        // (its value at the simulation's start) plus the time elapsed.
-        cfg.auth.wall_clock_ms += (self.now - self.record.start).as_millis() as u64;
+        // Every node reads one wall clock (it stamps and judges
+        // authenticated datagrams): the configured one at the start of the
+        // simulation, counted on in virtual time, so that a node started
+        // or restarted later agrees with the others.
+        cfg.auth.wall_clock_ms = cfg
+            .auth
+            .wall_clock_ms
+            .saturating_add(self.elapsed().as_millis() as u64);
         let deliver_own = cfg.deliver_own && !cfg.receive_only;
         let core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
         let node = &mut self.nodes[id];
