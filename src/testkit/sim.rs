@@ -489,8 +489,11 @@ impl Sim {
 
     fn multicast(&mut self, from: NodeId, bytes: &[u8]) {
         let bytes: Rc<[u8]> = Rc::from(bytes);
-        let decoded = wire::decode(&bytes, self.nodes[from].config.cluster).ok();
-        let stream = decoded.as_ref().map_or(0, |d| d.header.stream);
+        let cluster = self.nodes[from].config.cluster;
+        let decoded = wire::decode(&bytes, cluster).ok();
+        // From the header, which is in the clear even when the body is
+        // encrypted (and `decoded` is `None`).
+        let stream = wire::decode_header(&bytes, cluster).map_or(0, |(h, _)| h.stream);
         let tag = decoded.as_ref().map(|d| d.body.tag());
         if let Some(tag) = tag {
             self.nodes[from].traffic.sent[tag as usize].add(bytes.len());

@@ -223,7 +223,9 @@ impl DriverTap {
     /// A datagram read from the socket: through the faults to `core`.
     pub(crate) fn receive(&mut self, core: &mut NodeCore, from: SocketAddr, bytes: &[u8]) {
         let decoded = wire::decode(bytes, self.tap.cluster).ok();
-        let stream = decoded.as_ref().map_or(0, |d| d.header.stream);
+        // From the header, which is in the clear even when the body is
+        // encrypted (and `decoded` is `None`).
+        let stream = wire::decode_header(bytes, self.tap.cluster).map_or(0, |(h, _)| h.stream);
         match self.tap.faults.fate(decoded.as_ref()) {
             Fate::Lost => {
                 self.tap.faults.lost.fetch_add(1, Ordering::SeqCst);
