@@ -723,3 +723,50 @@ async fn off_accept_and_require_nodes_together_never_reset() {
         node.shutdown().await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Encryption.
+
+/// A keyed cluster where one node encrypts: every event reaches every
+/// node (the checker), the encrypting node's bodies never show a key in
+/// the clear on the group, the record notes each node hearing it (by its
+/// header: its body cannot be decoded without the key), and a node
+/// without keys cannot read it (`auth_unknown_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypting_node_is_read_by_key_holders_only() {
+    let dir = KeyDir::new();
+    let (key, _) = dir.new_key("cluster");
+    let mut c = LoopbackCluster::start_with(3, 9, move |cfg| {
+        cfg.key_file = Some(key.clone());
+        cfg.encrypt = cfg.node_name == "n1";
+    })
+    .await
+    .unwrap();
+    let capture = Capture::start(c.place());
+    let outsider = join(c.place().config("outsider")).await;
+    for n in 0..3 {
+        for j in 0..10 {
+            c.publish(n, [format!("secret-{n}-{j}")]).await.unwrap();
+        }
+    }
+    assert!(c.settle(DEADLINE).await, "{:?}", c.check().err());
+    let report = c.check().unwrap();
+    assert_eq!((report.expected, report.delivered), (90, 90), "{report:?}");
+    let encrypted = c.node(1).unwrap().stream();
+    let record = c.record();
+    for life in &record.lives {
+        if life.node != 1 {
+            assert!(life.heard.contains_key(&encrypted), "{}", life.name);
+        }
+    }
+    let sent = capture.of(c.place().cluster(), encrypted);
+    assert!(!sent.is_empty());
+    assert!(sent.iter().all(|d| !d.windows(7).any(|w| w == b"secret-")));
+    let plain = capture.of(c.place().cluster(), c.node(0).unwrap().stream());
+    assert!(plain.iter().any(|d| d.windows(7).any(|w| w == b"secret-")));
+    // The outsider (no key, off) can read nothing of the encrypting node.
+    let s = outsider.stats().await.protocol;
+    assert!(dropped(&s, "auth_unknown_key") > 0, "{:?}", s.dropped);
+    outsider.shutdown().await;
+    c.shutdown_all().await;
+}
