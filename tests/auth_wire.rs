@@ -4,12 +4,63 @@
 //! round trip property, and a keyed core that refuses every truncation and
 //! every flipped bit of them without any change of state.
 
-use std::time::Instant;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use cachecast::proto::NodeCore;
 use cachecast::wire::*;
 use cachecast::{AuthMode, CoreConfig};
 use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------
+// Allocation counting (as in tests/wire.rs): the bytes this thread asks the
+// allocator for while `allocated_by` runs.
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count(bytes: usize) {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns the bytes it allocated on this thread.
+fn allocated_by(f: impl FnOnce()) -> usize {
+    ALLOCATED.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    f();
+    COUNTING.with(|on| on.set(false));
+    ALLOCATED.with(|n| n.get())
+}
 
 // ---------------------------------------------------------------------------
 // The fixed inputs of the goldens.
@@ -761,4 +812,74 @@ fn every_truncation_and_flipped_bit_is_refused_without_a_trace() {
             assert_eq!(dropped(&r), fed);
         }
     }
+}
+
+/// A refused datagram allocates nothing: every check runs on the received
+/// bytes, the stack and buffers reused from earlier datagrams (once each
+/// reason has been counted once, and the decryption buffer has grown to a
+/// datagram).
+#[test]
+fn refusing_a_datagram_allocates_nothing() {
+    let t = Instant::now();
+    let mac = hex::decode(GOLDEN_DATA).unwrap();
+    let enc = hex::decode(GOLDEN_DATA_ENCRYPTED).unwrap();
+    let hl = 20;
+    let mut unkeyed = mac[..mac.len() - TRAILER_LEN].to_vec();
+    unkeyed[5] = 0;
+    let mut unknown_key = mac.clone();
+    unknown_key[hl + 41] ^= 1; // the key id's first byte
+    let bad_tag = |d: &[u8]| {
+        let mut d = d.to_vec();
+        let n = d.len();
+        d[n - 1] ^= 1;
+        d
+    };
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("auth_missing", unkeyed),
+        ("auth_unknown_key", unknown_key),
+        ("auth_bad_tag", bad_tag(&mac)),
+        ("auth_bad_tag", bad_tag(&enc)),
+        ("auth_bad_tag", mac[..hl + TRAILER_LEN - 1].to_vec()),
+        ("auth_replay", mac.clone()),
+        ("auth_replay", enc.clone()),
+    ];
+    let mut r = receiver(AuthMode::Require, t);
+    // Taken once: the windows exist, the rest are replays.
+    r.handle_datagram(t, &mac);
+    r.handle_datagram(t, &enc);
+    assert_eq!(r.stats().auth_verified, 2);
+    // A receiver whose clock is 10 minutes on: the goldens are stale.
+    let mut late = {
+        let mut cfg = CoreConfig {
+            cluster: cluster(),
+            stream: 98,
+            seed: 2,
+            ..CoreConfig::default()
+        };
+        cfg.auth.mode = AuthMode::Require;
+        cfg.auth.keyring = Keyring::single(golden_key());
+        cfg.auth.wall_clock_ms = TS + Duration::from_secs(600).as_millis() as u64;
+        NodeCore::new(cfg, t).unwrap()
+    };
+    for round in 0..3 {
+        let bytes = allocated_by(|| {
+            for (_, d) in &refused {
+                r.handle_datagram(t, d);
+            }
+            late.handle_datagram(t, &mac);
+            late.handle_datagram(t, &enc);
+        });
+        if round == 0 {
+            // The first drop of each reason makes its counter.
+            assert!(bytes > 0, "the allocator counts nothing");
+        } else {
+            assert_eq!(bytes, 0, "refusing datagrams allocated {bytes} bytes");
+        }
+    }
+    for (reason, _) in &refused {
+        let n = refused.iter().filter(|(x, _)| x == reason).count() as u64;
+        assert_eq!(dropped_as(&r, reason), 3 * n, "{reason}");
+    }
+    assert_eq!(dropped_as(&late, "auth_stale"), 6);
+    assert_eq!(r.stats().auth_verified, 2);
 }
