@@ -1,18 +1,21 @@
 //! The command line's shared arguments: the subcommands, where the cluster
-//! is ([`NetArgs`]), durations, and the options whose value is optional
-//! (`--confirm[=TIMEOUT]`, `--watch[=INTERVAL]`).
+//! is and with which keys ([`NetArgs`]), durations, and the options whose
+//! value is optional (`--confirm[=TIMEOUT]`, `--watch[=INTERVAL]`).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use cachecast::keys::{KeyFile, KeyFileError};
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::{NodeConfig, DEFAULT_GROUP};
+use cachecast::{AuthMode, JoinError, NodeConfig, DEFAULT_GROUP};
 
+use crate::failure::Failure;
 use crate::logs::LogFormat;
-use crate::{agent, demo, doctor, listen, members, send};
+use crate::{agent, demo, doctor, keys, listen, members, send};
 
 /// cachecast: coherent caches over UDP multicast.
 ///
@@ -61,6 +64,9 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     // (Agent: likewise.)
     Agent(agent::AgentArgs),
+    /// Write a new key file (mode 0600), append a key to one (the first
+    /// step of a rotation), or list its key ids.
+    Keygen(keys::KeygenArgs),
 }
 
 /// Where the cluster is: shared by every subcommand.
@@ -84,12 +90,32 @@ pub struct NetArgs {
     /// This node's name, as others see it (default: <hostname-ish>-<pid>).
     #[arg(long)]
     pub name: Option<String>,
+    /// The cluster's key file (written by `cachecast keygen`; mode 0600):
+    /// every datagram is then authenticated, and only those of nodes
+    /// holding one of its keys are accepted. A path, never the key itself:
+    /// a key is never given on the command line.
+    #[arg(long, env = "CACHECAST_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// How keys are used: off (none), accept (send authenticated, also
+    /// take unauthenticated datagrams: moving a cluster to keys one node
+    /// at a time), require (drop everything not authenticated). Default:
+    /// require with a key file, else off.
+    #[arg(long, env = "CACHECAST_AUTH", value_name = "MODE", value_parser = parse_auth)]
+    pub auth: Option<AuthMode>,
+    /// Encrypt the bodies (cache keys often hold user ids), not only
+    /// authenticate them; needs a key file, and every node must hold the
+    /// key (a node without it cannot read them).
+    #[arg(long, env = "CACHECAST_ENCRYPT")]
+    pub encrypt: bool,
 }
 
 impl NetArgs {
-    /// A node configuration from these flags.
-    pub fn config(&self, role: &str) -> NodeConfig {
-        NodeConfig {
+    /// A node configuration from these flags. The key options are checked
+    /// here (and the key file read), so that a bad one is a usage error
+    /// (exit status 2) before anything joins.
+    pub fn config(&self, role: &str) -> Result<NodeConfig, Failure> {
+        check_keys(self.key_file.as_deref(), self.auth, self.encrypt)?;
+        Ok(NodeConfig {
             group: self.group,
             interface: self.interface.clone(),
             cluster: self.cluster.clone(),
@@ -98,8 +124,95 @@ impl NetArgs {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{role}-{}", std::process::id())),
+            key_file: self.key_file.clone(),
+            auth: self.auth,
+            encrypt: self.encrypt,
             ..NodeConfig::default()
+        })
+    }
+}
+
+/// The bytes of a datagram a node of `config` may fill with events: its
+/// `max_datagram` less the authentication trailer when it uses keys (what
+/// `Node::publish` checks events against).
+pub fn body_limit(config: &NodeConfig) -> usize {
+    let keyed = match config.auth {
+        Some(mode) => mode != AuthMode::Off,
+        None => config.key_file.is_some(),
+    };
+    let trailer = if keyed {
+        cachecast::wire::TRAILER_LEN
+    } else {
+        0
+    };
+    config.protocol.max_datagram.saturating_sub(trailer)
+}
+
+/// Parses `--auth`.
+pub fn parse_auth(s: &str) -> Result<AuthMode, String> {
+    s.parse()
+}
+
+/// Checks the key options together, and the key file: `accept`, `require`
+/// and `--encrypt` need a key file; the file must be usable (its error says
+/// what to do, e.g. `chmod 600`). Returns the file's key ids.
+pub fn check_keys(
+    key_file: Option<&Path>,
+    auth: Option<AuthMode>,
+    encrypt: bool,
+) -> Result<Vec<u32>, Failure> {
+    let Some(path) = key_file else {
+        if let Some(mode @ (AuthMode::Accept | AuthMode::Require)) = auth {
+            return Err(Failure::Usage(format!(
+                "--auth {mode} needs a key file (--key-file PATH or CACHECAST_KEY_FILE; \
+                 `cachecast keygen PATH` writes one)"
+            )));
         }
+        if encrypt {
+            return Err(Failure::Usage(
+                "--encrypt needs a key file (--key-file PATH or CACHECAST_KEY_FILE; \
+                 `cachecast keygen PATH` writes one)"
+                    .into(),
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if encrypt && auth == Some(AuthMode::Off) {
+        return Err(Failure::Usage(
+            "--encrypt with --auth off: nothing would be encrypted (use --auth require)".into(),
+        ));
+    }
+    match KeyFile::load(path) {
+        Ok(file) => Ok(file.ids()),
+        Err(e) => Err(Failure::Usage(key_file_problem(path, &e))),
+    }
+}
+
+/// A key file's error as one line; when the path looks like a key itself
+/// (it is not a file, and is long hex), says that a key never goes on the
+/// command line.
+pub fn key_file_problem(path: &Path, e: &KeyFileError) -> String {
+    let text = path.to_string_lossy();
+    let looks_like_a_key = matches!(e, KeyFileError::Io { .. })
+        && text.len() >= 32
+        && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if looks_like_a_key {
+        // Not echoed, not even in part: it may be the cluster's secret.
+        "the --key-file value is not an existing file and looks like a key: give the path \
+         of a key file, never a key itself (a command line is visible to every user of the \
+         host, e.g. in ps); `cachecast keygen PATH` writes a key file"
+            .to_owned()
+    } else {
+        e.to_string()
+    }
+}
+
+/// A join's failure: a key file or keys that cannot be used are bad input
+/// (exit status 2), anything else a failure (1).
+pub fn join_failure(e: JoinError) -> Failure {
+    match e {
+        JoinError::KeyFile(_) | JoinError::Keys(_) => Failure::Usage(e.to_string()),
+        e => Failure::Failed(e.to_string()),
     }
 }
 

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::args::{parse_duration, NetArgs};
 use crate::failure::Failure;
+use crate::keys::ReloadOnHangup;
 use crate::stop::Stop;
 use cachecast::wire::EventRef;
 use cachecast::{Delivery, Node};
@@ -28,7 +29,13 @@ the node says Goodbye, lingers, prints its stats with --stats, and exits 0; \
 a reader that stopped reading holds it at most 2 s more; a second signal \
 exits at once. So do --count, --timeout, and, when asked, the end of standard \
 input (--exit-on-stdin-close) or of the parent process (--exit-with-parent). \
-Without these it runs until stopped, also when its parent is gone.";
+Without these it runs until stopped, also when its parent is gone.
+
+Keys: with a key file (--key-file, CACHECAST_KEY_FILE), SIGHUP reloads it \
+without leaving the group (the rotation's steps: cachecast keygen --help); \
+the ids now held, or why the file was refused (the keys in use then stay), \
+are logged (RUST_LOG=info shows a successful reload). Without a key file, \
+SIGHUP ends the process as usual.";
 
 /// Print deliveries as JSON lines.
 #[derive(Debug, Args)]
@@ -220,9 +227,19 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
     }
     // A listener never publishes: receive-only, so that stopping it, even
     // by kill -9, costs the other nodes no Reset.
-    let mut config = args.net.config("listen");
+    let mut config = args.net.config("listen")?;
     config.receive_only = true;
-    let node = Node::join(config).await.map_err(|e| e.to_string())?;
+    // With a key file, SIGHUP reloads it (caught before the join).
+    let hangup = match &config.key_file {
+        Some(_) => {
+            Some(ReloadOnHangup::install().map_err(|e| format!("cannot catch SIGHUP: {e}"))?)
+        }
+        None => None,
+    };
+    let node = Node::join(config)
+        .await
+        .map_err(crate::args::join_failure)?;
+    let reloads = hangup.map(|h| h.start(node.clone(), |_| {}));
     let mut sub = node.subscribe();
     let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
     let out = Lines::start();
@@ -259,5 +276,8 @@ pub async fn run(args: ListenArgs, stop: &Stop, parent: libc::pid_t) -> Result<(
         out.send(v.to_string(), stop).await;
     }
     out.finish(stop).await;
+    if let Some(r) = reloads {
+        r.abort();
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `cachecast`: the command line (send, listen, members, demo, doctor,
-//! agent).
+//! agent, keygen).
 
 mod agent;
 mod args;
@@ -7,6 +7,7 @@ mod confirm;
 mod demo;
 mod doctor;
 mod failure;
+mod keys;
 mod listen;
 mod logs;
 mod members;
@@ -51,6 +52,8 @@ async fn run(command: Command, parent: libc::pid_t) -> Result<(), Failure> {
         // right after the Hello).
         Command::Doctor(args) => doctor::run(args).await,
         Command::Agent(args) => agent::run(args, &stop).await,
+        // Files only: no node, nothing to clean up at a signal.
+        Command::Keygen(args) => keys::run(args),
     }
 }
 

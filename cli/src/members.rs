@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::args::{parse_duration, NetArgs};
 use crate::failure::Failure;
+use crate::keys::{hex_member_keys, key_hex, summary_lines};
 use crate::listen::{hex_streams, stream_hex};
 use crate::stop::Stop;
 use cachecast::{Liveness, Member, Node, Staleness};
@@ -49,6 +50,9 @@ Columns, one row per member:
               died are shown for 60 s.
   HEARD       how long ago it was last heard
   ROLE        publisher, or receive-only (never publishes)
+  KEYS        (when the cluster uses keys) the key ids it holds, as its
+              last report said, the one it sends with first; - for none
+  SENDS WITH  the key id of its last datagram heard; - if unauthenticated
 and under it, one line per stream it reported:
   follows     the stream's node name (? if this node never heard it) and
               stream id
@@ -59,6 +63,13 @@ and under it, one line per stream it reported:
   reported    how long ago it reported this position
   reset<      present when the member gave up events below this seq with
               a Reset (it cleared its cache)
+With keys, one line per key id: how many live members hold it and how \
+many send with it (\"key 5d1c0a7e: held by 4/4 live members, sent with by \
+4/4\"): a rotation's next step is due when the new key is held by every \
+live member (move it first) or sent with by every one (retire the old key; \
+see cachecast keygen --help). This command reads the key file (--key-file) \
+like every node: without the cluster's key, a cluster that requires keys \
+is not heard at all.
 The last line: this node's staleness bound per stream it follows, the \
 longest it may have been missing an event of that stream without knowing \
 it, and whether it is isolated (heard no member for longer than the lease).
@@ -67,7 +78,8 @@ This command's own node is left out of the table; --json includes it \
 (\"this_node\": true), with its staleness per stream.
 
 --json prints one JSON document: {\"at\", \"node\", \"members\": [...], \
-\"staleness\": {...}}, stream ids as strings of 16 hex digits, durations in \
+\"key_summary\": [...], \"staleness\": {...}}, stream ids as strings of 16 \
+hex digits, key ids (members' \"keys\" and \"sends_with\") of 8, durations in \
 milliseconds (last_heard, reported, staleness, worst). With --watch, one \
 document per line.
 
@@ -129,13 +141,15 @@ fn parse_count(s: &str) -> Result<u64, String> {
 /// Runs `cachecast members`.
 pub async fn run(args: MembersArgs, stop: &Stop) -> Result<(), Failure> {
     stop.arm();
-    let mut config = args.net.config("members");
+    let mut config = args.net.config("members")?;
     // Receive-only: its end, however it comes, costs nobody a Reset.
     config.receive_only = true;
     // It never subscribes: keep no backlog of deliveries.
     config.subscriber_queue = 16;
     let name = config.node_name.clone();
-    let node = Node::join(config).await.map_err(|e| e.to_string())?;
+    let node = Node::join(config)
+        .await
+        .map_err(crate::args::join_failure)?;
     let mut out = tokio::io::stdout();
     let mut printed = 0u64;
     let mut next = Instant::now() + args.wait;
@@ -200,6 +214,7 @@ pub fn document(name: &str, members: &[Member], staleness: Option<&Staleness>) -
         "staleness": staleness,
     });
     hex_streams(&mut v);
+    hex_member_keys(&mut v, members);
     v
 }
 
@@ -266,14 +281,22 @@ pub fn table(name: &str, members: &[Member], staleness: Option<&Staleness>) -> S
         count(Liveness::Left),
         count(Liveness::Dead)
     );
-    let mut rows = vec![["NAME", "STREAM", "ADDRESS", "STATE", "HEARD", "ROLE"]
+    // Key columns only when the cluster uses keys.
+    let keyed = others
+        .iter()
+        .any(|m| !m.keys.is_empty() || m.sends_with.is_some());
+    let mut header = ["NAME", "STREAM", "ADDRESS", "STATE", "HEARD", "ROLE"]
         .map(String::from)
-        .to_vec()];
+        .to_vec();
+    if keyed {
+        header.extend(["KEYS".into(), "SENDS WITH".into()]);
+    }
+    let mut rows = vec![header];
     let mut follows: Vec<Vec<String>> = Vec::new();
     // For each member row, the range of its lines in `follows`.
     let mut under = Vec::new();
     for m in &others {
-        rows.push(vec![
+        let mut row = vec![
             m.name.clone().unwrap_or_else(|| "?".into()),
             stream_hex(m.stream),
             m.addr.map_or_else(|| "-".into(), |a| a.to_string()),
@@ -285,7 +308,17 @@ pub fn table(name: &str, members: &[Member], staleness: Option<&Staleness>) -> S
                 "publisher"
             }
             .into(),
-        ]);
+        ];
+        if keyed {
+            let held: Vec<String> = m.keys.iter().map(|k| key_hex(*k)).collect();
+            row.push(if held.is_empty() {
+                "-".into()
+            } else {
+                held.join(",")
+            });
+            row.push(m.sends_with.map_or_else(|| "-".into(), key_hex));
+        }
+        rows.push(row);
         let from = follows.len();
         for s in &m.streams {
             follows.push(vec![
@@ -312,6 +345,9 @@ pub fn table(name: &str, members: &[Member], staleness: Option<&Staleness>) -> S
         for l in &follows[lines] {
             let _ = writeln!(t, "{l}");
         }
+    }
+    for line in summary_lines(members) {
+        let _ = writeln!(t, "{line}");
     }
     match staleness {
         Some(s) => {

@@ -233,16 +233,18 @@ pub fn pack_keys(keys: Vec<String>, max_datagram: usize) -> Result<Vec<Event>, S
 
 /// Runs `cachecast send`.
 pub async fn run(args: SendArgs, stop: &Stop) -> Result<(), Failure> {
-    let mut config = args.net.config("send");
+    let mut config = args.net.config("send")?;
     config.linger = args.linger;
     // `send` never subscribes: keep no backlog of deliveries, not even of
     // its own events.
     config.subscriber_queue = 16;
     config.deliver_own = false;
     let view_after = config.protocol.heartbeat_idle + confirm::VIEW_MARGIN;
-    let events = events(&args.what, config.protocol.max_datagram).map_err(Failure::Usage)?;
+    let events = events(&args.what, crate::args::body_limit(&config)).map_err(Failure::Usage)?;
     stop.arm();
-    let node = Node::join(config).await.map_err(|e| e.to_string())?;
+    let node = Node::join(config)
+        .await
+        .map_err(crate::args::join_failure)?;
     let joined = tokio::time::Instant::now();
     let n = events.len();
     let mut published = 0;
