@@ -10,7 +10,11 @@
 //! The probe is a `Hello` of a fresh stream of the cluster followed by that
 //! stream's `Goodbye` (twice): live nodes answer the `Hello` with a
 //! `Heartbeat`, which tells who else is on the group. Both say receive-only,
-//! so no node follows the probe's stream or ever Resets for it.
+//! so no node follows the probe's stream or ever Resets for it. With a key
+//! file (`--key-file`, as every command) the probe is authenticated with
+//! its sending key, and what is heard is verified with its keys; without
+//! one, doctor says when the cluster's nodes use keys (nodes that require
+//! them ignore an unauthenticated probe).
 //!
 //! Files: this one holds the arguments, the report and its text form;
 //! `checks` the checks that need no traffic (group, interface, TTL, socket
@@ -30,15 +34,16 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::NetArgs;
+use crate::args::{key_file_problem, NetArgs};
 use crate::failure::Failure;
+use cachecast::keys::KeyFile;
 use cachecast::net::socket::{self, InterfaceInfo, SocketOptions};
-use cachecast::wire;
+use cachecast::{wire, AuthMode, NodeConfig};
 
 use checks::{
     check_group, check_interface, check_recv_buffer, check_socket, check_ttl, section_of,
 };
-use probe::{report_probe, run_probe};
+use probe::{report_probe, run_probe, ProbeKeys};
 
 /// The longest `--wait` accepted.
 const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -55,7 +60,10 @@ FAIL, with what to change.
 What it sends: three datagrams of under 100 bytes, only to the group, on the \
 chosen interface, with the chosen TTL: a Hello of a fresh stream, then that \
 stream's Goodbye twice. Nodes of the cluster answer the Hello with a \
-Heartbeat (doctor lists them) and forget the stream on its Goodbye. With the \
+Heartbeat (doctor lists them) and forget the stream on its Goodbye. With a key \
+file (--key-file or CACHECAST_KEY_FILE), the probe is authenticated with its \
+sending key (encrypted with --encrypt) and answers are verified with its keys: \
+nodes that require keys ignore a probe without one. With the \
 defaults (the system's interface, TTL 1) the probe goes out on your LAN; to \
 keep it on this host, use --interface 127.0.0.1 --ttl 0.
 
@@ -186,6 +194,15 @@ struct Probe {
     foreign_cluster: u64,
     /// Datagrams that are not cachecast, as heard by the first socket.
     not_cachecast: u64,
+    /// The key id the probe was sealed with (hex), if any.
+    sealed_with: Option<String>,
+    /// Datagrams of other streams of the cluster carrying a trailer, as
+    /// heard by the first socket (verified, when doctor holds keys).
+    authenticated: u64,
+    /// Authenticated datagrams that did not verify with doctor's keys.
+    unverified: u64,
+    /// Key ids seen in those trailers (hex, at most 8).
+    key_ids: Vec<String>,
     /// How long doctor listened, in milliseconds.
     listened_ms: f64,
 }
@@ -242,7 +259,9 @@ impl Report {
 /// Runs `cachecast doctor`. It runs no node and never arms the stop
 /// handler: a signal ends it at once.
 pub async fn run(args: DoctorArgs) -> Result<(), Failure> {
-    let report = diagnose(&args).await;
+    let config = args.net.config("doctor")?;
+    let keys = probe_keys(&config)?;
+    let report = diagnose(&args, &config, keys.as_ref()).await;
     let out = if args.json {
         serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
     } else {
@@ -258,8 +277,26 @@ pub async fn run(args: DoctorArgs) -> Result<(), Failure> {
     }
 }
 
-async fn diagnose(args: &DoctorArgs) -> Report {
-    let config = args.net.config("doctor");
+/// The keys the probe is sealed and answers verified with: those of the
+/// key file, unless `--auth off`.
+fn probe_keys(config: &NodeConfig) -> Result<Option<ProbeKeys>, Failure> {
+    let Some(path) = &config.key_file else {
+        return Ok(None);
+    };
+    if config.auth == Some(AuthMode::Off) {
+        return Ok(None);
+    }
+    let file = KeyFile::load(path).map_err(|e| Failure::Usage(key_file_problem(path, &e)))?;
+    let ring = file
+        .keyring(wire::cluster_hash(&config.cluster))
+        .map_err(|e| Failure::Usage(format!("key file {}: {e}", path.display())))?;
+    Ok(Some(ProbeKeys {
+        ring,
+        encrypt: config.encrypt,
+    }))
+}
+
+async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKeys>) -> Report {
     let opts = SocketOptions {
         group: config.group,
         interface: config.interface.clone(),
@@ -356,7 +393,7 @@ async fn diagnose(args: &DoctorArgs) -> Report {
         }
     };
     let cluster = wire::cluster_hash(&config.cluster);
-    let probe = run_probe(&sa, &sb, group, cluster, &config.node_name, args.wait).await;
+    let probe = run_probe(&sa, &sb, group, cluster, &config.node_name, args.wait, keys).await;
     report_probe(&mut r, probe, &opts, used.as_ref(), args.wait);
     r.finish()
 }

@@ -5,6 +5,11 @@
 //! both datagrams say receive-only, so no node ever follows the probe's
 //! stream, and none Resets for it even if its `Goodbye` is lost. Listening is bounded in time (`--wait`, at most 10 s) and in
 //! datagrams.
+//!
+//! With keys ([`ProbeKeys`]) the probe is sealed with the sending key and
+//! every authenticated datagram heard is verified before it is read; one
+//! that does not verify is counted, never read. Without keys, datagrams
+//! with a trailer are counted (with their key ids): their nodes use keys.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -16,7 +21,7 @@ use tokio::time::Instant;
 use super::{Peer, Probe, Report, Section, Status};
 use crate::listen::stream_hex;
 use cachecast::net::socket::{InterfaceInfo, InterfaceSpec, SocketOptions};
-use cachecast::wire::{self, Body, DecodeError, Header};
+use cachecast::wire::{self, Algorithm, Body, DecodeError, Header, Keyring, Trailer};
 
 /// How long to keep listening for other nodes' answers once both sockets
 /// heard the probe (nodes answer a `Hello` within a few milliseconds).
@@ -25,22 +30,99 @@ const ANSWER_WINDOW: Duration = Duration::from_millis(100);
 const MAX_DATAGRAMS: usize = 10_000;
 /// At most this many other nodes are listed.
 const MAX_PEERS: usize = 64;
+/// At most this many key ids heard are listed.
+const MAX_KEY_IDS: usize = 8;
 
-/// The probe's datagrams: a `Hello` of `stream` and its `Goodbye`, both
-/// flagged receive-only (the probe never publishes), so that live nodes
-/// answer the `Hello` but never follow the probe's stream: even if doctor
-/// dies between the two, or the `Goodbye` is lost, nobody Resets for it.
-fn probe_datagrams(cluster: u32, stream: u64, node: &str) -> (Vec<u8>, Vec<u8>) {
+/// The keys of the probe: it is sealed with the sending one (encrypted
+/// with `encrypt`), and what it hears is verified with all of them.
+pub(crate) struct ProbeKeys {
+    /// The key file's keys, for the probe's cluster.
+    pub ring: Keyring,
+    /// Encrypt the probe's bodies, as `--encrypt` nodes do.
+    pub encrypt: bool,
+}
+
+/// The probe's datagrams: a `Hello` of `stream` and its `Goodbye` (sent
+/// twice; with keys, the second is sealed again with its own counter, as a
+/// node does), all flagged receive-only (the probe never publishes), so
+/// that live nodes answer the `Hello` but never follow the probe's stream:
+/// even if doctor dies between them, or the `Goodbye`s are lost, nobody
+/// Resets for it.
+fn probe_datagrams(
+    cluster: u32,
+    stream: u64,
+    node: &str,
+    keys: Option<&ProbeKeys>,
+) -> [Vec<u8>; 3] {
     let mut node = node.to_owned();
     while node.len() > wire::MAX_NODE_NAME {
         node.pop();
     }
     let mut header = Header::new(cluster, stream);
     header.flags |= wire::FLAG_RECEIVE_ONLY;
-    let (mut hello, mut goodbye) = (Vec::new(), Vec::new());
-    wire::encode(&header, &Body::Hello { node }, &mut hello);
-    wire::encode(&header, &Body::Goodbye { next_seq: 1 }, &mut goodbye);
-    (hello, goodbye)
+    let sending = keys.and_then(|k| k.ring.sending().map(|key| (key, k.encrypt)));
+    if sending.is_some() {
+        header.flags |= wire::FLAG_AUTH;
+    }
+    let header_len = header.to_bytes().len();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let bodies = [
+        Body::Hello { node },
+        Body::Goodbye { next_seq: 1 },
+        Body::Goodbye { next_seq: 1 },
+    ];
+    let mut out: [Vec<u8>; 3] = Default::default();
+    for (counter, (body, buf)) in bodies.iter().zip(&mut out).enumerate() {
+        wire::encode(&header, body, buf);
+        if let Some((key, encrypt)) = sending {
+            let algorithm = if encrypt {
+                Algorithm::XChaCha20Poly1305
+            } else {
+                Algorithm::HmacSha256
+            };
+            key.seal(
+                buf,
+                header_len,
+                stream,
+                algorithm,
+                now_ms,
+                counter as u64 + 1,
+            );
+        }
+    }
+    out
+}
+
+/// Verifies an authenticated datagram (`header_len` bytes of header) with
+/// `ring` and returns it unauthenticated (header flag cleared, clear body,
+/// no trailer) for [`wire::decode`]; `None` if it does not verify. Returns
+/// the key id of the trailer, when there is one to read.
+fn verified(
+    ring: &Keyring,
+    dgram: &[u8],
+    header: &Header,
+    header_len: usize,
+    scratch: &mut Vec<u8>,
+) -> (Option<u32>, Option<Vec<u8>>) {
+    let Ok((trailer, tag)) = Trailer::read(dgram, header_len) else {
+        return (None, None);
+    };
+    let id = Some(trailer.key_id);
+    let Some(key) = ring.get(trailer.key_id) else {
+        return (id, None);
+    };
+    match key.open(dgram, header_len, header.stream, &trailer, &tag, scratch) {
+        Ok(body) => {
+            let mut plain = Vec::with_capacity(header_len + body.len());
+            plain.extend_from_slice(&dgram[..header_len]);
+            plain[5] &= !wire::FLAG_AUTH;
+            plain.extend_from_slice(body);
+            (id, Some(plain))
+        }
+        Err(_) => (id, None),
+    }
 }
 
 /// What the probe found, before it is judged.
@@ -57,6 +139,7 @@ pub(super) async fn run_probe(
     cluster: u32,
     node: &str,
     wait: Duration,
+    keys: Option<&ProbeKeys>,
 ) -> ProbeRun {
     let stream = loop {
         let s: u64 = rand::random();
@@ -64,10 +147,13 @@ pub(super) async fn run_probe(
             break s;
         }
     };
-    let (hello, goodbye) = probe_datagrams(cluster, stream, node);
+    let datagrams = probe_datagrams(cluster, stream, node, keys);
     let mut probe = Probe {
         stream: stream_hex(stream),
-        bytes: hello.len(),
+        bytes: datagrams[0].len(),
+        sealed_with: keys
+            .and_then(|k| k.ring.sending())
+            .map(|k| crate::keys::key_hex(k.id())),
         sent: false,
         heard: false,
         heard_by: [false; 2],
@@ -75,11 +161,14 @@ pub(super) async fn run_probe(
         peers: Vec::new(),
         foreign_cluster: 0,
         not_cachecast: 0,
+        authenticated: 0,
+        unverified: 0,
+        key_ids: Vec::new(),
         listened_ms: 0.0,
     };
     let start = Instant::now();
     let mut send_error = None;
-    for d in [&hello, &goodbye, &goodbye] {
+    for d in &datagrams {
         if let Err(e) = a.send_to(d, group).await {
             send_error = Some(e);
             break;
@@ -99,6 +188,7 @@ pub(super) async fn run_probe(
     let mut recv_error = None;
     let mut peers: BTreeMap<u64, Peer> = BTreeMap::new();
     let (mut buf_a, mut buf_b) = (vec![0u8; wire::MAX_DATAGRAM], vec![0u8; wire::MAX_DATAGRAM]);
+    let mut scratch = Vec::new();
     for _ in 0..MAX_DATAGRAMS {
         let (i, res) = tokio::select! {
             r = a.recv_from(&mut buf_a) => (0, r),
@@ -112,7 +202,46 @@ pub(super) async fn run_probe(
                 continue;
             }
         };
-        let bytes = if i == 0 { &buf_a[..n] } else { &buf_b[..n] };
+        let mut bytes = if i == 0 { &buf_a[..n] } else { &buf_b[..n] };
+        let plain;
+        let mut encrypted = false;
+        if let Ok((header, header_len)) = wire::decode_header(bytes, cluster) {
+            if header.authenticated() {
+                let others = header.stream != stream && i == 0;
+                let id = match keys {
+                    Some(k) => {
+                        let (id, clear) =
+                            verified(&k.ring, bytes, &header, header_len, &mut scratch);
+                        match clear {
+                            Some(c) => {
+                                plain = c;
+                                bytes = &plain;
+                            }
+                            None => {
+                                // Not read: a key this file lacks, or forged.
+                                if others {
+                                    probe.unverified += 1;
+                                    note_key(&mut probe.key_ids, id);
+                                }
+                                continue;
+                            }
+                        }
+                        id
+                    }
+                    None => {
+                        encrypted = matches!(
+                            Trailer::read(bytes, header_len),
+                            Ok((t, _)) if t.algorithm == Algorithm::XChaCha20Poly1305
+                        );
+                        Trailer::read(bytes, header_len).ok().map(|(t, _)| t.key_id)
+                    }
+                };
+                if others {
+                    probe.authenticated += 1;
+                    note_key(&mut probe.key_ids, id);
+                }
+            }
+        }
         match wire::decode(bytes, cluster) {
             Ok(d) if d.header.stream == stream => {
                 if matches!(d.body, Body::Hello { .. }) && !probe.heard_by[i] {
@@ -137,7 +266,9 @@ pub(super) async fn run_probe(
                 }
             }
             Err(DecodeError::WrongCluster(_)) if i == 0 => probe.foreign_cluster += 1,
-            Err(_) if i == 0 => probe.not_cachecast += 1,
+            // An encrypted body cannot be read without the key (counted
+            // as authenticated above).
+            Err(_) if i == 0 && !encrypted => probe.not_cachecast += 1,
             Err(_) => {}
         }
         if probe.heard_by == [true, true] && !shortened {
@@ -152,6 +283,15 @@ pub(super) async fn run_probe(
         probe,
         send_error,
         recv_error,
+    }
+}
+
+/// Adds a key id heard to `ids` (as hex, at most [`MAX_KEY_IDS`]).
+fn note_key(ids: &mut Vec<String>, id: Option<u32>) {
+    if let Some(id) = id.map(crate::keys::key_hex) {
+        if ids.len() < MAX_KEY_IDS && !ids.contains(&id) {
+            ids.push(id);
+        }
     }
 }
 
@@ -313,6 +453,43 @@ pub(super) fn report_probe(
             Vec::new(),
         );
     }
+    if let Some(id) = &p.sealed_with {
+        r.push(
+            Section::Probe,
+            Status::Info,
+            format!("the probe was authenticated with key {id}, the key file's sending key"),
+            Vec::new(),
+        );
+    }
+    let ids = p.key_ids.join(", ");
+    if p.sealed_with.is_none() && p.authenticated > 0 {
+        r.push(
+            Section::Probe,
+            Status::Warn,
+            format!(
+                "{} datagram(s) of cluster {:?} heard were authenticated (key ids {ids}): its \
+                 nodes use keys, and those that require them ignore this unauthenticated probe",
+                p.authenticated, r.cluster
+            ),
+            vec!["run doctor with the cluster's key file: --key-file PATH".into()],
+        );
+    }
+    if p.unverified > 0 {
+        r.push(
+            Section::Probe,
+            Status::Warn,
+            format!(
+                "{} datagram(s) of cluster {:?} did not verify with this key file (key ids \
+                 {ids}): their nodes hold other keys, or they are forged",
+                p.unverified, r.cluster
+            ),
+            vec![
+                "compare the key ids: `cachecast keygen --list PATH` on each node, and \
+                 `cachecast members` with a key that works"
+                    .into(),
+            ],
+        );
+    }
     if p.foreign_cluster > 0 {
         r.push(
             Section::Probe,
@@ -359,6 +536,10 @@ mod tests {
                 peers: Vec::new(),
                 foreign_cluster: 2,
                 not_cachecast: 0,
+                sealed_with: None,
+                authenticated: 0,
+                unverified: 0,
+                key_ids: Vec::new(),
                 listened_ms: 1000.0,
             },
             send_error: None,
@@ -424,7 +605,7 @@ mod tests {
 
     #[test]
     fn probe_datagrams_are_valid_and_truncate_long_names() {
-        let (hello, goodbye) = probe_datagrams(7, 9, &"n".repeat(100));
+        let [hello, goodbye, _] = probe_datagrams(7, 9, &"n".repeat(100), None);
         let d = wire::decode(&hello, 7).unwrap();
         assert_eq!(d.header.stream, 9);
         assert!(matches!(d.body, Body::Hello { node } if node.len() == wire::MAX_NODE_NAME));
@@ -472,7 +653,7 @@ mod tests {
 
     #[test]
     fn the_probe_makes_live_nodes_reset_nothing() {
-        let (hello, goodbye) = probe_datagrams(7, 99, "doctor-1");
+        let [hello, goodbye, _] = probe_datagrams(7, 99, "doctor-1", None);
         assert!(resets_after(&[&hello, &goodbye, &goodbye]).is_empty());
         // Even with the Hello lost, or the Goodbye first.
         assert!(resets_after(&[&goodbye]).is_empty());
