@@ -343,3 +343,30 @@ fn listen_reloads_its_key_file_on_sighup() {
     assert!(events_of(&l, "early").is_empty(), "{:?}", l.out_seen);
     assert_eq!(stats["resets"], serde_json::json!({}), "{stats}");
 }
+
+/// `doctor` with the cluster's key file is answered by a node that requires
+/// keys (its probe is sealed, the answer verified); its report says with
+/// which key.
+#[test]
+fn doctor_with_the_key_file_is_answered_by_keyed_nodes() {
+    let dir = Dir::new();
+    let net = loopback(None);
+    let key = dir.path("k");
+    let id = keygen(&key);
+    let k = key.to_str().unwrap();
+    let mut l = listen(&net, &["--key-file", k, "--name", "keyed-listener"]);
+    let n: Vec<&str> = net.iter().map(String::as_str).collect();
+    let out = run(
+        &[&["doctor", "--json", "--key-file", k][..], &n].concat(),
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{v:#}");
+    assert_eq!(v["probe"]["sealed_with"], id.as_str(), "{v:#}");
+    let peers = v["probe"]["peers"].as_array().unwrap();
+    assert!(peers.iter().any(|p| p["node"] == "keyed-listener"), "{v:#}");
+    assert_eq!(v["probe"]["unverified"], 0);
+    let stats = stop_listen(&mut l);
+    assert!(stats["auth_verified"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["dropped"].get("auth_bad_tag"), None, "{stats}");
+}

@@ -1,8 +1,10 @@
 //! The node's side of `GET /metrics`: a prometheus-client collector that
 //! writes, at each scrape, the node's counters and gauges (one per field
 //! of `cachecast::Stats` and `NodeStats`), the Resets and drops by reason,
-//! the repair-time histogram, and the membership view (a bounded number of
-//! per-member series). It reads only the snapshot the scrape took.
+//! the repair-time histogram, the membership view (a bounded number of
+//! per-member series), and the keys: those this node holds, and per key id
+//! how many live members hold it and send with it (a rotation's progress).
+//! It reads only the snapshot the scrape took.
 
 use std::sync::{Arc, Mutex};
 
@@ -65,6 +67,17 @@ const RESET_REASONS: [&str; 8] = [
     "isolated",
 ];
 
+/// Drop reasons of authentication always exposed (at 0 until one
+/// happens), for the same reason: an alert on forged or replayed traffic
+/// sees the first one.
+const AUTH_DROP_REASONS: [&str; 5] = [
+    "auth_unknown_key",
+    "auth_bad_tag",
+    "auth_replay",
+    "auth_stale",
+    "auth_missing",
+];
+
 /// Upper bounds of `cachecast_repair_time_seconds`: powers of two from
 /// 64 µs to 33.5 s. Every power of two is an edge of the library's
 /// histogram, so each bucket's count is exact, not interpolated.
@@ -73,7 +86,7 @@ const REPAIR_BUCKETS_LOG2_US: std::ops::RangeInclusive<u32> = 6..=25;
 /// The node's monotonic counters: metric name (without prefix and
 /// `_total`), help, value. One entry per counter of [`cachecast::Stats`]
 /// and [`NodeStats`] (a test checks none is missing).
-fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 42] {
+fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 45] {
     let s = &n.protocol;
     [
         (
@@ -256,6 +269,21 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 42] {
             "Events dropped from the retransmit ring because every live member had them",
             s.ring_trimmed,
         ),
+        (
+            "auth_verified",
+            "Received datagrams whose authentication trailer verified",
+            s.auth_verified,
+        ),
+        (
+            "auth_unverified",
+            "Received datagrams with a MAC trailer taken unchecked (auth off: this node holds no key)",
+            s.auth_unverified,
+        ),
+        (
+            "auth_windows_evicted",
+            "Replay windows forgotten early because the most streams were held",
+            s.auth_windows_evicted,
+        ),
         ("send_errors", "Sends the OS refused", n.send_errors),
         (
             "recv_errors",
@@ -355,10 +383,13 @@ impl Collector for NodeCollector {
             None,
             MetricType::Counter,
         )?;
-        for (reason, v) in &s.dropped {
+        let extra = s.dropped.keys().filter(|k| !AUTH_DROP_REASONS.contains(k));
+        for reason in AUTH_DROP_REASONS.iter().chain(extra) {
+            let v = s.dropped.get(reason).copied().unwrap_or(0);
             m.encode_family(&Pairs(&[("reason", reason)]))?
-                .encode_counter::<Pairs, _, u64>(v, None)?;
+                .encode_counter::<Pairs, _, u64>(&v, None)?;
         }
+        encode_keys(&mut e, &snap.members)?;
 
         // Per-bucket (not cumulative) counts; the encoder accumulates.
         let h = &s.repair_time;
@@ -450,6 +481,50 @@ fn encode_members(e: &mut DescriptorEncoder, members: &[Member]) -> std::fmt::Re
         None,
         g.metric_type(),
     )?)
+}
+
+/// The keys: `key_info{key,role}` (1 per key id this node holds; role
+/// `sending` for the one it sends with, else `accepted`), and per key id a
+/// live member holds or sends with (at most
+/// [`MAX_SUMMARY_KEYS`](crate::keys::MAX_SUMMARY_KEYS)),
+/// `key_members_holding{key}` and `key_members_sending{key}`: a rotation's
+/// next step is due when they reach `members_live`.
+fn encode_keys(e: &mut DescriptorEncoder, members: &[Member]) -> std::fmt::Result {
+    use crate::keys::{key_hex, key_summary};
+    let own = members.iter().find(|m| m.this_node);
+    let mut d = e.encode_descriptor(
+        "key_info",
+        "The key ids this node holds (always 1): role sending for the one it sends with, accepted for the others",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (i, id) in own.map_or(&[][..], |m| &m.keys).iter().enumerate() {
+        let role = if i == 0 { "sending" } else { "accepted" };
+        d.encode_family(&Pairs(&[("key", &key_hex(*id)), ("role", role)]))?
+            .encode_gauge(&1u64)?;
+    }
+    let summary = key_summary(members);
+    let mut d = e.encode_descriptor(
+        "key_members_holding",
+        "Live members (this node left out) whose last report lists the key id",
+        None,
+        MetricType::Gauge,
+    )?;
+    for k in &summary {
+        d.encode_family(&Pairs(&[("key", &k.id)]))?
+            .encode_gauge(&(k.held_by as u64))?;
+    }
+    let mut d = e.encode_descriptor(
+        "key_members_sending",
+        "Live members (this node left out) whose last authenticated datagram was sealed with the key id",
+        None,
+        MetricType::Gauge,
+    )?;
+    for k in &summary {
+        d.encode_family(&Pairs(&[("key", &k.id)]))?
+            .encode_gauge(&(k.sent_with_by as u64))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -733,6 +808,74 @@ mod tests {
         assert_eq!(
             samples["cachecast_member_series_omitted{}"],
             (300 - MAX_MEMBER_SERIES + 100 - MAX_LAG_STREAMS) as f64
+        );
+    }
+
+    /// The authentication counters, every auth drop reason (0 until
+    /// counted), the keys this node holds, and per key how many live
+    /// members hold it and send with it: through a real Prometheus parser.
+    #[test]
+    fn keys_and_auth_counters_are_exported() {
+        let mut stats = NodeStats {
+            protocol: cachecast::Stats::default(),
+            lagged_resets: 0,
+            send_errors: 0,
+            recv_errors: 0,
+            recv_buffer_requested: 0,
+            recv_buffer_granted: 0,
+            interface: "lo".into(),
+        };
+        stats.protocol.auth_verified = 41;
+        stats.protocol.auth_unverified = 2;
+        stats.protocol.auth_windows_evicted = 3;
+        stats.protocol.dropped.insert("auth_bad_tag", 100_000);
+        stats.protocol.dropped.insert("ended_stream", 4);
+        let (old, new) = (0x5d1c_0a7e, 0xb1);
+        let mut members: Vec<Member> = (0..4).map(|i| member(i, Liveness::Live, 0)).collect();
+        members[0].keys = vec![new, old];
+        members[1].keys = vec![new, old];
+        members[1].sends_with = Some(new);
+        members[2].keys = vec![old, new];
+        members[2].sends_with = Some(old);
+        members[3].keys = vec![old];
+        members[3].sends_with = Some(old);
+        let (samples, types) = parse(&Metrics::new().encode(Some(NodeSnapshot { stats, members })));
+        assert_eq!(samples["cachecast_auth_verified_total{}"], 41.0);
+        assert_eq!(samples["cachecast_auth_unverified_total{}"], 2.0);
+        assert_eq!(samples["cachecast_auth_windows_evicted_total{}"], 3.0);
+        let dropped =
+            |r: &str| samples[&format!("cachecast_datagrams_dropped_total{{reason=\"{r}\"}}")];
+        assert_eq!(dropped("auth_bad_tag"), 100_000.0);
+        assert_eq!(dropped("ended_stream"), 4.0);
+        for r in AUTH_DROP_REASONS.iter().filter(|r| **r != "auth_bad_tag") {
+            assert_eq!(dropped(r), 0.0, "{r}");
+        }
+        assert_eq!(
+            samples["cachecast_key_info{key=\"000000b1\",role=\"sending\"}"],
+            1.0
+        );
+        assert_eq!(
+            samples["cachecast_key_info{key=\"5d1c0a7e\",role=\"accepted\"}"],
+            1.0
+        );
+        assert_eq!(types["cachecast_key_info"], "gauge");
+        // Three live members besides this node: the old key held by 3,
+        // sent with by 2; the new one held by 2, sent with by 1.
+        assert_eq!(
+            samples["cachecast_key_members_holding{key=\"5d1c0a7e\"}"],
+            3.0
+        );
+        assert_eq!(
+            samples["cachecast_key_members_sending{key=\"5d1c0a7e\"}"],
+            2.0
+        );
+        assert_eq!(
+            samples["cachecast_key_members_holding{key=\"000000b1\"}"],
+            2.0
+        );
+        assert_eq!(
+            samples["cachecast_key_members_sending{key=\"000000b1\"}"],
+            1.0
         );
     }
 }

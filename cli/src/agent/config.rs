@@ -3,11 +3,12 @@
 //! then checks that name the field and the problem.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cachecast::keys::KeyFile;
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::{NodeConfig, DEFAULT_GROUP};
+use cachecast::{AuthMode, NodeConfig, DEFAULT_GROUP};
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeSection,
+    pub auth: AuthSection,
     pub http: HttpSection,
     pub sse: SseSection,
     #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
@@ -48,6 +50,36 @@ impl Default for NodeSection {
             ttl: 1,
             name: String::new(),
             queue: 65536,
+        }
+    }
+}
+
+/// `[auth]`: the cluster's keys (`cachecast keygen --help`). Without a
+/// key file, no keys (datagrams are not authenticated).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The key file (mode 0600; its first key sends, every key is
+    /// accepted); empty: none. Reloaded on SIGHUP and POST /v1/keys/reload.
+    pub key_file: String,
+    /// "off", "accept" (send authenticated, also take unauthenticated
+    /// datagrams: the roll-out step) or "require"; empty: "require" with a
+    /// key file, else "off".
+    pub mode: String,
+    /// Encrypt the bodies too (every node must hold the key).
+    pub encrypt: bool,
+}
+
+impl AuthSection {
+    /// The mode as written (empty: `None`, the default); checked by
+    /// [`Config::check`].
+    fn parsed_mode(&self) -> Result<Option<AuthMode>, String> {
+        match self.mode.as_str() {
+            "" => Ok(None),
+            "encrypt" => Err("\"encrypt\" is not a mode: keep mode = \"require\" (or \
+                 \"accept\") and set encrypt = true"
+                .into()),
+            m => m.parse().map(Some),
         }
     }
 }
@@ -229,6 +261,9 @@ pub const ENV: &[(&str, &str, &str)] = &[
     ("CACHECAST_TTL", "node", "ttl"),
     ("CACHECAST_NAME", "node", "name"),
     ("CACHECAST_NODE_QUEUE", "node", "queue"),
+    ("CACHECAST_KEY_FILE", "auth", "key_file"),
+    ("CACHECAST_AUTH", "auth", "mode"),
+    ("CACHECAST_ENCRYPT", "auth", "encrypt"),
     ("CACHECAST_HTTP_LISTEN", "http", "listen"),
     ("CACHECAST_HTTP_TOKEN", "http", "token"),
     ("CACHECAST_HTTP_MAX_BODY", "http", "max_body"),
@@ -240,6 +275,18 @@ pub const ENV: &[(&str, &str, &str)] = &[
 
 /// The fields of [`ENV`] that are integers.
 const INTEGER_FIELDS: &[&str] = &["ttl", "queue", "max_body", "max_keys", "buffer"];
+
+/// The fields of [`ENV`] that are booleans: true/false, 1/0, yes/no,
+/// on/off (as the command line's flags read the same variables).
+const BOOL_FIELDS: &[&str] = &["encrypt"];
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
 
 /// Largest config file read (a config is a few KiB).
 const MAX_FILE: u64 = 1 << 20;
@@ -276,7 +323,10 @@ impl Config {
             // digits or not (a token, a cluster named 2024).
             let v = match (INTEGER_FIELDS.contains(field), value.parse::<i64>()) {
                 (true, Ok(n)) => toml::Value::Integer(n),
-                _ => toml::Value::String(value.clone()),
+                _ => match (BOOL_FIELDS.contains(field), parse_bool(&value)) {
+                    (true, Some(b)) => toml::Value::Boolean(b),
+                    _ => toml::Value::String(value.clone()),
+                },
             };
             sect.insert(field.to_string(), v);
             overridden.push(format!("{name} ({section}.{field})"));
@@ -324,6 +374,36 @@ impl Config {
         }
         if self.node.queue < 1024 {
             return e("node.queue", "at least 1024".into());
+        }
+        let mode = match self.auth.parsed_mode() {
+            Ok(m) => m,
+            Err(err) => return e("auth.mode", err),
+        };
+        if self.auth.key_file.is_empty() {
+            if let Some(m @ (AuthMode::Accept | AuthMode::Require)) = mode {
+                return e(
+                    "auth.mode",
+                    format!(
+                        "\"{m}\" needs auth.key_file (`cachecast keygen PATH` writes a key file)"
+                    ),
+                );
+            }
+            if self.auth.encrypt {
+                return e(
+                    "auth.encrypt",
+                    "needs auth.key_file (`cachecast keygen PATH` writes a key file)".into(),
+                );
+            }
+        } else {
+            if self.auth.encrypt && mode == Some(AuthMode::Off) {
+                return e(
+                    "auth.encrypt",
+                    "with mode = \"off\" nothing would be encrypted (use \"require\")".into(),
+                );
+            }
+            if let Err(err) = KeyFile::load(Path::new(&self.auth.key_file)) {
+                return e("auth.key_file", err.to_string());
+            }
         }
         if !self.http.listen.ip().is_loopback() && self.http.token.is_empty() {
             return e(
@@ -419,6 +499,10 @@ impl Config {
                 self.node.name.clone()
             },
             subscriber_queue: self.node.queue,
+            key_file: (!self.auth.key_file.is_empty()).then(|| PathBuf::from(&self.auth.key_file)),
+            // Checked by `check`.
+            auth: self.auth.parsed_mode().ok().flatten(),
+            encrypt: self.auth.encrypt,
             ..NodeConfig::default()
         }
     }
@@ -546,5 +630,68 @@ mod tests {
         assert_eq!(c.node.group, d.node.group);
         assert_eq!(c.http.listen, d.http.listen);
         assert_eq!(c.sse.buffer, d.sse.buffer);
+    }
+
+    #[test]
+    fn the_auth_section_names_its_problems_and_reaches_the_node() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::env::temp_dir().join(format!("cc-agent-key-{}", rand::random::<u64>()));
+        cachecast::keys::write_new(&key).unwrap();
+        let k = key.display().to_string();
+        let c = load(&format!("[auth]\nkey_file = \"{k}\"\n"), &[]).unwrap();
+        let n = c.node_config();
+        assert_eq!(n.key_file.as_deref(), Some(key.as_path()));
+        assert_eq!((n.auth, n.encrypt), (None, false));
+        let c = load(
+            "",
+            &[
+                ("CACHECAST_KEY_FILE", k.as_str()),
+                ("CACHECAST_AUTH", "accept"),
+                ("CACHECAST_ENCRYPT", "1"),
+            ],
+        )
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!((n.auth, n.encrypt), (Some(AuthMode::Accept), true));
+        assert!(c.to_toml().contains("[auth]"), "{}", c.to_toml());
+        // Without keys: off.
+        let n = load("", &[]).unwrap().node_config();
+        assert_eq!((n.key_file, n.auth, n.encrypt), (None, None, false));
+        for (text, want) in [
+            (
+                "[auth]\nmode = \"require\"\n".to_string(),
+                "auth.mode: \"require\" needs auth.key_file",
+            ),
+            (
+                "[auth]\nencrypt = true\n".into(),
+                "auth.encrypt: needs auth.key_file",
+            ),
+            ("[auth]\nmode = \"encrypt\"\n".into(), "set encrypt = true"),
+            (
+                "[auth]\nmode = \"maybe\"\n".into(),
+                "off, accept or require",
+            ),
+            ("[auth]\nkey = \"00\"\n".into(), "unknown field `key`"),
+            (
+                format!("[auth]\nkey_file = \"{k}\"\nmode = \"off\"\nencrypt = true\n"),
+                "auth.encrypt",
+            ),
+            (
+                "[auth]\nkey_file = \"/nonexistent/k\"\n".into(),
+                "auth.key_file: key file /nonexistent/k",
+            ),
+        ] {
+            let err = load(&text, &[]).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        let err = load("", &[("CACHECAST_ENCRYPT", "perhaps")]).unwrap_err();
+        assert!(err.contains("CACHECAST_ENCRYPT"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load(&format!("[auth]\nkey_file = \"{k}\"\n"), &[]).unwrap_err();
+        assert!(
+            err.starts_with("auth.key_file") && err.contains(&format!("chmod 600 {k}")),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&key);
     }
 }

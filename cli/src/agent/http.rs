@@ -1,7 +1,8 @@
 //! The agent's HTTP API (axum): publish (`POST /v1/invalidate`, with
 //! `?confirm=` to await every live member), receive (`GET /v1/events`, in
 //! sse.rs), and watch (`/v1/status`, `/v1/members`, `/metrics`, `/livez`,
-//! `/readyz`). Every request is hostile: bounded in size (413), checked
+//! `/readyz`), and reload the key file (`POST /v1/keys/reload`). Every
+//! request is hostile: bounded in size (413), checked
 //! field by field (400 with a JSON error naming the problem), and nothing
 //! reaches the node before all of it is valid.
 
@@ -54,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(super::sse::events))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
+        .route("/v1/keys/reload", post(reload_keys))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -443,11 +445,71 @@ async fn members(State(st): State<Arc<AppState>>) -> Response {
     let mut v = json!({
         "node": format!("{:016x}", node.stream()),
         "live": live,
-        "members": members,
+        "members": &members,
         "staleness": node.staleness().await,
     });
     hex_streams(&mut v);
+    crate::keys::hex_member_keys(&mut v, &members);
     Json(v).into_response()
+}
+
+/// The key ids this node holds (hex, the sending one first; empty without
+/// keys), from its own entry of the membership view.
+async fn held_keys(node: &Node) -> Vec<String> {
+    node.members()
+        .await
+        .iter()
+        .find(|m| m.this_node)
+        .map(|m| m.keys.iter().map(|k| crate::keys::key_hex(*k)).collect())
+        .unwrap_or_default()
+}
+
+/// `POST /v1/keys/reload`: reads the key file (`auth.key_file`) again and
+/// uses its keys from now on, without leaving the group (a rotation's
+/// step; `cachecast keygen --help`). 200 with the key ids now held,
+/// `{"keys": [...], "sending": "…"}`. On an error the keys in use stay, and
+/// the body says why and which keys are held (`{"error", "keys"}`): 409
+/// when the agent runs without a key file, 422 when the file cannot be
+/// used (missing, readable by others, not a key file, no sending key), 503
+/// before the join or once stopping.
+async fn reload_keys(State(st): State<Arc<AppState>>) -> Response {
+    use cachecast::ReloadError;
+    let Some(node) = st.node.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not joined yet: the agent is joining the cluster".into(),
+        );
+    };
+    if *st.stopping.borrow() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping".into(),
+        );
+    }
+    let result = node.reload_keys().await;
+    crate::keys::log_reload(&result, "POST /v1/keys/reload");
+    st.metrics.key_reloaded(result.is_ok());
+    match result {
+        Ok(ids) => {
+            let keys: Vec<String> = ids.iter().map(|k| crate::keys::key_hex(*k)).collect();
+            Json(json!({ "keys": keys, "sending": keys.first() })).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                ReloadError::NoKeyFile => StatusCode::CONFLICT,
+                ReloadError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            let message = match e {
+                ReloadError::NoKeyFile => {
+                    "the agent runs without a key file (auth.key_file): nothing to reload".into()
+                }
+                e => format!("{e}; the keys in use stay"),
+            };
+            let keys = held_keys(node).await;
+            (status, Json(json!({ "error": message, "keys": keys }))).into_response()
+        }
+    }
 }
 
 /// `GET /readyz`: 200 once joined and every applier connected.
@@ -501,6 +563,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
     let cfg = &st.config;
     let (node, streams, stats) = match st.node.get() {
         Some(n) => {
+            let keys = held_keys(n).await;
             let now = Instant::now();
             let streams: Vec<_> = n
                 .streams()
@@ -518,7 +581,7 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
                 .collect();
             let stats = n.stats().await;
             (
-                json!({ "stream": format!("{:016x}", n.stream()) }),
+                json!({ "stream": format!("{:016x}", n.stream()), "keys": keys }),
                 streams,
                 serde_json::to_value(stats).unwrap_or_default(),
             )
@@ -690,6 +753,7 @@ mod tests {
             ("POST", "/v1/invalidate", 503),
             ("POST", "/v1/invalidate?confirm=1s", 503),
             ("GET", "/v1/members", 503),
+            ("POST", "/v1/keys/reload", 503),
             ("GET", "/readyz", 503),
             ("GET", "/livez", 200),
             ("GET", "/v1/status", 200),

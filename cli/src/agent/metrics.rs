@@ -165,6 +165,9 @@ pub struct Metrics {
     pub apply_latency: Family<ApplierLabels, Histogram>,
     /// Items in the agent's buffer of deliveries.
     pub feed_buffered: Gauge,
+    /// Key reloads (SIGHUP, POST /v1/keys/reload), by outcome (`ok`,
+    /// `failed`).
+    pub key_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -190,6 +193,7 @@ impl Metrics {
             applier_up: Family::default(),
             apply_latency: Family::new_with_constructor(latency_histogram),
             feed_buffered: Gauge::default(),
+            key_reloads: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -283,8 +287,25 @@ impl Metrics {
             "Deliveries held for SSE resume",
             m.feed_buffered.clone(),
         );
+        r.register(
+            "key_reloads",
+            "Key file reloads (SIGHUP, POST /v1/keys/reload), by outcome: ok, or failed (the keys in use stayed)",
+            m.key_reloads.clone(),
+        );
+        for outcome in ["ok", "failed"] {
+            // Both at 0 from the start, so that the first failure is seen.
+            let _ = m.key_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
         r.register_collector(Box::new(NodeCollector::new(m.node.clone())));
         Metrics { registry, ..m }
+    }
+
+    /// Counts a key reload by its outcome.
+    pub fn key_reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.key_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// The text exposition, with the node's counters and members as of

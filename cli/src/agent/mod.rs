@@ -8,7 +8,8 @@
 //! was down, and a flush before the join would leave what changed in
 //! between), then ready. A stop (SIGTERM): refuse publishing, Goodbye, end
 //! SSE streams with a final event, drain webhooks and appliers for at most
-//! 5 s, exit 0.
+//! 5 s, exit 0. SIGHUP (and `POST /v1/keys/reload`) reloads the key file
+//! without leaving the group.
 
 pub mod apply;
 pub mod collector;
@@ -50,7 +51,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// agent itself. Watch it with `/metrics`, `/livez`, `/readyz`,
 /// `/v1/status`, `/v1/members`. See contrib/agent.toml
 /// for every setting (each has a default; CACHECAST_* variables override
-/// the file).
+/// the file). With a key file ([auth] key_file), SIGHUP or
+/// `POST /v1/keys/reload` reloads it without leaving the group.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The configuration file (TOML). Without it: the defaults, with
@@ -82,7 +84,7 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
         appliers: OnceLock::new(),
         stopping,
         started: Instant::now(),
-        max_datagram: config.node_config().protocol.max_datagram,
+        max_datagram: crate::args::body_limit(&config.node_config()),
     });
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -99,6 +101,10 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     });
 
     stop.arm();
+    // SIGHUP reloads the keys (caught from here on: never the end of the
+    // agent, with a key file or not).
+    let hangup =
+        crate::keys::ReloadOnHangup::install().map_err(|e| format!("cannot catch SIGHUP: {e}"))?;
     // Under systemd with WatchdogSec=: pings from this runtime from now on.
     let watchdog = systemd::spawn_watchdog();
     systemd::status("joining the cluster");
@@ -115,6 +121,10 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     };
     let sub = node.subscribe();
     let _ = state.node.set(node.clone());
+    let reload_metrics = metrics.clone();
+    let reloads = hangup.start(node.clone(), move |r| {
+        reload_metrics.key_reloaded(r.is_ok())
+    });
     let feeder = tokio::spawn(feed_from(sub, feed.clone()));
     let appliers = apply::spawn_all(&config.apply, &feed, &metrics);
     let _ = state.appliers.set(
@@ -162,6 +172,7 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    reloads.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -666,4 +666,66 @@ mod tests {
         unflagged[5] = 0;
         assert_eq!(resets_after(&[&unflagged]).len(), 1);
     }
+
+    /// A node that requires keys verifies a probe sealed with its key (in
+    /// clear or encrypted) and counts it, drops an unsealed one as
+    /// `auth_missing`, and doctor reads back what the node sealed.
+    #[test]
+    fn a_sealed_probe_is_verified_by_a_node_that_requires_keys() {
+        use cachecast::wire::Key;
+        use cachecast::AuthMode;
+        let cluster = 7;
+        let ring = || Keyring::single(Key::derive(&[9; 32], cluster).unwrap());
+        for encrypt in [false, true] {
+            let start = std::time::Instant::now();
+            let mut cfg = CoreConfig {
+                cluster,
+                stream: 1,
+                node_name: "live".into(),
+                ..CoreConfig::default()
+            };
+            cfg.auth.mode = AuthMode::Require;
+            cfg.auth.keyring = ring();
+            cfg.auth.wall_clock_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let mut core = NodeCore::new(cfg, start).unwrap();
+            let now = start + Duration::from_secs(1);
+            core.handle_timeout(now);
+            let keys = ProbeKeys {
+                ring: ring(),
+                encrypt,
+            };
+            let unsealed = probe_datagrams(cluster, 99, "doctor-1", None);
+            core.handle_datagram(now, &unsealed[0]);
+            assert_eq!(core.stats().dropped.get("auth_missing"), Some(&1));
+            let sealed = probe_datagrams(cluster, 99, "doctor-1", Some(&keys));
+            for d in &sealed {
+                core.handle_datagram(now, d);
+            }
+            assert_eq!(core.stats().auth_verified, 3, "encrypt {encrypt}");
+            // What the node sends (its answer to the Hello among them)
+            // verifies with doctor's keys and decodes.
+            let mut buf = Vec::new();
+            let mut read = 0;
+            while core.poll_transmit(now, &mut buf) {
+                let (header, len) = wire::decode_header(&buf, cluster).unwrap();
+                let mut scratch = Vec::new();
+                let (id, plain) = verified(&keys.ring, &buf, &header, len, &mut scratch);
+                assert_eq!(id, Some(keys.ring.ids()[0]));
+                wire::decode(&plain.expect("verifies"), cluster).unwrap();
+                read += 1;
+            }
+            assert!(read >= 1);
+            // A flipped byte does not verify.
+            let mut bad = sealed[0].clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            let (header, len) = wire::decode_header(&bad, cluster).unwrap();
+            assert!(verified(&keys.ring, &bad, &header, len, &mut Vec::new())
+                .1
+                .is_none());
+        }
+    }
 }
