@@ -492,6 +492,42 @@ mod tests {
         assert_eq!(v["node"], "members-1");
     }
 
+    /// With keys: two more columns and one summary line per key id.
+    #[test]
+    fn with_keys_the_table_shows_each_members_keys_and_the_summary() {
+        let (mut members, staleness) = view();
+        members[1].keys = vec![0xb1, 0x5d1c_0a7e];
+        members[1].sends_with = Some(0xb1);
+        members[2].keys = vec![0x5d1c_0a7e];
+        let t = table("members-1", &members, Some(&staleness));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].ends_with("ROLE          KEYS               SENDS WITH"),
+            "{t}"
+        );
+        assert!(
+            lines[2].ends_with("publisher     000000b1,5d1c0a7e  000000b1"),
+            "{t}"
+        );
+        assert!(
+            lines[3].ends_with("receive-only  5d1c0a7e           -"),
+            "{t}"
+        );
+        // Only live members count (cache-1 is dead).
+        assert_eq!(
+            lines[5],
+            "key 000000b1: held by 1/1 live members, sent with by 1/1"
+        );
+        assert_eq!(
+            lines[6],
+            "key 5d1c0a7e: held by 1/1 live members, sent with by 0/1"
+        );
+        let v = document("members-1", &members, Some(&staleness));
+        assert_eq!(v["members"][1]["keys"], json!(["000000b1", "5d1c0a7e"]));
+        assert_eq!(v["members"][1]["sends_with"], "000000b1");
+        assert_eq!(v["key_summary"][0]["sent_with_by"], 1);
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(human(Duration::from_millis(850)), "850ms");
