@@ -86,7 +86,7 @@ const REPAIR_BUCKETS_LOG2_US: std::ops::RangeInclusive<u32> = 6..=25;
 /// The node's monotonic counters: metric name (without prefix and
 /// `_total`), help, value. One entry per counter of [`cachecast::Stats`]
 /// and [`NodeStats`] (a test checks none is missing).
-fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 45] {
+fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 46] {
     let s = &n.protocol;
     [
         (
@@ -284,6 +284,11 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 45] {
             "Replay windows forgotten early because the most streams were held",
             s.auth_windows_evicted,
         ),
+        (
+            "auth_cleartext",
+            "Datagrams verified with a MAC only (body in the clear) while this node encrypts",
+            s.auth_cleartext,
+        ),
         ("send_errors", "Sends the OS refused", n.send_errors),
         (
             "recv_errors",
@@ -294,7 +299,7 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 45] {
 }
 
 /// The node's gauges: name, help, value.
-fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 7] {
+fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 8] {
     [
         ("streams", "Streams currently followed", n.protocol.streams),
         (
@@ -311,6 +316,11 @@ fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 7] {
             "isolated",
             "1 while this node is cut off (no member heard within the lease, after some died)",
             n.protocol.isolated,
+        ),
+        (
+            "auth_stale_skew_ms",
+            "Largest clock skew (ms, either way) of a datagram dropped as auth_stale",
+            n.protocol.auth_stale_skew_ms,
         ),
         (
             "open_gaps",
