@@ -28,6 +28,19 @@
 #   scripts/bench.sh speed --help           (every option of the bench)
 #   scripts/bench.sh agent --duration 5s    (cachecast-bench agent --help)
 #   scripts/bench.sh confirm --ack-delay 0  (cachecast-bench confirm --help)
+#   scripts/bench.sh auth --subscribers 1   (cachecast-bench forged --help)
+#   scripts/bench.sh auth       authenticated datagrams, in the same run as
+#                               without keys: `cachecast-bench --auth
+#                               --encrypt` (flat-out throughput and latency at
+#                               10,000/s of cachecast, cachecast-auth and
+#                               cachecast-encrypt, median of 3; targets:
+#                               authenticated throughput >= 85 % of
+#                               unauthenticated, p99 within +10 us), then
+#                               `cachecast-bench forged` (a keyed listener
+#                               receiving 100,000 forged datagrams/s: its CPU
+#                               per forgery, every real event delivered, no
+#                               Reset; median of 3); about a minute, not part
+#                               of all. Extra arguments go to the first.
 #   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
 #                               (1,000 receive-only members, 1 % loss:
 #                               report background per node, confirmed
@@ -53,10 +66,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -64,7 +77,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -242,6 +255,15 @@ agent() {
 # Confirmed publish: nodes in the bench's own process, on loopback.
 confirm() { run cargo run --quiet --release -p cachecast-bench -- confirm ${args[@]+"${args[@]}"}; }
 
+# Keys: keyed and unkeyed cachecast side by side, then forged datagrams.
+auth() {
+  cargo build --quiet --release -p cachecast-bench
+  local bin="${CARGO_TARGET_DIR:-target}/release/cachecast-bench"
+  run "$bin" --auth --encrypt --systems cachecast --mode throughput,latency \
+    --runs 3 ${args[@]+"${args[@]}"}
+  run "$bin" forged --runs 3
+}
+
 # Membership and confirmation at scale, in the simulator.
 confirm_sim() { run cargo run --quiet --release -p cachecast-bench --example confirm_bench -- "$@"; }
 
@@ -251,5 +273,6 @@ case "$what" in
   agent) agent ;;
   confirm) confirm ;;
   confirm-sim) confirm_sim ${args[@]+"${args[@]}"} ;;
+  auth) auth ;;
   all) repair; speed ;;
 esac

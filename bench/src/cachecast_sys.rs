@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cachecast::wire::{EventBatch, EventRef};
@@ -15,7 +16,15 @@ use super::common::{
     PROGRESS,
 };
 
-fn config(group: SocketAddr, name: &str) -> NodeConfig {
+/// The keys of a keyed run: every node holds `file` (auth "require"),
+/// and encrypts with `encrypt`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub file: PathBuf,
+    pub encrypt: bool,
+}
+
+fn config(group: SocketAddr, name: &str, keys: Option<&Keys>) -> NodeConfig {
     let o = loopback_opts(group);
     NodeConfig {
         group,
@@ -23,6 +32,8 @@ fn config(group: SocketAddr, name: &str) -> NodeConfig {
         ttl: o.ttl,
         cluster: "cachecast-bench".into(),
         node_name: name.into(),
+        key_file: keys.map(|k| k.file.clone()),
+        encrypt: keys.is_some_and(|k| k.encrypt),
         ..NodeConfig::default()
     }
 }
@@ -60,6 +71,7 @@ pub fn publish(
     group: SocketAddr,
     streams: usize,
     plan: &Plan,
+    keys: Option<&Keys>,
     done: impl FnOnce(io::Result<PubReport>),
     release: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -68,7 +80,7 @@ pub fn publish(
         Err(e) => return done(Err(e)),
     };
     rt.block_on(async {
-        match publish_from(group, streams.max(1), plan).await {
+        match publish_from(group, streams.max(1), plan, keys).await {
             Ok((nodes, report)) => {
                 done(Ok(report));
                 let _ = release.await;
@@ -89,6 +101,7 @@ async fn publish_from(
     group: SocketAddr,
     streams: usize,
     plan: &Plan,
+    keys: Option<&Keys>,
 ) -> io::Result<(Vec<Node>, PubReport)> {
     let mut nodes = Vec::with_capacity(streams);
     for i in 0..streams {
@@ -96,7 +109,7 @@ async fn publish_from(
             Node::join(NodeConfig {
                 // No subscription here: its own events would only queue.
                 deliver_own: false,
-                ..config(group, &format!("bench-pub-{i}"))
+                ..config(group, &format!("bench-pub-{i}"), keys)
             })
             .await
             .map_err(io_err)?,
@@ -165,11 +178,13 @@ async fn publish_from(
 pub fn subscribe(
     group: SocketAddr,
     name: &str,
+    keys: Option<&Keys>,
     done: Done,
     ready: impl FnOnce() + Send + 'static,
 ) -> io::Result<(Recorder, cachecast::NodeStats)> {
     let rt = runtime()?;
     let name = name.to_string();
+    let keys = keys.cloned();
     // A spawned task, not the `block_on` future: woken by the driver, a
     // task runs as soon as the driver yields, where the `block_on` future
     // would first wait for the runtime to poll for I/O once more.
@@ -177,7 +192,7 @@ pub fn subscribe(
         let done = &done;
         let node = Node::join(NodeConfig {
             receive_only: true,
-            ..config(group, &name)
+            ..config(group, &name, keys.as_ref())
         })
         .await
         .map_err(io_err)?;

@@ -18,6 +18,7 @@ pub mod agent;
 pub mod cachecast_sys;
 pub mod common;
 pub mod confirm;
+pub mod forged;
 pub mod peers;
 pub mod plot;
 pub mod udp;
@@ -42,6 +43,12 @@ use common::{Done, Plan, PubReport, SubReport, MIN_KEY_SIZE, PROGRESS};
 pub enum System {
     /// cachecast nodes (the public API).
     Cachecast,
+    /// cachecast nodes with a key file: every datagram authenticated
+    /// (HMAC-SHA256 trailer), auth "require" (--auth adds it).
+    CachecastAuth,
+    /// cachecast nodes with a key file and --encrypt: bodies encrypted
+    /// (XChaCha20-Poly1305) (--encrypt adds it).
+    CachecastEncrypt,
     /// Raw UDP multicast, one sendto / recvfrom per datagram.
     Udp,
     /// Raw UDP multicast with GSO (32 segments per send) and GRO/recvmmsg.
@@ -56,10 +63,30 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Cachecast => "cachecast",
+            System::CachecastAuth => "cachecast-auth",
+            System::CachecastEncrypt => "cachecast-encrypt",
             System::Udp => "udp",
             System::UdpGso => "udp-gso",
             System::Redis => "redis",
             System::Nats => "nats",
+        }
+    }
+
+    /// cachecast nodes, with or without keys.
+    pub fn is_cachecast(self) -> bool {
+        matches!(
+            self,
+            System::Cachecast | System::CachecastAuth | System::CachecastEncrypt
+        )
+    }
+
+    /// The keys a cachecast system runs with: `None` without, else whether
+    /// it encrypts.
+    pub fn keyed(self) -> Option<bool> {
+        match self {
+            System::CachecastAuth => Some(false),
+            System::CachecastEncrypt => Some(true),
+            _ => None,
         }
     }
 }
@@ -104,9 +131,9 @@ impl std::str::FromStr for Rate {
 /// The bench's options (`cachecast-bench --help`).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// What to measure.
-    #[arg(long, value_enum, default_value = "all")]
-    pub mode: Mode,
+    /// What to measure, comma-separated (e.g. throughput,latency).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub mode: Vec<Mode>,
     /// Systems to compare, comma-separated; --redis / --nats add theirs.
     #[arg(
         long,
@@ -121,6 +148,20 @@ pub struct BenchArgs {
     /// A NATS server to compare with (e.g. 127.0.0.1:4222).
     #[arg(long)]
     pub nats: Option<SocketAddr>,
+    /// Also run cachecast with keys (cachecast-auth: every datagram
+    /// authenticated, auth require), side by side with cachecast without
+    /// keys in the same run; the summary gives the ratios against the
+    /// targets (throughput >= 85 %, p99 within +10 µs).
+    #[arg(long)]
+    pub auth: bool,
+    /// Also run cachecast with keys and encrypted bodies
+    /// (cachecast-encrypt), side by side likewise.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// The key file of the keyed runs (default: a fresh one in a private
+    /// temporary directory, removed after).
+    #[arg(long, env = "CACHECAST_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
     /// Subscriber processes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub subscribers: u16,
@@ -191,6 +232,9 @@ pub struct SubArgs {
     pub idle: Duration,
     #[arg(long)]
     pub name: String,
+    /// The key file (cachecast-auth, cachecast-encrypt).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The result of one run of one system.
@@ -314,6 +358,49 @@ pub struct Results {
     pub streams: u16,
     /// Systems that could not be run, and why.
     pub skipped: Vec<(System, String)>,
+    /// Keyed cachecast against cachecast without keys, same run.
+    pub auth: Vec<AuthComparison>,
+}
+
+/// A keyed cachecast system against cachecast without keys, measured in
+/// the same run on the same machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthComparison {
+    pub system: System,
+    /// Flat-out delivered events/s, keyed over unkeyed (target >= 0.85).
+    pub throughput_ratio: Option<f64>,
+    /// p99 at the latency run's rate, keyed minus unkeyed, µs (target
+    /// <= +10).
+    pub p99_delta_us: Option<f64>,
+    /// p50 likewise.
+    pub p50_delta_us: Option<f64>,
+    /// Publisher CPU per million events, keyed over unkeyed.
+    pub pub_cpu_ratio: Option<f64>,
+    /// Subscriber CPU per million events, keyed over unkeyed.
+    pub sub_cpu_ratio: Option<f64>,
+}
+
+/// The targets of issue 14.
+pub const AUTH_THROUGHPUT_TARGET: f64 = 0.85;
+pub const AUTH_P99_TARGET_US: f64 = 10.0;
+
+impl AuthComparison {
+    fn of(system: System, r: &Results) -> AuthComparison {
+        let pair = |v: &[RunResult], f: fn(&RunResult) -> f64| {
+            let base = v.iter().find(|x| x.system == System::Cachecast).map(f)?;
+            let keyed = v.iter().find(|x| x.system == system).map(f)?;
+            Some((keyed, base))
+        };
+        let ratio = |p: Option<(f64, f64)>| p.and_then(|(k, b)| (b > 0.0).then(|| k / b));
+        AuthComparison {
+            system,
+            throughput_ratio: ratio(pair(&r.throughput, |x| x.delivered_per_s)),
+            p99_delta_us: pair(&r.latency, |x| x.p99_us).map(|(k, b)| k - b),
+            p50_delta_us: pair(&r.latency, |x| x.p50_us).map(|(k, b)| k - b),
+            pub_cpu_ratio: ratio(pair(&r.throughput, |x| x.pub_cpu_s_per_m)),
+            sub_cpu_ratio: ratio(pair(&r.throughput, |x| x.sub_cpu_s_per_m)),
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -334,7 +421,8 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.keys_per_event == 0 {
         return Err("--keys-per-event must be at least 1".into());
     }
-    if args.plot.is_some() && !matches!(args.mode, Mode::Sweep | Mode::All) {
+    let measures = |m: Mode| args.mode.contains(&m) || args.mode.contains(&Mode::All);
+    if args.plot.is_some() && !measures(Mode::Sweep) {
         return Err("--plot draws the rate sweep: use it with --mode sweep or all".into());
     }
     if !args.group.is_multicast() {
@@ -354,6 +442,35 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.nats.is_some() && !args.systems.contains(&System::Nats) {
         args.systems.push(System::Nats);
     }
+    // Keyed runs sit right after cachecast without keys, which they are
+    // compared with.
+    let keyed: Vec<System> = [
+        (args.auth, System::CachecastAuth),
+        (args.encrypt, System::CachecastEncrypt),
+    ]
+    .into_iter()
+    .filter(|(on, s)| *on && !args.systems.contains(s))
+    .map(|(_, s)| s)
+    .collect();
+    if !keyed.is_empty() {
+        if !args.systems.contains(&System::Cachecast) {
+            args.systems.insert(0, System::Cachecast);
+        }
+        let at = args
+            .systems
+            .iter()
+            .position(|s| *s == System::Cachecast)
+            .unwrap_or(0)
+            + 1;
+        for (i, s) in keyed.into_iter().enumerate() {
+            args.systems.insert(at + i, s);
+        }
+    }
+    let key = if args.systems.iter().any(|s| s.keyed().is_some()) {
+        Some(forged::BenchKey::new(args.key_file.clone()).map_err(|e| format!("key file: {e}"))?)
+    } else {
+        None
+    };
     let mut results = Results {
         subscribers: args.subscribers,
         key_size: args.key_size,
@@ -383,9 +500,9 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         args: &args,
         per_datagram,
         msg_len: args.key_size * args.keys_per_event,
+        key_file: key.as_ref().map(|k| k.path.clone()),
     };
-    let mode = args.mode;
-    if matches!(mode, Mode::Throughput | Mode::All) {
+    if measures(Mode::Throughput) {
         for &s in &systems {
             let plan = ctx.plan(args.events, None);
             if let Some(r) = ctx.median(s, &plan, "throughput", &mut results.skipped) {
@@ -393,7 +510,7 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    if matches!(mode, Mode::Latency | Mode::All) {
+    if measures(Mode::Latency) {
         for &s in &systems {
             let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
             let plan = ctx.plan(n.max(1), Some(args.rate.0));
@@ -402,7 +519,7 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    if matches!(mode, Mode::Sweep | Mode::All) {
+    if measures(Mode::Sweep) {
         for &s in &systems {
             for rate in &args.sweep {
                 let n = (rate.0 * args.step.as_secs_f64()).ceil() as u64;
@@ -413,12 +530,17 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    if matches!(mode, Mode::Memory | Mode::All) {
+    if measures(Mode::Memory) {
         let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
         let plan = ctx.plan(n.max(1), Some(args.rate.0));
         results.streams = args.streams;
         if let Some(r) = ctx.median(System::Cachecast, &plan, "memory", &mut results.skipped) {
             results.memory.push(r);
+        }
+    }
+    for &s in &systems {
+        if s.keyed().is_some() {
+            results.auth.push(AuthComparison::of(s, &results));
         }
     }
     if !args.quiet {
@@ -454,6 +576,8 @@ struct Ctx<'a> {
     args: &'a BenchArgs,
     per_datagram: usize,
     msg_len: usize,
+    /// The key file of the keyed systems.
+    key_file: Option<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -509,27 +633,45 @@ impl Ctx<'_> {
     ) -> Result<RunResult, Box<dyn std::error::Error>> {
         let addr = self.addr(system);
         // cachecast keeps repairing after the last publish: wait longer.
-        let idle = match system {
-            System::Cachecast => Duration::from_secs(2),
-            _ => Duration::from_millis(500),
+        let idle = if system.is_cachecast() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(500)
+        };
+        let keys = match (system.keyed(), &self.key_file) {
+            (Some(encrypt), Some(path)) => Some(cachecast_sys::Keys {
+                file: path.clone(),
+                encrypt,
+            }),
+            (Some(_), None) => return Err("no key file for a keyed run".into()),
+            _ => None,
         };
         let mut subs = Vec::new();
         for i in 0..self.args.subscribers {
-            subs.push(SubProcess::spawn(&[
-                "sub".into(),
-                "--system".into(),
-                system.name().into(),
-                "--addr".into(),
-                addr.to_string(),
-                "--msg-len".into(),
-                self.msg_len.to_string(),
-                "--expect".into(),
-                plan.events.to_string(),
-                "--idle".into(),
-                format!("{}ms", idle.as_millis()),
-                "--name".into(),
-                format!("bench-sub-{i}"),
-            ])?);
+            let mut key_arg = Vec::new();
+            if let Some(k) = &keys {
+                key_arg = vec!["--key-file".into(), k.file.display().to_string()];
+            }
+            subs.push(SubProcess::spawn(
+                &[
+                    "sub".into(),
+                    "--system".into(),
+                    system.name().into(),
+                    "--addr".into(),
+                    addr.to_string(),
+                    "--msg-len".into(),
+                    self.msg_len.to_string(),
+                    "--expect".into(),
+                    plan.events.to_string(),
+                    "--idle".into(),
+                    format!("{}ms", idle.as_millis()),
+                    "--name".into(),
+                    format!("bench-sub-{i}"),
+                ]
+                .into_iter()
+                .chain(key_arg)
+                .collect::<Vec<String>>(),
+            )?);
         }
         for s in &mut subs {
             s.wait_ready(Duration::from_secs(15))?;
@@ -554,7 +696,9 @@ impl Ctx<'_> {
                 let _ = report_tx.send(r);
             };
             match system {
-                System::Cachecast => cachecast_sys::publish(addr, streams, &plan2, done, released),
+                System::Cachecast | System::CachecastAuth | System::CachecastEncrypt => {
+                    cachecast_sys::publish(addr, streams, &plan2, keys.as_ref(), done, released)
+                }
                 System::Udp => done(udp::publish(addr, &plan2, per_datagram, false)),
                 System::UdpGso => done(udp::publish(addr, &plan2, per_datagram, true)),
                 System::Redis => done(peers::publish(peers::Broker::Redis, addr, &plan2)),
@@ -744,18 +888,27 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         let _ = writeln!(out, "READY").and_then(|()| out.flush());
     };
     let result = match args.system {
-        System::Cachecast => {
-            cachecast_sys::subscribe(args.addr, &args.name, done, ready).map(|(rec, stats)| {
-                let mut r = rec.report();
-                r.resets = stats.protocol.resets_total();
-                r.reset_kinds = (stats.protocol.resets.iter())
-                    .map(|(k, n)| (k.to_string(), *n))
-                    .collect();
-                r.repaired = stats.protocol.events_repaired;
-                r.naks = stats.protocol.naks_sent;
-                r.datagrams = stats.protocol.datagrams_received;
-                r
-            })
+        System::Cachecast | System::CachecastAuth | System::CachecastEncrypt => {
+            let keys = match (args.system.keyed(), &args.key_file) {
+                (Some(encrypt), Some(file)) => Some(cachecast_sys::Keys {
+                    file: file.clone(),
+                    encrypt,
+                }),
+                _ => None,
+            };
+            cachecast_sys::subscribe(args.addr, &args.name, keys.as_ref(), done, ready).map(
+                |(rec, stats)| {
+                    let mut r = rec.report();
+                    r.resets = stats.protocol.resets_total();
+                    r.reset_kinds = (stats.protocol.resets.iter())
+                        .map(|(k, n)| (k.to_string(), *n))
+                        .collect();
+                    r.repaired = stats.protocol.events_repaired;
+                    r.naks = stats.protocol.naks_sent;
+                    r.datagrams = stats.protocol.datagrams_received;
+                    r
+                },
+            )
         }
         System::Udp => {
             udp::subscribe(args.addr, args.msg_len, false, &done, ready).map(|r| r.report())
@@ -811,6 +964,12 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
     let base = |v: &[RunResult], f: fn(&RunResult) -> f64| {
         v.iter().find(|x| x.system == System::Cachecast).map(f)
     };
+    // The system column: as wide as the longest name shown.
+    let w = (r.throughput.iter().chain(&r.latency))
+        .map(|x| x.system.name().len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     if !r.throughput.is_empty() {
         writeln!(
             out,
@@ -818,7 +977,7 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
         )?;
         writeln!(
             out,
-            "{:<10} {:>11} {:>7} {:>11} {:>8} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8}",
+            "{:<w$} {:>11} {:>7} {:>11} {:>8} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8}",
             "system",
             "events/s",
             "ratio",
@@ -836,7 +995,7 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
         for x in &r.throughput {
             writeln!(
                 out,
-                "{:<10} {:>11} {:>7} {:>11} {:>8.1} {:>6.2}% {:>7} {:>8} {:>9} {:>8.2}s {:>8.2}s {:>5.1}MiB",
+                "{:<w$} {:>11} {:>7} {:>11} {:>8.1} {:>6.2}% {:>7} {:>8} {:>9} {:>8.2}s {:>8.2}s {:>5.1}MiB",
                 x.system.name(),
                 si(x.delivered_per_s),
                 ratio(x.delivered_per_s, b),
@@ -861,7 +1020,7 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
         )?;
         writeln!(
             out,
-            "{:<10} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>7}",
+            "{:<w$} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>7}",
             "system", "p50", "ratio", "p99", "ratio", "p99.9", "loss", "Resets"
         )?;
         let b50 = base(&r.latency, |x| x.p50_us);
@@ -869,7 +1028,7 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
         for x in &r.latency {
             writeln!(
                 out,
-                "{:<10} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6.2}% {:>7}",
+                "{:<w$} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6.2}% {:>7}",
                 x.system.name(),
                 us(x.p50_us),
                 ratio(x.p50_us, b50),
@@ -956,6 +1115,37 @@ fn print_tables(out: &mut impl Write, r: &Results) -> std::io::Result<()> {
             if let Some(e) = &s.error {
                 writeln!(out, "\n{} subscriber {i} failed: {e}", x.system.name())?;
             }
+        }
+    }
+    for a in &r.auth {
+        writeln!(
+            out,
+            "\n{} against cachecast without keys (same run):",
+            a.system.name()
+        )?;
+        let met = |ok: bool| if ok { "met" } else { "MISSED" };
+        if let Some(x) = a.throughput_ratio {
+            writeln!(
+                out,
+                "  flat-out throughput {:.1} % of unkeyed (target >= {:.0} %: {}); CPU per event: publisher {}, subscriber {}",
+                x * 100.0,
+                AUTH_THROUGHPUT_TARGET * 100.0,
+                met(x >= AUTH_THROUGHPUT_TARGET),
+                a.pub_cpu_ratio.map_or("—".into(), |v| format!("{v:.2}×")),
+                a.sub_cpu_ratio.map_or("—".into(), |v| format!("{v:.2}×")),
+            )?;
+        }
+        if let (Some(d99), Some(d50)) = (a.p99_delta_us, a.p50_delta_us) {
+            let rate = r.latency.first().and_then(|x| x.offered).unwrap_or(0.0);
+            writeln!(
+                out,
+                "  latency at {}/s: p99 {:+.1} µs, p50 {:+.1} µs (target p99 within +{:.0} µs: {})",
+                si(rate),
+                d99,
+                d50,
+                AUTH_P99_TARGET_US,
+                met(d99 <= AUTH_P99_TARGET_US)
+            )?;
         }
     }
     for (s, why) in &r.skipped {

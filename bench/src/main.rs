@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use cachecast_bench::agent::AgentArgs;
 use cachecast_bench::confirm::ConfirmArgs;
+use cachecast_bench::forged::ForgedArgs;
 use cachecast_bench::{BenchArgs, SubArgs};
 
 /// Measure cachecast against raw UDP multicast (and Redis / NATS) on this
@@ -40,6 +41,11 @@ enum Command {
     /// at a fixed rate and flat out, side by side with unconfirmed publish
     /// (scripts/bench.sh confirm).
     Confirm(ConfirmArgs),
+    /// The cost of rejecting forged datagrams: a listener requiring keys
+    /// receives real events, then real events and --rate forged
+    /// datagrams per second; its CPU per forged datagram, and that it
+    /// keeps delivering with no Reset (scripts/bench.sh auth).
+    Forged(ForgedArgs),
     /// One subscriber process of the bench (internal).
     #[command(hide = true)]
     Sub(SubArgs),
@@ -57,6 +63,11 @@ async fn main() -> ExitCode {
         }
         Some(Command::Confirm(args)) => {
             tokio::task::spawn_blocking(move || cachecast_bench::confirm::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Some(Command::Forged(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::forged::run(args))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }

@@ -27,8 +27,10 @@ const HEIGHT: u32 = 640;
 const LEGEND_H: u32 = 56;
 
 /// Systems in the order they are drawn and listed.
-const ORDER: [System; 5] = [
+const ORDER: [System; 7] = [
     System::Cachecast,
+    System::CachecastAuth,
+    System::CachecastEncrypt,
     System::Udp,
     System::UdpGso,
     System::Redis,
@@ -38,11 +40,13 @@ const ORDER: [System; 5] = [
 /// A fixed colour per system (Tableau 10), whatever else is plotted.
 fn colour(s: System) -> RGBColor {
     match s {
-        System::Cachecast => RGBColor(31, 119, 180), // blue
-        System::Udp => RGBColor(255, 127, 14),       // orange
-        System::UdpGso => RGBColor(44, 160, 44),     // green
-        System::Redis => RGBColor(214, 39, 40),      // red
-        System::Nats => RGBColor(148, 103, 189),     // purple
+        System::Cachecast => RGBColor(31, 119, 180),     // blue
+        System::CachecastAuth => RGBColor(23, 190, 207), // cyan
+        System::CachecastEncrypt => RGBColor(140, 86, 75), // brown
+        System::Udp => RGBColor(255, 127, 14),           // orange
+        System::UdpGso => RGBColor(44, 160, 44),         // green
+        System::Redis => RGBColor(214, 39, 40),          // red
+        System::Nats => RGBColor(148, 103, 189),         // purple
     }
 }
 

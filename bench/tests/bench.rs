@@ -238,3 +238,93 @@ fn the_confirm_bench_refuses_a_group_outside_239_255() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("239.255.0.0/16"), "{err}");
 }
+
+/// `--auth --encrypt`: keyed cachecast beside unkeyed in the same run,
+/// every event delivered, and the comparison reported (its figures are
+/// the bench's business, not a test's).
+#[test]
+fn keyed_runs_sit_beside_cachecast_without_keys() {
+    let v = json(&[
+        "--mode",
+        "throughput,latency",
+        "--events",
+        "30000",
+        "--rate",
+        "2k",
+        "--duration",
+        "300ms",
+        "--subscribers",
+        "1",
+        "--systems",
+        "udp",
+        "--auth",
+        "--encrypt",
+    ]);
+    let systems: Vec<&str> = v["throughput"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        systems,
+        ["cachecast", "cachecast-auth", "cachecast-encrypt", "udp"]
+    );
+    for system in ["cachecast-auth", "cachecast-encrypt"] {
+        let t = run(&v, "throughput", system);
+        assert_eq!(t["subscribers"][0]["received"], 30_000, "{t}");
+        assert_eq!(t["resets"], 0, "{t}");
+        let l = run(&v, "latency", system);
+        assert_eq!(l["subscribers"][0]["received"], 600, "{l}");
+    }
+    let auth = v["auth"].as_array().unwrap();
+    assert_eq!(auth.len(), 2, "{v}");
+    for a in auth {
+        assert!(a["throughput_ratio"].as_f64().unwrap() > 0.0, "{a}");
+        assert!(a["p99_delta_us"].is_number(), "{a}");
+    }
+}
+
+/// `forged`: forged datagrams are all dropped as auth_bad_tag, the real
+/// events all delivered, no Reset; the CPU per forgery is reported.
+#[test]
+fn the_forged_bench_drops_every_forgery_and_delivers_every_event() {
+    let out = Command::new(BIN)
+        .args([
+            "forged",
+            "--quiet",
+            "--json",
+            "--rate",
+            "5k",
+            "--events-rate",
+            "500",
+            "--duration",
+            "400ms",
+        ])
+        .env_remove("CACHECAST_KEY_FILE")
+        .output()
+        .expect("run cachecast-bench forged");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let m = &v["median"];
+    for phase in ["baseline", "forged"] {
+        let p = &m[phase];
+        assert_eq!(p["published"], 200, "{v}");
+        assert_eq!(p["delivered"], 200, "{v}");
+        assert_eq!(p["resets"], 0, "{v}");
+    }
+    assert_eq!(m["baseline"]["auth_bad_tag"], 0, "{v}");
+    assert_eq!(m["forged_sent"], 2000, "{v}");
+    assert_eq!(m["forged"]["auth_bad_tag"], 2000, "{v}");
+    assert!(m["cpu_us_per_forged"].as_f64().unwrap() >= 0.0, "{v}");
+    let out = Command::new(BIN)
+        .args(["forged", "--quiet", "--group", "239.1.2.3"])
+        .output()
+        .expect("run cachecast-bench forged");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("239.255.0.0/16"));
+}
