@@ -286,7 +286,7 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 46] {
         ),
         (
             "auth_cleartext",
-            "Datagrams verified with a MAC only (body in the clear) while this node encrypts",
+            "Datagrams verified with a MAC only (body in the clear) while this node encrypts: a member not configured to encrypt",
             s.auth_cleartext,
         ),
         ("send_errors", "Sends the OS refused", n.send_errors),
@@ -299,7 +299,7 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 46] {
 }
 
 /// The node's gauges: name, help, value.
-fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 8] {
+fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 7] {
     [
         ("streams", "Streams currently followed", n.protocol.streams),
         (
@@ -316,11 +316,6 @@ fn node_gauges(n: &NodeStats) -> [(&'static str, &'static str, u64); 8] {
             "isolated",
             "1 while this node is cut off (no member heard within the lease, after some died)",
             n.protocol.isolated,
-        ),
-        (
-            "auth_stale_skew_ms",
-            "Largest clock skew (ms, either way) of a datagram dropped as auth_stale",
-            n.protocol.auth_stale_skew_ms,
         ),
         (
             "open_gaps",
@@ -365,6 +360,13 @@ impl Collector for NodeCollector {
             let g = ConstGauge::new(v);
             g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        let g = ConstGauge::new(s.auth_stale_skew_ms as f64 / 1e3);
+        g.encode(e.encode_descriptor(
+            "auth_stale_skew_seconds",
+            "The largest clock skew (either way) of a datagram dropped as auth_stale: above the 60 s window, a sender's clock is off",
+            None,
+            g.metric_type(),
+        )?)?;
         let g = ConstGauge::new(s.staleness_ms as f64 / 1e3);
         g.encode(e.encode_descriptor(
             "staleness_seconds",
@@ -689,6 +691,7 @@ mod tests {
                 "recv_buffer_requested" => "recv_buffer_requested_bytes",
                 "recv_buffer_granted" => "recv_buffer_granted_bytes",
                 "staleness_ms" => "staleness_seconds",
+                "auth_stale_skew_ms" => "auth_stale_skew_seconds",
                 f => f,
             };
             assert!(
@@ -838,6 +841,8 @@ mod tests {
         stats.protocol.auth_verified = 41;
         stats.protocol.auth_unverified = 2;
         stats.protocol.auth_windows_evicted = 3;
+        stats.protocol.auth_cleartext = 5;
+        stats.protocol.auth_stale_skew_ms = 61_500;
         stats.protocol.dropped.insert("auth_bad_tag", 100_000);
         stats.protocol.dropped.insert("ended_stream", 4);
         let (old, new) = (0x5d1c_0a7e, 0xb1);
@@ -853,6 +858,9 @@ mod tests {
         assert_eq!(samples["cachecast_auth_verified_total{}"], 41.0);
         assert_eq!(samples["cachecast_auth_unverified_total{}"], 2.0);
         assert_eq!(samples["cachecast_auth_windows_evicted_total{}"], 3.0);
+        assert_eq!(samples["cachecast_auth_cleartext_total{}"], 5.0);
+        assert_eq!(samples["cachecast_auth_stale_skew_seconds{}"], 61.5);
+        assert_eq!(types["cachecast_auth_stale_skew_seconds"], "gauge");
         let dropped =
             |r: &str| samples[&format!("cachecast_datagrams_dropped_total{{reason=\"{r}\"}}")];
         assert_eq!(dropped("auth_bad_tag"), 100_000.0);
