@@ -370,3 +370,36 @@ fn doctor_with_the_key_file_is_answered_by_keyed_nodes() {
     assert!(stats["auth_verified"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(stats["dropped"].get("auth_bad_tag"), None, "{stats}");
 }
+
+/// `--auth accept` (the roll-out step) delivers what unkeyed and keyed
+/// senders publish; `--auth require` (the default with a key file) drops
+/// the unkeyed sender's datagrams as `auth_missing`.
+#[test]
+fn accept_takes_unkeyed_senders_and_require_does_not() {
+    let dir = Dir::new();
+    let key = dir.path("k");
+    keygen(&key);
+    let k = key.to_str().unwrap();
+    for mode in ["accept", "require"] {
+        let net = loopback(None);
+        let mut l = listen(&net, &["--key-file", k, "--auth", mode]);
+        send(&net, &["--name", "plain", "invalidate", "p"]);
+        send(
+            &net,
+            &["--key-file", k, "--name", "keyed", "invalidate", "k"],
+        );
+        l.wait_out("the keyed event", |v| v["node"] == "keyed");
+        if mode == "accept" && events_of(&l, "plain").is_empty() {
+            l.wait_out("the unkeyed event", |v| v["node"] == "plain");
+        }
+        let stats = stop_listen(&mut l);
+        assert_eq!(stats["resets"], serde_json::json!({}), "{mode}: {stats}");
+        if mode == "require" {
+            assert!(events_of(&l, "plain").is_empty(), "{:?}", l.out_seen);
+            assert!(
+                stats["dropped"]["auth_missing"].as_u64().unwrap_or(0) > 0,
+                "{stats}"
+            );
+        }
+    }
+}
