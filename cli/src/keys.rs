@@ -35,8 +35,7 @@ id (its summary line: \"key ID: held by N/N live members\"), move the new \
 key's line (and its comment) first in the file, everywhere, and reload: \
 nodes send with it.
   3. When every live member sends with the new id (\"sent with by N/N\"), \
-and at least a retransmit ring's age later (so that no repair of older \
-datagrams is still to come), delete the old key's line everywhere and \
+and at least a retransmit ring's age later (30 s by default), delete the old key's line everywhere and \
 reload.
 
 Exit status: 0 on success; 2 when the file cannot be used as asked (it \
