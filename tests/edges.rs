@@ -573,3 +573,59 @@ fn a_stream_that_ended_before_the_join_is_not_learned() {
     assert_eq!(rx.core.stats().naks_sent, 0);
     assert_eq!(rx.resets(), 0, "{:?}", rx.got);
 }
+
+/// A datagram of stream 0 (no node has that id) was once followed: the
+/// node then named stream 0 in its Reports, which every receiver refuses as
+/// invalid, so its Reports (and the confirmations that wait on them) were
+/// lost until the stream was forgotten, about 40 s. Found by fuzzing
+/// (fuzz/, the node target). Such a datagram is now invalid, and no node
+/// may be configured with stream 0.
+#[test]
+fn a_datagram_of_stream_zero_is_dropped_and_reports_stay_valid() {
+    let t0 = Instant::now();
+    let cfg = CoreConfig {
+        node_name: "rx".into(),
+        ..CoreConfig::default()
+    };
+    assert!(NodeCore::new(
+        CoreConfig {
+            stream: 0,
+            ..cfg.clone()
+        },
+        t0
+    )
+    .is_err());
+    let mut rx = NodeCore::new(cfg.clone(), t0).unwrap();
+    let forged = Body::Heartbeat {
+        next_seq: 5,
+        oldest: 1,
+        node: "forged".into(),
+    };
+    rx.handle_datagram(t0, &dgram(cfg.cluster, 0, forged));
+    assert_eq!(rx.stream_count(), 0);
+    assert_eq!(rx.stats().dropped.get("invalid"), Some(&1));
+    // A real member, which its Reports are about.
+    let real = Body::Heartbeat {
+        next_seq: 3,
+        oldest: 1,
+        node: "real".into(),
+    };
+    rx.handle_datagram(t0, &dgram(cfg.cluster, 2, real));
+    assert_eq!(rx.stream_count(), 1);
+    // Every datagram it sends, its Reports among them, decodes.
+    let mut buf = Vec::new();
+    let mut t = t0;
+    let mut reports = 0;
+    for _ in 0..10_000 {
+        while rx.poll_transmit(t, &mut buf) {
+            let d = wire::decode(&buf, cfg.cluster).expect("what it sends decodes");
+            reports += usize::from(matches!(d.body, Body::Report { .. }));
+        }
+        if reports >= 3 {
+            break;
+        }
+        t = rx.poll_timeout().expect("a node always has a timer");
+        rx.handle_timeout(t);
+    }
+    assert!(reports >= 3, "{reports} reports");
+}

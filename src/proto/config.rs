@@ -12,7 +12,7 @@ use crate::wire;
 pub struct CoreConfig {
     /// [`wire::cluster_hash`] of the cluster name.
     pub cluster: u32,
-    /// This node's stream id (random per process start).
+    /// This node's stream id (random per process start; never 0).
     pub stream: u64,
     /// Name announced in heartbeats and `Hello` (at most 64 bytes).
     pub node_name: String,
@@ -287,6 +287,12 @@ impl CoreConfig {
             return Err(ConfigError::new(
                 "report_interval/ack_retry",
                 "must be above zero",
+            ));
+        }
+        if self.stream == 0 {
+            return Err(ConfigError::new(
+                "stream",
+                "must not be 0 (receivers drop datagrams of stream 0)",
             ));
         }
         if self.max_members == 0 {

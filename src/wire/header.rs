@@ -33,7 +33,8 @@ pub struct Header {
     pub flags: u8,
     /// [`cluster_hash`] of the cluster name; foreign traffic is dropped.
     pub cluster: u32,
-    /// The sending node's stream: random per process start.
+    /// The sending node's stream: random per process start, never 0 (a
+    /// received header of stream 0 is invalid).
     pub stream: u64,
 }
 
@@ -101,6 +102,12 @@ pub fn decode_header(bytes: &[u8], cluster: u32) -> Result<(Header, usize), Deco
     }
     if header.cluster != cluster {
         return Err(DecodeError::WrongCluster(header.cluster));
+    }
+    // No node has stream 0 (as no `Report` or `AckRequest` may name it): a
+    // node that followed one would name it in its Reports, which every
+    // receiver then refused.
+    if header.stream == 0 {
+        return Err(DecodeError::Invalid("stream id 0"));
     }
     Ok((header, used))
 }
