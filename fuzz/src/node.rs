@@ -618,10 +618,10 @@ pub fn run_stats(scenario: &Scenario) -> Stats {
                 core.handle_timeout(now);
             }
             Step::Timeout => core.handle_timeout(now),
-            Step::Raw(bytes) => feed(&mut core, now, bytes),
+            Step::Raw(bytes) => feed(&mut core, &cfg, now, bytes),
             Step::Framed(f) => {
                 let wall_ms = WALL_CLOCK_MS + (now - start).as_millis() as u64;
-                feed(&mut core, now, &f.bytes(wall_ms))
+                feed(&mut core, &cfg, now, &f.bytes(wall_ms))
             }
             Step::Publish(e) => {
                 let _ = core.publish(now, e.event());
@@ -665,8 +665,8 @@ pub enum Verdict {
     Accepted,
 }
 
-/// How a node configured as `cfg` must take `bytes`: decoded and checked
-/// here with `wire` alone (the tag with the node's keys).
+/// How a node configured as `cfg` (with its keys) must take `bytes`:
+/// decoded and checked here with `wire` alone (the tag with the keys).
 pub fn judge(cfg: &CoreConfig, bytes: &[u8]) -> Verdict {
     let dropped = |reason| Verdict::Dropped {
         reason,
@@ -681,12 +681,18 @@ pub fn judge(cfg: &CoreConfig, bytes: &[u8]) -> Verdict {
     }
     let keyed = cfg.auth.mode != AuthMode::Off;
     if !header.authenticated() {
-        if cfg.auth.mode == AuthMode::Require {
-            return dropped(Some("auth_missing"));
-        }
-        return match wire::decode(bytes, cfg.cluster) {
-            Ok(_) => Verdict::Accepted,
-            Err(e) => dropped(Some(e.kind())),
+        return match cfg.auth.mode {
+            AuthMode::Require => dropped(Some("auth_missing")),
+            // Refused as `auth_missing` if its stream was heard
+            // authenticated (a state this judge does not keep).
+            AuthMode::Accept => match wire::decode(bytes, cfg.cluster) {
+                Ok(_) => Verdict::Accepted,
+                Err(_) => dropped(None),
+            },
+            AuthMode::Off => match wire::decode(bytes, cfg.cluster) {
+                Ok(_) => Verdict::Accepted,
+                Err(e) => dropped(Some(e.kind())),
+            },
         };
     }
     if !keyed {
@@ -719,11 +725,12 @@ fn verifies(auth: &AuthConfig, bytes: &[u8], header_len: usize, stream: u64) -> 
         .is_ok()
 }
 
-/// Feeds one datagram, checking it against its [`Verdict`]: one that must
-/// be dropped (or is the node's own) changes nothing but its counters, and
-/// one that verified changes nothing the second time.
-pub fn feed(core: &mut NodeCore, now: Instant, bytes: &[u8]) {
-    let verdict = judge(core.config(), bytes);
+/// Feeds one datagram to `core`, configured as `cfg` (with its keys: the
+/// core keeps them to itself), checking it against its [`Verdict`]: one
+/// that must be dropped (or is the node's own) changes nothing but its
+/// counters, and one that verified changes nothing the second time.
+pub fn feed(core: &mut NodeCore, cfg: &CoreConfig, now: Instant, bytes: &[u8]) {
+    let verdict = judge(cfg, bytes);
     feed_expecting(core, now, bytes, verdict);
     if verdict == Verdict::Verified {
         // A replay, at once: dropped (a replay, or stale as before).
@@ -766,7 +773,8 @@ fn feed_expecting(core: &mut NodeCore, now: Instant, bytes: &[u8], verdict: Verd
             assert_eq!(
                 counted.len(),
                 1,
-                "{verdict:?}: dropped before {:?}, after {:?}",
+                "{verdict:?} ({} mode): dropped before {:?}, after {:?}; datagram {bytes:02x?}",
+                core.config().auth.mode,
                 expected.stats.dropped,
                 after.stats.dropped
             );
