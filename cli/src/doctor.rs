@@ -43,7 +43,7 @@ use cachecast::{wire, AuthMode, NodeConfig};
 use checks::{
     check_group, check_interface, check_recv_buffer, check_socket, check_ttl, section_of,
 };
-use probe::{report_probe, run_probe, ProbeKeys};
+use probe::{report_clocks, report_probe, run_probe, ProbeKeys};
 
 /// The longest `--wait` accepted.
 const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -63,7 +63,9 @@ stream's Goodbye twice. Nodes of the cluster answer the Hello with a \
 Heartbeat (doctor lists them) and forget the stream on its Goodbye. With a key \
 file (--key-file or CACHECAST_KEY_FILE), the probe is authenticated with its \
 sending key (encrypted with --encrypt) and answers are verified with its keys: \
-nodes that require keys ignore a probe without one. With the \
+nodes that require keys ignore a probe without one. The clock of each node \
+heard with a timestamp (keyed nodes) is compared with this host's: more than \
+5 s off is a warning, past the 60 s a keyed node allows a problem. With the \
 defaults (the system's interface, TTL 1) the probe goes out on your LAN; to \
 keep it on this host, use --interface 127.0.0.1 --ttl 0.
 
@@ -177,6 +179,11 @@ struct Peer {
     stream: String,
     node: Option<String>,
     from: String,
+    /// Its clock less this host's, in ms, from the timestamp of an
+    /// authenticated datagram of it (verified when doctor holds keys);
+    /// `None` when it sent none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,6 +402,7 @@ async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKey
     let cluster = wire::cluster_hash(&config.cluster);
     let probe = run_probe(&sa, &sb, group, cluster, &config.node_name, args.wait, keys).await;
     report_probe(&mut r, probe, &opts, used.as_ref(), args.wait);
+    report_clocks(&mut r, config.protocol.auth.max_age);
     r.finish()
 }
 

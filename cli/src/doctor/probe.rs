@@ -205,6 +205,8 @@ pub(super) async fn run_probe(
         let mut bytes = if i == 0 { &buf_a[..n] } else { &buf_b[..n] };
         let plain;
         let mut encrypted = false;
+        // The sender's clock less ours (verified with keys).
+        let mut offset = None;
         if let Ok((header, header_len)) = wire::decode_header(bytes, cluster) {
             if header.authenticated() {
                 let others = header.stream != stream && i == 0;
@@ -214,6 +216,7 @@ pub(super) async fn run_probe(
                             verified(&k.ring, bytes, &header, header_len, &mut scratch);
                         match clear {
                             Some(c) => {
+                                offset = clock_offset(bytes, header_len);
                                 plain = c;
                                 bytes = &plain;
                             }
@@ -229,6 +232,7 @@ pub(super) async fn run_probe(
                         id
                     }
                     None => {
+                        offset = clock_offset(bytes, header_len);
                         encrypted = matches!(
                             Trailer::read(bytes, header_len),
                             Ok((t, _)) if t.algorithm == Algorithm::XChaCha20Poly1305
@@ -259,9 +263,13 @@ pub(super) async fn run_probe(
                         stream: stream_hex(d.header.stream),
                         node: None,
                         from: from.to_string(),
+                        clock_offset_ms: None,
                     });
                     if name.is_some() {
                         peer.node = name;
+                    }
+                    if offset.is_some() {
+                        peer.clock_offset_ms = offset;
                     }
                 }
             }
@@ -286,12 +294,93 @@ pub(super) async fn run_probe(
     }
 }
 
+/// The clock of an authenticated datagram's sender less this host's, in ms
+/// (its trailer's timestamp against the wall clock; the time the datagram
+/// took on the LAN is far below what matters).
+fn clock_offset(dgram: &[u8], header_len: usize) -> Option<i64> {
+    let (trailer, _) = Trailer::read(dgram, header_len).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    Some(i64::try_from(i128::from(trailer.timestamp_ms) - now as i128).unwrap_or(i64::MAX))
+}
+
 /// Adds a key id heard to `ids` (as hex, at most [`MAX_KEY_IDS`]).
 fn note_key(ids: &mut Vec<String>, id: Option<u32>) {
     if let Some(id) = id.map(crate::keys::key_hex) {
         if ids.len() < MAX_KEY_IDS && !ids.contains(&id) {
             ids.push(id);
         }
+    }
+}
+
+/// A peer's clock this far from this host's is worth a warning (NTP keeps
+/// clocks within milliseconds).
+const CLOCK_WARN_MS: u64 = 5_000;
+
+/// Judges the clocks of the nodes heard with authenticated datagrams: a
+/// keyed node takes a stream it has not heard before only if its sender's
+/// clock is within `max_age` of its own, so a node whose clock is further
+/// off is not heard by nodes that start (counted there as `auth_stale`).
+pub(super) fn report_clocks(r: &mut Report, max_age: Duration) {
+    let Some(p) = &r.probe else { return };
+    let name = |q: &Peer| format!("{} (stream {})", q.node.as_deref().unwrap_or("?"), q.stream);
+    let timed: Vec<(String, i64)> = (p.peers.iter())
+        .filter_map(|q| q.clock_offset_ms.map(|o| (name(q), o)))
+        .collect();
+    if timed.is_empty() {
+        return;
+    }
+    let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+    let off = |o: i64| {
+        let side = if o >= 0 { "ahead of" } else { "behind" };
+        format!("{:.1} s {side}", o.unsigned_abs() as f64 / 1e3)
+    };
+    let mut worst = 0;
+    for (q, o) in &timed {
+        let abs = o.unsigned_abs();
+        worst = worst.max(abs);
+        if abs > max_ms {
+            r.push(
+                Section::Probe,
+                Status::Problem,
+                format!(
+                    "the clock of {} is {} this host's, past the {} a keyed node allows: \
+                     nodes that have not heard it yet (this one, once started, or any that \
+                     restarts) drop its datagrams as auth_stale",
+                    q,
+                    off(*o),
+                    humantime::format_duration(max_age)
+                ),
+                vec!["keep every host's clock in sync with NTP (`timedatectl status`)".into()],
+            );
+        } else if abs > CLOCK_WARN_MS {
+            r.push(
+                Section::Probe,
+                Status::Warn,
+                format!(
+                    "the clock of {} is {} this host's (keyed nodes allow {})",
+                    q,
+                    off(*o),
+                    humantime::format_duration(max_age)
+                ),
+                vec!["keep every host's clock in sync with NTP (`timedatectl status`)".into()],
+            );
+        }
+    }
+    if worst <= CLOCK_WARN_MS {
+        r.push(
+            Section::Probe,
+            Status::Ok,
+            format!(
+                "clocks: the {} node(s) heard with a timestamp agree with this host's within \
+                 {:.1} s",
+                timed.len(),
+                worst as f64 / 1e3
+            ),
+            Vec::new(),
+        );
     }
 }
 
@@ -727,5 +816,68 @@ mod tests {
                 .1
                 .is_none());
         }
+    }
+
+    /// The clock offset is read from a sealed datagram's timestamp, and a
+    /// peer whose clock is past `max_age` is a problem (keyed nodes that
+    /// start drop it as `auth_stale`), one a few seconds off a warning, and
+    /// clocks in agreement are said to be.
+    #[test]
+    fn clocks_of_keyed_peers_are_judged_against_max_age() {
+        use cachecast::wire::Key;
+        let key = Key::derive(&[9; 32], 7).unwrap();
+        let mut header = Header::new(7, 42);
+        header.flags |= wire::FLAG_AUTH;
+        let header_len = header.to_bytes().len();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let sealed_at = |ts: u64| {
+            let mut buf = Vec::new();
+            wire::encode(&header, &Body::Goodbye { next_seq: 1 }, &mut buf);
+            key.seal(&mut buf, header_len, 42, Algorithm::HmacSha256, ts, 1);
+            clock_offset(&buf, header_len).unwrap()
+        };
+        let ahead = sealed_at(now_ms + 90_000);
+        assert!((89_000..=90_000).contains(&ahead), "{ahead}");
+        let behind = sealed_at(now_ms - 10_000);
+        assert!((-11_000..=-9_000).contains(&behind), "{behind}");
+        assert!(sealed_at(now_ms).abs() < 1_000);
+        assert_eq!(clock_offset(&[0; 10], 4), None, "no trailer");
+
+        let peer = |node: &str, offset: Option<i64>| Peer {
+            stream: stream_hex(3),
+            node: Some(node.into()),
+            from: "127.0.0.1:4242".into(),
+            clock_offset_ms: offset,
+        };
+        let judged = |peers: Vec<Peer>| {
+            let mut run = unheard([true, true]);
+            run.probe.peers = peers;
+            let mut r = empty_report();
+            r.probe = Some(run.probe);
+            report_clocks(&mut r, Duration::from_secs(60));
+            r.findings
+        };
+        let f = judged(vec![
+            peer("web-1", Some(ahead)),
+            peer("web-2", Some(behind)),
+            peer("web-3", Some(20)),
+            peer("old", None),
+        ]);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].status, Status::Problem);
+        assert!(f[0].message.contains("web-1"), "{}", f[0].message);
+        assert!(f[0].message.contains("ahead of"), "{}", f[0].message);
+        assert!(f[0].message.contains("auth_stale"), "{}", f[0].message);
+        assert_eq!(f[1].status, Status::Warn);
+        assert!(f[1].message.contains("web-2"), "{}", f[1].message);
+        assert!(f[1].message.contains("behind"), "{}", f[1].message);
+        let f = judged(vec![peer("web-3", Some(-20)), peer("old", None)]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].status, Status::Ok);
+        assert!(f[0].message.contains("1 node(s)"), "{}", f[0].message);
+        assert!(judged(vec![peer("old", None)]).is_empty(), "no keyed peer");
     }
 }
