@@ -107,7 +107,7 @@ struct Exchange {
     sent: Vec<Vec<u8>>,
 }
 
-/// Three nodes for three seconds, delivery instant: the fuzzed node (its
+/// Three nodes for four seconds, delivery instant: the fuzzed node (its
 /// setup's config) and two peers. Peer 2 publishes three events and the
 /// second one's `Data` is lost on its way to the fuzzed node (`Nak`,
 /// `Repair`), asks for confirmation (`AckRequest`, `Report`) and leaves
@@ -141,7 +141,10 @@ fn exchange(setup: Setup) -> Exchange {
     ];
     let mut script = script.into_iter().peekable();
     let mut now = start;
-    let end = start + ms(3000);
+    // Long enough after the close for the Goodbye (repeated while peer 2
+    // lingers) to stand a heartbeat interval and a contradiction window:
+    // the fuzzed node retires the stream.
+    let end = start + ms(4000);
     for _ in 0..100_000 {
         // Exchange everything until quiet.
         loop {

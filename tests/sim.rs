@@ -340,7 +340,11 @@ fn goodbye_ends_the_stream_and_late_datagrams_are_dropped() {
     let s0 = stream_of(&sim, 0);
     sim.publish(0, key(1));
     sim.close(0);
+    // Retired once its Goodbye stood a heartbeat interval and a
+    // contradiction window (a live stream would have shown it false).
     sim.run_for(ms(20));
+    assert_eq!(sim.delivered_events(1), [(s0, 1)]);
+    sim.run_for(ms(1300));
     let core = sim.core(1).unwrap();
     assert!(core.stream_state(s0).is_none(), "ended stream forgotten");
     assert_eq!(core.stats().streams_ended, 1);
@@ -361,6 +365,7 @@ fn goodbye_reveals_tail_loss_and_the_lingering_sender_repairs_it() {
     sim.run_for(ms(30));
     assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
     assert_eq!(sim.delivered_events(1), [(s0, 1)]);
+    sim.run_for(ms(1300));
     assert!(
         sim.core(1).unwrap().stream_state(s0).is_none(),
         "stream ended"

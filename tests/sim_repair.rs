@@ -272,65 +272,13 @@ fn receiver_restart_is_in_sync_after_its_join() {
     assert_eq!(sim.core(2).unwrap().stats().resets_total(), 0);
 }
 
-/// One random fault mix, from its seed.
-fn chaos(seed: u64) -> Result<(), String> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut sim = Sim::new(seed);
-    let n = rng.gen_range(3..=8);
-    sim.add_nodes("n", n);
-    sim.run_for(ms(200));
-    let link = Faults {
-        loss: rng.gen_range(0.0..0.3),
-        burst: rng.gen_bool(0.3).then(|| {
-            GilbertElliott::with_average(rng.gen_range(0.01..0.2), rng.gen_range(2.0..20.0))
-        }),
-        duplicate: rng.gen_range(0.0..0.1),
-        delay: Duration::from_micros(rng.gen_range(50..2000)),
-        jitter: Duration::from_micros(rng.gen_range(0..10_000)),
-        ..Faults::default()
-    };
-    let mix = format!("{n} nodes, {link:?}");
-    sim.default_link = link;
-    let steps = rng.gen_range(200..800);
-    for _ in 0..steps {
-        match rng.gen_range(0..100) {
-            0..=79 => {
-                let who = rng.gen_range(0..n);
-                if sim.core(who).is_some() {
-                    let k = rng.gen();
-                    sim.publish(who, key(k));
-                }
-            }
-            80..=84 => sim.partition(rng.gen_range(0..n), true),
-            85..=92 => sim.partition(rng.gen_range(0..n), false),
-            93..=95 => sim.restart(rng.gen_range(0..n)),
-            96 => sim.crash(rng.gen_range(0..n)),
-            _ => {
-                let who = rng.gen_range(0..n);
-                if sim.core(who).is_none() {
-                    sim.restart(who);
-                }
-            }
-        }
-        sim.run_for(Duration::from_micros(rng.gen_range(100..20_000)));
-    }
-    // The promise is eventual: heal the network, then settle past the
-    // stream timeout, so that crashed streams are given up.
-    sim.heal_all();
-    sim.run_for(Duration::from_secs(15));
-    sim.check()
-        .map(|_| ())
-        .map_err(|v| format!("seed {seed} ({mix}):\n{v}"))
-}
-
 #[test]
 fn random_fault_mixes_never_lose_silently() {
     let seeds = chaos_seeds(60);
     let runs = seeds.len();
     let failures: Vec<String> = seeds
         .into_iter()
-        .filter_map(|seed| chaos(seed).err())
+        .filter_map(|seed| chaos(seed, false).err())
         .collect();
     assert!(
         failures.is_empty(),

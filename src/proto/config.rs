@@ -54,6 +54,14 @@ pub struct CoreConfig {
     /// A gap open longer than this is given up with a `Reset`, however
     /// often its `Nak`s were postponed. Default 5 s.
     pub max_gap_age: Duration,
+    /// A stream's own claim of its position (heartbeat, `Goodbye`,
+    /// `AckRequest`) below what this node has known of the stream for at
+    /// least this long contradicts what it knew: that came from a forged
+    /// (or bogus) datagram, and the node follows the stream again from the
+    /// claim. Longer than any reordering on the network (a claim sent
+    /// before the datagrams that moved the position on arrives after them
+    /// by at most that). At least `reorder_window` is used. Default 250 ms.
+    pub contradiction_window: Duration,
     /// Retransmit ring: memory for sent events kept for repair (each counts
     /// its encoded size plus its entry, about 48 bytes). Default 32 MiB: a
     /// second of a flat-out publisher on loopback, so that receivers that
@@ -145,6 +153,7 @@ impl Default for CoreConfig {
             nak_retry: Duration::from_millis(20),
             max_nak_tries: 10,
             max_gap_age: Duration::from_secs(5),
+            contradiction_window: Duration::from_millis(250),
             retransmit_bytes: 32 << 20,
             retransmit_age: Duration::from_secs(30),
             repair_linger: Duration::from_millis(5),
@@ -215,6 +224,12 @@ impl CoreConfig {
         header
     }
 
+    /// The contradiction window in force: `contradiction_window`, at least
+    /// `reorder_window`.
+    pub fn contradiction(&self) -> Duration {
+        self.contradiction_window.max(self.reorder_window)
+    }
+
     /// Checks every bound once, so that the hot path never has to.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Err(problem) = self.auth.check() {
@@ -255,6 +270,12 @@ impl CoreConfig {
         }
         if self.hello_count == 0 {
             return Err(ConfigError::new("hello_count", "must be at least 1"));
+        }
+        if self.contradiction_window.is_zero() {
+            return Err(ConfigError::new(
+                "contradiction_window",
+                "must be above zero (reordered claims are not contradictions)",
+            ));
         }
         if self.nak_retry.is_zero() {
             return Err(ConfigError::new("nak_retry", "must be above zero"));

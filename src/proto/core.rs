@@ -115,9 +115,13 @@ pub struct NodeCore {
     wakes: BTreeSet<(Instant, u64)>,
     /// Streams evicted without a gap, until met again or timed out.
     evicted: Evicted,
-    /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`.
-    ended: VecDeque<u64>,
-    ended_set: HashSet<u64>,
+    /// Streams that said `Goodbye`, oldest first, bounded by `max_ended`
+    /// (with the number of their retirement: a stream followed again and
+    /// retired anew has a later one).
+    ended: VecDeque<(u64, u64)>,
+    ended_set: HashMap<u64, Ended>,
+    /// Retirements so far (numbers the entries of `ended`).
+    retired: u64,
     out: VecDeque<Body>,
     deliveries: VecDeque<Output>,
     stats: Stats,
@@ -174,7 +178,8 @@ impl NodeCore {
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
             ended: VecDeque::new(),
-            ended_set: HashSet::new(),
+            ended_set: HashMap::new(),
+            retired: 0,
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: Stats::default(),
@@ -430,7 +435,15 @@ impl NodeCore {
             self.check_acks(now);
             return;
         }
+        if !self.ended_set.is_empty() {
+            self.reopen_if_alive(now, from, &dgram.body);
+        }
+        // Events from a member a `Goodbye` marked as left: it was forged.
+        if matches!(dgram.body, Body::Data { .. }) {
+            self.members.back(now, from);
+        }
         let sync_until = self.sync_until;
+        let after_sync = now >= sync_until;
         let mut sink = sink!(self);
         let streams = &mut self.streams;
         let evicted = &mut self.evicted;
@@ -446,7 +459,12 @@ impl NodeCore {
         macro_rules! sender_of {
             ($pos:expr) => {
                 receiver_for(
-                    streams, evicted, ended, &mut sink, now, sync_until, from, $pos,
+                    streams, evicted, ended, &mut sink, now, sync_until, from, $pos, true,
+                )
+            };
+            ($pos:expr, event) => {
+                receiver_for(
+                    streams, evicted, ended, &mut sink, now, sync_until, from, $pos, false,
                 )
             };
         }
@@ -480,8 +498,8 @@ impl NodeCore {
                 }
             }
             Body::Data { first_seq, events } => {
-                if let Some(r) = sender_of!(Some(first_seq)) {
-                    r.on_events(now, first_seq, events, Arrival::Data, &mut sink);
+                if let Some(r) = sender_of!(Some(first_seq), event) {
+                    r.on_events(now, first_seq, events, Arrival::Data, after_sync, &mut sink);
                 }
             }
             Body::Repair { first_seq, events } => {
@@ -489,7 +507,14 @@ impl NodeCore {
                     // A repair (asked for by someone else) does not place a
                     // stream: it would start at an arbitrary old seq.
                     if r.is_placed() || !in_sync {
-                        r.on_events(now, first_seq, events, Arrival::Repair, &mut sink);
+                        r.on_events(
+                            now,
+                            first_seq,
+                            events,
+                            Arrival::Repair,
+                            after_sync,
+                            &mut sink,
+                        );
                     }
                 }
             }
@@ -500,7 +525,7 @@ impl NodeCore {
             } => {
                 if let Some(r) = sender_of!(Some(next_seq)) {
                     r.set_node(&node);
-                    r.on_position(now, next_seq, Some(oldest), &mut sink);
+                    r.on_claim(now, next_seq, Some(oldest), &mut sink);
                     r.learned_position(now);
                 }
             }
@@ -512,7 +537,7 @@ impl NodeCore {
             }
             Body::AckRequest { next_seq, members } => {
                 if let Some(r) = sender_of!(Some(next_seq)) {
-                    r.on_position(now, next_seq, None, &mut sink);
+                    r.on_claim(now, next_seq, None, &mut sink);
                     r.learned_position(now);
                 }
                 if (members.is_empty() || members.contains(&self.cfg.stream))
@@ -601,11 +626,19 @@ impl NodeCore {
         }
         let mut sink = sink!(self);
         let mut finished = Vec::new();
+        let mut ending = Vec::new();
         for r in self.streams.values_mut() {
             r.cover_gaps(&mut sink);
-            if r.is_finished() {
+            if r.is_finished(self.last_now) {
                 finished.push(r.stream());
+            } else if r.ending().is_some() {
+                ending.push(r.stream());
             }
+        }
+        // A stream that said Goodbye and waits no more for gaps retires
+        // when its Goodbye has stood long enough.
+        for s in ending {
+            self.schedule(s);
         }
         // A stream that said Goodbye and only waited for these gaps is done.
         for s in finished {
@@ -614,38 +647,116 @@ impl NodeCore {
     }
 
     fn retire_if_finished(&mut self, stream: u64) {
-        if self.streams.get(&stream).is_some_and(|r| r.is_finished()) {
-            if let Some(r) = self.streams.remove(&stream) {
-                // Still reported for a while: a member that missed the
-                // whole stream (cut off meanwhile) learns of it.
-                self.members.reported.remove(&stream);
-                self.members.ended.push_back((
-                    Position {
-                        stream,
-                        delivered: r.next_expected(),
-                        reset_end: r.reset_end(),
-                        idle_ms: 0,
-                    },
-                    r.last_heard(),
-                ));
-                while self.members.ended.len() > self.cfg.max_ended {
-                    self.members.ended.pop_front();
-                }
-            }
-            tracing::debug!(
-                stream = format_args!("{stream:016x}"),
-                "stream ended (Goodbye)"
-            );
-            self.stats.streams_ended += 1;
-            self.stats.streams = self.streams.len() as u64;
-            self.ended.push_back(stream);
-            self.ended_set.insert(stream);
-            while self.ended.len() > self.cfg.max_ended {
-                if let Some(old) = self.ended.pop_front() {
+        if !(self.streams.get(&stream)).is_some_and(|r| r.is_finished(self.last_now)) {
+            return;
+        }
+        let Some(r) = self.streams.remove(&stream) else {
+            return;
+        };
+        // Still reported for a while: a member that missed the whole stream
+        // (cut off meanwhile) learns of it.
+        self.members.reported.remove(&stream);
+        self.members.ended.push_back((
+            Position {
+                stream,
+                delivered: r.next_expected(),
+                reset_end: r.reset_end(),
+                idle_ms: 0,
+            },
+            r.last_heard(),
+        ));
+        while self.members.ended.len() > self.cfg.max_ended {
+            self.members.ended.pop_front();
+        }
+        tracing::debug!(
+            stream = format_args!("{stream:016x}"),
+            "stream ended (Goodbye)"
+        );
+        self.stats.streams_ended += 1;
+        self.stats.streams = self.streams.len() as u64;
+        self.retired += 1;
+        self.ended.push_back((stream, self.retired));
+        self.ended_set.insert(
+            stream,
+            Ended {
+                number: self.retired,
+                trusted_end: r.trusted_end(),
+                given_low: r.given_low(),
+                known_end: r.known_end(),
+                goodbye: r.ending().unwrap_or(r.known_end()),
+            },
+        );
+        while self.ended.len() > self.cfg.max_ended {
+            if let Some((old, n)) = self.ended.pop_front() {
+                if self.ended_set.get(&old).is_some_and(|e| e.number == n) {
                     self.ended_set.remove(&old);
                 }
             }
         }
+    }
+
+    /// A datagram of a stream that said `Goodbye` and was retired: if its
+    /// events or heartbeats go on past what this node had of it, the
+    /// `Goodbye` was forged (or it would not speak on): the stream is
+    /// followed again from where this node had it, so that what it sent
+    /// since is delivered, and what it lost asked for.
+    fn reopen_if_alive(&mut self, now: Instant, from: u64, body: &Body) {
+        let Some(e) = self.ended_set.get(&from).copied() else {
+            return;
+        };
+        // Past `trusted_end` events are news. A heartbeat at all: a stream
+        // that said Goodbye sends none, and the Goodbye stood (unanswered)
+        // for longer than any reordering before the stream was retired, so
+        // it was forged; what this node knew of the stream then may rest
+        // on forged datagrams too, so it follows the stream again from its
+        // heartbeat, or from its lowest give-up if lower. The stream's own
+        // Goodbye or AckRequest, repeated while it lingers, only when it
+        // claims more than this node knew.
+        let mut from_seq = e.trusted_end;
+        let (alive, ending) = match body {
+            Body::Data { first_seq, events } | Body::Repair { first_seq, events } => {
+                let top = first_seq + events.len() as u64;
+                (top > e.trusted_end, (top <= e.goodbye).then_some(e.goodbye))
+            }
+            Body::Heartbeat { next_seq, .. } => {
+                from_seq = (e.trusted_end.min(*next_seq)).min(e.given_low.unwrap_or(u64::MAX));
+                (true, None)
+            }
+            Body::Goodbye { next_seq } => (*next_seq > e.known_end, Some(*next_seq)),
+            Body::AckRequest { next_seq, .. } => (
+                *next_seq > e.known_end,
+                (*next_seq <= e.goodbye).then_some(e.goodbye),
+            ),
+            _ => (false, None),
+        };
+        if !alive {
+            return;
+        }
+        self.ended_set.remove(&from);
+        self.members.ended.retain(|(p, _)| p.stream != from);
+        if ending.is_none() {
+            self.members.back(now, from);
+        }
+        self.stats.streams_reopened += 1;
+        self.stats.position_contradicted += 1;
+        tracing::debug!(
+            stream = format_args!("{from:016x}"),
+            from_seq,
+            "a stream that said Goodbye goes on: followed again"
+        );
+        let mut r = StreamReceiver::new(from, Some(from_seq), now);
+        if let Some(g) = ending {
+            r.set_ending(now, g, &self.cfg);
+        }
+        if let Some(name) = self.members.name(from) {
+            r.set_node(&name);
+        }
+        if self.streams.len() >= self.cfg.max_streams {
+            let mut sink = sink!(self);
+            evict_one(&mut self.streams, &mut self.evicted, &mut sink);
+        }
+        self.streams.insert(from, r);
+        self.stats.streams = self.streams.len() as u64;
     }
 
     /// Acts on everything due at `now`: hellos, heartbeats, gaps, timeouts.
@@ -687,7 +798,7 @@ impl NodeCore {
                 if r.poll_timeout().is_some_and(|t| t <= now) {
                     r.handle_timeout(now, &mut sink);
                 }
-                if r.is_finished() {
+                if r.is_finished(now) {
                     finished.push(stream);
                 }
             }
@@ -753,7 +864,7 @@ impl NodeCore {
         let mut learn_left = 16;
         let mut sink = sink!(self);
         for p in positions {
-            if p.stream == me || self.ended_set.contains(&p.stream) {
+            if p.stream == me || self.ended_set.contains_key(&p.stream) {
                 continue;
             }
             match self.streams.get_mut(&p.stream) {
@@ -1313,21 +1424,23 @@ impl NodeCore {
 /// `pos` is the first seq the datagram speaks of, if it tells one. A stream
 /// met during the sync window is followed from its position (nothing before
 /// the join matters); one met later is followed from seq 1, so that history
-/// we never saw is a gap to repair. `None` for a stream that already said
-/// `Goodbye`.
+/// we never saw is a gap to repair. `claim`: `pos` is the stream's claim of
+/// its position, not an event's seq (see [`StreamReceiver::place`]). `None`
+/// for a stream that already said `Goodbye`.
 // The node's fields, borrowed apart (the caller holds other fields too).
 #[allow(clippy::too_many_arguments)]
 fn receiver_for<'a>(
     streams: &'a mut HashMap<u64, StreamReceiver>,
     evicted: &mut Evicted,
-    ended: &HashSet<u64>,
+    ended: &HashMap<u64, Ended>,
     sink: &mut Sink<'_>,
     now: Instant,
     sync_until: Instant,
     stream: u64,
     pos: Option<u64>,
+    claim: bool,
 ) -> Option<&'a mut StreamReceiver> {
-    if ended.contains(&stream) {
+    if ended.contains_key(&stream) {
         sink.stats.drop("ended_stream");
         return None;
     }
@@ -1347,9 +1460,26 @@ fn receiver_for<'a>(
     let r = streams.get_mut(&stream)?;
     r.heard(now);
     if let Some(pos) = pos {
-        r.place(pos, in_sync);
+        r.place(now, pos, in_sync, claim);
     }
     Some(r)
+}
+
+/// What a node keeps of a stream it retired after its `Goodbye`.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    /// Which retirement (see `NodeCore::ended`).
+    number: u64,
+    /// Everything below it was delivered, or given up with a `Reset` that
+    /// covers it: where to follow the stream from again.
+    trusted_end: u64,
+    /// One past the highest seq known to exist then.
+    known_end: u64,
+    /// The lowest seq given up with a `Reset`, if any (everything below it
+    /// was delivered).
+    given_low: Option<u64>,
+    /// The `Goodbye`'s `next_seq`.
+    goodbye: u64,
 }
 
 /// Evicts the least recently heard stream (table full).

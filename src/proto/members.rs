@@ -380,6 +380,19 @@ impl Members {
         }
     }
 
+    /// The member sent events after a `Goodbye` marked it as left: that
+    /// `Goodbye` was forged (a member that left sends none), so it is live
+    /// again.
+    pub fn back(&mut self, now: Instant, stream: u64) {
+        if let Some(e) = self.table.get_mut(&stream) {
+            if e.state == Liveness::Left {
+                e.state = Liveness::Live;
+                e.since = now;
+                e.last_heard = now;
+            }
+        }
+    }
+
     /// Resolves `stream` as departed in every confirmation.
     fn depart(&mut self, stream: u64) {
         for c in &mut self.confirms {

@@ -22,6 +22,10 @@ pub struct Gap {
     pub due: Instant,
     /// How many NAKs were sent (or suppressed) for it so far.
     pub tries: u32,
+    /// Opened again because a position claim heard after it was given up
+    /// showed it again: given up once more, it is taken as covered by that
+    /// `Reset` (see the receiver's doubtful ranges).
+    pub checked: bool,
 }
 
 /// Missing ranges, keyed by their first seq; never overlapping or empty.
@@ -89,8 +93,9 @@ impl GapSet {
         self.gaps.remove(&start)
     }
 
-    /// Removes every missing seq in `start..end`; returns the ranges removed.
-    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<SeqRange> {
+    /// Removes every missing seq in `start..end`; returns the parts
+    /// removed (each gap clipped to the range), in order.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, Gap)> {
         let hit: Vec<(u64, Gap)> = self.overlapping(start, end).collect();
         let mut removed = Vec::with_capacity(hit.len());
         for (s, g) in hit {
@@ -101,7 +106,13 @@ impl GapSet {
             if g.end > end {
                 self.gaps.insert(end, g);
             }
-            removed.push((s.max(start), g.end.min(end)));
+            removed.push((
+                s.max(start),
+                Gap {
+                    end: g.end.min(end),
+                    ..g
+                },
+            ));
         }
         removed
     }
@@ -151,8 +162,14 @@ impl GapSet {
 
 /// A bounded set of disjoint seq ranges without metadata: the ranges a
 /// receiver gave up on (after a `Reset`), so that an event of them that
-/// still arrives late is delivered rather than taken for a duplicate; and
-/// the ranges a sender was asked to repair.
+/// still arrives late is delivered rather than taken for a duplicate, and
+/// those of them it gave up before anything but a position claim showed
+/// that they existed; and the ranges a sender was asked to repair.
+///
+/// Past its bound the set over-approximates: the two ranges closest to
+/// each other are merged (a seq between them counts as in the set). For a
+/// receiver that costs at most a duplicate delivery or a needless `Nak`;
+/// forgetting a range instead could lose an event silently.
 #[derive(Debug, Default, Clone)]
 pub struct RangeSet {
     ranges: BTreeMap<u64, u64>,
@@ -160,7 +177,8 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
-    /// An empty set that keeps at most `max` ranges (the lowest go first).
+    /// An empty set that keeps at most `max` disjoint ranges (past it, the
+    /// two closest are merged).
     pub fn new(max: usize) -> Self {
         RangeSet {
             ranges: BTreeMap::new(),
@@ -187,8 +205,86 @@ impl RangeSet {
         }
         self.ranges.insert(start, end);
         while self.ranges.len() > self.max {
-            self.ranges.pop_first();
+            self.merge_closest();
         }
+    }
+
+    /// Merges the two neighbouring ranges with the fewest seqs between them.
+    fn merge_closest(&mut self) {
+        let mut best: Option<(u64, u64, u64)> = None; // (distance, first start, second start)
+        let mut prev: Option<(u64, u64)> = None;
+        for (&s, &e) in &self.ranges {
+            if let Some((ps, pe)) = prev {
+                let d = s - pe;
+                if best.is_none_or(|(bd, _, _)| d < bd) {
+                    best = Some((d, ps, s));
+                }
+            }
+            prev = Some((s, e));
+        }
+        if let Some((_, a, b)) = best {
+            if let Some(end) = self.ranges.remove(&b) {
+                self.ranges.insert(a, end);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    /// True if `seq` is in the set.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, e)| seq < *e)
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Removes every seq in `start..end`; returns the ranges removed, in
+    /// order.
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<SeqRange> {
+        if start >= end {
+            return Vec::new();
+        }
+        let before = self
+            .ranges
+            .range(..start)
+            .next_back()
+            .filter(|(_, e)| **e > start)
+            .map(|(s, e)| (*s, *e));
+        let hit: Vec<(u64, u64)> = before
+            .into_iter()
+            .chain(self.ranges.range(start..end).map(|(s, e)| (*s, *e)))
+            .collect();
+        let mut removed = Vec::with_capacity(hit.len());
+        for (s, e) in hit {
+            self.ranges.remove(&s);
+            if s < start {
+                self.ranges.insert(s, start);
+            }
+            if e > end {
+                self.ranges.insert(end, e);
+            }
+            removed.push((s.max(start), e.min(end)));
+        }
+        removed
+    }
+
+    /// The range holding `seq`, if any.
+    pub fn range_of(&self, seq: u64) -> Option<SeqRange> {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .filter(|(_, e)| seq < **e)
+            .map(|(s, e)| (*s, *e))
+    }
+
+    /// All ranges, in order.
+    pub fn iter(&self) -> impl Iterator<Item = SeqRange> + '_ {
+        self.ranges.iter().map(|(s, e)| (*s, *e))
     }
 
     /// Removes `seq` if present (splitting its range); true if it was.
@@ -237,6 +333,7 @@ mod tests {
             opened: t,
             due: t,
             tries: 0,
+            checked: false,
         }
     }
 
@@ -274,8 +371,24 @@ mod tests {
         assert!(r.take(7) && !r.take(7) && !r.take(25) && r.take(24));
         assert_eq!(r.len(), 2);
         r.insert(100, 101);
-        assert_eq!(r.len(), 2, "the lowest range went");
-        assert!(!r.take(5) && r.take(100));
+        assert_eq!(r.len(), 2, "the two closest ranges were merged");
+        // Over-approximated, never forgotten: 5..7 and 8..24 merged, so 7
+        // (taken) counts as in the set again.
+        assert!(r.contains(5) && r.contains(7) && r.contains(23) && !r.contains(24));
+        assert!(r.take(5) && r.take(100) && !r.take(100));
+    }
+
+    #[test]
+    fn range_set_remove_range_clips() {
+        let mut r = RangeSet::new(16);
+        r.insert(1, 4);
+        r.insert(6, 9);
+        r.insert(12, 20);
+        assert_eq!(r.remove_range(3, 14), [(3, 4), (6, 9), (12, 14)]);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [(1, 3), (14, 20)]);
+        assert_eq!(r.range_of(15), Some((14, 20)));
+        assert_eq!(r.range_of(3), None);
+        assert!(r.remove_range(4, 14).is_empty());
     }
 
     #[test]
@@ -285,7 +398,9 @@ mod tests {
         g.insert(1, gap(4, t));
         g.insert(6, gap(9, t));
         g.insert(12, gap(20, t));
-        let removed = g.remove_range(3, 14);
+        let removed: Vec<SeqRange> = (g.remove_range(3, 14).into_iter())
+            .map(|(s, g)| (s, g.end))
+            .collect();
         assert_eq!(removed, [(3, 4), (6, 9), (12, 14)]);
         assert_eq!(
             g.iter().map(|(s, g)| (s, g.end)).collect::<Vec<_>>(),

@@ -11,6 +11,40 @@
 //! is impossible — `Unavailable`, the sender's heartbeat says it is older
 //! than what it holds, retries exhausted, too old — one `Reset` naming it.
 //!
+//! # Claims and evidence
+//!
+//! Without authentication any datagram may be forged, so what a receiver
+//! knows of a stream's position is of two kinds. *Claims* — a heartbeat, a
+//! `Goodbye`, an `AckRequest`, a member's report, an `Unavailable` — say
+//! that seqs exist (or are gone) without showing them; *evidence* — an
+//! event that arrived — shows that every seq below it was published. A
+//! `Reset` only covers events published before it, so a gap given up while
+//! only a claim said it existed (a *doubtful* give-up) may have been of
+//! events not yet published: a forged far-future position, answered by
+//! nobody, would otherwise make the receiver give up the stream's future
+//! and never notice its losses. So:
+//!
+//! - Evidence above a doubtful give-up opens it again as a gap (its events
+//!   may have been published after the `Reset`): repaired, or Reset again.
+//!   Evidence inside one that runs to the known end shows the claim behind
+//!   it was false: the receiver forgets it and follows the stream from
+//!   the evidence on ("rewinds"), so that gap detection works again.
+//! - A later claim of the stream itself above a doubtful give-up asks for
+//!   it once more (once: given up again, it is covered), unless the claim
+//!   is a heartbeat whose `oldest` is above it (the sender no longer holds
+//!   it: it was published long before).
+//! - A claim of the stream itself below what the receiver has known of it
+//!   for longer than `contradiction_window` (no reordering delays a
+//!   datagram that long) contradicts it: the receiver rewinds to the claim.
+//! - A "duplicate" whose content differs from the event delivered at that
+//!   seq (among the last [`RECENT_RUNS`] runs delivered) is delivered: a
+//!   forged event may have taken the seq first, and the forger cannot know
+//!   a future event's content.
+//!
+//! Each of these costs at most a `Nak`, a duplicate delivery or a `Reset`;
+//! none costs a silent loss (what cannot be defended without keys is
+//! stated on [`crate::testkit::Record::check`]).
+//!
 //! Pure state machine: no clock, no I/O; the node passes `now` and a seeded
 //! RNG in.
 
@@ -25,7 +59,14 @@ use crate::proto::config::CoreConfig;
 use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::ranges::{Gap, GapSet, RangeSet};
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, Events, SeqRange};
+use crate::wire::{self, Body, EncodedEvent, Events, SeqRange};
+
+/// Runs of events delivered lately kept per stream (their bytes shared, not
+/// copied), so that a "duplicate" whose content differs is recognised.
+pub const RECENT_RUNS: usize = 16;
+
+/// Doubtful give-ups kept per stream (over-approximated past it).
+const MAX_DOUBTFUL: usize = 64;
 
 /// Where a receiver's outputs go, and what it needs from its node.
 pub struct Sink<'a> {
@@ -86,15 +127,32 @@ pub struct StreamReceiver {
     node: Option<Arc<str>>,
     /// Seqs below this were before our starting point and are ignored.
     base: u64,
-    /// One past the highest seq known to exist.
+    /// One past the highest seq known to exist (by an event or a claim).
     known_end: u64,
     gaps: GapSet,
     last_heard: Instant,
     /// `next_seq` of the stream's `Goodbye`, once heard.
     ending: Option<u64>,
-    /// Ranges given up with a `Reset`; at most 256 (the lowest forgotten
-    /// first).
+    /// When the stream may be retired after its `Goodbye` (once nothing
+    /// is missing): a heartbeat interval and a contradiction window after
+    /// it, so that a stream still alive (the `Goodbye` forged) shows it
+    /// first, by a heartbeat or an event.
+    finish_at: Option<Instant>,
+    /// Ranges given up with a `Reset`; at most 256 (over-approximated
+    /// past it: a seq wrongly in it is at worst delivered twice).
     given_up: RangeSet,
+    /// The part of `given_up` given up while only a claim said it existed
+    /// (at or above `data_end` then): see the module docs.
+    doubtful: RangeSet,
+    /// One past the highest seq of any event received (the evidence).
+    data_end: u64,
+    /// `known_end` over the last contradiction window.
+    frontier: Frontier,
+    /// The last runs delivered, by first seq (see [`RECENT_RUNS`]).
+    recent: VecDeque<(u64, Events)>,
+    /// The lowest seq of an event heard below `base` after the join, if
+    /// any: where to follow the stream from should `base` prove false.
+    below_base: Option<u64>,
     /// False while only datagrams that do not tell the stream's position
     /// (`Nak`, `Repair`, `Unavailable`) were heard from it.
     placed: bool,
@@ -106,6 +164,74 @@ pub struct StreamReceiver {
     /// When this node last had proof that it held everything the stream
     /// had sent (no gap, at a position learned then).
     proven_at: Instant,
+}
+
+/// A stream's known end over the last contradiction window: a few marks at
+/// least a quarter window apart and the latest value, each with when it
+/// was reached, so that a claim can be compared with what was known a
+/// window ago. Values only grow, except when a rewind clamps them all.
+#[derive(Debug, Clone)]
+struct Frontier {
+    /// Oldest first.
+    marks: [(u64, Instant); 5],
+    latest: (u64, Instant),
+}
+
+impl Frontier {
+    fn new(end: u64, now: Instant) -> Self {
+        Frontier {
+            marks: [(end, now); 5],
+            latest: (end, now),
+        }
+    }
+
+    /// The known end became `end` at `now`.
+    #[inline]
+    fn advance(&mut self, end: u64, now: Instant, window: Duration) {
+        let newest = self.marks[4].1;
+        if self.latest.1.saturating_duration_since(newest) >= window / 4 {
+            self.marks.rotate_left(1);
+            self.marks[4] = self.latest;
+        }
+        self.latest = (end, now);
+    }
+
+    /// The known end as of `window` before `now` (a lower bound of it).
+    fn settled(&self, now: Instant, window: Duration) -> u64 {
+        let Some(then) = now.checked_sub(window) else {
+            return self.marks[0].0;
+        };
+        if self.latest.1 <= then {
+            return self.latest.0;
+        }
+        self.marks
+            .iter()
+            .rev()
+            .find(|(_, t)| *t <= then)
+            .map_or(0, |(v, _)| *v)
+    }
+
+    /// The highest known end recorded that is at most `end`: where the
+    /// stream was before the known end went past `end` (`None` if that was
+    /// before every mark).
+    fn before(&self, end: u64) -> Option<u64> {
+        (self.marks.iter().chain(std::iter::once(&self.latest)))
+            .map(|(v, _)| *v)
+            .filter(|v| *v <= end)
+            .max()
+            .filter(|_| self.marks[0].0 <= end)
+    }
+
+    /// A rewind: nothing at or above `end` is known any more.
+    fn clamp(&mut self, end: u64) {
+        for m in self
+            .marks
+            .iter_mut()
+            .chain(std::iter::once(&mut self.latest))
+        {
+            m.0 = m.0.min(end);
+        }
+    }
 }
 
 impl StreamReceiver {
@@ -122,7 +248,13 @@ impl StreamReceiver {
             gaps: GapSet::new(),
             last_heard: now,
             ending: None,
+            finish_at: None,
             given_up: RangeSet::new(256),
+            doubtful: RangeSet::new(MAX_DOUBTFUL),
+            data_end: base,
+            frontier: Frontier::new(base, now),
+            recent: VecDeque::new(),
+            below_base: None,
             placed: start.is_some(),
             reset_end: 0,
             position_at: now,
@@ -130,10 +262,54 @@ impl StreamReceiver {
         }
     }
 
-    /// Gives up `start..end` (a `Reset` covers it).
-    fn give_up(&mut self, start: u64, end: u64) {
+    /// Sets the known end (it grows) and records it for contradictions.
+    #[inline]
+    fn set_end(&mut self, end: u64, now: Instant, cfg: &CoreConfig) {
+        self.known_end = end;
+        self.frontier.advance(end, now, cfg.contradiction());
+    }
+
+    /// Gives up `start..end` (a `Reset` covers it). Unless `checked`, the
+    /// part no event has shown yet is doubtful (see the module docs).
+    fn give_up(&mut self, start: u64, end: u64, checked: bool) {
         self.given_up.insert(start, end);
         self.reset_end = self.reset_end.max(end);
+        if !checked && end > self.data_end {
+            self.doubtful.insert(start.max(self.data_end), end);
+        }
+    }
+
+    /// Everything below this was delivered, or given up with a `Reset`
+    /// that covers it: the lowest doubtful give-up or missing seq.
+    pub fn trusted_end(&self) -> u64 {
+        let next = self.next_expected();
+        self.doubtful
+            .iter()
+            .next()
+            .map_or(next, |(s, _)| s.min(next))
+    }
+
+    /// The lowest seq given up with a `Reset`, if any.
+    pub fn given_low(&self) -> Option<u64> {
+        self.given_up.iter().next().map(|(s, _)| s)
+    }
+
+    /// The seq the stream said `Goodbye` at, if it did.
+    pub fn ending(&self) -> Option<u64> {
+        self.ending
+    }
+
+    /// Ends the stream at `next_seq` (a `Goodbye` heard before, kept when
+    /// the stream is followed again).
+    pub fn set_ending(&mut self, now: Instant, next_seq: u64, cfg: &CoreConfig) {
+        self.ending = Some(next_seq);
+        self.finish_at = Some(now + cfg.heartbeat_idle + cfg.contradiction());
+    }
+
+    /// The stream goes on past its `Goodbye`: that was forged.
+    fn not_ending(&mut self) {
+        self.ending = None;
+        self.finish_at = None;
     }
 
     /// One past the highest seq given up with a `Reset` (0: none).
@@ -169,16 +345,37 @@ impl StreamReceiver {
 
     /// The stream's position `pos` is now known. During the joiner's sync
     /// window, a stream not placed yet starts there (nothing before the join
-    /// matters); afterwards it stays followed from seq 1.
-    pub fn place(&mut self, pos: u64, in_sync: bool) {
+    /// matters); afterwards it stays followed from seq 1. `claim`: the
+    /// stream's own claim of its position (not an event): during the sync
+    /// window, a claim lower than where the stream was placed moves its
+    /// start down while no event has arrived (the first claim may have been
+    /// forged; the lowest of them is safe).
+    pub fn place(&mut self, now: Instant, pos: u64, in_sync: bool, claim: bool) {
         if self.placed {
+            if claim
+                && in_sync
+                && pos < self.base
+                && self.data_end <= self.base
+                && self.given_up.is_empty()
+            {
+                self.start_at(now, pos);
+            }
             return;
         }
         self.placed = true;
         if in_sync && self.gaps.is_empty() && self.known_end == self.base {
-            self.base = pos;
-            self.known_end = pos;
+            self.start_at(now, pos);
         }
+    }
+
+    /// Follows the stream from `pos`, knowing nothing of it yet.
+    fn start_at(&mut self, now: Instant, pos: u64) {
+        self.base = pos;
+        self.known_end = pos;
+        self.data_end = pos;
+        self.gaps = GapSet::new();
+        self.doubtful = RangeSet::new(MAX_DOUBTFUL);
+        self.frontier = Frontier::new(pos, now);
     }
 
     /// The stream id.
@@ -223,32 +420,43 @@ impl StreamReceiver {
         }
     }
 
-    /// Events `first_seq..` arrived.
+    /// Events `first_seq..` arrived. `after_sync`: this node's join has
+    /// returned (events below the stream's start matter from then on).
     pub fn on_events(
         &mut self,
         now: Instant,
         first_seq: u64,
         events: Events,
         how: Arrival,
+        after_sync: bool,
         sink: &mut Sink<'_>,
     ) {
+        let n = events.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let top = first_seq + n;
         if how == Arrival::Repair {
             sink.stats.repairs_received += 1;
-            let end = first_seq + events.len() as u64;
             // Someone is repairing this stretch: what is still missing right
             // after it is likely on its way too (suppression).
-            self.postpone(now, first_seq, end, sink);
+            self.postpone(now, first_seq, top, sink);
         }
-        if how == Arrival::Data && first_seq >= self.known_end && first_seq >= self.base {
+        if how == Arrival::Data
+            && first_seq >= self.known_end
+            && first_seq >= self.base
+            && self.doubtful.is_empty()
+        {
             // The common case: new events past everything known. The run
             // is delivered whole (after opening a gap for what it skipped).
             if first_seq > self.known_end {
-                self.open_gap(now, self.known_end, first_seq, sink);
+                self.open_gap(now, self.known_end, first_seq, false, sink);
             }
-            let n = events.len() as u64;
-            self.known_end = first_seq + n;
+            self.set_end(top, now, sink.cfg);
+            self.data_end = top;
             self.learned_position(now);
             sink.stats.events_delivered += n;
+            self.remember(first_seq, &events);
             sink.deliveries.push_back(Output::Run {
                 stream: self.stream,
                 first_seq,
@@ -257,24 +465,36 @@ impl StreamReceiver {
             });
             return;
         }
+        if how == Arrival::Data && after_sync && first_seq < self.base {
+            // Fresh events below where this node started following the
+            // stream, after its join: that start came from a false claim.
+            let low = self.below_base.map_or(first_seq, |b| b.min(first_seq));
+            self.lower_base(now, low, sink);
+        }
+        if top > self.base && !self.doubtful.is_empty() {
+            self.on_evidence(now, top, sink);
+        }
+        if self.ending.is_some_and(|g| top > g) {
+            sink.stats.position_contradicted += 1;
+            self.not_ending();
+        }
+        let mut delivered = false;
+        let mut conflict = None;
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
+                if after_sync {
+                    self.below_base = Some(self.below_base.map_or(seq, |b| b.min(seq)));
+                }
                 continue;
             }
             if seq >= self.known_end {
                 // (A repair asked for by a receiver that knew more than we
                 // did also tells us the stream's position.)
                 if seq > self.known_end {
-                    self.open_gap(now, self.known_end, seq, sink);
+                    self.open_gap(now, self.known_end, seq, false, sink);
                 }
-                self.known_end = seq + 1;
-            } else if self.given_up.take(seq) {
-                // Given up (a Reset covered it) but here after all: deliver
-                // it anyway, which is harmless, rather than drop it as a
-                // duplicate, which would be wrong if the range was bogus
-                // (e.g. a far-future seq that made a huge gap).
-                sink.stats.late_after_reset += 1;
+                self.set_end(seq + 1, now, sink.cfg);
             } else if let Some(gap) = self.gaps.fill(seq) {
                 match how {
                     Arrival::Repair => {
@@ -283,10 +503,23 @@ impl StreamReceiver {
                     }
                     Arrival::Data => sink.stats.reordered += 1,
                 }
+            } else if self.given_up.take(seq) {
+                // Given up (a Reset covered it) but here after all: deliver
+                // it anyway, which is harmless, rather than drop it as a
+                // duplicate, which would be wrong if the range was bogus
+                // (e.g. a far-future seq that made a huge gap).
+                self.doubtful.take(seq);
+                sink.stats.late_after_reset += 1;
+            } else if self.conflicts(seq, &event) {
+                // Delivered before with other content: one of the two was
+                // forged (or corrupt). Delivering both is harmless.
+                sink.stats.events_conflicting += 1;
+                conflict = Some(seq);
             } else {
                 sink.stats.duplicates += 1;
                 continue;
             }
+            delivered = true;
             sink.stats.events_delivered += 1;
             sink.deliveries.push_back(Output::One(Delivery::Event {
                 stream: self.stream,
@@ -295,15 +528,229 @@ impl StreamReceiver {
                 event,
             }));
         }
+        if top > self.base {
+            self.data_end = self.data_end.max(top);
+        }
+        if delivered {
+            self.remember(first_seq, &events);
+        }
+        if let Some(seq) = conflict {
+            self.forged_below(now, seq, sink);
+        }
         if how == Arrival::Data {
             self.position_at = now;
         }
         self.update_proof();
     }
 
-    /// The stream announced that everything below `next_seq` was sent
-    /// (heartbeat or `Goodbye`) and, for a heartbeat, that it still holds
-    /// everything from `oldest` on.
+    /// The stream is being forged (an event conflicts with one delivered,
+    /// or the stream contradicts its known position at `end`): what was
+    /// given up below `end` since the position went past it may have been
+    /// given up on the forger's word, before its events were published, so
+    /// it is asked for again (once).
+    fn forged_below(&mut self, now: Instant, end: u64, sink: &mut Sink<'_>) {
+        let low = self.frontier.before(end).unwrap_or(self.base);
+        let given: Vec<SeqRange> = (self.given_up.iter())
+            .filter(|(s, e)| *s < end && *e > low)
+            .map(|(s, e)| (s.max(low), e.min(end)))
+            .collect();
+        if given.is_empty() {
+            return;
+        }
+        sink.stats.position_contradicted += 1;
+        for (s, e) in given {
+            self.reopen(now, s, e, true, sink);
+        }
+    }
+
+    /// Keeps `events` among the runs delivered lately.
+    #[inline]
+    fn remember(&mut self, first_seq: u64, events: &Events) {
+        if self.recent.len() >= RECENT_RUNS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((first_seq, events.clone()));
+    }
+
+    /// True if the event last delivered at `seq` (among the runs kept) is
+    /// not `event`.
+    fn conflicts(&self, seq: u64, event: &EncodedEvent) -> bool {
+        for (first, run) in self.recent.iter().rev() {
+            if seq >= *first && seq - first < run.len() as u64 {
+                return run
+                    .iter()
+                    .nth((seq - first) as usize)
+                    .is_some_and(|e| e.as_bytes() != event.as_bytes());
+            }
+        }
+        false
+    }
+
+    /// Events up to `top` arrived while doubtful give-ups are held: those
+    /// below `top` may have been of events published after their `Reset`,
+    /// so they are asked for again; one that runs from inside the events to
+    /// the known end was only a claim, now shown false: it is forgotten.
+    fn on_evidence(&mut self, now: Instant, top: u64, sink: &mut Sink<'_>) {
+        if self
+            .doubtful
+            .range_of(top - 1)
+            .is_some_and(|(_, end)| end >= self.known_end)
+        {
+            self.forget_above(top);
+        }
+        let below = self.doubtful.remove_range(0, top);
+        if below.is_empty() {
+            return;
+        }
+        sink.stats.position_contradicted += 1;
+        tracing::debug!(
+            stream = format_args!("{:016x}", self.stream),
+            top,
+            "events past a doubtful give-up: asked for again"
+        );
+        for (s, e) in below {
+            self.reopen(now, s, e, false, sink);
+        }
+    }
+
+    /// Forgets everything at or above `end`: what was only claimed there
+    /// (gaps, give-ups, a `Goodbye` beyond it) and what was delivered there
+    /// (a duplicate of it may be delivered again).
+    fn forget_above(&mut self, end: u64) {
+        if end >= self.known_end {
+            return;
+        }
+        self.gaps.remove_range(end, self.known_end);
+        self.given_up.remove_range(end, u64::MAX);
+        self.doubtful.remove_range(end, u64::MAX);
+        self.known_end = end;
+        self.data_end = self.data_end.min(end);
+        self.frontier.clamp(end);
+        if self.ending.is_some_and(|g| g > end) {
+            self.not_ending();
+        }
+    }
+
+    /// Opens `start..end` again as missing (but what is already missing):
+    /// it leaves the give-ups.
+    fn reopen(&mut self, now: Instant, start: u64, end: u64, checked: bool, sink: &mut Sink<'_>) {
+        self.given_up.remove_range(start, end);
+        self.doubtful.remove_range(start, end);
+        let (start, end) = (start.max(self.base), end.min(self.known_end));
+        if start >= end {
+            return;
+        }
+        let missing: Vec<SeqRange> = (self.gaps.overlapping(start, end))
+            .map(|(s, g)| (s, g.end))
+            .collect();
+        let mut at = start;
+        for (s, e) in missing {
+            if at < s {
+                self.open_gap(now, at, s, checked, sink);
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            self.open_gap(now, at, end, checked, sink);
+        }
+    }
+
+    /// Follows the stream from `low`, below its start: everything from
+    /// there to the old start is missing.
+    fn lower_base(&mut self, now: Instant, low: u64, sink: &mut Sink<'_>) {
+        if low >= self.base {
+            return;
+        }
+        sink.stats.position_contradicted += 1;
+        tracing::debug!(
+            stream = format_args!("{:016x}", self.stream),
+            from = self.base,
+            to = low,
+            "events below the stream's start after the join: followed from them"
+        );
+        let old = self.base;
+        self.base = low;
+        self.below_base = None;
+        self.open_gap(now, low, old, true, sink);
+    }
+
+    /// The stream itself claimed that everything below `next_seq` was sent
+    /// (heartbeat, `Goodbye`, `AckRequest`) and, for a heartbeat, that it
+    /// still holds everything from `oldest` on. A claim below what has been
+    /// known for the contradiction window contradicts it (rewind); one above
+    /// doubtful give-ups asks for them once more.
+    pub fn on_claim(
+        &mut self,
+        now: Instant,
+        next_seq: u64,
+        oldest: Option<u64>,
+        sink: &mut Sink<'_>,
+    ) {
+        if self.ending.is_some_and(|g| next_seq > g) {
+            // The stream claims more than its Goodbye did.
+            sink.stats.position_contradicted += 1;
+            self.not_ending();
+        }
+        if next_seq < self.known_end
+            && next_seq < self.frontier.settled(now, sink.cfg.contradiction())
+        {
+            self.contradicted(now, next_seq, sink);
+        } else if !self.doubtful.is_empty() {
+            // Below `oldest` the stream says it holds nothing: what it gave
+            // up there has left its ring, so was published (and given up)
+            // long ago: no doubt left. Above, asked for once more.
+            if let Some(oldest) = oldest {
+                self.doubtful.remove_range(0, oldest);
+            }
+            let below = self.doubtful.remove_range(0, next_seq);
+            if !below.is_empty() {
+                sink.stats.position_contradicted += 1;
+                for (s, e) in below {
+                    self.reopen(now, s, e, true, sink);
+                }
+            }
+        }
+        self.on_position(now, next_seq, oldest, sink);
+    }
+
+    /// The stream claims `next_seq`, below what this node has known of it
+    /// for longer than any reordering: what it knew above it came from a
+    /// false claim or event. It follows the stream from `next_seq` again
+    /// (from lower if its start was above it: from the lowest event heard
+    /// below the start since the join), and asks again for what it gave
+    /// up doubtfully below it.
+    fn contradicted(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
+        sink.stats.position_contradicted += 1;
+        tracing::debug!(
+            stream = format_args!("{:016x}", self.stream),
+            known_end = self.known_end,
+            next_seq,
+            "the stream contradicts its known position: followed from its claim"
+        );
+        let low =
+            (next_seq < self.base).then(|| self.below_base.map_or(next_seq, |b| b.min(next_seq)));
+        // Given up below the claim since the position went past it: maybe
+        // on the word of a forged event, before the real ones existed.
+        self.forged_below(now, next_seq, sink);
+        self.forget_above(next_seq);
+        if let Some(low) = low {
+            self.start_at(now, low);
+            self.below_base = None;
+            if low < next_seq {
+                self.open_gap(now, low, next_seq, true, sink);
+                self.set_end(next_seq, now, sink.cfg);
+            }
+        }
+        let below = self.doubtful.remove_range(0, next_seq);
+        for (s, e) in below {
+            self.reopen(now, s, e, true, sink);
+        }
+    }
+
+    /// Something announced that everything below `next_seq` was sent (the
+    /// stream itself, through [`StreamReceiver::on_claim`], or a member's
+    /// report) and, for a heartbeat, that the stream still holds everything
+    /// from `oldest` on.
     pub fn on_position(
         &mut self,
         now: Instant,
@@ -312,8 +759,8 @@ impl StreamReceiver {
         sink: &mut Sink<'_>,
     ) {
         if next_seq > self.known_end {
-            self.open_gap(now, self.known_end, next_seq, sink);
-            self.known_end = next_seq;
+            self.open_gap(now, self.known_end, next_seq, false, sink);
+            self.set_end(next_seq, now, sink.cfg);
         }
         if let Some(oldest) = oldest {
             if self.gaps.first().is_some_and(|(s, _)| s < oldest) {
@@ -323,18 +770,23 @@ impl StreamReceiver {
         self.update_proof();
     }
 
-    /// The stream said `Goodbye` at `next_seq`.
+    /// The stream said `Goodbye` at `next_seq`. It is retired once nothing
+    /// below is missing and the `Goodbye` has stood for a heartbeat
+    /// interval and a contradiction window ([`StreamReceiver::is_finished`]).
     pub fn on_goodbye(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
-        self.on_position(now, next_seq, None, sink);
-        self.ending = Some(next_seq);
+        self.on_claim(now, next_seq, None, sink);
+        if self.ending != Some(next_seq) || self.finish_at.is_none() {
+            self.set_ending(now, next_seq, sink.cfg);
+        }
     }
 
     /// The stream's sender no longer holds `ranges`: give up those gaps.
     pub fn unavailable(&mut self, ranges: &[SeqRange], sink: &mut Sink<'_>) {
         let mut lost: Option<SeqRange> = None;
         for &(start, end) in ranges {
-            for (s, e) in self.gaps.remove_range(start, end) {
-                self.give_up(s, e);
+            for (s, g) in self.gaps.remove_range(start, end) {
+                let e = g.end;
+                self.give_up(s, e, g.checked);
                 lost = Some(lost.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
             }
         }
@@ -372,12 +824,15 @@ impl StreamReceiver {
         }
     }
 
-    /// True once the stream said `Goodbye` and nothing below its end is missing.
-    pub fn is_finished(&self) -> bool {
-        self.ending.is_some() && self.gaps.is_empty()
+    /// True once the stream said `Goodbye`, nothing below its end is
+    /// missing, and the `Goodbye` has stood long enough (see
+    /// [`StreamReceiver::on_goodbye`]).
+    pub fn is_finished(&self, now: Instant) -> bool {
+        self.ending.is_some() && self.gaps.is_empty() && self.finish_at.is_some_and(|t| t <= now)
     }
 
-    fn open_gap(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
+    /// Opens the gap `start..end` (`checked`: see [`Gap::checked`]).
+    fn open_gap(&mut self, now: Instant, start: u64, end: u64, checked: bool, sink: &mut Sink<'_>) {
         sink.stats.gaps_opened += 1;
         tracing::trace!(
             stream = format_args!("{:016x}", self.stream),
@@ -393,13 +848,14 @@ impl StreamReceiver {
                 opened: now,
                 due,
                 tries: 0,
+                checked,
             },
         );
         // Bounded memory: past `max_gaps` the oldest gaps are given up.
         while self.gaps.len() > sink.cfg.max_gaps {
             if let Some((s, g)) = self.gaps.first() {
                 self.gaps.remove(s);
-                self.give_up(s, g.end);
+                self.give_up(s, g.end, g.checked);
                 sink.reset(ResetReason::TooManyGaps {
                     stream: self.stream,
                     missing: (s, g.end),
@@ -412,9 +868,9 @@ impl StreamReceiver {
     /// covers them (everything missing was sent before it).
     pub fn cover_gaps(&mut self, sink: &mut Sink<'_>) {
         sink.stats.gaps_covered_by_reset += self.gaps.len() as u64;
-        let gaps: Vec<(u64, u64)> = self.gaps.iter().map(|(s, g)| (s, g.end)).collect();
-        for (s, e) in gaps {
-            self.give_up(s, e);
+        let gaps: Vec<(u64, Gap)> = self.gaps.iter().collect();
+        for (s, g) in gaps {
+            self.give_up(s, g.end, g.checked);
         }
         self.gaps = GapSet::new();
         self.update_proof();
@@ -422,7 +878,10 @@ impl StreamReceiver {
 
     /// When [`StreamReceiver::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.gaps.next_due()
+        match self.finish_at {
+            Some(t) if self.ending.is_some() && self.gaps.is_empty() => Some(t),
+            _ => self.gaps.next_due(),
+        }
     }
 
     /// Acts on due gaps: a `Nak` for those that may still be repaired, one
@@ -439,11 +898,11 @@ impl StreamReceiver {
         for (s, g) in due {
             if now.saturating_duration_since(g.opened) >= cfg.max_gap_age {
                 self.gaps.remove(s);
-                self.give_up(s, g.end);
+                self.give_up(s, g.end, g.checked);
                 too_old = Some(too_old.map_or((s, g.end), |(a, _)| (a, g.end)));
             } else if g.tries >= cfg.max_nak_tries {
                 self.gaps.remove(s);
-                self.give_up(s, g.end);
+                self.give_up(s, g.end, g.checked);
                 exhausted = Some(exhausted.map_or(((s, g.end), g.tries), |((a, _), t)| {
                     ((a, g.end), t.max(g.tries))
                 }));

@@ -83,6 +83,17 @@ pub struct Stats {
     /// Gaps dropped because a `Reset` was delivered after them (a Reset
     /// covers everything sent before it, so they need no repair).
     pub gaps_covered_by_reset: u64,
+    /// Times a stream's position as this node knew it proved false (a
+    /// forged or bogus claim): events or the stream's own claim contradicted
+    /// it, and the node followed the stream again from the truth, asking
+    /// again for what it had given up on the claim's word.
+    pub position_contradicted: u64,
+    /// Events delivered although an event of that seq was delivered before,
+    /// because their content differs (one of the two was forged).
+    pub events_conflicting: u64,
+    /// Streams that said `Goodbye` and were followed again because their
+    /// events or heartbeats went on past it (the `Goodbye` was forged).
+    pub streams_reopened: u64,
     /// Time from noticing a gap to the repair that filled it.
     pub repair_time: Histogram,
     /// Received datagrams whose trailer verified.

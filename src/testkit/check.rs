@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{Life, NodeId, Published, Record};
 use crate::proto::{ConfirmReport, Delivery, MemberRef, ResetReason};
-use crate::wire::Event;
+use crate::wire::{EncodedEvent, Event};
 
 /// What the checker counted when the promise held.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,6 +26,11 @@ pub struct CheckReport {
     /// because no protocol could know of the event (exception 3 of
     /// [`Record::check`]).
     pub excused: u64,
+    /// (life, event) pairs neither delivered nor covered because a forged
+    /// event took the event's seq at a life that never received the real
+    /// one (exception 4 of [`Record::check`]: no protocol without keys can
+    /// tell them apart).
+    pub forged_in_place: u64,
     /// Confirmation reports checked (every life's, ended lives' included).
     pub confirmations: u64,
     /// (member, event) pairs those reports claimed (confirmed or covered
@@ -186,6 +191,19 @@ impl Record {
     ///      that is still running is never excused: its heartbeats reach L
     ///      once faults heal. Pairs excused so, neither delivered nor
     ///      covered, are counted in [`CheckReport::excused`].
+    ///   4. with forgery ([`Record::forgery`]: datagrams were forged, with
+    ///      no keys to tell them apart): L delivered an event at E's stream
+    ///      and seq whose content is not E's (a forged one took E's seq),
+    ///      and no datagram carrying E itself ever reached L
+    ///      ([`Life::received`]: it was lost on the way, or not sent yet and
+    ///      then lost). A receiver that gets one event for a seq cannot tell
+    ///      who sent it, so nothing tells it that the real one is missing;
+    ///      with keys the forged one is never accepted. Counted in
+    ///      [`CheckReport::forged_in_place`].
+    ///
+    /// - **Forgery.** With [`Record::forgery`], an event counts as
+    ///   delivered only if its content is E's; events nobody published
+    ///   (forged) may be delivered, and are not errors.
     ///
     /// - **No false confirmation.** For every confirmation report of every
     ///   life (ended lives' too: a report is a claim made when it came),
@@ -210,6 +228,13 @@ impl Record {
         for life in self.lives.iter().filter(|l| l.ended().is_none()) {
             report.lives += 1;
             let got: HashSet<(u64, u64)> = life.events().collect();
+            // With forgery: what was delivered at each (stream, seq).
+            let mut contents: HashMap<(u64, u64), Vec<&EncodedEvent>> = HashMap::new();
+            if self.forgery {
+                for (k, e) in life.delivered_events() {
+                    contents.entry(k).or_default().push(e);
+                }
+            }
             let last_reset = life.resets().map(|(t, _)| t).max();
             let gave_up: HashMap<u64, Instant> = life
                 .resets()
@@ -228,7 +253,15 @@ impl Record {
                 if (own && !life.deliver_own) || p.at < life.synced {
                     continue;
                 }
-                if got.contains(&(p.stream, p.seq)) {
+                let key = (p.stream, p.seq);
+                let delivered = if self.forgery {
+                    contents
+                        .get(&key)
+                        .is_some_and(|v| v.iter().any(|e| **e == p.event))
+                } else {
+                    got.contains(&key)
+                };
+                if delivered {
                     report.expected += 1;
                     report.delivered += 1;
                     continue;
@@ -236,6 +269,10 @@ impl Record {
                 if last_reset.is_some_and(|r| r >= p.at) {
                     report.expected += 1;
                     report.covered_by_reset += 1;
+                    continue;
+                }
+                if self.forgery && contents.contains_key(&key) && !life.received.contains(&key) {
+                    report.forged_in_place += 1;
                     continue;
                 }
                 let unknowable = ended.get(&p.stream).copied().unwrap_or(false)

@@ -201,6 +201,16 @@ impl fmt::Debug for DropIf {
     }
 }
 
+/// The seqs of a `Data` or `Repair` datagram's events.
+pub(crate) fn event_seqs(d: &Datagram) -> Option<std::ops::Range<u64>> {
+    match &d.body {
+        Body::Data { first_seq, events } | Body::Repair { first_seq, events } => {
+            Some(*first_seq..*first_seq + events.len() as u64)
+        }
+        _ => None,
+    }
+}
+
 /// A `Data` datagram's seqs, for predicates.
 pub fn data_seqs(d: &Datagram) -> Option<std::ops::Range<u64>> {
     match &d.body {

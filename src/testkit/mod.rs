@@ -71,6 +71,7 @@
 //! }
 //! ```
 
+mod adversary;
 mod check;
 mod faults;
 mod harness;

@@ -2,11 +2,11 @@
 //! it delivered) and every event published. The simulator and the
 //! loopback cluster write the same record; [`Record::check`] judges it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::proto::Delivery;
-use crate::wire::Event;
+use crate::wire::{EncodedEvent, Event};
 
 /// Index of a node in a [`Sim`](super::Sim) or a
 /// [`LoopbackCluster`](super::LoopbackCluster) (the same across its
@@ -33,6 +33,11 @@ pub struct Record {
     /// Every event published, in the order the publishers' protocols took
     /// them.
     pub published: Vec<Published>,
+    /// Forged datagrams were sent during the run (the simulator's
+    /// adversary, [`Sim::add_adversary`](super::Sim::add_adversary)): an
+    /// event delivered counts only if its content is the one published,
+    /// and [`Life::received`] is kept (see [`Record::check`], exception 4).
+    pub forgery: bool,
 }
 
 /// One life of a node: one process, from its join to its crash, its
@@ -76,6 +81,10 @@ pub struct Life {
     /// Every confirmation this life awaited, with when its outcome came
     /// (the checker verifies that no member is claimed falsely).
     pub confirmations: Vec<(Instant, crate::proto::ConfirmReport)>,
+    /// The (stream, seq) of every real event (not forged) that reached this
+    /// life in a `Data` or `Repair` datagram, whether or not it was
+    /// delivered. Kept only when [`Record::forgery`] is set.
+    pub received: HashSet<(u64, u64)>,
 }
 
 /// An event a node published.
@@ -100,6 +109,7 @@ impl Record {
             start,
             lives: Vec::new(),
             published: Vec::new(),
+            forgery: false,
         }
     }
 
@@ -126,6 +136,7 @@ impl Record {
             produced: HashMap::new(),
             deliver_own: false,
             confirmations: Vec::new(),
+            received: HashSet::new(),
         });
         self.lives.len() - 1
     }
@@ -156,10 +167,21 @@ impl Life {
         }
     }
 
-    /// The (stream, seq) of every event it delivered.
+    /// The (stream, seq) of every event it delivered (a forged one at the
+    /// seq of a real one too: see [`Life::delivered_events`]).
     pub fn events(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.deliveries.iter().filter_map(|(_, d)| match d {
             Delivery::Event { stream, seq, .. } => Some((*stream, *seq)),
+            Delivery::Reset { .. } => None,
+        })
+    }
+
+    /// Every event it delivered, with its (stream, seq).
+    pub fn delivered_events(&self) -> impl Iterator<Item = ((u64, u64), &EncodedEvent)> + '_ {
+        self.deliveries.iter().filter_map(|(_, d)| match d {
+            Delivery::Event {
+                stream, seq, event, ..
+            } => Some(((*stream, *seq), event)),
             Delivery::Reset { .. } => None,
         })
     }

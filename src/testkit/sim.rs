@@ -18,15 +18,19 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::adversary::{Adversary, Target};
 use super::check::{CheckReport, SilentLoss};
 use super::faults::{Fate, Faults};
 use super::record::{Life, NodeId, Published, Record};
 use super::traffic::Traffic;
 use crate::proto::{ConfirmReport, CoreConfig, NodeCore, ResetReason};
-use crate::wire::{self, Body, BodyTag, Event};
+use crate::wire::{self, Body, BodyTag, Event, Header};
 
 /// The port of every simulated node's address (see [`Sim::addr`]).
 pub const SIM_PORT: u16 = 7467;
+
+/// The sender of forged datagrams (no node of the run), as arrivals name it.
+const ADVERSARY: NodeId = NodeId::MAX;
 
 /// One simulated node.
 struct SimNode {
@@ -115,6 +119,11 @@ pub struct Sim {
     steps: u64,
     /// A run fails (panics) after this many steps in total.
     pub max_steps: u64,
+    /// The adversary, if any ([`Sim::add_adversary`]), and when it forges
+    /// next.
+    adversary: Option<(Adversary, Instant)>,
+    /// Forged datagrams sent (each to every node).
+    pub forged: u64,
 }
 
 impl Sim {
@@ -143,6 +152,8 @@ impl Sim {
             buf: Vec::with_capacity(2048),
             steps: 0,
             max_steps: 50_000_000,
+            adversary: None,
+            forged: 0,
         }
     }
 
@@ -314,6 +325,92 @@ impl Sim {
             delay: self.default_link.delay,
             ..Faults::default()
         };
+    }
+
+    /// Adds an adversary: from now on, on average every `interval`, it
+    /// multicasts a forged datagram of a random body kind for a random
+    /// running node's stream (now and then for a stream that does not
+    /// exist), at the stream's real position, a little or far ahead of it,
+    /// or in its past: what anyone can do to a cluster that runs without
+    /// keys. Its datagrams cross the default link's faults and each node's
+    /// own, like any other. The record is marked as forged
+    /// ([`Record::forgery`]), so the checker judges events by content.
+    pub fn add_adversary(&mut self, interval: Duration) {
+        let mut adversary = Adversary::new(self.rng.gen(), interval);
+        let at = self.now + adversary.next_in().max(Duration::from_micros(1));
+        self.adversary = Some((adversary, at));
+        self.record.forgery = true;
+    }
+
+    /// Stops the adversary (its datagrams in flight still arrive).
+    pub fn stop_adversary(&mut self) {
+        self.adversary = None;
+    }
+
+    /// Multicasts one forged datagram now: `body` under a header naming
+    /// stream `from` (of the run's cluster), from no node of the run, to
+    /// every node (across the default link's faults and each node's own).
+    /// Marks the record as forged ([`Record::forgery`]).
+    pub fn forge(&mut self, from: u64, body: &Body) {
+        self.record.forgery = true;
+        let cluster = self
+            .nodes
+            .first()
+            .map_or(CoreConfig::default().cluster, |n| n.config.cluster);
+        let mut buf = Vec::new();
+        wire::encode(&Header::new(cluster, from), body, &mut buf);
+        self.forged += 1;
+        let bytes: Rc<[u8]> = Rc::from(buf);
+        let decoded = wire::decode(&bytes, cluster).ok();
+        let tag = decoded.as_ref().map(|d| d.body.tag());
+        for to in 0..self.nodes.len() {
+            self.sent += 1;
+            let mut good = false;
+            let fate = self
+                .default_link
+                .fate(&mut good, &mut self.rng, decoded.as_ref());
+            let Fate::Arrives { after, again } = fate else {
+                self.lost += 1;
+                continue;
+            };
+            for on_link in [Some(after), again].into_iter().flatten() {
+                let node = &mut self.nodes[to];
+                if let Fate::Arrives { after, again } =
+                    node.faults
+                        .fate(&mut node.bad, &mut self.rng, decoded.as_ref())
+                {
+                    for at_node in [Some(after), again].into_iter().flatten() {
+                        let at = self.now + on_link + at_node;
+                        self.enqueue(at, (ADVERSARY, to), (from, tag), bytes.clone());
+                    }
+                } else {
+                    self.lost += 1;
+                }
+            }
+        }
+    }
+
+    /// The adversary's turn: one forged datagram, and when the next comes.
+    fn adversary_turn(&mut self) {
+        let targets: Vec<Target> = (self.nodes.iter())
+            .filter(|n| !n.config.receive_only)
+            .filter_map(|n| {
+                let core = n.core.as_ref()?;
+                Some(Target {
+                    stream: core.stream(),
+                    name: n.name.clone(),
+                    next_seq: core.next_seq(),
+                })
+            })
+            .collect();
+        let Some((adversary, at)) = self.adversary.as_mut() else {
+            return;
+        };
+        let forged = adversary.forge(&targets);
+        *at = self.now + adversary.next_in().max(Duration::from_micros(1));
+        if let Some((from, body)) = forged {
+            self.forge(from, &body);
+        }
     }
 
     /// Publishes `event` on node `id` and sends it. Returns its seq.
@@ -579,6 +676,10 @@ impl Sim {
     fn next_event(&self) -> Option<Instant> {
         let arrival = self.queue.peek().map(|Reverse(a)| a.at);
         let timer = self.timers.first().map(|(t, _)| *t);
+        let timer = match (timer, self.adversary.as_ref().map(|(_, at)| *at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (arrival, timer) {
             (Some(a), Some(t)) => Some(a.min(t)),
             (a, t) => a.or(t),
@@ -658,14 +759,36 @@ impl Sim {
     fn step_at(&mut self, t: Instant) -> bool {
         if self.queue.peek().is_some_and(|Reverse(a)| a.at <= t) {
             let Reverse(a) = self.queue.pop().expect("peeked");
-            let addr = self.addr(a.from);
+            let addr = if a.from == ADVERSARY {
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::new(10, 255, 255, 254),
+                    SIM_PORT,
+                ))
+            } else {
+                self.addr(a.from)
+            };
             let node = &mut self.nodes[a.to];
             if let Some(core) = node.core.as_mut() {
                 if let Some(tag) = a.tag.filter(|_| a.from != a.to) {
                     node.traffic.received[tag as usize].add(a.bytes.len());
                 }
                 core.handle_datagram_from(t, Some(addr), &a.bytes);
-                let heard = &mut self.record.lives[node.life].heard;
+                let life = &mut self.record.lives[node.life];
+                if self.record.forgery
+                    && a.from != ADVERSARY
+                    && matches!(a.tag, Some(BodyTag::Data | BodyTag::Repair))
+                {
+                    // What reached the node of the real events (exception 4
+                    // of the checker).
+                    if let Some(seqs) = wire::decode(&a.bytes, node.config.cluster)
+                        .ok()
+                        .as_ref()
+                        .and_then(super::faults::event_seqs)
+                    {
+                        life.received.extend(seqs.map(|q| (a.stream, q)));
+                    }
+                }
+                let heard = &mut life.heard;
                 match heard.get_mut(&a.stream) {
                     Some(at) => *at = t,
                     None => {
@@ -675,6 +798,9 @@ impl Sim {
                 self.pump(a.to);
             }
             return false;
+        }
+        if self.adversary.as_ref().is_some_and(|(_, at)| *at <= t) {
+            self.adversary_turn();
         }
         // Each due node once per step: one that stays due forever is caught
         // by the livelock check in `run_until`.

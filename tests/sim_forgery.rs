@@ -1,0 +1,428 @@
+//! Forged datagrams without keys (`auth = off`): anyone who can send to the
+//! group may forge any body for a real stream. It may cost `Reset`s and
+//! duplicate deliveries, never a silent loss: after a forged datagram,
+//! every real event published later is still delivered, or followed by a
+//! `Reset` produced after it was published. One test per body kind, each
+//! at the stream's real position, a little ahead, far ahead and in its
+//! past; the two attacks once measured on a LAN; and the chaos runs with
+//! an adversary forging all along. Every run is judged by the test kit's
+//! checker, which matches events by content when datagrams were forged.
+
+use std::collections::HashSet;
+
+use cachecast::testkit::{data_seqs, Faults, Sim};
+use cachecast::wire::{Body, Event, Events, Position};
+use cachecast::Delivery;
+
+mod common;
+use common::sim::*;
+
+/// Where a forged datagram puts the stream.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// The stream's real next seq.
+    Real,
+    /// A little ahead of it (seqs the stream will use soon).
+    Ahead,
+    /// Far ahead (seqs it will not use for years).
+    Far,
+    /// In its past.
+    Past,
+}
+
+const ALL: [At; 4] = [At::Real, At::Ahead, At::Far, At::Past];
+
+impl At {
+    fn of(self, real: u64) -> u64 {
+        match self {
+            At::Real => real,
+            At::Ahead => real + 3,
+            At::Far => real + (1 << 40),
+            At::Past => (real / 2).max(1),
+        }
+    }
+}
+
+fn forged_events(n: usize) -> Events {
+    let events: Vec<Event> = (0..n)
+        .map(|i| Event::Invalidate {
+            keys: vec![format!("forged-{i}")],
+        })
+        .collect();
+    Events::new(&events).unwrap()
+}
+
+/// A body of `kind` forged for stream `s` (of node `n0`) at `pos`.
+fn forged(kind: &str, s: u64, pos: u64) -> Body {
+    match kind {
+        // "I hold nothing below it any more" too: what is missing below is
+        // given up at once.
+        "heartbeat" => Body::Heartbeat {
+            next_seq: pos,
+            oldest: pos,
+            node: "n0".into(),
+        },
+        "goodbye" => Body::Goodbye { next_seq: pos },
+        "unavailable" => Body::Unavailable {
+            stream: s,
+            ranges: vec![(pos.saturating_sub(20).max(1), pos + 1000)],
+        },
+        "ack_request" => Body::AckRequest {
+            next_seq: pos,
+            members: Vec::new(),
+        },
+        "nak" => Body::Nak {
+            stream: s,
+            ranges: vec![(pos, pos + 50)],
+        },
+        "hello" => Body::Hello { node: "n0".into() },
+        "data" => Body::Data {
+            first_seq: pos,
+            events: forged_events(3),
+        },
+        "repair" => Body::Repair {
+            first_seq: pos,
+            events: forged_events(3),
+        },
+        other => panic!("unknown kind {other}"),
+    }
+}
+
+struct Run {
+    sim: Sim,
+    /// Seqs of node 0's events published after the forgery.
+    after: Vec<u64>,
+}
+
+/// Four nodes; node 0 publishes an event every 2 ms, before and after one
+/// forged datagram (`from` names the header's stream: node 0's, or the
+/// forger's own for a report or a Nak), for 4 s. Node 1 loses some of the
+/// events published after the forgery (every 37th `Data` from node 0, and
+/// every `Data` of a stretch a second and a half later, when a receiver
+/// fooled by a far-future position would have given that stretch up): a
+/// receiver left blind by the forgery would lose them silently.
+fn scenario(seed: u64, make: impl FnOnce(&Sim) -> (u64, Body)) -> Run {
+    let mut sim = cluster(seed, 4);
+    let s0 = stream_of(&sim, 0);
+    for i in 0..50 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    let (from, body) = make(&sim);
+    sim.forge(from, &body);
+    let first_after = sim.core(0).unwrap().next_seq();
+    let blind_from = first_after + 1200;
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| {
+            d.header.stream == s0
+                && data_seqs(d).is_some_and(|q| {
+                    q.start % 37 == 0 || (blind_from..blind_from + 30).contains(&q.start)
+                })
+        }),
+    );
+    for i in 50..2050 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.heal_all();
+    sim.run_for(secs(15));
+    let after = (first_after..sim.core(0).unwrap().next_seq()).collect();
+    Run { sim, after }
+}
+
+impl Run {
+    /// The promise, by the checker; and, since nothing forged here can
+    /// stand in for a real event at a node that lost it, every real event
+    /// published after the forgery delivered at every receiver, or a Reset
+    /// produced after it.
+    fn holds(&self, what: &str) {
+        if let Err(v) = self.sim.check() {
+            panic!("{what}: {v}");
+        }
+        let s0 = stream_of(&self.sim, 0);
+        let published: Vec<_> = (self.sim.published().iter())
+            .filter(|p| p.stream == s0 && self.after.contains(&p.seq))
+            .collect();
+        for r in 1..4 {
+            let life = self.sim.life(r);
+            let got: HashSet<u64> = (life.delivered_events())
+                .filter(|((s, q), e)| {
+                    *s == s0 && published.iter().any(|p| p.seq == *q && **e == p.event)
+                })
+                .map(|((_, q), _)| q)
+                .collect();
+            let last_reset = life.resets().map(|(t, _)| t).max();
+            for p in &published {
+                assert!(
+                    got.contains(&p.seq) || last_reset.is_some_and(|t| t >= p.at),
+                    "{what}: node {r} lost seq {} silently (resets {:?})",
+                    p.seq,
+                    self.sim.resets(r)
+                );
+            }
+        }
+    }
+
+    fn resets(&self) -> usize {
+        (1..4).map(|r| self.sim.resets(r).len()).sum()
+    }
+
+    fn stat(&self, f: impl Fn(&cachecast::Stats) -> u64) -> u64 {
+        (1..4).map(|r| f(self.sim.core(r).unwrap().stats())).sum()
+    }
+}
+
+/// Each position of `kind`, forged in node 0's name.
+fn every_position(kind: &str) {
+    for (i, at) in ALL.into_iter().enumerate() {
+        let run = scenario(100 + i as u64, |sim| {
+            let s0 = stream_of(sim, 0);
+            let real = sim.core(0).unwrap().next_seq();
+            (s0, forged(kind, s0, at.of(real)))
+        });
+        run.holds(&format!("forged {kind} at {at:?}"));
+    }
+}
+
+#[test]
+fn a_forged_heartbeat_loses_nothing_silently() {
+    every_position("heartbeat");
+}
+
+#[test]
+fn a_forged_goodbye_loses_nothing_silently() {
+    every_position("goodbye");
+}
+
+#[test]
+fn a_forged_unavailable_loses_nothing_silently() {
+    every_position("unavailable");
+}
+
+#[test]
+fn a_forged_ack_request_loses_nothing_silently() {
+    every_position("ack_request");
+}
+
+#[test]
+fn a_forged_nak_loses_nothing_silently() {
+    every_position("nak");
+}
+
+#[test]
+fn a_forged_hello_loses_nothing_silently() {
+    every_position("hello");
+}
+
+#[test]
+fn a_forged_report_loses_nothing_silently() {
+    // In the name of node 2, about node 0's stream.
+    for (i, at) in ALL.into_iter().enumerate() {
+        let run = scenario(200 + i as u64, |sim| {
+            let s0 = stream_of(sim, 0);
+            let real = sim.core(0).unwrap().next_seq();
+            let delivered = at.of(real);
+            let body = Body::Report {
+                node: "n2".into(),
+                positions: vec![Position {
+                    stream: s0,
+                    delivered,
+                    reset_end: delivered,
+                    idle_ms: 0,
+                }],
+                keys: Vec::new(),
+            };
+            (stream_of(sim, 2), body)
+        });
+        run.holds(&format!("forged report at {at:?}"));
+    }
+}
+
+/// Forged events take a seq; the real event of that seq, arriving after,
+/// is still delivered (its content differs), and nothing after it is lost.
+#[test]
+fn forged_data_and_repairs_lose_nothing_silently() {
+    for kind in ["data", "repair"] {
+        every_position(kind);
+    }
+}
+
+/// The attack measured on a LAN: one forged `Goodbye` at a live stream's
+/// real position made every listener retire the stream and drop the rest of
+/// it as `ended_stream` (14,979 of 20,000 keys lost, zero Resets). Now the
+/// stream's next event shows the `Goodbye` false before it is retired:
+/// every listener goes on following it, and loses nothing, without a Reset.
+#[test]
+fn a_forged_goodbye_at_the_real_position_is_undone_by_the_next_event() {
+    let run = scenario(7, |sim| {
+        let s0 = stream_of(sim, 0);
+        let real = sim.core(0).unwrap().next_seq();
+        (s0, Body::Goodbye { next_seq: real })
+    });
+    run.holds("forged Goodbye at the real position");
+    assert_eq!(run.resets(), 0, "{:?}", run.sim.resets(1));
+    assert!(run.stat(|s| s.position_contradicted) >= 3);
+    assert_eq!(
+        run.stat(|s| s.dropped.get("ended_stream").copied().unwrap_or(0)),
+        0
+    );
+    members_see_node_0_live(&run.sim);
+}
+
+/// The member is live again in every listener's view.
+fn members_see_node_0_live(sim: &Sim) {
+    let s0 = stream_of(sim, 0);
+    for r in 1..sim.len() {
+        let view = sim.core(r).unwrap().members(sim.now());
+        let m = view.iter().find(|m| m.stream == s0).unwrap();
+        assert_eq!(m.state, cachecast::Liveness::Live, "node {r}: {m:?}");
+    }
+}
+
+/// The same `Goodbye`, forged while the stream is idle, and its idle
+/// heartbeats lost for a while: nothing contradicts it, and every listener
+/// retires the stream. Its next heartbeat shows the `Goodbye` false (a
+/// stream that said Goodbye sends none): the stream is followed again from
+/// where it was, and what node 1 loses afterwards is repaired.
+#[test]
+fn a_forged_goodbye_to_an_idle_stream_is_undone_by_its_next_heartbeat() {
+    let mut sim = cluster(10, 4);
+    let s0 = stream_of(&sim, 0);
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.run_for(ms(500));
+    let real = sim.core(0).unwrap().next_seq();
+    sim.forge(s0, &Body::Goodbye { next_seq: real });
+    sim.run_for(ms(5));
+    for r in 1..4 {
+        sim.set_faults(r, Faults::dropping(move |d| d.header.stream == s0));
+    }
+    sim.run_for(secs(2));
+    for r in 1..4 {
+        let core = sim.core(r).unwrap();
+        assert!(core.stream_state(s0).is_none(), "node {r} retired it");
+        assert_eq!(core.stats().streams_ended, 1);
+        sim.clear_faults(r);
+    }
+    sim.run_for(secs(2));
+    for r in 1..4 {
+        let st = sim.core(r).unwrap().stats();
+        assert_eq!(
+            st.streams_reopened, 1,
+            "node {r}: its heartbeat reopened it"
+        );
+        assert!(sim.core(r).unwrap().stream_state(s0).is_some());
+    }
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| {
+            d.header.stream == s0 && data_seqs(d).is_some_and(|q| q.start % 5 == 0)
+        }),
+    );
+    let first = sim.core(0).unwrap().next_seq();
+    for i in 20..220 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.heal_all();
+    sim.run_for(secs(2));
+    sim.check().unwrap();
+    for r in 1..4 {
+        let got: HashSet<u64> = (sim.life(r).events())
+            .filter(|(s, _)| *s == s0)
+            .map(|(_, q)| q)
+            .collect();
+        let missing: Vec<u64> = (first..first + 200).filter(|q| !got.contains(q)).collect();
+        assert!(missing.is_empty(), "node {r} missed {missing:?}");
+        let st = sim.core(r).unwrap().stats();
+        assert_eq!(st.streams_reopened, 1, "node {r}");
+        assert_eq!(st.resets_total(), 0, "node {r}: {:?}", st.resets);
+    }
+    members_see_node_0_live(&sim);
+}
+
+/// The other attack measured: a forged far-future heartbeat made the
+/// receiver give the stream's future up with a Reset and jump to the forged
+/// position, blind to later losses (they looked like duplicates). Now the
+/// stream's own next heartbeat contradicts it: the receiver follows the
+/// stream from the truth, and repairs what it loses afterwards, even the
+/// stretch lost when the old receiver had given it up.
+#[test]
+fn a_forged_far_future_heartbeat_leaves_no_blind_spot() {
+    let run = scenario(8, |sim| {
+        let s0 = stream_of(sim, 0);
+        let real = sim.core(0).unwrap().next_seq();
+        let body = Body::Heartbeat {
+            next_seq: real + (1 << 40),
+            oldest: 1,
+            node: "n0".into(),
+        };
+        (s0, body)
+    });
+    run.holds("forged far-future heartbeat");
+    assert!(run.stat(|s| s.position_contradicted) >= 3);
+    // Node 1's losses were repaired, not Reset: the forged position was
+    // forgotten before its gap could be given up.
+    let st = run.sim.core(1).unwrap().stats();
+    assert!(st.events_repaired >= 80, "{st:?}");
+    assert_eq!(run.resets(), 0, "{:?}", run.sim.resets(1));
+}
+
+/// A forged event at the stream's next seq is delivered first; the real one
+/// that follows is not taken for a duplicate.
+#[test]
+fn the_real_event_after_a_forged_one_at_its_seq_is_delivered() {
+    let mut sim = cluster(9, 3);
+    let s0 = stream_of(&sim, 0);
+    sim.publish(0, key(1));
+    sim.run_for(ms(5));
+    let next = sim.core(0).unwrap().next_seq();
+    sim.forge(
+        s0,
+        &Body::Data {
+            first_seq: next,
+            events: forged_events(2),
+        },
+    );
+    sim.run_for(ms(5));
+    sim.publish_batch(0, vec![key(2), key(3)]);
+    sim.run_for(ms(50));
+    for r in 1..3 {
+        let keys: Vec<String> = (sim.life(r).deliveries.iter())
+            .filter_map(|(_, d)| match d {
+                Delivery::Event { stream, event, .. } if *stream == s0 => {
+                    Some(format!("{:?}", event.to_event()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys.len(), 5, "node {r}: {keys:?}");
+        assert!(keys[3].contains("key-000002") && keys[4].contains("key-000003"));
+        assert_eq!(sim.core(r).unwrap().stats().events_conflicting, 2);
+    }
+    sim.check().unwrap();
+}
+
+#[test]
+fn random_fault_mixes_with_a_forger_never_lose_silently() {
+    let seeds = chaos_seeds(40);
+    let runs = seeds.len();
+    let mut forged = 0;
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match chaos(seed, true) {
+            Ok(n) => forged += n,
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} seeds lost silently (replay with CACHECAST_CHAOS_SEED=N):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(forged > 100 * runs as u64, "{forged} datagrams forged");
+}
