@@ -230,8 +230,9 @@ fn overheard_naks_cannot_keep_a_gap_open_past_max_gap_age() {
     );
 }
 
-/// A stream that said Goodbye with a gap open, whose gap is then covered
-/// by a Reset of another stream, is finished: it must be retired (once its
+/// A stream that said Goodbye with a gap open (repeated a reorder window
+/// later, as its lingering sender does), whose gap is then covered by a
+/// Reset of another stream, is finished: it must be retired (once its
 /// Goodbye has stood a heartbeat interval and a contradiction window), not
 /// time out 10 s later with a spurious `StreamTimedOut` Reset.
 #[test]
@@ -244,7 +245,10 @@ fn goodbye_stream_covered_by_another_reset_is_retired() {
     }
     let mut t = t0 + ms(200);
     // b: the sender no longer holds seq 1..3 -> Reset (Unavailable).
-    // a: Goodbye at 2, but seq 1 never arrived -> gap (1, 2), ending set.
+    // a: Goodbye at 2, but seq 1 never arrived -> gap (1, 2), ending set;
+    // repeated a reorder window later.
+    rx.feed(t, a, Body::Goodbye { next_seq: 2 });
+    t += rx.core.config().reorder_window;
     rx.feed(t, a, Body::Goodbye { next_seq: 2 });
     rx.heartbeat(t, b, 3, 3);
     rx.tick(t);
@@ -258,7 +262,8 @@ fn goodbye_stream_covered_by_another_reset_is_retired() {
         if t >= retire_by {
             assert!(
                 rx.core.stream_state(a).is_none(),
-                "a retired once b's Reset covered its gap and its Goodbye stood"
+                "a retired once b's Reset covered its gap and its Goodbye stood: {:?}",
+                rx.core.stream_state(a)
             );
         }
     }
@@ -508,6 +513,43 @@ fn only_a_nak_for_sent_data_paces_the_sender_and_close_waits_for_paced_data() {
     }
     assert!(goodbye);
     assert_eq!(tx.unsent_events(), 0);
+}
+
+/// A closing node is not flushed (the driver lingers on) before its
+/// `Goodbye` went out again a reorder window after the first: receivers
+/// retire a stream only on a `Goodbye` heard twice that far apart.
+#[test]
+fn close_waits_for_the_goodbye_to_be_repeated_a_reorder_window_apart() {
+    let t0 = Instant::now();
+    let cfg = CoreConfig {
+        stream: 5,
+        ..Default::default()
+    };
+    let mut tx = NodeCore::new(cfg.clone(), t0).unwrap();
+    let mut buf = Vec::new();
+    tx.publish(t0, key(1)).unwrap();
+    tx.close(t0);
+    let mut goodbyes = Vec::new();
+    let mut t = t0;
+    loop {
+        tx.handle_timeout(t);
+        while tx.poll_transmit(t, &mut buf) {
+            if matches!(wire::decode(&buf, cfg.cluster), Ok(d) if matches!(d.body, Body::Goodbye { .. }))
+            {
+                goodbyes.push(t);
+            }
+        }
+        if tx.is_flushed() {
+            break;
+        }
+        assert!(t < t0 + Duration::from_secs(1), "never flushed");
+        t += Duration::from_micros(500);
+    }
+    assert!(goodbyes.len() >= 2, "{goodbyes:?}");
+    let (first, last) = (goodbyes[0], goodbyes[goodbyes.len() - 1]);
+    assert!(last - first >= cfg.reorder_window, "{goodbyes:?}");
+    // Not flushed before: the last Goodbye is the first that far apart.
+    assert!(goodbyes[goodbyes.len() - 2] - first < cfg.reorder_window);
 }
 
 fn report(t: Instant, rx: &mut Rx, from: u64, stream: u64, delivered: u64, idle_ms: u64) {

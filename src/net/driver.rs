@@ -212,13 +212,17 @@ impl Driver {
                 }
                 _ = linger.fired() => {
                     // Paced data (and the Goodbye behind it) may still be
-                    // waiting: linger on until it is out (pacing never goes
-                    // below `pace_min_rate`), within MAX_FLUSH.
+                    // waiting, or the Goodbye not yet repeated a reorder
+                    // window after the first: linger on until it is out
+                    // (pacing never goes below `pace_min_rate`), within
+                    // MAX_FLUSH.
                     let now = Instant::now();
                     if self.core.is_flushed() || now >= *flush_deadline.get_or_insert(now + MAX_FLUSH) {
                         break;
                     }
-                    linger_end = Some(now + self.linger);
+                    // (At least a millisecond: a zero linger must not spin
+                    // while the Goodbye waits to be repeated.)
+                    linger_end = Some(now + self.linger.max(Duration::from_millis(1)));
                 }
             }
             self.drain(&mut tx_buf, &mut tx, &mut stats).await;

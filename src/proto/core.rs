@@ -258,8 +258,15 @@ impl NodeCore {
 
     /// True when everything published, and anything else queued to send
     /// (`Goodbye` after `close`), has been sent: pacing holds nothing back.
+    /// After `close`, only once the `Goodbye` went out again a reorder
+    /// window after the first (the heartbeat schedule repeats it at 1, 2, 4
+    /// … ms): receivers retire a stream only on a `Goodbye` heard twice that
+    /// far apart, so a node that stopped before would cost them a timeout
+    /// `Reset`.
     pub fn is_flushed(&self) -> bool {
-        self.out.is_empty() && !self.sender.has_batch()
+        self.out.is_empty()
+            && !self.sender.has_batch()
+            && (!self.sender.is_closed() || self.sender.goodbye_repeated())
     }
 
     /// True while datagrams or deliveries wait to be polled.
@@ -438,10 +445,6 @@ impl NodeCore {
         if !self.ended_set.is_empty() {
             self.reopen_if_alive(now, from, &dgram.body);
         }
-        // Events from a member a `Goodbye` marked as left: it was forged.
-        if matches!(dgram.body, Body::Data { .. }) {
-            self.members.back(now, from);
-        }
         let sync_until = self.sync_until;
         let after_sync = now >= sync_until;
         let mut sink = sink!(self);
@@ -454,6 +457,8 @@ impl NodeCore {
             _ => None,
         };
         let mut report = None;
+        // Set when the stream's events or heartbeat go past its Goodbye.
+        let mut not_gone = false;
         // The receiver of the datagram's sender (created if new), placed at
         // `pos` when the datagram tells its position.
         macro_rules! sender_of {
@@ -499,7 +504,9 @@ impl NodeCore {
             }
             Body::Data { first_seq, events } => {
                 if let Some(r) = sender_of!(Some(first_seq), event) {
+                    let ending = r.ending().is_some();
                     r.on_events(now, first_seq, events, Arrival::Data, after_sync, &mut sink);
+                    not_gone = ending && r.ending().is_none();
                 }
             }
             Body::Repair { first_seq, events } => {
@@ -524,9 +531,12 @@ impl NodeCore {
                 node,
             } => {
                 if let Some(r) = sender_of!(Some(next_seq)) {
+                    let ending = r.ending().is_some();
                     r.set_node(&node);
+                    r.on_heartbeat(now, &mut sink);
                     r.on_claim(now, next_seq, Some(oldest), &mut sink);
                     r.learned_position(now);
+                    not_gone = ending && r.ending().is_none();
                 }
             }
             Body::Goodbye { next_seq } => {
@@ -557,6 +567,10 @@ impl NodeCore {
         }
         if let Some(positions) = report {
             self.on_report(now, from, &positions);
+        }
+        if not_gone {
+            // The member a (forged) Goodbye marked as left is live.
+            self.members.back(now, from);
         }
         self.after_resets(resets_before);
         self.check_acks(now);
@@ -1388,6 +1402,9 @@ impl NodeCore {
             self.sender.pace.on_sent(now, buf.len());
             self.stats.data_sent += 1;
             self.stats.events_sent += events as u64;
+        }
+        if matches!(body, Body::Goodbye { .. }) {
+            self.sender.goodbye_sent(now);
         }
         self.auth.seal(now, buf, self.header_len, self.cfg.stream);
         self.out.pop_front();

@@ -37,9 +37,23 @@
 //!   for longer than `contradiction_window` (no reordering delays a
 //!   datagram that long) contradicts it: the receiver rewinds to the claim.
 //! - A "duplicate" whose content differs from the event delivered at that
-//!   seq (among the last [`RECENT_RUNS`] runs delivered) is delivered: a
-//!   forged event may have taken the seq first, and the forger cannot know
-//!   a future event's content.
+//!   seq is delivered: a forged event may have taken the seq first, and the
+//!   forger cannot know a future event's content. A receiver keeps, for the
+//!   last [`RECENT_RUNS`] runs it delivered from (and those ahead of the
+//!   stream until it passes them), their seqs and a 64-bit fingerprint of
+//!   their bytes; a `Data` datagram that is not the very run delivered at a
+//!   seq conflicts with it (a sender sends each event in `Data` once, so in
+//!   a run without forgery a duplicate `Data` is always the same run).
+//!   Repairs are packed anew, with the sender's bytes of each event: one
+//!   that holds the whole run delivered at a seq is compared over that
+//!   run's seqs. (A repair that holds only part of it is taken for a
+//!   duplicate: a real event that reaches a receiver only so, after a
+//!   forged one took its seq, is not told apart.)
+//! - A `Goodbye` retires a stream only when heard twice, a reorder window
+//!   apart or more (a closing sender repeats it while it lingers; one
+//!   forged datagram says it once, its duplicates come within the
+//!   reordering), and a heartbeat heard a reorder window or more after it
+//!   shows it forged (a stream that said `Goodbye` sends none).
 //!
 //! Each of these costs at most a `Nak`, a duplicate delivery or a `Reset`;
 //! none costs a silent loss (what cannot be defended without keys is
@@ -59,11 +73,12 @@ use crate::proto::config::CoreConfig;
 use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::ranges::{Gap, GapSet, RangeSet};
 use crate::proto::stats::Stats;
-use crate::wire::{self, Body, EncodedEvent, Events, SeqRange};
+use crate::wire::{self, Body, Events, SeqRange};
 
-/// Runs of events delivered lately kept per stream (their bytes shared, not
-/// copied), so that a "duplicate" whose content differs is recognised.
-pub const RECENT_RUNS: usize = 16;
+/// Runs of events delivered lately whose seqs and fingerprint a stream
+/// keeps, so that a "duplicate" whose content differs is recognised (about
+/// 1 KiB per stream that carried events).
+pub const RECENT_RUNS: usize = 32;
 
 /// Doubtful give-ups kept per stream (over-approximated past it).
 const MAX_DOUBTFUL: usize = 64;
@@ -138,6 +153,11 @@ pub struct StreamReceiver {
     /// it, so that a stream still alive (the `Goodbye` forged) shows it
     /// first, by a heartbeat or an event.
     finish_at: Option<Instant>,
+    /// When that `Goodbye` was first heard, and whether it was heard
+    /// again at least a reorder window later (a closing sender repeats it
+    /// while it lingers; one forged datagram says it once, and a duplicate
+    /// of it comes within the reordering).
+    goodbye_at: Option<(Instant, bool)>,
     /// Ranges given up with a `Reset`; at most 256 (over-approximated
     /// past it: a seq wrongly in it is at worst delivered twice).
     given_up: RangeSet,
@@ -148,11 +168,9 @@ pub struct StreamReceiver {
     data_end: u64,
     /// `known_end` over the last contradiction window.
     frontier: Frontier,
-    /// The last runs delivered, by first seq (see [`RECENT_RUNS`]).
-    recent: VecDeque<(u64, Events)>,
-    /// The lowest seq of an event heard below `base` after the join, if
-    /// any: where to follow the stream from should `base` prove false.
-    below_base: Option<u64>,
+    /// The runs delivered lately (see [`RECENT_RUNS`]), once the stream
+    /// carried events.
+    seen: Option<Box<Seen>>,
     /// False while only datagrams that do not tell the stream's position
     /// (`Nak`, `Repair`, `Unavailable`) were heard from it.
     placed: bool,
@@ -175,6 +193,9 @@ struct Frontier {
     /// Oldest first.
     marks: [(u64, Instant); 5],
     latest: (u64, Instant),
+    /// When `latest` is to become a mark (a quarter window after the
+    /// newest mark).
+    commit_at: Instant,
 }
 
 impl Frontier {
@@ -182,16 +203,17 @@ impl Frontier {
         Frontier {
             marks: [(end, now); 5],
             latest: (end, now),
+            commit_at: now,
         }
     }
 
     /// The known end became `end` at `now`.
     #[inline]
     fn advance(&mut self, end: u64, now: Instant, window: Duration) {
-        let newest = self.marks[4].1;
-        if self.latest.1.saturating_duration_since(newest) >= window / 4 {
+        if self.latest.1 >= self.commit_at {
             self.marks.rotate_left(1);
             self.marks[4] = self.latest;
+            self.commit_at = self.latest.1 + window / 4;
         }
         self.latest = (end, now);
     }
@@ -234,6 +256,172 @@ impl Frontier {
     }
 }
 
+/// A run delivered from: its seqs and the fingerprint of its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RunPrint {
+    first: u64,
+    /// 0: an empty slot.
+    count: u64,
+    print: u64,
+}
+
+impl RunPrint {
+    fn of(first: u64, events: &Events) -> RunPrint {
+        RunPrint {
+            first,
+            count: events.len() as u64,
+            print: fingerprint(events.as_bytes()),
+        }
+    }
+
+    fn holds(&self, seq: u64) -> bool {
+        seq >= self.first && seq - self.first < self.count
+    }
+}
+
+/// The runs delivered from lately (see [`RECENT_RUNS`]), each with when
+/// it was recorded.
+#[derive(Debug)]
+struct Seen {
+    runs: [(RunPrint, u64); RECENT_RUNS],
+    /// The slot written next (the oldest, in a stream's order).
+    cursor: usize,
+    /// Runs recorded so far.
+    stamp: u64,
+}
+
+impl Seen {
+    fn new() -> Box<Seen> {
+        Box::new(Seen {
+            runs: [(RunPrint::default(), 0); RECENT_RUNS],
+            cursor: 0,
+            stamp: 0,
+        })
+    }
+
+    /// Records `run`. The slot taken is the oldest, unless it holds a run
+    /// ahead of this one (one that came before the stream reached it): that
+    /// is kept until the stream passes it.
+    #[inline]
+    fn record(&mut self, run: RunPrint) {
+        self.stamp += 1;
+        for _ in 0..RECENT_RUNS {
+            let i = self.cursor;
+            self.cursor = (i + 1) % RECENT_RUNS;
+            let (old, _) = self.runs[i];
+            if old.count == 0 || old.first + old.count <= run.first {
+                self.runs[i] = (run, self.stamp);
+                return;
+            }
+        }
+        let i = self.cursor;
+        self.cursor = (i + 1) % RECENT_RUNS;
+        self.runs[i] = (run, self.stamp);
+    }
+
+    /// The run last delivered from at `seq`, if known.
+    fn last_at(&self, seq: u64) -> Option<&RunPrint> {
+        (self.runs.iter())
+            .filter(|(r, _)| r.holds(seq))
+            .max_by_key(|(_, stamp)| *stamp)
+            .map(|(r, _)| r)
+    }
+
+    /// True if the run last delivered from at `seq` is known and is not
+    /// `run`.
+    fn conflicts(&self, seq: u64, run: &RunPrint) -> bool {
+        self.last_at(seq).is_some_and(|r| r != run)
+    }
+
+    /// True if the run last delivered from at `seq` is known, the repair
+    /// `events` (from `first_seq`) holds all of its seqs, and their bytes
+    /// differ (a repair carries the sender's bytes of each event, as its
+    /// `Data` did, but packed anew: only a whole run can be compared).
+    /// `compared` caches the answer for the run last compared.
+    fn repair_conflicts(
+        &self,
+        seq: u64,
+        first_seq: u64,
+        events: &Events,
+        compared: &mut Option<(RunPrint, bool)>,
+    ) -> bool {
+        let Some(r) = self.last_at(seq) else {
+            return false;
+        };
+        if let Some((c, answer)) = *compared {
+            if c == *r {
+                return answer;
+            }
+        }
+        let end = r.first + r.count;
+        let answer = r.first >= first_seq
+            && end <= first_seq + events.len() as u64
+            && span_print(events, first_seq, r.first, end).is_some_and(|p| p != r.print);
+        *compared = Some((*r, answer));
+        answer
+    }
+}
+
+/// The fingerprint of the events of seqs `from..to` of `events` (from
+/// `first_seq`), as [`RunPrint::of`] takes it of a run of just those.
+fn span_print(events: &Events, first_seq: u64, from: u64, to: u64) -> Option<u64> {
+    let (mut start, mut at) = (0, 0);
+    for (seq, e) in (first_seq..).zip(events.iter()) {
+        if seq == from {
+            start = at;
+        }
+        at += e.as_bytes().len();
+        if seq + 1 == to {
+            return events.as_bytes().get(start..at).map(fingerprint);
+        }
+    }
+    None
+}
+
+/// A 64-bit fingerprint of a run's bytes (not cryptographic: a forger
+/// cannot know a future event's content to match it, and matching a past
+/// one only gets its run dropped as a duplicate).
+///
+/// Four independent lanes of 8 bytes, so that the multiplications of a
+/// long run overlap (one chain would make a 1 KiB run cost about a
+/// microsecond's worth of latency).
+#[inline]
+fn fingerprint(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    #[inline]
+    fn mix(h: u64, w: u64) -> u64 {
+        (h.rotate_left(5) ^ w).wrapping_mul(K)
+    }
+    #[inline]
+    fn word(b: &[u8]) -> u64 {
+        b.try_into().map_or(0, u64::from_le_bytes)
+    }
+    let n = bytes.len();
+    let mut lanes = [n as u64, 1, 2, 3];
+    let mut blocks = bytes.chunks_exact(32);
+    for b in &mut blocks {
+        lanes[0] = mix(lanes[0], word(&b[0..8]));
+        lanes[1] = mix(lanes[1], word(&b[8..16]));
+        lanes[2] = mix(lanes[2], word(&b[16..24]));
+        lanes[3] = mix(lanes[3], word(&b[24..32]));
+    }
+    let rest = blocks.remainder();
+    let mut words = rest.chunks_exact(8);
+    for (i, w) in (&mut words).enumerate() {
+        lanes[i] = mix(lanes[i], word(w));
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut w = 0u64;
+        for (i, &b) in tail.iter().enumerate() {
+            w |= u64::from(b) << (8 * i);
+        }
+        lanes[3] = mix(lanes[3], w);
+    }
+    let h = mix(mix(mix(lanes[0], lanes[1]), lanes[2]), lanes[3]);
+    h ^ (h >> 29)
+}
+
 impl StreamReceiver {
     /// Starts following `stream` at seq `start`: nothing below it is
     /// expected. `None`: the position is not known yet; until
@@ -249,12 +437,12 @@ impl StreamReceiver {
             last_heard: now,
             ending: None,
             finish_at: None,
+            goodbye_at: None,
             given_up: RangeSet::new(256),
             doubtful: RangeSet::new(MAX_DOUBTFUL),
             data_end: base,
             frontier: Frontier::new(base, now),
-            recent: VecDeque::new(),
-            below_base: None,
+            seen: None,
             placed: start.is_some(),
             reset_end: 0,
             position_at: now,
@@ -299,17 +487,19 @@ impl StreamReceiver {
         self.ending
     }
 
-    /// Ends the stream at `next_seq` (a `Goodbye` heard before, kept when
-    /// the stream is followed again).
+    /// Ends the stream at `next_seq`: a `Goodbye` heard (and repeated)
+    /// before the stream was retired, kept when it is followed again.
     pub fn set_ending(&mut self, now: Instant, next_seq: u64, cfg: &CoreConfig) {
         self.ending = Some(next_seq);
         self.finish_at = Some(now + cfg.heartbeat_idle + cfg.contradiction());
+        self.goodbye_at = Some((now, true));
     }
 
     /// The stream goes on past its `Goodbye`: that was forged.
     fn not_ending(&mut self) {
         self.ending = None;
         self.finish_at = None;
+        self.goodbye_at = None;
     }
 
     /// One past the highest seq given up with a `Reset` (0: none).
@@ -446,6 +636,7 @@ impl StreamReceiver {
             && first_seq >= self.known_end
             && first_seq >= self.base
             && self.doubtful.is_empty()
+            && self.ending.is_none()
         {
             // The common case: new events past everything known. The run
             // is delivered whole (after opening a gap for what it skipped).
@@ -456,7 +647,8 @@ impl StreamReceiver {
             self.data_end = top;
             self.learned_position(now);
             sink.stats.events_delivered += n;
-            self.remember(first_seq, &events);
+            let run = RunPrint::of(first_seq, &events);
+            self.seen.get_or_insert_with(Seen::new).record(run);
             sink.deliveries.push_back(Output::Run {
                 stream: self.stream,
                 first_seq,
@@ -468,8 +660,7 @@ impl StreamReceiver {
         if how == Arrival::Data && after_sync && first_seq < self.base {
             // Fresh events below where this node started following the
             // stream, after its join: that start came from a false claim.
-            let low = self.below_base.map_or(first_seq, |b| b.min(first_seq));
-            self.lower_base(now, low, sink);
+            self.lower_base(now, sink);
         }
         if top > self.base && !self.doubtful.is_empty() {
             self.on_evidence(now, top, sink);
@@ -478,14 +669,15 @@ impl StreamReceiver {
             sink.stats.position_contradicted += 1;
             self.not_ending();
         }
-        let mut delivered = false;
         let mut conflict = None;
+        let mut delivered = false;
+        // This run, when it is needed.
+        let mut run: Option<RunPrint> = None;
+        // A repair: the last run it was compared with, and the answer.
+        let mut compared: Option<(RunPrint, bool)> = None;
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
-                if after_sync {
-                    self.below_base = Some(self.below_base.map_or(seq, |b| b.min(seq)));
-                }
                 continue;
             }
             if seq >= self.known_end {
@@ -510,7 +702,13 @@ impl StreamReceiver {
                 // (e.g. a far-future seq that made a huge gap).
                 self.doubtful.take(seq);
                 sink.stats.late_after_reset += 1;
-            } else if self.conflicts(seq, &event) {
+            } else if self.seen.as_ref().is_some_and(|s| match how {
+                Arrival::Data => {
+                    let run = run.get_or_insert_with(|| RunPrint::of(first_seq, &events));
+                    s.conflicts(seq, run)
+                }
+                Arrival::Repair => s.repair_conflicts(seq, first_seq, &events, &mut compared),
+            }) {
                 // Delivered before with other content: one of the two was
                 // forged (or corrupt). Delivering both is harmless.
                 sink.stats.events_conflicting += 1;
@@ -532,7 +730,8 @@ impl StreamReceiver {
             self.data_end = self.data_end.max(top);
         }
         if delivered {
-            self.remember(first_seq, &events);
+            let run = run.unwrap_or_else(|| RunPrint::of(first_seq, &events));
+            self.seen.get_or_insert_with(Seen::new).record(run);
         }
         if let Some(seq) = conflict {
             self.forged_below(now, seq, sink);
@@ -561,29 +760,6 @@ impl StreamReceiver {
         for (s, e) in given {
             self.reopen(now, s, e, true, sink);
         }
-    }
-
-    /// Keeps `events` among the runs delivered lately.
-    #[inline]
-    fn remember(&mut self, first_seq: u64, events: &Events) {
-        if self.recent.len() >= RECENT_RUNS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((first_seq, events.clone()));
-    }
-
-    /// True if the event last delivered at `seq` (among the runs kept) is
-    /// not `event`.
-    fn conflicts(&self, seq: u64, event: &EncodedEvent) -> bool {
-        for (first, run) in self.recent.iter().rev() {
-            if seq >= *first && seq - first < run.len() as u64 {
-                return run
-                    .iter()
-                    .nth((seq - first) as usize)
-                    .is_some_and(|e| e.as_bytes() != event.as_bytes());
-            }
-        }
-        false
     }
 
     /// Events up to `top` arrived while doubtful give-ups are held: those
@@ -655,23 +831,24 @@ impl StreamReceiver {
         }
     }
 
-    /// Follows the stream from `low`, below its start: everything from
-    /// there to the old start is missing.
-    fn lower_base(&mut self, now: Instant, low: u64, sink: &mut Sink<'_>) {
-        if low >= self.base {
+    /// The stream's start proved false (it was placed on a forged claim
+    /// during the join): it is followed from seq 1 instead, as a stream met
+    /// after the join is, so that whatever it published since the join, and
+    /// this node lost, is asked for (history it no longer holds costs a
+    /// `Reset`).
+    fn lower_base(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        if self.base <= 1 {
             return;
         }
         sink.stats.position_contradicted += 1;
         tracing::debug!(
             stream = format_args!("{:016x}", self.stream),
             from = self.base,
-            to = low,
-            "events below the stream's start after the join: followed from them"
+            "the stream's start proved false: followed from seq 1"
         );
         let old = self.base;
-        self.base = low;
-        self.below_base = None;
-        self.open_gap(now, low, old, true, sink);
+        self.base = 1;
+        self.open_gap(now, 1, old, true, sink);
     }
 
     /// The stream itself claimed that everything below `next_seq` was sent
@@ -716,9 +893,9 @@ impl StreamReceiver {
     /// The stream claims `next_seq`, below what this node has known of it
     /// for longer than any reordering: what it knew above it came from a
     /// false claim or event. It follows the stream from `next_seq` again
-    /// (from lower if its start was above it: from the lowest event heard
-    /// below the start since the join), and asks again for what it gave
-    /// up doubtfully below it.
+    /// (from seq 1 if its start was above it: see
+    /// [`StreamReceiver::lower_base`]), and asks again for what it gave up
+    /// below it since.
     fn contradicted(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
         sink.stats.position_contradicted += 1;
         tracing::debug!(
@@ -727,19 +904,14 @@ impl StreamReceiver {
             next_seq,
             "the stream contradicts its known position: followed from its claim"
         );
-        let low =
-            (next_seq < self.base).then(|| self.below_base.map_or(next_seq, |b| b.min(next_seq)));
+        let false_start = next_seq < self.base;
         // Given up below the claim since the position went past it: maybe
         // on the word of a forged event, before the real ones existed.
         self.forged_below(now, next_seq, sink);
         self.forget_above(next_seq);
-        if let Some(low) = low {
-            self.start_at(now, low);
-            self.below_base = None;
-            if low < next_seq {
-                self.open_gap(now, low, next_seq, true, sink);
-                self.set_end(next_seq, now, sink.cfg);
-            }
+        if false_start {
+            self.start_at(now, next_seq);
+            self.lower_base(now, sink);
         }
         let below = self.doubtful.remove_range(0, next_seq);
         for (s, e) in below {
@@ -771,13 +943,46 @@ impl StreamReceiver {
     }
 
     /// The stream said `Goodbye` at `next_seq`. It is retired once nothing
-    /// below is missing and the `Goodbye` has stood for a heartbeat
-    /// interval and a contradiction window ([`StreamReceiver::is_finished`]).
+    /// below is missing, the `Goodbye` was heard again a reorder window
+    /// later or more (a closing sender repeats it while it lingers) and it
+    /// has stood for a heartbeat interval and a contradiction window
+    /// ([`StreamReceiver::is_finished`]). A `Goodbye` never repeated (a
+    /// sender that did not linger, or a forged one) leaves the stream to
+    /// time out, with its `Reset`.
     pub fn on_goodbye(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
         self.on_claim(now, next_seq, None, sink);
-        if self.ending != Some(next_seq) || self.finish_at.is_none() {
-            self.set_ending(now, next_seq, sink.cfg);
+        match self.goodbye_at {
+            Some((first, again)) if self.ending == Some(next_seq) => {
+                let later = now.saturating_duration_since(first) >= sink.cfg.reorder_window;
+                self.goodbye_at = Some((first, again || later));
+            }
+            _ => {
+                self.set_ending(now, next_seq, sink.cfg);
+                self.goodbye_at = Some((now, false));
+            }
         }
+    }
+
+    /// The stream sent a heartbeat. A stream that said `Goodbye` sends
+    /// none (it repeats its `Goodbye`), so one heard a reorder window or
+    /// more after the `Goodbye` shows that `Goodbye` forged: the stream is
+    /// not ending (closer than that, it may be an older heartbeat
+    /// reordered).
+    pub fn on_heartbeat(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        if let Some((first, _)) = self.goodbye_at {
+            if self.ending.is_some()
+                && now.saturating_duration_since(first) >= sink.cfg.reorder_window
+            {
+                sink.stats.position_contradicted += 1;
+                self.not_ending();
+            }
+        }
+    }
+
+    /// True once the stream's `Goodbye` was heard twice, a reorder window
+    /// apart or more.
+    fn goodbye_repeated(&self) -> bool {
+        self.goodbye_at.is_some_and(|(_, again)| again)
     }
 
     /// The stream's sender no longer holds `ranges`: give up those gaps.
@@ -828,7 +1033,10 @@ impl StreamReceiver {
     /// missing, and the `Goodbye` has stood long enough (see
     /// [`StreamReceiver::on_goodbye`]).
     pub fn is_finished(&self, now: Instant) -> bool {
-        self.ending.is_some() && self.gaps.is_empty() && self.finish_at.is_some_and(|t| t <= now)
+        self.ending.is_some()
+            && self.goodbye_repeated()
+            && self.gaps.is_empty()
+            && self.finish_at.is_some_and(|t| t <= now)
     }
 
     /// Opens the gap `start..end` (`checked`: see [`Gap::checked`]).
@@ -879,7 +1087,9 @@ impl StreamReceiver {
     /// When [`StreamReceiver::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.finish_at {
-            Some(t) if self.ending.is_some() && self.gaps.is_empty() => Some(t),
+            Some(t) if self.ending.is_some() && self.goodbye_repeated() && self.gaps.is_empty() => {
+                Some(t)
+            }
             _ => self.gaps.next_due(),
         }
     }

@@ -67,6 +67,12 @@ pub struct Sender {
     heartbeat_interval: Duration,
     last_hello_answer: Option<Instant>,
     closed: bool,
+    /// When the first `Goodbye` went out, and whether one went out again a
+    /// reorder window later or more: receivers retire a stream only on a
+    /// `Goodbye` heard twice that far apart (one forged datagram says it
+    /// once), so a closing node lingers at least until then.
+    goodbye_sent: Option<(Instant, bool)>,
+    reorder_window: Duration,
 
     stream: u64,
     ring: RetransmitRing,
@@ -98,6 +104,8 @@ impl Sender {
             heartbeat_interval: cfg.heartbeat_idle,
             last_hello_answer: None,
             closed: false,
+            goodbye_sent: None,
+            reorder_window: cfg.reorder_window,
             stream: cfg.stream,
             ring: RetransmitRing::new(cfg.retransmit_bytes, cfg.retransmit_age),
             pending: RangeSet::new(usize::MAX),
@@ -200,6 +208,24 @@ impl Sender {
     /// True when events wait in the open batch.
     pub fn has_batch(&self) -> bool {
         !self.batch.is_empty()
+    }
+
+    /// A `Goodbye` went out at `now`.
+    pub fn goodbye_sent(&mut self, now: Instant) {
+        let window = self.reorder_window;
+        self.goodbye_sent = Some(match self.goodbye_sent {
+            None => (now, false),
+            Some((first, again)) => (
+                first,
+                again || now.saturating_duration_since(first) >= window,
+            ),
+        });
+    }
+
+    /// True once the stream's `Goodbye` went out twice, a reorder window
+    /// apart or more (what receivers need to retire it cleanly).
+    pub fn goodbye_repeated(&self) -> bool {
+        self.goodbye_sent.is_some_and(|(_, again)| again)
     }
 
     /// Moves the open batch, if any, into a `Data` body on `out`.
