@@ -26,10 +26,12 @@ pub struct CheckReport {
     /// because no protocol could know of the event (exception 3 of
     /// [`Record::check`]).
     pub excused: u64,
-    /// (life, event) pairs neither delivered nor covered because a forged
-    /// event took the event's seq at a life that never received the real
-    /// one (exception 4 of [`Record::check`]: no protocol without keys can
-    /// tell them apart).
+    /// (life, event) pairs neither delivered nor covered because the
+    /// forger stood in for the real stream where no protocol without keys
+    /// can tell them apart: a forged event took the event's seq at a life
+    /// that never received the real one, or a forged `Goodbye` ended a
+    /// crashed publisher for a life that heard nothing real of it after the
+    /// event (exceptions 4 and 5 of [`Record::check`]).
     pub forged_in_place: u64,
     /// Confirmation reports checked (every life's, ended lives' included).
     pub confirmations: u64,
@@ -199,7 +201,16 @@ impl Record {
     ///      then lost). A receiver that gets one event for a seq cannot tell
     ///      who sent it, so nothing tells it that the real one is missing;
     ///      with keys the forged one is never accepted. Counted in
-    ///      [`CheckReport::forged_in_place`].
+    ///      [`CheckReport::forged_in_place`];
+    ///   5. with forgery: S's life crashed, a forged `Goodbye` in S's name
+    ///      reached L, and no real datagram of S reached L from E's publish
+    ///      on ([`Life::heard_real`], [`Life::forged_goodbyes`]). Then all L
+    ///      could know of S after E came from the forger, and a real stream
+    ///      that said `Goodbye` and ended looks the same: L retires S
+    ///      instead of timing it out with a `Reset`. (One forged `Goodbye`
+    ///      is not enough: a stream is retired only on a `Goodbye` repeated
+    ///      a reorder window apart or more.) Counted in
+    ///      [`CheckReport::forged_in_place`] too.
     ///
     /// - **Forgery.** With [`Record::forgery`], an event counts as
     ///   delivered only if its content is E's; events nobody published
@@ -224,6 +235,10 @@ impl Record {
             .lives
             .iter()
             .map(|l| (l.stream, l.ended().is_some()))
+            .collect();
+        let crashed: HashSet<u64> = (self.lives.iter())
+            .filter(|l| l.crashed.is_some() && l.closed.is_none())
+            .map(|l| l.stream)
             .collect();
         for life in self.lives.iter().filter(|l| l.ended().is_none()) {
             report.lives += 1;
@@ -272,6 +287,14 @@ impl Record {
                     continue;
                 }
                 if self.forgery && contents.contains_key(&key) && !life.received.contains(&key) {
+                    report.forged_in_place += 1;
+                    continue;
+                }
+                if self.forgery
+                    && crashed.contains(&p.stream)
+                    && life.forged_goodbyes.contains(&p.stream)
+                    && life.heard_real.get(&p.stream).is_none_or(|t| *t < p.at)
+                {
                     report.forged_in_place += 1;
                     continue;
                 }

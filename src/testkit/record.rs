@@ -85,6 +85,12 @@ pub struct Life {
     /// life in a `Data` or `Repair` datagram, whether or not it was
     /// delivered. Kept only when [`Record::forgery`] is set.
     pub received: HashSet<(u64, u64)>,
+    /// Every stream a real datagram (not forged) of reached this life, with
+    /// the last time. Kept only when [`Record::forgery`] is set.
+    pub heard_real: HashMap<u64, Instant>,
+    /// The streams in whose name a forged `Goodbye` reached this life. Kept
+    /// only when [`Record::forgery`] is set.
+    pub forged_goodbyes: HashSet<u64>,
 }
 
 /// An event a node published.
@@ -137,6 +143,8 @@ impl Record {
             deliver_own: false,
             confirmations: Vec::new(),
             received: HashSet::new(),
+            heard_real: HashMap::new(),
+            forged_goodbyes: HashSet::new(),
         });
         self.lives.len() - 1
     }

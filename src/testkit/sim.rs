@@ -59,6 +59,8 @@ struct Arrival {
     stream: u64,
     /// Its body's kind, if it decoded.
     tag: Option<BodyTag>,
+    /// The seqs of its events (`Data` and `Repair`), if it decoded.
+    seqs: Option<Range<u64>>,
     bytes: Rc<[u8]>,
 }
 
@@ -357,12 +359,16 @@ impl Sim {
             .nodes
             .first()
             .map_or(CoreConfig::default().cluster, |n| n.config.cluster);
+        let header = Header::new(cluster, from);
         let mut buf = Vec::new();
-        wire::encode(&Header::new(cluster, from), body, &mut buf);
+        wire::encode(&header, body, &mut buf);
         self.forged += 1;
         let bytes: Rc<[u8]> = Rc::from(buf);
-        let decoded = wire::decode(&bytes, cluster).ok();
-        let tag = decoded.as_ref().map(|d| d.body.tag());
+        let decoded = Some(wire::Datagram {
+            header,
+            body: body.clone(),
+        });
+        let tag = Some(body.tag());
         for to in 0..self.nodes.len() {
             self.sent += 1;
             let mut good = false;
@@ -381,7 +387,7 @@ impl Sim {
                 {
                     for at_node in [Some(after), again].into_iter().flatten() {
                         let at = self.now + on_link + at_node;
-                        self.enqueue(at, (ADVERSARY, to), (from, tag), bytes.clone());
+                        self.enqueue(at, (ADVERSARY, to), (from, tag, None), bytes.clone());
                     }
                 } else {
                     self.lost += 1;
@@ -595,6 +601,10 @@ impl Sim {
         if let Some(tag) = tag {
             self.nodes[from].traffic.sent[tag as usize].add(bytes.len());
         }
+        // What the checker's exception 4 needs to know reached a node.
+        let seqs = (self.record.forgery)
+            .then(|| decoded.as_ref().and_then(super::faults::event_seqs))
+            .flatten();
         let is_data = matches!(
             decoded,
             Some(wire::Datagram {
@@ -606,7 +616,7 @@ impl Sim {
         for to in 0..self.nodes.len() {
             if to == from {
                 // Multicast loopback: a node hears itself (and ignores it).
-                self.enqueue(self.now, (from, to), (stream, tag), bytes.clone());
+                self.enqueue(self.now, (from, to), (stream, tag, None), bytes.clone());
                 continue;
             }
             self.sent += 1;
@@ -645,7 +655,8 @@ impl Sim {
                     Fate::Arrives { after, again } => {
                         for at_node in [Some(after), again].into_iter().flatten() {
                             let at = self.now + on_link + at_node;
-                            self.enqueue(at, (from, to), (stream, tag), bytes.clone());
+                            let seqs = seqs.clone();
+                            self.enqueue(at, (from, to), (stream, tag, seqs), bytes.clone());
                         }
                     }
                 }
@@ -657,7 +668,7 @@ impl Sim {
         &mut self,
         at: Instant,
         (from, to): (NodeId, NodeId),
-        (stream, tag): (u64, Option<BodyTag>),
+        (stream, tag, seqs): (u64, Option<BodyTag>, Option<Range<u64>>),
         bytes: Rc<[u8]>,
     ) {
         self.order += 1;
@@ -668,6 +679,7 @@ impl Sim {
             to,
             stream,
             tag,
+            seqs,
             bytes,
         }));
     }
@@ -774,18 +786,18 @@ impl Sim {
                 }
                 core.handle_datagram_from(t, Some(addr), &a.bytes);
                 let life = &mut self.record.lives[node.life];
-                if self.record.forgery
-                    && a.from != ADVERSARY
-                    && matches!(a.tag, Some(BodyTag::Data | BodyTag::Repair))
-                {
-                    // What reached the node of the real events (exception 4
-                    // of the checker).
-                    if let Some(seqs) = wire::decode(&a.bytes, node.config.cluster)
-                        .ok()
-                        .as_ref()
-                        .and_then(super::faults::event_seqs)
-                    {
-                        life.received.extend(seqs.map(|q| (a.stream, q)));
+                if self.record.forgery && a.from != a.to {
+                    // What reached the node of the real stream, and of the
+                    // forger (exceptions 4 and 5 of the checker).
+                    if a.from == ADVERSARY {
+                        if a.tag == Some(BodyTag::Goodbye) {
+                            life.forged_goodbyes.insert(a.stream);
+                        }
+                    } else {
+                        life.heard_real.insert(a.stream, t);
+                        if let Some(seqs) = a.seqs {
+                            life.received.extend(seqs.map(|q| (a.stream, q)));
+                        }
                     }
                 }
                 let heard = &mut life.heard;
