@@ -280,7 +280,8 @@ fn members_see_node_0_live(sim: &Sim) {
     }
 }
 
-/// The same `Goodbye`, forged while the stream is idle, and its idle
+/// The same `Goodbye`, forged twice while the stream is idle, a reorder
+/// window apart (as a closing sender repeats it), and the stream's
 /// heartbeats lost for a while: nothing contradicts it, and every listener
 /// retires the stream. Its next heartbeat shows the `Goodbye` false (a
 /// stream that said Goodbye sends none): the stream is followed again from
@@ -295,15 +296,26 @@ fn a_forged_goodbye_to_an_idle_stream_is_undone_by_its_next_heartbeat() {
     }
     sim.run_for(ms(500));
     let real = sim.core(0).unwrap().next_seq();
-    sim.forge(s0, &Body::Goodbye { next_seq: real });
-    sim.run_for(ms(5));
+    // Everything of the stream but the forger's Goodbyes is lost (none of
+    // its heartbeats shows them false).
     for r in 1..4 {
-        sim.set_faults(r, Faults::dropping(move |d| d.header.stream == s0));
+        sim.set_faults(
+            r,
+            Faults::dropping(move |d| {
+                d.header.stream == s0 && !matches!(d.body, Body::Goodbye { .. })
+            }),
+        );
     }
+    sim.forge(s0, &Body::Goodbye { next_seq: real });
+    sim.run_for(ms(6));
+    sim.forge(s0, &Body::Goodbye { next_seq: real });
     sim.run_for(secs(2));
     for r in 1..4 {
         let core = sim.core(r).unwrap();
-        assert!(core.stream_state(s0).is_none(), "node {r} retired it");
+        assert!(
+            core.stream_state(s0).is_none(),
+            "node {r} did not retire it"
+        );
         assert_eq!(core.stats().streams_ended, 1);
         sim.clear_faults(r);
     }
@@ -342,6 +354,89 @@ fn a_forged_goodbye_to_an_idle_stream_is_undone_by_its_next_heartbeat() {
         assert_eq!(st.resets_total(), 0, "node {r}: {:?}", st.resets);
     }
     members_see_node_0_live(&sim);
+}
+
+/// One `Goodbye`, forged once while the stream is idle, and the stream's
+/// heartbeats lost for longer than a `Goodbye` must stand: a `Goodbye`
+/// heard once retires nothing (a closing sender repeats it). The stream's
+/// next heartbeat shows it false; nothing is lost and nothing Reset, and
+/// the member is live again.
+#[test]
+fn a_goodbye_forged_once_retires_nothing() {
+    let mut sim = cluster(11, 4);
+    let s0 = stream_of(&sim, 0);
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.run_for(ms(500));
+    let real = sim.core(0).unwrap().next_seq();
+    for r in 1..4 {
+        sim.set_faults(
+            r,
+            Faults::dropping(move |d| {
+                d.header.stream == s0 && !matches!(d.body, Body::Goodbye { .. })
+            }),
+        );
+    }
+    sim.forge(s0, &Body::Goodbye { next_seq: real });
+    sim.run_for(secs(2));
+    for r in 1..4 {
+        let core = sim.core(r).unwrap();
+        assert!(core.stream_state(s0).is_some(), "node {r} retired it");
+        assert_eq!(core.stats().streams_ended, 0, "node {r}");
+        sim.clear_faults(r);
+    }
+    sim.run_for(secs(2));
+    sim.set_faults(
+        1,
+        Faults::dropping(move |d| {
+            d.header.stream == s0 && data_seqs(d).is_some_and(|q| q.start % 5 == 0)
+        }),
+    );
+    let first = sim.core(0).unwrap().next_seq();
+    for i in 20..220 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.heal_all();
+    sim.run_for(secs(2));
+    sim.check().unwrap();
+    for r in 1..4 {
+        let got: HashSet<u64> = (sim.life(r).events())
+            .filter(|(s, _)| *s == s0)
+            .map(|(_, q)| q)
+            .collect();
+        let missing: Vec<u64> = (first..first + 200).filter(|q| !got.contains(q)).collect();
+        assert!(missing.is_empty(), "node {r} missed {missing:?}");
+        let st = sim.core(r).unwrap().stats();
+        assert_eq!(st.streams_ended, 0, "node {r}");
+        assert_eq!(st.streams_reopened, 0, "node {r}");
+        assert_eq!(st.resets_total(), 0, "node {r}: {:?}", st.resets);
+    }
+    members_see_node_0_live(&sim);
+}
+
+/// A real node that closes while the others listen is retired by every
+/// one of them, cleanly: its `Goodbye`, repeated while it lingers, is
+/// heard twice a reorder window apart, and costs no `Reset`.
+#[test]
+fn a_real_goodbye_still_retires_the_stream_without_a_reset() {
+    let mut sim = cluster(12, 4);
+    let s0 = stream_of(&sim, 0);
+    for i in 0..50 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.close(0);
+    sim.run_for(secs(3));
+    for r in 1..4 {
+        let core = sim.core(r).unwrap();
+        assert!(core.stream_state(s0).is_none(), "node {r} still follows it");
+        assert_eq!(core.stats().streams_ended, 1, "node {r}");
+        assert_eq!(core.stats().resets_total(), 0, "node {r}");
+    }
+    sim.check().unwrap();
 }
 
 /// The other attack measured: a forged far-future heartbeat made the
