@@ -109,8 +109,8 @@ pub struct NodeConfig {
     /// After `Goodbye`, how long `shutdown` keeps the node running to
     /// answer late requests (and repeat the `Goodbye`). It lasts at least
     /// until the `Goodbye` was repeated a `reorder_window` after the first
-    /// (about 7 ms by default): other nodes retire a stream only on a
-    /// `Goodbye` heard twice that far apart. Default 50 ms.
+    /// (about 7 ms by default), so that a node that lost the first still
+    /// hears one. Default 50 ms.
     pub linger: Duration,
     /// Seed of the protocol's RNG; `None` draws one.
     pub seed: Option<u64>,

@@ -280,10 +280,10 @@ fn members_see_node_0_live(sim: &Sim) {
     }
 }
 
-/// The same `Goodbye`, forged twice while the stream is idle, a reorder
-/// window apart (as a closing sender repeats it), and the stream's
-/// heartbeats lost for a while: nothing contradicts it, and every listener
-/// retires the stream. Its next heartbeat shows the `Goodbye` false (a
+/// A `Goodbye`, forged twice while the stream is idle, a reorder window
+/// apart (as a closing sender repeats it), and the stream's heartbeats lost
+/// for longer than a `Goodbye` must stand: nothing contradicts it, and
+/// every listener retires the stream. Its next heartbeat shows the `Goodbye` false (a
 /// stream that said Goodbye sends none): the stream is followed again from
 /// where it was, and what node 1 loses afterwards is repaired.
 #[test]
@@ -356,13 +356,13 @@ fn a_forged_goodbye_to_an_idle_stream_is_undone_by_its_next_heartbeat() {
     members_see_node_0_live(&sim);
 }
 
-/// One `Goodbye`, forged once while the stream is idle, and the stream's
-/// heartbeats lost for longer than a `Goodbye` must stand: a `Goodbye`
-/// heard once retires nothing (a closing sender repeats it). The stream's
-/// next heartbeat shows it false; nothing is lost and nothing Reset, and
-/// the member is live again.
+/// One `Goodbye`, forged while the stream is idle, at its real position:
+/// a `Goodbye` must stand a heartbeat interval and a contradiction window
+/// before it retires a stream, and the live stream's next heartbeat shows
+/// it false first. Nothing is retired, lost or Reset, and the member is
+/// live again.
 #[test]
-fn a_goodbye_forged_once_retires_nothing() {
+fn a_forged_goodbye_to_a_live_idle_stream_retires_nothing() {
     let mut sim = cluster(11, 4);
     let s0 = stream_of(&sim, 0);
     for i in 0..20 {
@@ -371,23 +371,17 @@ fn a_goodbye_forged_once_retires_nothing() {
     }
     sim.run_for(ms(500));
     let real = sim.core(0).unwrap().next_seq();
-    for r in 1..4 {
-        sim.set_faults(
-            r,
-            Faults::dropping(move |d| {
-                d.header.stream == s0 && !matches!(d.body, Body::Goodbye { .. })
-            }),
-        );
-    }
     sim.forge(s0, &Body::Goodbye { next_seq: real });
-    sim.run_for(secs(2));
+    sim.run_for(secs(4));
     for r in 1..4 {
         let core = sim.core(r).unwrap();
         assert!(core.stream_state(s0).is_some(), "node {r} retired it");
         assert_eq!(core.stats().streams_ended, 0, "node {r}");
-        sim.clear_faults(r);
+        assert!(
+            core.stats().position_contradicted >= 1,
+            "node {r}: the heartbeat showed it false"
+        );
     }
-    sim.run_for(secs(2));
     sim.set_faults(
         1,
         Faults::dropping(move |d| {
@@ -418,8 +412,8 @@ fn a_goodbye_forged_once_retires_nothing() {
 }
 
 /// A real node that closes while the others listen is retired by every
-/// one of them, cleanly: its `Goodbye`, repeated while it lingers, is
-/// heard twice a reorder window apart, and costs no `Reset`.
+/// one of them, cleanly (its `Goodbye` stands, nothing contradicts it),
+/// and costs no `Reset`.
 #[test]
 fn a_real_goodbye_still_retires_the_stream_without_a_reset() {
     let mut sim = cluster(12, 4);
@@ -520,4 +514,144 @@ fn random_fault_mixes_with_a_forger_never_lose_silently() {
         failures.join("\n")
     );
     assert!(forged > 100 * runs as u64, "{forged} datagrams forged");
+}
+
+/// A clean close heard through a burst of loss that takes every `Goodbye`
+/// but the first (the node then stops, as the driver does once it
+/// lingered): one `Goodbye`, nothing missing and nothing contradicting it,
+/// retires the stream without a `Reset` (found in review: requiring the
+/// `Goodbye` twice cost an honest leave a timeout `Reset`).
+#[test]
+fn a_clean_close_heard_once_retires_without_a_reset() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut sim = cluster(21, 3);
+    let s0 = stream_of(&sim, 0);
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.run_for(ms(50));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    sim.set_link(
+        0,
+        1,
+        Faults::dropping(move |d| {
+            d.header.stream == s0
+                && matches!(d.body, Body::Goodbye { .. })
+                && seen2.fetch_add(1, Ordering::SeqCst) > 0
+        }),
+    );
+    sim.close(0);
+    sim.run_for(ms(50)); // the default linger
+    sim.crash(0);
+    sim.run_for(secs(20));
+    assert!(seen.load(Ordering::SeqCst) >= 2, "the Goodbye was repeated");
+    let core = sim.core(1).unwrap();
+    assert!(core.stream_state(s0).is_none(), "node 1 still follows it");
+    assert_eq!(core.stats().streams_ended, 1);
+    assert_eq!(
+        core.stats().resets_total(),
+        0,
+        "graceful leave cost node 1 a Reset: {:?}",
+        sim.resets(1)
+    );
+    sim.check().unwrap();
+}
+
+/// An honest random fault mix whose reordering stays inside the reorder
+/// window (jitter below 5 ms): partitions, crashes, restarts and clean
+/// closes, no forger. Returns, per node, the defences' counters.
+fn honest(seed: u64) -> (Sim, Vec<(usize, u64, u64, u64)>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
+    let mut sim = Sim::new(seed);
+    let n = rng.gen_range(3..=6);
+    sim.add_nodes("n", n);
+    sim.run_for(ms(200));
+    sim.default_link = Faults {
+        loss: rng.gen_range(0.0..0.2),
+        duplicate: rng.gen_range(0.0..0.1),
+        delay: std::time::Duration::from_micros(rng.gen_range(50..1000)),
+        jitter: std::time::Duration::from_micros(rng.gen_range(0..4000)),
+        ..Faults::default()
+    };
+    let mut closed = vec![false; n];
+    for _ in 0..rng.gen_range(200..600) {
+        match rng.gen_range(0..100) {
+            0..=84 => {
+                let who = rng.gen_range(0..n);
+                if sim.core(who).is_some() && !closed[who] {
+                    let k = rng.gen();
+                    sim.publish(who, key(k));
+                }
+            }
+            85..=89 => sim.partition(rng.gen_range(0..n), true),
+            90..=95 => sim.partition(rng.gen_range(0..n), false),
+            96..=97 => {
+                let who = rng.gen_range(0..n);
+                closed[who] = false;
+                sim.restart(who);
+            }
+            _ => {
+                let who = rng.gen_range(0..n);
+                if !closed[who] {
+                    closed[who] = true;
+                    sim.close(who);
+                }
+            }
+        }
+        sim.run_for(std::time::Duration::from_micros(rng.gen_range(100..20_000)));
+    }
+    sim.heal_all();
+    sim.run_for(secs(15));
+    let counters = (0..n)
+        .filter_map(|id| {
+            sim.core(id).map(|c| {
+                let s = c.stats();
+                (
+                    id,
+                    s.position_contradicted,
+                    s.events_conflicting,
+                    s.streams_reopened,
+                )
+            })
+        })
+        .collect();
+    (sim, counters)
+}
+
+/// Without any forged datagram, no receiver loses anything silently, and
+/// none sees a "conflicting duplicate" or a retired stream "going on".
+#[test]
+fn honest_traffic_never_trips_the_forgery_defences() {
+    let mut bad = Vec::new();
+    let seeds: Vec<u64> = match std::env::var("REVIEW_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (0..12).collect(),
+    };
+    for seed in seeds {
+        let (sim, counters) = honest(seed);
+        if let Err(v) = sim.check() {
+            panic!("seed {seed}: silent loss without forgery: {v}");
+        }
+        for (id, contradicted, conflicting, reopened) in counters {
+            // `position_contradicted` also counts the by-design second ask
+            // for a range given up during an honest partition (on_claim /
+            // on_evidence re-asking a doubtful give-up): reported, not
+            // asserted.
+            let _ = contradicted;
+            if conflicting + reopened > 0 {
+                bad.push(format!(
+                    "seed {seed} node {id}: contradicted {contradicted} conflicting {conflicting} reopened {reopened}"
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "honest runs tripped the defences:\n{}",
+        bad.join("\n")
+    );
 }

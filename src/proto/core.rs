@@ -260,9 +260,8 @@ impl NodeCore {
     /// (`Goodbye` after `close`), has been sent: pacing holds nothing back.
     /// After `close`, only once the `Goodbye` went out again a reorder
     /// window after the first (the heartbeat schedule repeats it at 1, 2, 4
-    /// … ms): receivers retire a stream only on a `Goodbye` heard twice that
-    /// far apart, so a node that stopped before would cost them a timeout
-    /// `Reset`.
+    /// … ms), so that a receiver that lost the first still hears one (one
+    /// that hears none times the stream out with a `Reset`).
     pub fn is_flushed(&self) -> bool {
         self.out.is_empty()
             && !self.sender.has_batch()
@@ -446,7 +445,11 @@ impl NodeCore {
             self.reopen_if_alive(now, from, &dgram.body);
         }
         let sync_until = self.sync_until;
-        let after_sync = now >= sync_until;
+        // Events below a stream's start matter once the join returned and
+        // any datagram sent before it has arrived (no reordering delays one
+        // a contradiction window): one of them arriving later shows the
+        // start false (see `StreamReceiver::on_events`).
+        let after_sync = now >= sync_until + self.cfg.contradiction();
         let mut sink = sink!(self);
         let streams = &mut self.streams;
         let evicted = &mut self.evicted;

@@ -49,11 +49,14 @@
 //!   run's seqs. (A repair that holds only part of it is taken for a
 //!   duplicate: a real event that reaches a receiver only so, after a
 //!   forged one took its seq, is not told apart.)
-//! - A `Goodbye` retires a stream only when heard twice, a reorder window
-//!   apart or more (a closing sender repeats it while it lingers; one
-//!   forged datagram says it once, its duplicates come within the
-//!   reordering), and a heartbeat heard a reorder window or more after it
-//!   shows it forged (a stream that said `Goodbye` sends none).
+//! - A `Goodbye` retires a stream only once it has stood a heartbeat
+//!   interval and a contradiction window with nothing of the stream
+//!   contradicting it: a live stream sends a heartbeat or an event within
+//!   that interval, and a heartbeat heard a reorder window or more after
+//!   the `Goodbye` shows it forged (a stream that said `Goodbye` sends
+//!   none), as events past it do. (A `Goodbye` forged for a publisher that
+//!   crashed cannot be told from its own: see
+//!   [`crate::testkit::Record::check`], exception 5.)
 //!
 //! Each of these costs at most a `Nak`, a duplicate delivery or a `Reset`;
 //! none costs a silent loss (what cannot be defended without keys is
@@ -153,11 +156,9 @@ pub struct StreamReceiver {
     /// it, so that a stream still alive (the `Goodbye` forged) shows it
     /// first, by a heartbeat or an event.
     finish_at: Option<Instant>,
-    /// When that `Goodbye` was first heard, and whether it was heard
-    /// again at least a reorder window later (a closing sender repeats it
-    /// while it lingers; one forged datagram says it once, and a duplicate
-    /// of it comes within the reordering).
-    goodbye_at: Option<(Instant, bool)>,
+    /// When that `Goodbye` was first heard (a heartbeat a reorder window
+    /// later shows it forged).
+    goodbye_at: Option<Instant>,
     /// Ranges given up with a `Reset`; at most 256 (over-approximated
     /// past it: a seq wrongly in it is at worst delivered twice).
     given_up: RangeSet,
@@ -487,12 +488,12 @@ impl StreamReceiver {
         self.ending
     }
 
-    /// Ends the stream at `next_seq`: a `Goodbye` heard (and repeated)
-    /// before the stream was retired, kept when it is followed again.
+    /// Ends the stream at `next_seq`: a `Goodbye` heard (before the
+    /// stream was retired, kept when it is followed again, or now).
     pub fn set_ending(&mut self, now: Instant, next_seq: u64, cfg: &CoreConfig) {
         self.ending = Some(next_seq);
         self.finish_at = Some(now + cfg.heartbeat_idle + cfg.contradiction());
-        self.goodbye_at = Some((now, true));
+        self.goodbye_at = Some(now);
     }
 
     /// The stream goes on past its `Goodbye`: that was forged.
@@ -610,8 +611,10 @@ impl StreamReceiver {
         }
     }
 
-    /// Events `first_seq..` arrived. `after_sync`: this node's join has
-    /// returned (events below the stream's start matter from then on).
+    /// Events `first_seq..` arrived. `after_sync`: this node's join
+    /// returned more than a contradiction window ago (events below the
+    /// stream's start sent before the join have all arrived by then, so
+    /// one below it shows the start false).
     pub fn on_events(
         &mut self,
         now: Instant,
@@ -943,23 +946,14 @@ impl StreamReceiver {
     }
 
     /// The stream said `Goodbye` at `next_seq`. It is retired once nothing
-    /// below is missing, the `Goodbye` was heard again a reorder window
-    /// later or more (a closing sender repeats it while it lingers) and it
-    /// has stood for a heartbeat interval and a contradiction window
-    /// ([`StreamReceiver::is_finished`]). A `Goodbye` never repeated (a
-    /// sender that did not linger, or a forged one) leaves the stream to
-    /// time out, with its `Reset`.
+    /// below is missing and the `Goodbye` has stood for a heartbeat
+    /// interval and a contradiction window ([`StreamReceiver::is_finished`])
+    /// with no heartbeat or event of the stream going past it. Its repeats
+    /// (a closing sender repeats it while it lingers) change nothing.
     pub fn on_goodbye(&mut self, now: Instant, next_seq: u64, sink: &mut Sink<'_>) {
         self.on_claim(now, next_seq, None, sink);
-        match self.goodbye_at {
-            Some((first, again)) if self.ending == Some(next_seq) => {
-                let later = now.saturating_duration_since(first) >= sink.cfg.reorder_window;
-                self.goodbye_at = Some((first, again || later));
-            }
-            _ => {
-                self.set_ending(now, next_seq, sink.cfg);
-                self.goodbye_at = Some((now, false));
-            }
+        if self.ending != Some(next_seq) || self.finish_at.is_none() {
+            self.set_ending(now, next_seq, sink.cfg);
         }
     }
 
@@ -969,7 +963,7 @@ impl StreamReceiver {
     /// not ending (closer than that, it may be an older heartbeat
     /// reordered).
     pub fn on_heartbeat(&mut self, now: Instant, sink: &mut Sink<'_>) {
-        if let Some((first, _)) = self.goodbye_at {
+        if let Some(first) = self.goodbye_at {
             if self.ending.is_some()
                 && now.saturating_duration_since(first) >= sink.cfg.reorder_window
             {
@@ -977,12 +971,6 @@ impl StreamReceiver {
                 self.not_ending();
             }
         }
-    }
-
-    /// True once the stream's `Goodbye` was heard twice, a reorder window
-    /// apart or more.
-    fn goodbye_repeated(&self) -> bool {
-        self.goodbye_at.is_some_and(|(_, again)| again)
     }
 
     /// The stream's sender no longer holds `ranges`: give up those gaps.
@@ -1033,10 +1021,7 @@ impl StreamReceiver {
     /// missing, and the `Goodbye` has stood long enough (see
     /// [`StreamReceiver::on_goodbye`]).
     pub fn is_finished(&self, now: Instant) -> bool {
-        self.ending.is_some()
-            && self.goodbye_repeated()
-            && self.gaps.is_empty()
-            && self.finish_at.is_some_and(|t| t <= now)
+        self.ending.is_some() && self.gaps.is_empty() && self.finish_at.is_some_and(|t| t <= now)
     }
 
     /// Opens the gap `start..end` (`checked`: see [`Gap::checked`]).
@@ -1087,9 +1072,7 @@ impl StreamReceiver {
     /// When [`StreamReceiver::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.finish_at {
-            Some(t) if self.ending.is_some() && self.goodbye_repeated() && self.gaps.is_empty() => {
-                Some(t)
-            }
+            Some(t) if self.ending.is_some() && self.gaps.is_empty() => Some(t),
             _ => self.gaps.next_due(),
         }
     }

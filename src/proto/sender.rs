@@ -68,9 +68,10 @@ pub struct Sender {
     last_hello_answer: Option<Instant>,
     closed: bool,
     /// When the first `Goodbye` went out, and whether one went out again a
-    /// reorder window later or more: receivers retire a stream only on a
-    /// `Goodbye` heard twice that far apart (one forged datagram says it
-    /// once), so a closing node lingers at least until then.
+    /// reorder window later or more: a closing node lingers at least until
+    /// then, so that a receiver that lost the first (or a loss burst
+    /// around it) still hears one and retires the stream without a timeout
+    /// `Reset`.
     goodbye_sent: Option<(Instant, bool)>,
     reorder_window: Duration,
 
@@ -223,7 +224,7 @@ impl Sender {
     }
 
     /// True once the stream's `Goodbye` went out twice, a reorder window
-    /// apart or more (what receivers need to retire it cleanly).
+    /// apart or more (a receiver that lost the first then heard one).
     pub fn goodbye_repeated(&self) -> bool {
         self.goodbye_sent.is_some_and(|(_, again)| again)
     }

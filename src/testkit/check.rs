@@ -207,10 +207,9 @@ impl Record {
     ///      on ([`Life::heard_real`], [`Life::forged_goodbyes`]). Then all L
     ///      could know of S after E came from the forger, and a real stream
     ///      that said `Goodbye` and ended looks the same: L retires S
-    ///      instead of timing it out with a `Reset`. (One forged `Goodbye`
-    ///      is not enough: a stream is retired only on a `Goodbye` repeated
-    ///      a reorder window apart or more.) Counted in
-    ///      [`CheckReport::forged_in_place`] too.
+    ///      instead of timing it out with a `Reset` (a live publisher's
+    ///      heartbeat or events show a forged `Goodbye` false, a crashed
+    ///      one's cannot). Counted in [`CheckReport::forged_in_place`] too.
     ///
     /// - **Forgery.** With [`Record::forgery`], an event counts as
     ///   delivered only if its content is E's; events nobody published
