@@ -86,7 +86,7 @@ const REPAIR_BUCKETS_LOG2_US: std::ops::RangeInclusive<u32> = 6..=25;
 /// The node's monotonic counters: metric name (without prefix and
 /// `_total`), help, value. One entry per counter of [`cachecast::Stats`]
 /// and [`NodeStats`] (a test checks none is missing).
-fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 46] {
+fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 49] {
     let s = &n.protocol;
     [
         (
@@ -157,6 +157,21 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 46] {
             "streams_ended",
             "Streams that ended with Goodbye",
             s.streams_ended,
+        ),
+        (
+            "streams_reopened",
+            "Streams followed again after their Goodbye, because their events or heartbeats went on (the Goodbye was forged)",
+            s.streams_reopened,
+        ),
+        (
+            "position_contradicted",
+            "Times a stream's position, believed on a claim alone, was contradicted by its events or its own later claim, and what was given up on it asked for again",
+            s.position_contradicted,
+        ),
+        (
+            "events_conflicting",
+            "Events delivered although their seq was delivered before with other content (one of the two forged)",
+            s.events_conflicting,
         ),
         (
             "streams_timed_out",
