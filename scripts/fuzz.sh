@@ -8,7 +8,7 @@
 # Toolchain: cargo-fuzz needs a nightly compiler (-Z sanitizer flags). The
 # script uses the nightly toolchain when rustup has one; otherwise it runs
 # the stable one with RUSTC_BOOTSTRAP=1, which lets stable accept nightly
-# flags (this machine cannot fetch a toolchain). cargo-fuzz is installed
+# flags (for a machine that cannot fetch one). cargo-fuzz is installed
 # (`cargo install cargo-fuzz --locked`) when missing.
 #
 # Bounds every run is held to (libFuzzer stops with a crash file past them):

@@ -4,8 +4,6 @@
 //! round trip property, and a keyed core that refuses every truncation and
 //! every flipped bit of them without any change of state.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use cachecast::proto::NodeCore;
@@ -13,54 +11,13 @@ use cachecast::wire::*;
 use cachecast::{AuthMode, CoreConfig};
 use proptest::prelude::*;
 
-// ---------------------------------------------------------------------------
-// Allocation counting (as in tests/wire.rs): the bytes this thread asks the
-// allocator for while `allocated_by` runs.
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count(bytes: usize) {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATED.try_with(|n| n.set(n.get() + bytes));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+// Allocation counting: the fuzz targets' counting allocator (the bytes
+// this thread asks for while `alloc::allocated_by` runs).
+#[path = "../fuzz/src/alloc.rs"]
+mod alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` and returns the bytes it allocated on this thread.
-fn allocated_by(f: impl FnOnce()) -> usize {
-    ALLOCATED.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    ALLOCATED.with(|n| n.get())
-}
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 // ---------------------------------------------------------------------------
 // The fixed inputs of the goldens.
@@ -863,7 +820,7 @@ fn refusing_a_datagram_allocates_nothing() {
         NodeCore::new(cfg, t).unwrap()
     };
     for round in 0..3 {
-        let bytes = allocated_by(|| {
+        let ((), bytes) = alloc::allocated_by(|| {
             for (_, d) in &refused {
                 r.handle_datagram(t, d);
             }

@@ -353,12 +353,12 @@ fn forger_socket() -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Forged datagrams for `stream` of the bench's cluster, sealed in form
-/// only: `FLAG_AUTH`, a trailer with the real `key_id`, a timestamp of now,
-/// a counter and a tag to be filled per send. Every body kind that could
-/// do harm if accepted: a far-future `Heartbeat`, `Goodbye`, far-ahead
-/// `Data`, `Hello`.
-fn forgeries(stream: u64, key_id: u32) -> Vec<Vec<u8>> {
+/// Forged datagrams for `stream` of the bench's cluster, without their
+/// trailer (written per send: the real key id, a timestamp of now, a
+/// counter and a random tag), flagged `FLAG_AUTH`. Every body kind that
+/// could do harm if accepted: a far-future `Heartbeat`, `Goodbye`,
+/// far-ahead `Data`, `Hello`.
+fn forgeries(stream: u64) -> Vec<Vec<u8>> {
     let mut header = Header::new(wire::cluster_hash(CLUSTER), stream);
     header.flags |= wire::FLAG_AUTH;
     let data = Events::new(&[Event::Invalidate {
@@ -380,18 +380,11 @@ fn forgeries(stream: u64, key_id: u32) -> Vec<Vec<u8>> {
             node: "forger".into(),
         },
     ];
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     bodies
         .iter()
         .map(|b| {
             let mut buf = Vec::new();
             wire::encode(&header, b, &mut buf);
-            buf.extend_from_slice(&key_id.to_le_bytes());
-            buf.push(wire::Algorithm::HmacSha256 as u8);
-            buf.extend_from_slice(&now_ms.to_le_bytes());
-            buf.extend_from_slice(&[0; 8 + wire::TAG_LEN]);
             buf
         })
         .collect()
@@ -409,7 +402,11 @@ fn forge(
 ) -> io::Result<u64> {
     tighten_timer_slack();
     let sock = forger_socket()?;
-    let mut templates = forgeries(stream, key_id);
+    let templates = forgeries(stream);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut d = Vec::with_capacity(wire::MAX_DATAGRAM);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::random());
     let start = Instant::now();
     let mut sent = 0u64;
@@ -417,13 +414,20 @@ fn forge(
     while sent < total && start.elapsed() < limit {
         let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
         while sent < due {
-            let d = &mut templates[(sent % 4) as usize];
-            let n = d.len();
+            d.clear();
+            d.extend_from_slice(&templates[(sent % 4) as usize]);
             counter += 1;
-            d[n - 24..n - 16].copy_from_slice(&counter.to_le_bytes());
-            rng.fill_bytes(&mut d[n - wire::TAG_LEN..]);
+            let mut tag = [0u8; wire::TAG_LEN];
+            rng.fill_bytes(&mut tag);
+            let trailer = wire::Trailer {
+                key_id,
+                algorithm: wire::Algorithm::HmacSha256,
+                timestamp_ms: now_ms,
+                counter,
+            };
+            trailer.write(&tag, &mut d);
             // A send the kernel refuses (buffer full) is a forgery less.
-            if sock.send_to(d, group).is_ok() {
+            if sock.send_to(&d, group).is_ok() {
                 sent += 1;
             } else {
                 break;

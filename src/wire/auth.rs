@@ -123,6 +123,15 @@ impl Trailer {
         f
     }
 
+    /// Appends this trailer with `tag` to `buf`, as [`Key::seal`] does
+    /// with the tag it computes. For tools that must write a trailer
+    /// without the key (a forger in a bench or a test): a datagram so
+    /// written verifies only if `tag` is its tag.
+    pub fn write(&self, tag: &[u8; TAG_LEN], buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.fields());
+        buf.extend_from_slice(tag);
+    }
+
     /// Reads the trailer at the end of `dgram`, whose header is `header_len`
     /// bytes long. Returns the trailer and its tag; reads nothing else and
     /// checks nothing but the lengths and the algorithm byte.
