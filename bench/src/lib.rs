@@ -47,7 +47,7 @@ pub enum System {
     /// (HMAC-SHA256 trailer), auth "require" (--auth adds it).
     CachecastAuth,
     /// cachecast nodes with a key file and --encrypt: bodies encrypted
-    /// (XChaCha20-Poly1305) (--encrypt adds it).
+    /// (XAES-256-GCM) (--encrypt adds it).
     CachecastEncrypt,
     /// Raw UDP multicast, one sendto / recvfrom per datagram.
     Udp,
@@ -504,21 +504,15 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         key_file: key.as_ref().map(|k| k.path.clone()),
     };
     if measures(Mode::Throughput) {
-        for &s in &systems {
-            let plan = ctx.plan(args.events, None);
-            if let Some(r) = ctx.median(s, &plan, "throughput", &mut results.skipped) {
-                results.throughput.push(r);
-            }
-        }
+        let plan = ctx.plan(args.events, None);
+        let r = ctx.medians(&systems, &plan, "throughput", &mut results.skipped);
+        results.throughput.extend(r);
     }
     if measures(Mode::Latency) {
-        for &s in &systems {
-            let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
-            let plan = ctx.plan(n.max(1), Some(args.rate.0));
-            if let Some(r) = ctx.median(s, &plan, "latency", &mut results.skipped) {
-                results.latency.push(r);
-            }
-        }
+        let n = (args.rate.0 * args.duration.as_secs_f64()).ceil() as u64;
+        let plan = ctx.plan(n.max(1), Some(args.rate.0));
+        let r = ctx.medians(&systems, &plan, "latency", &mut results.skipped);
+        results.latency.extend(r);
     }
     if measures(Mode::Sweep) {
         for &s in &systems {
@@ -592,10 +586,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// `--runs` runs of `system`, keeping the median: by p99 for the
-    /// latency runs (at a fixed rate the delivered rate says nothing, and
-    /// one scheduling hiccup makes a p99), by delivered rate for the
-    /// others.
+    /// `--runs` runs of `system`, keeping the median (see
+    /// [`Ctx::medians`]).
     fn median(
         &self,
         system: System,
@@ -603,24 +595,49 @@ impl Ctx<'_> {
         label: &str,
         skipped: &mut Vec<(System, String)>,
     ) -> Option<RunResult> {
-        let mut runs = Vec::new();
+        self.medians(&[system], plan, label, skipped).pop()
+    }
+
+    /// `--runs` runs of each of `systems`, taking turns (run 1 of each,
+    /// then run 2 of each, ...: a shared machine's slow minute falls on
+    /// all of them, not on whichever ran then), keeping each one's median:
+    /// by p99 for the latency runs (at a fixed rate the delivered rate says
+    /// nothing, and one scheduling hiccup makes a p99), by delivered rate
+    /// for the others. A system whose run fails is skipped from then on.
+    fn medians(
+        &self,
+        systems: &[System],
+        plan: &Plan,
+        label: &str,
+        skipped: &mut Vec<(System, String)>,
+    ) -> Vec<RunResult> {
+        let mut runs: Vec<Option<Vec<RunResult>>> = vec![Some(Vec::new()); systems.len()];
         for i in 0..self.args.runs {
-            match self.run_once(system, plan, label, i) {
-                Ok(r) => runs.push(r),
-                Err(e) => {
-                    eprintln!("\rbench: {} {label} failed: {e}", system.name());
-                    skipped.push((system, format!("{label}: {e}")));
-                    return None;
+            for (&system, runs) in systems.iter().zip(&mut runs) {
+                let Some(done) = runs else { continue };
+                match self.run_once(system, plan, label, i) {
+                    Ok(r) => done.push(r),
+                    Err(e) => {
+                        eprintln!("\rbench: {} {label} failed: {e}", system.name());
+                        skipped.push((system, format!("{label}: {e}")));
+                        *runs = None;
+                    }
                 }
             }
         }
-        if label == "latency" {
-            runs.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
-        } else {
-            runs.sort_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
-        }
-        let mid = runs.len() / 2;
-        Some(runs.swap_remove(mid))
+        runs.into_iter()
+            .flatten()
+            .filter(|r| !r.is_empty())
+            .map(|mut runs| {
+                if label == "latency" {
+                    runs.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+                } else {
+                    runs.sort_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
+                }
+                let mid = runs.len() / 2;
+                runs.swap_remove(mid)
+            })
+            .collect()
     }
 
     fn addr(&self, system: System) -> SocketAddr {
