@@ -123,7 +123,7 @@ fn resets_of_all_lives(c: &LoopbackCluster) -> Vec<usize> {
 }
 
 /// A cluster of `names` whose nodes each read their own key file, all
-/// holding one new key. Returns it, the key files and the key id.
+/// holding one new key; `n2` encrypts. Returns it, the key files and the key id.
 async fn keyed_cluster(
     dir: &KeyDir,
     names: &[&str],
@@ -144,6 +144,9 @@ async fn keyed_cluster(
             .find(|(n, _)| *n == cfg.node_name)
             .expect("a key file per node");
         cfg.key_file = Some(path.clone());
+        // One node encrypts: its stream's XAES-256-GCM key changes with
+        // the sending key, at both ends.
+        cfg.encrypt = cfg.node_name == "n2";
     })
     .await
     .unwrap();

@@ -1,6 +1,6 @@
 //! Authenticated datagrams on the wire: golden bytes of every body kind
-//! sealed with a fixed secret (HMAC-SHA256 for all, XChaCha20-Poly1305 for
-//! two), the documented derivation recomputed from its parts, a seal/open
+//! sealed with a fixed secret (HMAC-SHA256 for all, XAES-256-GCM for two),
+//! the documented derivation recomputed from its parts, a seal/open
 //! round trip property, and a keyed core that refuses every truncation and
 //! every flipped bit of them without any change of state.
 
@@ -79,7 +79,7 @@ fn plain(header: &Header, body: &Body) -> Vec<u8> {
 // Golden bytes. Every header is tests/wire.rs's with flags 01 (FLAG_AUTH):
 // "CCST" (43435354), version 01, flags 01, cluster fc + 0x1705ad44 LE,
 // stream as a varint. The body follows as in the unkeyed goldens (in the
-// clear with HMAC, encrypted in place, same length, with XChaCha20-Poly1305),
+// clear with HMAC, encrypted in place, same length, with XAES-256-GCM),
 // then the 37-byte trailer: key id u32 LE, algorithm u8, timestamp u64 LE,
 // counter u64 LE, tag [u8; 16].
 
@@ -185,25 +185,25 @@ const GOLDEN_REPORT: &str = concat!(
 const GOLDEN_DATA_ENCRYPTED: &str = concat!(
     "434353540101fc44ad0517fd0807060504030201", // header, flags 01, stream 0x0102030405060708
     // GOLDEN_DATA's body, encrypted (same length: 41 bytes)
-    "c484057e4a7a553d1bce924dcada77c6a8dc243f6565ebad7124046af846411e1c31daee975356fd0d",
-    "b10cd859",                         // key id
-    "02",                               // XChaCha20-Poly1305
-    "00dc207497010000",                 // timestamp
-    "0403020100000000",                 // counter 0x01020304
-    "56eecc02d5042516c51882721cc252e5", // tag (Poly1305)
+    "2bd7247a8a0ebdeb2d15f8cfadd9d75ea7a5e658e013e13e72bf4ff467b5d55ae5e1df6405aff12796",
+    "b10cd859",         // key id
+    "02",               // XAES-256-GCM
+    "00dc207497010000", // timestamp
+    "0403020100000000", // counter 0x01020304
+    "43a7d7c49969972d2a906215adae0a11",
 );
 const GOLDEN_GOODBYE_ENCRYPTED: &str = concat!(
-    "434353540101fc44ad051707",         // header, flags 01, stream 7
-    "423ad6e18a75f022bc2c",             // Goodbye 1 << 40, encrypted (10 bytes)
-    "b10cd859",                         // key id
-    "02",                               // XChaCha20-Poly1305
-    "00dc207497010000",                 // timestamp
-    "ffffffffffffffff",                 // counter u64::MAX
-    "f0291eb390bc6957b707532a708acb0d", // tag (Poly1305)
+    "434353540101fc44ad051707", // header, flags 01, stream 7
+    "72b13072a33c98d10ec9",
+    "b10cd859",         // key id
+    "02",               // XAES-256-GCM
+    "00dc207497010000", // timestamp
+    "ffffffffffffffff", // counter u64::MAX
+    "9bc072486631785f60ddfdd40d67ad28",
 );
 
 fn goldens() -> Vec<Golden> {
-    use Algorithm::{HmacSha256 as Mac, XChaCha20Poly1305 as Enc};
+    use Algorithm::{Aes256Gcm as Enc, HmacSha256 as Mac};
     let big = Header::new(cluster(), 0x0102_0304_0506_0708);
     let hdr = Header::new(cluster(), 7);
     let events = || {
@@ -391,7 +391,7 @@ fn golden_bytes() {
                     "{what}"
                 );
             }
-            Algorithm::XChaCha20Poly1305 => {
+            Algorithm::Aes256Gcm => {
                 assert_ne!(body_bytes, &unkeyed[hl..], "{what}");
                 assert!(
                     !bytes.windows(6).any(|w| w == b"user:1"),
@@ -409,12 +409,10 @@ fn golden_bytes() {
 
 /// The goldens' key id and tags recomputed from the documented derivation
 /// (src/wire/auth.rs), with the primitives themselves: HKDF-SHA256,
-/// HMAC-SHA256 and XChaCha20-Poly1305. A change of salt, label, nonce or
+/// HMAC-SHA256 and XAES-256-GCM. A change of salt, label, nonce or
 /// associated data shows here even if seal and open changed alike.
 #[test]
 fn goldens_follow_the_documented_derivation() {
-    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-    use chacha20poly1305::{Tag, XChaCha20Poly1305};
     use hkdf::Hkdf;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
@@ -431,10 +429,8 @@ fn goldens_follow_the_documented_derivation() {
     salt.push(VERSION);
     salt.extend_from_slice(&cluster().to_le_bytes());
     let hk = Hkdf::<Sha256>::new(Some(&salt), &secret());
-    let (mut mac_key, mut enc_key) = ([0u8; 32], [0u8; 32]);
+    let mut mac_key = [0u8; 32];
     hk.expand(b"cachecast datagram mac", &mut mac_key).unwrap();
-    hk.expand(b"cachecast datagram encrypt", &mut enc_key)
-        .unwrap();
     for g in goldens() {
         let bytes = hex::decode(g.hex).unwrap();
         let n = bytes.len();
@@ -447,22 +443,46 @@ fn goldens_follow_the_documented_derivation() {
                 let full = mac.finalize().into_bytes();
                 assert_eq!(full[..TAG_LEN], bytes[n - TAG_LEN..], "{:?}", g.body);
             }
-            Algorithm::XChaCha20Poly1305 => {
-                // Nonce: stream, counter, timestamp (each u64 LE);
-                // associated data: the header, then the trailer's fields.
-                let mut nonce = [0u8; 24];
-                nonce[..8].copy_from_slice(&g.header.stream.to_le_bytes());
-                nonce[8..16].copy_from_slice(&g.counter.to_le_bytes());
-                nonce[16..].copy_from_slice(&TS.to_le_bytes());
+            Algorithm::Aes256Gcm => {
+                // XAES-256-GCM (c2sp.org/XAES-256-GCM) under the HKDF key
+                // "cachecast datagram xaes-256-gcm", its 24-byte nonce the
+                // stream (u64 LE), four zero bytes, the counter (u64 LE)
+                // and the timestamp's low 32 bits (LE); recomputed with
+                // RustCrypto's AES and AES-GCM (the node uses ring's).
+                use aes::cipher::{BlockEncrypt, KeyInit as _};
+                use aes_gcm::aead::AeadInPlace as _;
+                let mut xaes_key = [0u8; 32];
+                hk.expand(b"cachecast datagram xaes-256-gcm", &mut xaes_key)
+                    .unwrap();
+                let aes = aes::Aes256::new((&xaes_key).into());
+                let mut l = aes::Block::default();
+                aes.encrypt_block(&mut l);
+                let l = u128::from_be_bytes(l.into());
+                let k1 = ((l << 1) ^ if l >> 127 == 1 { 0x87 } else { 0 }).to_be_bytes();
+                let mut kx = [0u8; 32];
+                for (i, half) in kx.chunks_exact_mut(16).enumerate() {
+                    let mut m = [0u8; 16];
+                    m[..4].copy_from_slice(&[0, i as u8 + 1, b'X', 0]);
+                    m[4..12].copy_from_slice(&g.header.stream.to_le_bytes());
+                    for (b, k) in m.iter_mut().zip(k1) {
+                        *b ^= k;
+                    }
+                    let mut block = aes::Block::from(m);
+                    aes.encrypt_block(&mut block);
+                    half.copy_from_slice(&block);
+                }
+                let mut nonce = [0u8; 12];
+                nonce[..8].copy_from_slice(&g.counter.to_le_bytes());
+                nonce[8..].copy_from_slice(&(TS as u32).to_le_bytes());
                 let mut aad = bytes[..hl].to_vec();
                 aad.extend_from_slice(&bytes[n - TRAILER_LEN..n - TAG_LEN]);
                 let mut body = bytes[hl..n - TRAILER_LEN].to_vec();
-                XChaCha20Poly1305::new((&enc_key).into())
+                <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new((&kx).into())
                     .decrypt_in_place_detached(
                         (&nonce).into(),
                         &aad,
                         &mut body,
-                        Tag::from_slice(&bytes[n - TAG_LEN..]),
+                        aes_gcm::Tag::from_slice(&bytes[n - TAG_LEN..]),
                     )
                     .unwrap();
                 assert_eq!(body, plain(&g.header, &g.body)[hl..], "{:?}", g.body);
@@ -586,10 +606,7 @@ fn header() -> impl Strategy<Value = Header> {
 }
 
 fn algorithm() -> impl Strategy<Value = Algorithm> {
-    prop_oneof![
-        Just(Algorithm::HmacSha256),
-        Just(Algorithm::XChaCha20Poly1305)
-    ]
+    prop_oneof![Just(Algorithm::HmacSha256), Just(Algorithm::Aes256Gcm)]
 }
 
 fn a_secret() -> impl Strategy<Value = Vec<u8>> {
@@ -753,8 +770,12 @@ fn every_truncation_and_flipped_bit_is_refused_without_a_trace() {
                         5 if x & FLAG_AUTH != 0 && x & !(FLAG_AUTH | FLAG_RECEIVE_ONLY) == 0 => {
                             (mode == AuthMode::Require).then_some("auth_missing")
                         }
-                        // Key id, or algorithm (no other valid value is one
-                        // flip away): no such key.
+                        // The algorithm turned into another one: the tag
+                        // fails.
+                        i if i == trailer + 4 && Algorithm::from_u8(m[i]).is_some() => {
+                            Some("auth_bad_tag")
+                        }
+                        // Key id, or algorithm: no such key.
                         i if (trailer..trailer + 5).contains(&i) => Some("auth_unknown_key"),
                         // Body, timestamp, counter, tag: the tag fails.
                         i if i >= hl => Some("auth_bad_tag"),
@@ -781,6 +802,8 @@ fn refusing_a_datagram_allocates_nothing() {
     let t = Instant::now();
     let mac = hex::decode(GOLDEN_DATA).unwrap();
     let enc = hex::decode(GOLDEN_DATA_ENCRYPTED).unwrap();
+    // A stream not heard yet: its key would be derived, then refused.
+    let enc_new = hex::decode(GOLDEN_GOODBYE_ENCRYPTED).unwrap();
     let hl = 20;
     let mut unkeyed = mac[..mac.len() - TRAILER_LEN].to_vec();
     unkeyed[5] = 0;
@@ -797,6 +820,7 @@ fn refusing_a_datagram_allocates_nothing() {
         ("auth_unknown_key", unknown_key),
         ("auth_bad_tag", bad_tag(&mac)),
         ("auth_bad_tag", bad_tag(&enc)),
+        ("auth_bad_tag", bad_tag(&enc_new)),
         ("auth_bad_tag", mac[..hl + TRAILER_LEN - 1].to_vec()),
         ("auth_replay", mac.clone()),
         ("auth_replay", enc.clone()),

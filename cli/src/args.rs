@@ -102,9 +102,10 @@ pub struct NetArgs {
     /// require with a key file, else off.
     #[arg(long, env = "CACHECAST_AUTH", value_name = "MODE", value_parser = parse_auth)]
     pub auth: Option<AuthMode>,
-    /// Encrypt the bodies (cache keys often hold user ids), not only
-    /// authenticate them; needs a key file, and every node must hold the
-    /// key (a node without it cannot read them).
+    /// Encrypt the bodies (XAES-256-GCM; cache keys often hold user ids),
+    /// not only authenticate them; with AES-NI also the cheaper of the two.
+    /// Needs a key file, and every node must hold the key (a node without
+    /// it cannot read them).
     #[arg(long, env = "CACHECAST_ENCRYPT")]
     pub encrypt: bool,
 }

@@ -100,7 +100,7 @@ fn sealed(data: &[u8]) {
     let algorithm = if how & 1 == 0 {
         Algorithm::HmacSha256
     } else {
-        Algorithm::XChaCha20Poly1305
+        Algorithm::Aes256Gcm
     };
     let stream = [2, 250, 0x0102_0304_0506_0708, u64::MAX][(how >> 1) as usize % 4];
     let key = &keys()[(how >> 3) as usize % 2];

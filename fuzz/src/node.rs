@@ -475,7 +475,7 @@ pub enum SealSpec {
     Key {
         /// Which key.
         key: u8,
-        /// XChaCha20-Poly1305 rather than HMAC.
+        /// XAES-256-GCM rather than HMAC.
         encrypt: bool,
         /// The transmit counter.
         counter: u32,
@@ -509,7 +509,7 @@ impl Framed {
                 age_s,
             } => {
                 let algorithm = if *encrypt {
-                    Algorithm::XChaCha20Poly1305
+                    Algorithm::Aes256Gcm
                 } else {
                     Algorithm::HmacSha256
                 };

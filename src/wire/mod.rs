@@ -147,8 +147,8 @@ mod run;
 mod varint;
 
 pub use auth::{
-    key_id, Algorithm, AuthError, Key, KeyError, Keyring, Trailer, MAX_HELD_KEYS, MAX_SECRET_LEN,
-    MIN_SECRET_LEN, TAG_LEN, TRAILER_LEN,
+    key_id, Algorithm, AuthError, Key, KeyError, Keyring, StreamKey, Trailer, MAX_HELD_KEYS,
+    MAX_SECRET_LEN, MIN_SECRET_LEN, TAG_LEN, TRAILER_LEN,
 };
 pub use batch::{EventBatch, MAX_BATCH};
 pub use body::{decode, decode_body, encode, Body, BodyTag, Datagram, Position};

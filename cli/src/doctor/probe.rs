@@ -78,7 +78,7 @@ fn probe_datagrams(
         wire::encode(&header, body, buf);
         if let Some((key, encrypt)) = sending {
             let algorithm = if encrypt {
-                Algorithm::XChaCha20Poly1305
+                Algorithm::Aes256Gcm
             } else {
                 Algorithm::HmacSha256
             };
@@ -235,7 +235,7 @@ pub(super) async fn run_probe(
                         offset = clock_offset(bytes, header_len);
                         encrypted = matches!(
                             Trailer::read(bytes, header_len),
-                            Ok((t, _)) if t.algorithm == Algorithm::XChaCha20Poly1305
+                            Ok((t, _)) if t.algorithm != Algorithm::HmacSha256
                         );
                         Trailer::read(bytes, header_len).ok().map(|(t, _)| t.key_id)
                     }
