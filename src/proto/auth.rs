@@ -93,8 +93,10 @@ pub struct AuthConfig {
     /// Off, accept or require. Default off.
     pub mode: AuthMode,
     /// Encrypt bodies (XAES-256-GCM) rather than only authenticate them
-    /// (HMAC-SHA256): also the cheaper of the two on a CPU with AES-NI. Every receiver must hold the key: a node in
-    /// `off` mode cannot read an encrypted datagram. Default false.
+    /// (HMAC-SHA256): also the cheaper of the two on a CPU with AES-NI.
+    /// Every receiver must hold the key: a node in `off` mode cannot read
+    /// an encrypted datagram. Stream ids must be unique under a key (see
+    /// `wire::auth`; a `Node` draws them at random). Default false.
     pub encrypt: bool,
     /// The keys: every one accepted, one sending. Needs a sending key unless
     /// the mode is off.
@@ -296,6 +298,12 @@ impl Auth {
         cfg.keyring = keyring;
         cfg.check()?;
         self.cfg = cfg;
+        // Stream keys are kept by key id: a new secret whose id were an old
+        // one's must not find the old one's keys.
+        self.send_key = None;
+        for w in self.windows.values_mut() {
+            w.stream_key = None;
+        }
         Ok(())
     }
 

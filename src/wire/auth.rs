@@ -28,15 +28,18 @@
 //!   once and keeps it; the 12-byte GCM nonce is the counter (`u64` LE) and
 //!   the timestamp's low 32 bits (LE). The body is encrypted in place, the
 //!   header and the trailer's fields are associated data, the tag is GCM's.
-//!   A stream id is random per process start and its counter never
-//!   repeats, so no (key, nonce) pair is used twice. It is the sending
-//!   algorithm of `encrypt` because it is the cheapest of the three with
-//!   AES-NI: sealing 1.1 KB costs 0.33 us, HMAC-SHA256 1.1 us (see README,
-//!   Speed). The per-stream key is what makes a 96-bit GCM nonce safe: a
-//!   counter alone would repeat across streams under one key. The
-//!   timestamp in the nonce guards even against two cores given the same
-//!   stream id by a careless `CoreConfig` (their counters start alike,
-//!   their clocks would have to agree to the millisecond).
+//!   No (key, nonce) pair is used twice as long as stream ids are unique
+//!   under a key: a `Node` draws its stream id at random (64 bits) at every
+//!   start, and a stream's counter never repeats. A `NodeCore` built by
+//!   hand must do the same: two cores sending with one stream id and one
+//!   key would repeat nonces from their first datagrams (their counters
+//!   start alike) whenever their clocks agree to the millisecond, and a
+//!   repeated GCM nonce gives away the stream key's authentication key.
+//!   The per-stream key is what makes a 96-bit GCM nonce safe: a counter
+//!   alone would repeat across streams under one key. It is the sending
+//!   algorithm of `encrypt` because with AES-NI it is cheaper than HMAC
+//!   alone: sealing 1.1 KB costs 0.33 us, HMAC-SHA256 1.1 us (see README,
+//!   Speed).
 //!
 //! # Keys
 //!
