@@ -75,6 +75,7 @@ pub mod proto;
 pub mod testkit;
 pub mod wire;
 
+pub use net::peers::{PeerSpec, Transport};
 pub use net::socket::InterfaceSpec;
 pub use node::{
     JoinError, Node, NodeConfig, NodeStats, Receipt, ReloadError, Subscription, DEFAULT_GROUP,

@@ -39,6 +39,7 @@ use crate::proto::AuthMode;
 use crate::wire::{KeyError, Keyring};
 
 use crate::net::driver::{Command, Driver, DriverStats, Hooks};
+use crate::net::peers::{PeerSet, PeerSpec, Transport};
 use crate::net::socket::{self, InterfaceSpec, ResolvedInterface, SocketError, SocketOptions};
 use crate::proto::NodeCore;
 use crate::proto::{
@@ -136,6 +137,24 @@ pub struct NodeConfig {
     /// Encrypt bodies, not only authenticate them (needs a key file; every
     /// node must hold the key). Default false.
     pub encrypt: bool,
+    /// How datagrams travel: to the multicast `group` (the default), to
+    /// `peers` one unicast copy each (where multicast does not work:
+    /// clouds, most Kubernetes networks), or both (see
+    /// [`crate::net::peers`]). Every receiver rule and the no-silent-loss
+    /// promise are the same.
+    pub transport: Transport,
+    /// The peers of a unicast transport: addresses (`IP:PORT`) and names
+    /// (`NAME:PORT`, re-resolved every `peer_refresh`: a Kubernetes headless
+    /// service). Peers whose datagrams this node accepts are added (learned),
+    /// so a node that lists only some of the others is answered by all.
+    pub peers: Vec<PeerSpec>,
+    /// Where a unicast node receives: default the unspecified address on
+    /// the `group`'s port (the family of the group). Every node on one
+    /// host needs its own. With `Both`, the multicast socket receives (on
+    /// the group's port) and this must be unset.
+    pub listen: Option<SocketAddr>,
+    /// How often `peers`' names are resolved again. Default 15 s.
+    pub peer_refresh: Duration,
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
     /// …). Its `cluster`, `stream`, `node_name`, `seed`, `receive_only` and
@@ -163,6 +182,10 @@ impl Default for NodeConfig {
             key_file: None,
             auth: None,
             encrypt: false,
+            transport: Transport::Multicast,
+            peers: Vec::new(),
+            listen: None,
+            peer_refresh: Duration::from_secs(15),
             protocol: CoreConfig::default(),
         }
     }
@@ -353,13 +376,22 @@ impl Node {
             return Err(ConfigError::new("subscriber_queue", "must be at least 1").into());
         }
 
-        let sock = socket::open(&SocketOptions {
-            group: config.group,
-            interface: config.interface.clone(),
-            ttl: config.ttl,
-            loopback: config.loopback,
-            recv_buffer: config.recv_buffer,
-        })?;
+        let (fixed, names) = check_peers(&config)?;
+        let sock = if config.transport == Transport::Unicast {
+            let listen = config.listen.unwrap_or_else(|| match config.group {
+                SocketAddr::V4(g) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, g.port())),
+                SocketAddr::V6(g) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, g.port())),
+            });
+            socket::open_unicast(listen, config.recv_buffer)?
+        } else {
+            socket::open(&SocketOptions {
+                group: config.group,
+                interface: config.interface.clone(),
+                ttl: config.ttl,
+                loopback: config.loopback,
+                recv_buffer: config.recv_buffer,
+            })?
+        };
         // This node's own datagrams, looped back, are dropped by the kernel
         // where it can (else the core ignores them after their header).
         let own = core_cfg.own_prefix();
@@ -367,6 +399,29 @@ impl Node {
             tracing::debug!(error = %e, "no socket filter: own datagrams are read and ignored");
         }
         let local_addr = sock.socket.local_addr().ok();
+        let (peers, resolved) = if config.transport.unicast() {
+            let own = local_addr.unwrap_or(sock.group);
+            let local_ips = socket::list_interfaces()
+                .into_iter()
+                .flat_map(|i| i.addrs)
+                .collect();
+            let mut set = PeerSet::new(fixed, own, local_ips, core_cfg.stream_timeout);
+            // The names once before the first Hello, so that it reaches
+            // them; then again every `peer_refresh`.
+            let resolved = if names.is_empty() {
+                None
+            } else {
+                let first = resolve_all(&names).await;
+                set.set_resolved(first.clone(), std::time::Instant::now());
+                let (tx, rx) = watch::channel(first);
+                tokio::spawn(keep_resolving(names, config.peer_refresh, tx));
+                Some(rx)
+            };
+            tracing::info!(transport = %config.transport, peers = ?set.destinations(), "unicast peers");
+            (Some(set), resolved)
+        } else {
+            (None, None)
+        };
         let udp = tokio::net::UdpSocket::from_std(sock.socket)
             .and_then(crate::net::batch::BatchSocket::new)
             .map_err(JoinError::Runtime)?;
@@ -393,7 +448,10 @@ impl Node {
         let driver = Driver {
             core,
             socket: udp,
-            group: config.group,
+            group: config.transport.multicast().then_some(config.group),
+            peers,
+            resolved,
+            peers_checked: now.into_std(),
             commands: rx,
             clock_at: now.into_std() + Duration::from_secs(10),
             deliveries: deliveries.clone(),
@@ -890,6 +948,104 @@ impl Subscription {
                 Take::Closed => return Some(None),
                 Take::Empty => return None,
             }
+        }
+    }
+}
+
+/// The peers of `config`, checked against its transport: the addresses,
+/// and the names to resolve (with their ports).
+#[allow(clippy::type_complexity)]
+fn check_peers(config: &NodeConfig) -> Result<(Vec<SocketAddr>, Vec<(String, u16)>), ConfigError> {
+    let unicast = config.transport.unicast();
+    if !unicast && !config.peers.is_empty() {
+        return Err(ConfigError::new(
+            "peers",
+            "are sent to only with transport unicast or both (multicast sends to the group)",
+        ));
+    }
+    if unicast && config.peers.is_empty() {
+        return Err(ConfigError::new(
+            "peers",
+            "must be given for transport unicast or both: addresses (IP:PORT) or names (NAME:PORT, e.g. a Kubernetes headless service)",
+        ));
+    }
+    if config.listen.is_some() && config.transport != Transport::Unicast {
+        return Err(ConfigError::new(
+            "listen",
+            "is only for transport unicast (multicast and both receive on the group's port)",
+        ));
+    }
+    if config.peer_refresh.is_zero() {
+        return Err(ConfigError::new("peer_refresh", "must be above zero"));
+    }
+    let v4 = match (config.transport, config.listen) {
+        (Transport::Unicast, Some(l)) => l.is_ipv4(),
+        _ => config.group.is_ipv4(),
+    };
+    let mut fixed = Vec::new();
+    let mut names = Vec::new();
+    for p in &config.peers {
+        match p {
+            PeerSpec::Addr(a) if a.is_ipv4() != v4 => {
+                return Err(ConfigError::new(
+                    "peers",
+                    format!(
+                        "hold {a}, an IPv{} address, but this node's socket is IPv{} (set listen, or group, to the peers' family)",
+                        if a.is_ipv4() { 4 } else { 6 },
+                        if v4 { 4 } else { 6 }
+                    ),
+                ));
+            }
+            PeerSpec::Addr(a) => fixed.push(*a),
+            PeerSpec::Name { host, port } => names.push((host.clone(), *port)),
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok((fixed, names))
+}
+
+/// Resolves every name (A and AAAA; at most 5 s each), keeping what
+/// resolved. A name that does not is logged and skipped.
+async fn resolve_all(names: &[(String, u16)]) -> Vec<SocketAddr> {
+    let mut all = Vec::new();
+    for (host, port) in names {
+        let lookup = tokio::net::lookup_host((host.as_str(), *port));
+        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(addrs)) => all.extend(addrs),
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %host, error = %e, "peer name did not resolve (tried again every peer_refresh)")
+            }
+            Err(_) => {
+                tracing::warn!(peer = %host, "peer name did not resolve within 5 s (tried again every peer_refresh)")
+            }
+        }
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Resolves `names` every `every` until the driver is gone. A round in
+/// which nothing resolves keeps the last answers (a DNS outage does not
+/// empty the peer list).
+async fn keep_resolving(
+    names: Vec<(String, u16)>,
+    every: Duration,
+    tx: watch::Sender<Vec<SocketAddr>>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tx.closed() => return,
+        }
+        let now = resolve_all(&names).await;
+        if !now.is_empty() {
+            tx.send_if_modified(|v| {
+                let changed = *v != now;
+                *v = now;
+                changed
+            });
         }
     }
 }

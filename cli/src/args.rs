@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use cachecast::keys::{KeyFile, KeyFileError};
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::{AuthMode, JoinError, NodeConfig, DEFAULT_GROUP};
+use cachecast::{AuthMode, JoinError, NodeConfig, PeerSpec, Transport, DEFAULT_GROUP};
 
 use crate::failure::Failure;
 use crate::logs::LogFormat;
@@ -90,6 +90,21 @@ pub struct NetArgs {
     /// This node's name, as others see it (default: <hostname-ish>-<pid>).
     #[arg(long)]
     pub name: Option<String>,
+    /// How datagrams travel: multicast (to --group), unicast (one copy to
+    /// each --peer: where multicast does not work, e.g. clouds and most
+    /// Kubernetes networks; `cachecast doctor` tells) or both.
+    #[arg(long, env = "CACHECAST_TRANSPORT", default_value_t = Transport::Multicast, value_parser = parse_transport)]
+    pub transport: Transport,
+    /// A peer of the unicast transport: IP:PORT, [IPv6]:PORT or NAME:PORT
+    /// (a name is resolved again every 15 s: a Kubernetes headless
+    /// service). Repeat it, or separate with commas. Nodes whose datagrams
+    /// arrive are added, so listing some of the others is enough.
+    #[arg(long = "peer", env = "CACHECAST_PEERS", value_name = "PEER", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<PeerSpec>,
+    /// Where a unicast node receives (default: every address, on the
+    /// group's port). Each node on one host needs its own.
+    #[arg(long, env = "CACHECAST_LISTEN", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
     /// The cluster's key file (written by `cachecast keygen`; mode 0600):
     /// every datagram is then authenticated, and only those of nodes
     /// holding one of its keys are accepted. A path, never the key itself:
@@ -116,6 +131,7 @@ impl NetArgs {
     /// (exit status 2) before anything joins.
     pub fn config(&self, role: &str) -> Result<NodeConfig, Failure> {
         check_keys(self.key_file.as_deref(), self.auth, self.encrypt)?;
+        self.check_transport()?;
         Ok(NodeConfig {
             group: self.group,
             interface: self.interface.clone(),
@@ -128,9 +144,50 @@ impl NetArgs {
             key_file: self.key_file.clone(),
             auth: self.auth,
             encrypt: self.encrypt,
+            transport: self.transport,
+            peers: self.peers.clone(),
+            listen: self.listen,
             ..NodeConfig::default()
         })
     }
+}
+
+impl NetArgs {
+    /// `--transport`, `--peer` and `--listen` together (the node checks
+    /// them too; here a bad combination is a usage error, exit status 2).
+    fn check_transport(&self) -> Result<(), Failure> {
+        match (self.transport, self.peers.is_empty()) {
+            (Transport::Multicast, false) => {
+                return Err(Failure::Usage(
+                    "--peer is sent to only with --transport unicast or both".into(),
+                ))
+            }
+            (Transport::Unicast | Transport::Both, true) => {
+                return Err(Failure::Usage(format!(
+                    "--transport {} needs peers: --peer IP:PORT or NAME:PORT (or CACHECAST_PEERS)",
+                    self.transport
+                )))
+            }
+            _ => {}
+        }
+        if self.listen.is_some() && self.transport != Transport::Unicast {
+            return Err(Failure::Usage(
+                "--listen is for --transport unicast (the others receive on the group's port)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--transport`.
+pub fn parse_transport(s: &str) -> Result<Transport, String> {
+    s.parse()
+}
+
+/// Parses a `--peer`.
+pub fn parse_peer(s: &str) -> Result<PeerSpec, String> {
+    s.parse()
 }
 
 /// The bytes of a datagram a node of `config` may fill with events: its

@@ -306,3 +306,53 @@ fn the_demo_rejects_bad_options() {
     let out = run(Command::new(BIN).args(["demo", "--loss", "150"]));
     assert_usage_error("demo --loss 150", &out, "--loss");
 }
+
+/// Without multicast: `send` and `listen` over the unicast transport, each
+/// on its own port of 127.0.0.1 and naming the other as its peer (the
+/// sender by `localhost`, resolved); a configuration that cannot work is a
+/// usage error naming the field.
+#[test]
+fn send_reaches_listen_over_unicast() {
+    let ports: Vec<u16> = {
+        let held: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect()
+    };
+    let mut base = loopback(None);
+    base.extend(["--transport".into(), "unicast".into()]);
+    let with = |me: u16, peer: String| {
+        let mut net = base.clone();
+        net.extend([format!("--listen=127.0.0.1:{me}"), format!("--peer={peer}")]);
+        net
+    };
+    let listener = with(ports[0], format!("127.0.0.1:{}", ports[1]));
+    let sender = with(ports[1], format!("localhost:{}", ports[0]));
+    let (child, rx) = listen(&listener, &["--count", "1", "--timeout", "30s"]);
+    let out = send(&sender, &["invalidate", "over:unicast"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = next(&rx);
+    assert_eq!(v["keys"], serde_json::json!(["over:unicast"]));
+    assert!(finish(child).status.success());
+
+    let mut no_peer = base.clone();
+    no_peer.push(format!("--listen=127.0.0.1:{}", ports[1]));
+    let out = send(&no_peer, &["invalidate", "k"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("peers"),
+        "{out:?}"
+    );
+    let out = send(&base, &["--peer", "10.0.0.1", "invalidate", "k"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected IP:PORT"),
+        "{out:?}"
+    );
+}

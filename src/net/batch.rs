@@ -43,8 +43,8 @@ impl BatchSocket {
         self.state.max_gso_segments().clamp(1, MAX_SEGMENTS)
     }
 
-    /// Sends `batch` (taken: it is empty afterwards) to `dest`.
-    pub async fn send(&self, dest: SocketAddr, batch: &mut SendBatch) -> io::Result<()> {
+    /// Sends `batch` to `dest`, keeping it (for the next destination).
+    pub async fn send_to(&self, dest: SocketAddr, batch: &SendBatch) -> io::Result<()> {
         let result = if batch.count > 1 && self.max_segments() > 1 {
             match self.send_one(dest, &batch.buf, Some(batch.segment)).await {
                 // GSO refused (a device without checksum offload, a segment
@@ -58,7 +58,6 @@ impl BatchSocket {
         } else {
             self.send_each(dest, batch).await
         };
-        batch.clear();
         result
     }
 

@@ -61,7 +61,14 @@ pub(crate) struct DriverStats {
 pub(crate) struct Driver {
     pub core: NodeCore,
     pub socket: BatchSocket,
-    pub group: SocketAddr,
+    /// The multicast group, unless the transport is unicast only.
+    pub group: Option<SocketAddr>,
+    /// The peers, with a unicast transport.
+    pub peers: Option<super::peers::PeerSet>,
+    /// The peers' names' latest answers.
+    pub resolved: Option<watch::Receiver<Vec<SocketAddr>>>,
+    /// When the peers were last expired.
+    pub peers_checked: std::time::Instant,
     pub commands: mpsc::Receiver<Command>,
     /// When the core's wall clock is next corrected.
     pub clock_at: std::time::Instant,
@@ -322,12 +329,42 @@ impl Driver {
     /// faults, if it set them).
     fn receive(&mut self, from: SocketAddr, bytes: &[u8]) {
         #[cfg(feature = "test-util")]
-        if let Some(tap) = self.hooks.tap.as_mut() {
+        let tapped = if let Some(tap) = self.hooks.tap.as_mut() {
             tap.receive(&mut self.core, from, bytes);
-            return;
+            true
+        } else {
+            false
+        };
+        #[cfg(not(feature = "test-util"))]
+        let tapped = false;
+        if !tapped {
+            self.core
+                .handle_datagram_from(Self::now(), Some(from), bytes);
         }
-        self.core
-            .handle_datagram_from(Self::now(), Some(from), bytes);
+        if let Some(peers) = self.peers.as_mut() {
+            if let Some(a) = self.core.take_accepted_from() {
+                peers.heard(a, Self::now());
+            }
+        }
+    }
+
+    /// The peers' names resolved again, and peers silent too long
+    /// forgotten (once a second).
+    fn update_peers(&mut self, now: std::time::Instant) {
+        let Some(peers) = self.peers.as_mut() else {
+            return;
+        };
+        if let Some(rx) = self.resolved.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                let addrs = rx.borrow_and_update().clone();
+                peers.set_resolved(addrs, now);
+                tracing::debug!(peers = ?peers.destinations(), "peer names resolved again");
+            }
+        }
+        if now.saturating_duration_since(self.peers_checked) >= Duration::from_secs(1) {
+            self.peers_checked = now;
+            peers.expire(now);
+        }
     }
 
     /// Sends everything the core wants sent and hands deliveries out.
@@ -336,6 +373,7 @@ impl Driver {
     /// the kernel, with no timer holding anything back.
     async fn drain(&mut self, tx_buf: &mut Vec<u8>, tx: &mut SendBatch, stats: &mut DriverStats) {
         let now = Self::now();
+        self.update_peers(now);
         let max = self.socket.max_segments();
         while self.core.poll_transmit(now, tx_buf) {
             #[cfg(feature = "test-util")]
@@ -380,10 +418,22 @@ impl Driver {
             tx.clear();
             return;
         }
-        if let Err(e) = self.socket.send(self.group, tx).await {
-            stats.send_errors += 1;
-            tracing::debug!(error = %e, group = %self.group, "send failed");
+        if let Some(group) = self.group {
+            if let Err(e) = self.socket.send_to(group, tx).await {
+                stats.send_errors += 1;
+                tracing::debug!(error = %e, %group, "send failed");
+            }
         }
+        if let Some(peers) = &self.peers {
+            // Encoded once, sent to each (a GSO batch per peer).
+            for &peer in peers.destinations() {
+                if let Err(e) = self.socket.send_to(peer, tx).await {
+                    stats.send_errors += 1;
+                    tracing::debug!(error = %e, %peer, "send to a peer failed");
+                }
+            }
+        }
+        tx.clear();
     }
 }
 

@@ -15,4 +15,5 @@ pub(crate) mod batch;
 pub use batch::RecvBuffers;
 pub(crate) mod driver;
 pub(crate) mod hub;
+pub mod peers;
 pub mod socket;

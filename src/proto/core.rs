@@ -138,6 +138,10 @@ pub struct NodeCore {
     next_ask: Option<Instant>,
     /// The latest `now` passed in (for snapshots).
     last_now: Instant,
+    /// The source of the last datagram accepted (authenticated with keys,
+    /// decoded, not this node's), until taken: a unicast driver learns its
+    /// peers from it.
+    accepted_from: Option<SocketAddr>,
 }
 
 impl NodeCore {
@@ -175,6 +179,7 @@ impl NodeCore {
             timers,
             sender: Sender::new(&cfg, now),
             streams: HashMap::new(),
+            accepted_from: None,
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
             ended: VecDeque::new(),
@@ -371,6 +376,13 @@ impl NodeCore {
         self.handle_datagram_from(now, None, bytes);
     }
 
+    /// The source address of the last datagram accepted since the last call
+    /// (authenticated when keys are used, decoded, another node's): a peer,
+    /// for a unicast transport.
+    pub fn take_accepted_from(&mut self) -> Option<SocketAddr> {
+        self.accepted_from.take()
+    }
+
     /// [`NodeCore::handle_datagram`], with the address it came from (for
     /// the membership view).
     pub fn handle_datagram_from(&mut self, now: Instant, addr: Option<SocketAddr>, bytes: &[u8]) {
@@ -404,6 +416,9 @@ impl NodeCore {
                 return;
             }
         };
+        if addr.is_some() {
+            self.accepted_from = addr;
+        }
         let from = dgram.header.stream;
         let resets_before = self.stats.resets_total();
         let receive_only = dgram.header.receive_only();

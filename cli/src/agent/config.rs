@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cachecast::keys::KeyFile;
 use cachecast::net::socket::InterfaceSpec;
-use cachecast::{AuthMode, NodeConfig, DEFAULT_GROUP};
+use cachecast::{AuthMode, NodeConfig, PeerSpec, Transport, DEFAULT_GROUP};
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -39,6 +39,15 @@ pub struct NodeSection {
     pub name: String,
     /// Deliveries the agent may fall behind its node by before a Reset.
     pub queue: usize,
+    /// "multicast" (to `group`), "unicast" (to each of `peers`: where
+    /// multicast does not work) or "both".
+    pub transport: String,
+    /// Unicast peers: "IP:PORT", "[IPv6]:PORT" or "NAME:PORT" (resolved
+    /// again every 15 s: a Kubernetes headless service).
+    pub peers: Vec<String>,
+    /// Where a unicast node receives; empty: every address, on the group's
+    /// port.
+    pub listen: String,
 }
 
 impl Default for NodeSection {
@@ -50,6 +59,9 @@ impl Default for NodeSection {
             ttl: 1,
             name: String::new(),
             queue: 65536,
+            transport: "multicast".into(),
+            peers: Vec::new(),
+            listen: String::new(),
         }
     }
 }
@@ -261,6 +273,9 @@ pub const ENV: &[(&str, &str, &str)] = &[
     ("CACHECAST_TTL", "node", "ttl"),
     ("CACHECAST_NAME", "node", "name"),
     ("CACHECAST_NODE_QUEUE", "node", "queue"),
+    ("CACHECAST_TRANSPORT", "node", "transport"),
+    ("CACHECAST_PEERS", "node", "peers"),
+    ("CACHECAST_LISTEN", "node", "listen"),
     ("CACHECAST_KEY_FILE", "auth", "key_file"),
     ("CACHECAST_AUTH", "auth", "mode"),
     ("CACHECAST_ENCRYPT", "auth", "encrypt"),
@@ -279,6 +294,10 @@ const INTEGER_FIELDS: &[&str] = &["ttl", "queue", "max_body", "max_keys", "buffe
 /// The fields of [`ENV`] that are booleans: true/false, 1/0, yes/no,
 /// on/off (as the command line's flags read the same variables).
 const BOOL_FIELDS: &[&str] = &["encrypt"];
+
+/// The fields of [`ENV`] that are lists: comma-separated in the variable
+/// (as the command line's `--peer` reads it).
+const LIST_FIELDS: &[&str] = &["peers"];
 
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -323,6 +342,13 @@ impl Config {
             // digits or not (a token, a cluster named 2024).
             let v = match (INTEGER_FIELDS.contains(field), value.parse::<i64>()) {
                 (true, Ok(n)) => toml::Value::Integer(n),
+                _ if LIST_FIELDS.contains(field) => toml::Value::Array(
+                    (value.split(','))
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_owned()))
+                        .collect(),
+                ),
                 _ => match (BOOL_FIELDS.contains(field), parse_bool(&value)) {
                     (true, Some(b)) => toml::Value::Boolean(b),
                     _ => toml::Value::String(value.clone()),
@@ -371,6 +397,45 @@ impl Config {
         }
         if self.node.name.len() > 64 {
             return e("node.name", "longer than 64 bytes".into());
+        }
+        let transport = match self.node.transport.parse::<Transport>() {
+            Ok(t) => t,
+            Err(err) => return e("node.transport", err),
+        };
+        for (i, p) in self.node.peers.iter().enumerate() {
+            if let Err(err) = p.parse::<PeerSpec>() {
+                return e(&format!("node.peers[{i}]"), err);
+            }
+        }
+        if self.node.peers.len() > 1024 {
+            return e("node.peers", "at most 1024".into());
+        }
+        match (transport, self.node.peers.is_empty()) {
+            (Transport::Multicast, false) => {
+                return e(
+                    "node.peers",
+                    "sent to only with transport = \"unicast\" or \"both\"".into(),
+                )
+            }
+            (Transport::Unicast | Transport::Both, true) => {
+                return e(
+                    "node.peers",
+                    format!("transport = \"{transport}\" needs peers (IP:PORT or NAME:PORT)"),
+                )
+            }
+            _ => {}
+        }
+        if !self.node.listen.is_empty() {
+            if let Err(err) = self.node.listen.parse::<SocketAddr>() {
+                return e("node.listen", format!("{err} (write IP:PORT)"));
+            }
+            if transport != Transport::Unicast {
+                return e(
+                    "node.listen",
+                    "only with transport = \"unicast\" (the others receive on the group's port)"
+                        .into(),
+                );
+            }
         }
         if self.node.queue < 1024 {
             return e("node.queue", "at least 1024".into());
@@ -499,6 +564,12 @@ impl Config {
                 self.node.name.clone()
             },
             subscriber_queue: self.node.queue,
+            // Checked by `check`.
+            transport: self.node.transport.parse().unwrap_or_default(),
+            peers: (self.node.peers.iter())
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            listen: self.node.listen.parse().ok(),
             key_file: (!self.auth.key_file.is_empty()).then(|| PathBuf::from(&self.auth.key_file)),
             // Checked by `check`.
             auth: self.auth.parsed_mode().ok().flatten(),
@@ -622,6 +693,50 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_and_peers_are_checked_and_reach_the_node() {
+        let c = load(
+            "[node]\ntransport = \"unicast\"\npeers = [\"10.0.0.2:7467\", \"cachecast.shop.svc:7467\"]\nlisten = \"0.0.0.0:7500\"\n",
+            &[],
+        )
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!(n.transport, Transport::Unicast);
+        assert_eq!(n.peers.len(), 2);
+        assert_eq!(n.listen, Some("0.0.0.0:7500".parse().unwrap()));
+        // The environment: a comma-separated list.
+        let c = load(
+            "",
+            &[
+                ("CACHECAST_TRANSPORT", "both"),
+                ("CACHECAST_PEERS", "10.0.0.2:7467, 10.0.0.3:7467"),
+            ],
+        )
+        .unwrap();
+        let n = c.node_config();
+        assert_eq!((n.transport, n.peers.len()), (Transport::Both, 2));
+        for (text, field) in [
+            ("[node]\ntransport = \"udp\"\n", "node.transport"),
+            ("[node]\ntransport = \"unicast\"\n", "node.peers"),
+            ("[node]\npeers = [\"10.0.0.2:7467\"]\n", "node.peers"),
+            (
+                "[node]\ntransport = \"unicast\"\npeers = [\"10.0.0.2\"]\n",
+                "node.peers[0]",
+            ),
+            (
+                "[node]\ntransport = \"both\"\npeers = [\"10.0.0.2:1\"]\nlisten = \"0.0.0.0:1\"\n",
+                "node.listen",
+            ),
+            (
+                "[node]\ntransport = \"unicast\"\npeers = [\"10.0.0.2:1\"]\nlisten = \"x\"\n",
+                "node.listen",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(err.starts_with(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn the_example_file_is_the_defaults_and_valid() {
         let text = include_str!("../../../contrib/agent.toml");
         let c: Config = toml::from_str(text).unwrap();
@@ -630,6 +745,10 @@ mod tests {
         assert_eq!(c.node.group, d.node.group);
         assert_eq!(c.http.listen, d.http.listen);
         assert_eq!(c.sse.buffer, d.sse.buffer);
+        assert_eq!(
+            (&c.node.transport, &c.node.peers, &c.node.listen),
+            (&d.node.transport, &d.node.peers, &d.node.listen)
+        );
     }
 
     #[test]

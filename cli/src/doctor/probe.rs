@@ -420,7 +420,28 @@ fn not_heard_hints(
         Some(false) => "IP_MULTICAST_LOOP is off, so this host does not hear itself".into(),
         _ => "IP_MULTICAST_LOOP is on (checked above), so not that".into(),
     });
+    hints.push(unicast_advice(group, used));
     hints
+}
+
+/// The configuration to use where multicast does not work: the unicast
+/// transport, with this host's address as the others' peer.
+fn unicast_advice(group: SocketAddr, used: Option<&InterfaceInfo>) -> String {
+    let port = group.port();
+    let here = used
+        .and_then(|i| i.addrs.iter().find(|a| a.is_ipv4() == group.is_ipv4()))
+        .map_or_else(
+            || format!("<this host's address>:{port}"),
+            |a| SocketAddr::new(*a, port).to_string(),
+        );
+    format!(
+        "if this network carries no multicast (most clouds, Kubernetes), run without it: \
+         on every node `--transport unicast --peer <another node's IP>:{port}` (repeat \
+         --peer; a Kubernetes headless service is one name for all: \
+         `--peer cachecast.<namespace>.svc.cluster.local:{port}`), or in the agent's file \
+         `[node] transport = \"unicast\"` and `peers = [\"...\"]`; the others reach this \
+         host at {here}"
+    )
 }
 
 pub(super) fn report_probe(
@@ -667,6 +688,9 @@ mod tests {
             "ip link set eth7 multicast on",
             "ip route get 239.255.1.2",
             "IP_MULTICAST_LOOP is on",
+            "--transport unicast --peer <another node's IP>:4242",
+            "transport = \"unicast\"",
+            "reach this host at 192.0.2.7:4242",
         ] {
             assert!(hints.contains(needle), "{needle:?} in {hints}");
         }

@@ -235,6 +235,14 @@ pub enum SocketError {
         /// The system error.
         source: io::Error,
     },
+    /// Binding a unicast address failed.
+    #[error("cannot bind {addr} for unicast: {source}; another node or program may hold it (each node on a host needs its own port: --listen), or the address is not this host's")]
+    BindUnicast {
+        /// The address bound to.
+        addr: SocketAddr,
+        /// The system error.
+        source: io::Error,
+    },
     /// Binding the group port failed.
     #[error("cannot bind {addr} for group {group} on interface {interface}: {source}; another program may hold the port without SO_REUSEADDR/SO_REUSEPORT: stop it or choose another port")]
     Bind {
@@ -395,6 +403,77 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
     Ok(MulticastSocket {
         socket: socket.into(),
         group,
+        interface,
+        recv_buffer_requested: requested,
+        recv_buffer_granted: granted,
+    })
+}
+
+/// Opens the socket of a node that sends to peers (unicast) rather than to
+/// a group: bound to `listen` (the unspecified address: every address of
+/// this host), no group joined, the receive buffer raised as [`open`] does,
+/// non-blocking. Without `SO_REUSEPORT`: two nodes bound to one address
+/// would each get part of the other's datagrams, so the second one's bind
+/// fails instead. The result's `group` is `listen`.
+pub fn open_unicast(
+    listen: SocketAddr,
+    recv_buffer: usize,
+) -> Result<MulticastSocket, SocketError> {
+    let interface = ResolvedInterface {
+        name: "unicast".to_owned(),
+        index: 0,
+        addr: (!listen.ip().is_unspecified()).then(|| listen.ip()),
+    };
+    if listen.ip().is_multicast() {
+        return Err(SocketError::BindUnicast {
+            addr: listen,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "a multicast address"),
+        });
+    }
+    let domain = if listen.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|source| {
+        SocketError::Create {
+            group: listen,
+            source,
+        }
+    })?;
+    if listen.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .map_err(|source| SocketError::SetOption {
+                option: "IPV6_V6ONLY",
+                group: listen,
+                interface: interface.clone(),
+                hint: "the IPv6 socket must not also receive IPv4",
+                source,
+            })?;
+    }
+    socket
+        .bind(&SockAddr::from(listen))
+        .map_err(|source| SocketError::BindUnicast {
+            addr: listen,
+            source,
+        })?;
+    let requested = recv_buffer.min(i32::MAX as usize / 2);
+    let granted = linux::set_recv_buffer(&socket, requested, listen, &interface);
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| SocketError::SetOption {
+            option: "O_NONBLOCK",
+            group: listen,
+            interface: interface.clone(),
+            hint: "the socket must be non-blocking for tokio",
+            source,
+        })?;
+    tracing::debug!(%listen, recv_buffer_requested = requested, recv_buffer_granted = granted,
+        "unicast socket open");
+    Ok(MulticastSocket {
+        socket: socket.into(),
+        group: listen,
         interface,
         recv_buffer_requested: requested,
         recv_buffer_granted: granted,
