@@ -4,16 +4,14 @@
 //! no-silent-loss checker, peers given by a name (`localhost`), peers
 //! learned from the datagrams that reach a node, and bad configurations.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::auth::{named, publish, Reader};
 use cachecast::testkit::{Faults, LoopbackCluster};
 use cachecast::{Delivery, JoinError, Node, NodeConfig, PeerSpec, Transport};
-use common::auth::{named, publish, Reader};
 
 /// `n` ports of 127.0.0.1 free now (held together, then released).
 fn free_ports(n: usize) -> Vec<u16> {

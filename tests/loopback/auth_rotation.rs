@@ -6,17 +6,15 @@
 //! (the test kit's checker) and nobody Resets. And the mistake: retiring
 //! the old key on one node before the others switched.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::auth::*;
 use cachecast::keys;
 use cachecast::testkit::LoopbackCluster;
 use cachecast::{Delivery, Liveness, Member};
-use common::auth::*;
 
 /// The secrets (hex lines) of a key file, in its order.
 fn secrets(path: &Path) -> Vec<String> {

@@ -5,14 +5,12 @@
 //! freshness check; and the record attributing encrypted datagrams to
 //! their stream.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::sim::*;
 use cachecast::testkit::{Faults, GilbertElliott, Sim};
 use cachecast::wire::{Key, Keyring};
 use cachecast::{AuthMode, CoreConfig, Stats};
-use common::sim::*;
 
 /// A node of the default cluster in `require` mode with the one key,
 /// encrypting or not, judging new streams' freshness within `max_age`.

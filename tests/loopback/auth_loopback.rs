@@ -5,16 +5,14 @@
 //! exchange, forgeries without a key in `require` mode, and the roll-out
 //! modes mixed in one cluster.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::auth::*;
 use cachecast::proto::NodeCore;
 use cachecast::testkit::{Loopback, LoopbackCluster};
 use cachecast::wire::{self, Body, Event, Events, Header, Key, Keyring, Position, Trailer};
 use cachecast::{AuthMode, CoreConfig, Delivery, Liveness, Node, Stats};
-use common::auth::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
