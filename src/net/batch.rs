@@ -61,6 +61,11 @@ impl BatchSocket {
         result
     }
 
+    /// Sends one datagram to `dest`.
+    pub async fn send_single(&self, dest: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        self.send_one(dest, datagram, None).await
+    }
+
     async fn send_each(&self, dest: SocketAddr, batch: &SendBatch) -> io::Result<()> {
         let mut result = Ok(());
         for d in batch.buf.chunks(batch.segment.max(1)) {

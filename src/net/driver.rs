@@ -380,6 +380,19 @@ impl Driver {
             if self.hooks.tap.as_ref().is_some_and(|t| !t.sending(tx_buf)) {
                 continue;
             }
+            // Unicast only: a datagram meant for one node (a Nak, for the
+            // stream's origin) goes to it alone.
+            if let (None, Some(_), Some(to)) = (self.group, &self.peers, self.core.transmit_to()) {
+                #[cfg(feature = "test-util")]
+                if self.hooks.tap.as_ref().is_some_and(|t| t.crashed()) {
+                    continue;
+                }
+                if let Err(e) = self.socket.send_single(to, tx_buf).await {
+                    stats.send_errors += 1;
+                    tracing::debug!(error = %e, %to, "send to one node failed");
+                }
+                continue;
+            }
             if !tx.try_push(tx_buf, max) {
                 self.flush(tx, stats).await;
                 tx.try_push(tx_buf, max);

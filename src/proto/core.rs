@@ -142,6 +142,9 @@ pub struct NodeCore {
     /// decoded, not this node's), until taken: a unicast driver learns its
     /// peers from it.
     accepted_from: Option<SocketAddr>,
+    /// Where the datagram of the last `poll_transmit` is meant for, if one
+    /// node only (a `Nak`: the stream's origin).
+    transmit_to: Option<SocketAddr>,
 }
 
 impl NodeCore {
@@ -180,6 +183,7 @@ impl NodeCore {
             sender: Sender::new(&cfg, now),
             streams: HashMap::new(),
             accepted_from: None,
+            transmit_to: None,
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
             ended: VecDeque::new(),
@@ -374,6 +378,15 @@ impl NodeCore {
     /// validate is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         self.handle_datagram_from(now, None, bytes);
+    }
+
+    /// The one node the datagram of the last [`NodeCore::poll_transmit`] is
+    /// meant for, if it is meant for one: a `Nak` for the stream's origin
+    /// (its address as heard). A unicast transport sends it there only; on
+    /// a group everyone gets it anyway (their own `Nak`s are suppressed by
+    /// it).
+    pub fn transmit_to(&self) -> Option<SocketAddr> {
+        self.transmit_to
     }
 
     /// The source address of the last datagram accepted since the last call
@@ -1403,6 +1416,10 @@ impl NodeCore {
             return false;
         };
         wire::encode(&self.header, body, buf);
+        self.transmit_to = match body {
+            Body::Nak { stream, .. } => self.members.addr_of(*stream),
+            _ => None,
+        };
         let events_sent = match body {
             Body::Data { events, .. } => Some(events.len()),
             _ => None,

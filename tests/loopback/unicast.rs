@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::auth::{named, publish, Reader};
 use cachecast::testkit::{Faults, LoopbackCluster};
+use cachecast::wire::Body;
 use cachecast::{Delivery, JoinError, Node, NodeConfig, PeerSpec, Transport};
 
 /// `n` ports of 127.0.0.1 free now (held together, then released).
@@ -51,7 +53,9 @@ fn resets_of(c: &LoopbackCluster, i: usize) -> usize {
 
 /// Four nodes that list each other (each its own address too: skipped),
 /// one losing 10 % of what it receives: every event of every publisher
-/// reaches every node, repaired over unicast, with no Reset.
+/// reaches every node, repaired over unicast, with no Reset; its `Nak`s go
+/// to the publishers only (a node that neither publishes nor loses hears
+/// none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_peers_under_loss_deliver_everything() {
     let names = ["u0", "u1", "u2", "u3"];
@@ -72,6 +76,15 @@ async fn static_peers_under_loss_deliver_everything() {
         loss: 0.1,
         ..Faults::default()
     });
+    let naks_at_2 = Arc::new(AtomicU64::new(0));
+    let counter = naks_at_2.clone();
+    // Counts, drops nothing.
+    c.faults(2).set(Faults::dropping(move |d| {
+        if matches!(d.body, Body::Nak { .. }) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }));
     let per = 300;
     for i in 0..per {
         for p in [0, 1] {
@@ -94,6 +107,11 @@ async fn static_peers_under_loss_deliver_everything() {
     assert!(c.faults(3).lost_data() > 0, "the loss was not applied");
     let s = c.stats(3).await.unwrap().protocol;
     assert!(s.naks_sent > 0 && s.events_repaired > 0, "{s:?}");
+    assert_eq!(
+        naks_at_2.load(Ordering::Relaxed),
+        0,
+        "a Nak went beyond its stream's origin"
+    );
 }
 
 /// Peers given by a name: `localhost` resolves (from /etc/hosts) to
