@@ -126,6 +126,12 @@ pub struct Sim {
     adversary: Option<(Adversary, Instant)>,
     /// Forged datagrams sent (each to every node).
     pub forged: u64,
+    /// The unicast transport: a datagram the node's core means for one node
+    /// only (`NodeCore::transmit_to`: a `Nak`, for its stream's origin) goes
+    /// to that node alone, as a unicast driver sends it; everything else
+    /// to every node, as the fan-out to every peer does. Default false
+    /// (multicast: everyone hears everything, `Nak`s included).
+    pub unicast: bool,
 }
 
 impl Sim {
@@ -156,6 +162,7 @@ impl Sim {
             max_steps: 50_000_000,
             adversary: None,
             forged: 0,
+            unicast: false,
         }
     }
 
@@ -559,7 +566,12 @@ impl Sim {
             if !core.poll_transmit(now, &mut buf) {
                 break;
             }
-            self.multicast(id, &buf);
+            let only = if self.unicast {
+                core.transmit_to().and_then(|a| self.node_at(a))
+            } else {
+                None
+            };
+            self.multicast(id, &buf, only);
         }
         let node = &mut self.nodes[id];
         if let Some(core) = node.core.as_mut() {
@@ -590,7 +602,19 @@ impl Sim {
         }
     }
 
-    fn multicast(&mut self, from: NodeId, bytes: &[u8]) {
+    /// The node whose address is `addr` ([`Sim::addr`]), if any.
+    fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        let SocketAddr::V4(a) = addr else {
+            return None;
+        };
+        let id = (u32::from(*a.ip()) & 0x00ff_ffff).checked_sub(1)? as usize;
+        (a.port() == SIM_PORT && u32::from(*a.ip()) >> 24 == 10 && id < self.nodes.len())
+            .then_some(id)
+    }
+
+    /// Puts a datagram of `from` on the network: to every node (itself too,
+    /// as multicast loops back), or to `only`.
+    fn multicast(&mut self, from: NodeId, bytes: &[u8], only: Option<NodeId>) {
         let bytes: Rc<[u8]> = Rc::from(bytes);
         let cluster = self.nodes[from].config.cluster;
         let decoded = wire::decode(&bytes, cluster).ok();
@@ -614,6 +638,9 @@ impl Sim {
         );
         let cut_off = self.nodes[from].faults.partitioned;
         for to in 0..self.nodes.len() {
+            if only.is_some_and(|o| o != to) {
+                continue;
+            }
             if to == from {
                 // Multicast loopback: a node hears itself (and ignores it).
                 self.enqueue(self.now, (from, to), (stream, tag, None), bytes.clone());

@@ -65,9 +65,17 @@ pub fn chaos_seeds(default: u64) -> Vec<u64> {
 /// forged, or the silent loss found.
 #[allow(dead_code)]
 pub fn chaos(seed: u64, forger: bool) -> Result<u64, String> {
+    chaos_over(seed, forger, false)
+}
+
+/// [`chaos`], over the unicast transport with `unicast` (`Sim::unicast`:
+/// `Nak`s to their stream's origin only, so no receiver hears another's).
+#[allow(dead_code)]
+pub fn chaos_over(seed: u64, forger: bool, unicast: bool) -> Result<u64, String> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut sim = Sim::new(seed);
+    sim.unicast = unicast;
     let n = rng.gen_range(3..=8);
     sim.add_nodes("n", n);
     sim.run_for(ms(200));
