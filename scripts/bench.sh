@@ -41,6 +41,15 @@
 #                               per forgery, every real event delivered, no
 #                               Reset; median of 3); about a minute, not part
 #                               of all. Extra arguments go to the first.
+#   scripts/bench.sh unicast    the unicast transport's fan-out: for 3, 10 and
+#                               30 subscribers, `cachecast-bench --unicast`
+#                               runs cachecast over multicast and over
+#                               unicast (the publisher sends a copy to each
+#                               subscriber, each on its own port of
+#                               127.0.0.1) in turns (median of 3): events/s
+#                               per subscriber and the publisher's CPU per
+#                               million events; a few minutes, not part of
+#                               all. Extra arguments go to every run.
 #   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
 #                               (1,000 receive-only members, 1 % loss:
 #                               report background per node, confirmed
@@ -66,10 +75,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|auth|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|unicast|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -77,7 +86,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -267,6 +276,17 @@ auth() {
 # Membership and confirmation at scale, in the simulator.
 confirm_sim() { run cargo run --quiet --release -p cachecast-bench --example confirm_bench -- "$@"; }
 
+# Unicast fan-out against multicast, same run, 3 / 10 / 30 subscribers.
+unicast() {
+  cargo build --quiet --release -p cachecast-bench
+  local bin="${CARGO_TARGET_DIR:-target}/release/cachecast-bench" n events
+  for n in 3 10 30; do
+    events=1000000; [ "$n" -lt 30 ] || events=300000
+    run "$bin" --unicast --systems cachecast --mode throughput --runs 3 \
+      --subscribers "$n" --events "$events" ${args[@]+"${args[@]}"}
+  done
+}
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
@@ -274,5 +294,6 @@ case "$what" in
   confirm) confirm ;;
   confirm-sim) confirm_sim ${args[@]+"${args[@]}"} ;;
   auth) auth ;;
+  unicast) unicast ;;
   all) repair; speed ;;
 esac

@@ -24,9 +24,21 @@ pub struct Keys {
     pub encrypt: bool,
 }
 
-fn config(group: SocketAddr, name: &str, keys: Option<&Keys>) -> NodeConfig {
+/// A node over the unicast transport: where it receives, whom it sends to.
+#[derive(Debug, Clone)]
+pub struct Unicast {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+}
+
+fn config(
+    group: SocketAddr,
+    name: &str,
+    keys: Option<&Keys>,
+    unicast: Option<&Unicast>,
+) -> NodeConfig {
     let o = loopback_opts(group);
-    NodeConfig {
+    let mut cfg = NodeConfig {
         group,
         interface: o.interface,
         ttl: o.ttl,
@@ -35,7 +47,17 @@ fn config(group: SocketAddr, name: &str, keys: Option<&Keys>) -> NodeConfig {
         key_file: keys.map(|k| k.file.clone()),
         encrypt: keys.is_some_and(|k| k.encrypt),
         ..NodeConfig::default()
+    };
+    if let Some(u) = unicast {
+        cfg.transport = cachecast::Transport::Unicast;
+        cfg.listen = Some(u.listen);
+        cfg.peers = u
+            .peers
+            .iter()
+            .map(|a| cachecast::PeerSpec::Addr(*a))
+            .collect();
     }
+    cfg
 }
 
 fn runtime() -> io::Result<tokio::runtime::Runtime> {
@@ -72,6 +94,7 @@ pub fn publish(
     streams: usize,
     plan: &Plan,
     keys: Option<&Keys>,
+    unicast: Option<&Unicast>,
     done: impl FnOnce(io::Result<PubReport>),
     release: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -80,7 +103,7 @@ pub fn publish(
         Err(e) => return done(Err(e)),
     };
     rt.block_on(async {
-        match publish_from(group, streams.max(1), plan, keys).await {
+        match publish_from(group, streams.max(1), plan, keys, unicast).await {
             Ok((nodes, report)) => {
                 done(Ok(report));
                 let _ = release.await;
@@ -102,6 +125,7 @@ async fn publish_from(
     streams: usize,
     plan: &Plan,
     keys: Option<&Keys>,
+    unicast: Option<&Unicast>,
 ) -> io::Result<(Vec<Node>, PubReport)> {
     let mut nodes = Vec::with_capacity(streams);
     for i in 0..streams {
@@ -109,7 +133,7 @@ async fn publish_from(
             Node::join(NodeConfig {
                 // No subscription here: its own events would only queue.
                 deliver_own: false,
-                ..config(group, &format!("bench-pub-{i}"), keys)
+                ..config(group, &format!("bench-pub-{i}"), keys, unicast)
             })
             .await
             .map_err(io_err)?,
@@ -179,12 +203,14 @@ pub fn subscribe(
     group: SocketAddr,
     name: &str,
     keys: Option<&Keys>,
+    unicast: Option<&Unicast>,
     done: Done,
     ready: impl FnOnce() + Send + 'static,
 ) -> io::Result<(Recorder, cachecast::NodeStats)> {
     let rt = runtime()?;
     let name = name.to_string();
     let keys = keys.cloned();
+    let unicast = unicast.cloned();
     // A spawned task, not the `block_on` future: woken by the driver, a
     // task runs as soon as the driver yields, where the `block_on` future
     // would first wait for the runtime to poll for I/O once more.
@@ -192,7 +218,7 @@ pub fn subscribe(
         let done = &done;
         let node = Node::join(NodeConfig {
             receive_only: true,
-            ..config(group, &name, keys.as_ref())
+            ..config(group, &name, keys.as_ref(), unicast.as_ref())
         })
         .await
         .map_err(io_err)?;

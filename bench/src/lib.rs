@@ -49,6 +49,10 @@ pub enum System {
     /// cachecast nodes with a key file and --encrypt: bodies encrypted
     /// (XAES-256-GCM) (--encrypt adds it).
     CachecastEncrypt,
+    /// cachecast nodes over the unicast transport: each subscriber on its
+    /// own port of 127.0.0.1, the publisher sending to every one of them
+    /// (--unicast adds it).
+    CachecastUnicast,
     /// Raw UDP multicast, one sendto / recvfrom per datagram.
     Udp,
     /// Raw UDP multicast with GSO (32 segments per send) and GRO/recvmmsg.
@@ -65,6 +69,7 @@ impl System {
             System::Cachecast => "cachecast",
             System::CachecastAuth => "cachecast-auth",
             System::CachecastEncrypt => "cachecast-encrypt",
+            System::CachecastUnicast => "cachecast-unicast",
             System::Udp => "udp",
             System::UdpGso => "udp-gso",
             System::Redis => "redis",
@@ -76,7 +81,10 @@ impl System {
     pub fn is_cachecast(self) -> bool {
         matches!(
             self,
-            System::Cachecast | System::CachecastAuth | System::CachecastEncrypt
+            System::Cachecast
+                | System::CachecastAuth
+                | System::CachecastEncrypt
+                | System::CachecastUnicast
         )
     }
 
@@ -158,6 +166,11 @@ pub struct BenchArgs {
     /// (cachecast-encrypt), side by side likewise.
     #[arg(long)]
     pub encrypt: bool,
+    /// Also run cachecast over the unicast transport (cachecast-unicast:
+    /// the publisher sends one copy to each subscriber), side by side with
+    /// multicast: the cost of fan-out per subscriber.
+    #[arg(long)]
+    pub unicast: bool,
     /// The key file of the keyed runs (default: a fresh one in a private
     /// temporary directory, removed after).
     #[arg(long, env = "CACHECAST_KEY_FILE", value_name = "PATH")]
@@ -236,6 +249,12 @@ pub struct SubArgs {
     /// The key file (cachecast-auth, cachecast-encrypt).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// cachecast-unicast: where this subscriber receives.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// cachecast-unicast: the publisher's address.
+    #[arg(long)]
+    pub peer: Option<SocketAddr>,
 }
 
 /// The result of one run of one system.
@@ -448,6 +467,7 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let keyed: Vec<System> = [
         (args.auth, System::CachecastAuth),
         (args.encrypt, System::CachecastEncrypt),
+        (args.unicast, System::CachecastUnicast),
     ]
     .into_iter()
     .filter(|(on, s)| *on && !args.systems.contains(s))
@@ -671,11 +691,32 @@ impl Ctx<'_> {
             (Some(_), None) => return Err("no key file for a keyed run".into()),
             _ => None,
         };
+        // Unicast: the publisher on the run's port of 127.0.0.1, each
+        // subscriber on a port free now.
+        let unicast_ports: Vec<u16> = if system == System::CachecastUnicast {
+            let held: Vec<std::net::UdpSocket> = (0..self.args.subscribers)
+                .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+                .collect::<Result<_, _>>()?;
+            held.iter()
+                .map(|s| s.local_addr().map(|a| a.port()))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let pub_addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
         let mut subs = Vec::new();
         for i in 0..self.args.subscribers {
             let mut key_arg = Vec::new();
             if let Some(k) = &keys {
                 key_arg = vec!["--key-file".into(), k.file.display().to_string()];
+            }
+            if let Some(port) = unicast_ports.get(usize::from(i)) {
+                key_arg.extend([
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--peer".into(),
+                    pub_addr.to_string(),
+                ]);
             }
             subs.push(SubProcess::spawn(
                 &[
@@ -704,6 +745,12 @@ impl Ctx<'_> {
         PROGRESS.store(0, Ordering::Relaxed);
         let plan2 = plan.clone();
         let per_datagram = self.per_datagram;
+        let unicast = (system == System::CachecastUnicast).then(|| cachecast_sys::Unicast {
+            listen: pub_addr,
+            peers: (unicast_ports.iter())
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect(),
+        });
         let streams = if label == "memory" {
             usize::from(self.args.streams)
         } else {
@@ -721,9 +768,18 @@ impl Ctx<'_> {
                 let _ = report_tx.send(r);
             };
             match system {
-                System::Cachecast | System::CachecastAuth | System::CachecastEncrypt => {
-                    cachecast_sys::publish(addr, streams, &plan2, keys.as_ref(), done, released)
-                }
+                System::Cachecast
+                | System::CachecastAuth
+                | System::CachecastEncrypt
+                | System::CachecastUnicast => cachecast_sys::publish(
+                    addr,
+                    streams,
+                    &plan2,
+                    keys.as_ref(),
+                    unicast.as_ref(),
+                    done,
+                    released,
+                ),
                 System::Udp => done(udp::publish(addr, &plan2, per_datagram, false)),
                 System::UdpGso => done(udp::publish(addr, &plan2, per_datagram, true)),
                 System::Redis => done(peers::publish(peers::Broker::Redis, addr, &plan2)),
@@ -913,7 +969,17 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         let _ = writeln!(out, "READY").and_then(|()| out.flush());
     };
     let result = match args.system {
-        System::Cachecast | System::CachecastAuth | System::CachecastEncrypt => {
+        System::Cachecast
+        | System::CachecastAuth
+        | System::CachecastEncrypt
+        | System::CachecastUnicast => {
+            let unicast = match (args.listen, args.peer) {
+                (Some(listen), Some(peer)) => Some(cachecast_sys::Unicast {
+                    listen,
+                    peers: vec![peer],
+                }),
+                _ => None,
+            };
             let keys = match (args.system.keyed(), &args.key_file) {
                 (Some(encrypt), Some(file)) => Some(cachecast_sys::Keys {
                     file: file.clone(),
@@ -921,19 +987,25 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 _ => None,
             };
-            cachecast_sys::subscribe(args.addr, &args.name, keys.as_ref(), done, ready).map(
-                |(rec, stats)| {
-                    let mut r = rec.report();
-                    r.resets = stats.protocol.resets_total();
-                    r.reset_kinds = (stats.protocol.resets.iter())
-                        .map(|(k, n)| (k.to_string(), *n))
-                        .collect();
-                    r.repaired = stats.protocol.events_repaired;
-                    r.naks = stats.protocol.naks_sent;
-                    r.datagrams = stats.protocol.datagrams_received;
-                    r
-                },
+            cachecast_sys::subscribe(
+                args.addr,
+                &args.name,
+                keys.as_ref(),
+                unicast.as_ref(),
+                done,
+                ready,
             )
+            .map(|(rec, stats)| {
+                let mut r = rec.report();
+                r.resets = stats.protocol.resets_total();
+                r.reset_kinds = (stats.protocol.resets.iter())
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect();
+                r.repaired = stats.protocol.events_repaired;
+                r.naks = stats.protocol.naks_sent;
+                r.datagrams = stats.protocol.datagrams_received;
+                r
+            })
         }
         System::Udp => {
             udp::subscribe(args.addr, args.msg_len, false, &done, ready).map(|r| r.report())

@@ -27,10 +27,11 @@ const HEIGHT: u32 = 640;
 const LEGEND_H: u32 = 56;
 
 /// Systems in the order they are drawn and listed.
-const ORDER: [System; 7] = [
+const ORDER: [System; 8] = [
     System::Cachecast,
     System::CachecastAuth,
     System::CachecastEncrypt,
+    System::CachecastUnicast,
     System::Udp,
     System::UdpGso,
     System::Redis,
@@ -43,6 +44,7 @@ fn colour(s: System) -> RGBColor {
         System::Cachecast => RGBColor(31, 119, 180),     // blue
         System::CachecastAuth => RGBColor(23, 190, 207), // cyan
         System::CachecastEncrypt => RGBColor(140, 86, 75), // brown
+        System::CachecastUnicast => RGBColor(188, 189, 34), // olive
         System::Udp => RGBColor(255, 127, 14),           // orange
         System::UdpGso => RGBColor(44, 160, 44),         // green
         System::Redis => RGBColor(214, 39, 40),          // red
