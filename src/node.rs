@@ -436,7 +436,9 @@ impl Node {
         );
 
         let now = tokio::time::Instant::now();
-        let core = NodeCore::new(core_cfg.clone(), now.into_std())?;
+        let mut core = NodeCore::new(core_cfg.clone(), now.into_std())?;
+        // Unicast only: a repair one node asked for goes to it alone.
+        core.set_directed(config.transport == Transport::Unicast);
         let sync_deadline = tokio::time::Instant::from_std(core.sync_deadline());
         let (tx, rx) = mpsc::channel(4096);
         let deliveries = Hub::new(config.subscriber_queue);

@@ -272,11 +272,12 @@ fn receiver_restart_is_in_sync_after_its_join() {
     assert_eq!(sim.core(2).unwrap().stats().resets_total(), 0);
 }
 
-/// Over the unicast transport a `Nak` reaches its stream's origin only:
-/// with one publisher and two receivers, one of them lossy, the other
-/// receiver hears no `Nak` at all, and the lossy one still gets everything.
+/// Over the unicast transport a `Nak` reaches its stream's origin only, and
+/// a repair only the node that asked: with one publisher and two
+/// receivers, one of them lossy, the other receiver hears no `Nak` and no
+/// repair at all, and the lossy one still gets everything.
 #[test]
-fn over_unicast_naks_go_to_the_origin_only() {
+fn over_unicast_naks_go_to_the_origin_and_repairs_to_the_asker() {
     let mut sim = Sim::new(5);
     sim.unicast = true;
     sim.add_nodes("n", 3);
@@ -295,6 +296,11 @@ fn over_unicast_naks_go_to_the_origin_only() {
     );
     assert!(naks(0) > 0, "the origin heard no Nak");
     assert_eq!(naks(1), 0, "a Nak reached a node that is not the origin");
+    let repairs = |id| sim.traffic(id).received(BodyTag::Repair).datagrams;
+    assert!(repairs(2) > 0);
+    assert_eq!(repairs(1), 0, "a repair reached a node that did not ask");
+    let s = sim.core(0).unwrap().stats();
+    assert_eq!(s.repairs_directed, s.repairs_sent, "{s:?}");
     for r in [1, 2] {
         assert_eq!(sim.delivered_events(r).len(), 300, "node {r}");
         assert_eq!(sim.core(r).unwrap().stats().resets_total(), 0, "node {r}");

@@ -382,11 +382,21 @@ impl NodeCore {
 
     /// The one node the datagram of the last [`NodeCore::poll_transmit`] is
     /// meant for, if it is meant for one: a `Nak` for the stream's origin
-    /// (its address as heard). A unicast transport sends it there only; on
-    /// a group everyone gets it anyway (their own `Nak`s are suppressed by
-    /// it).
+    /// (its address as heard); with [`NodeCore::set_directed`], a `Repair`
+    /// for the one node whose `Nak`s it answers. A unicast transport sends
+    /// it there only; on a group everyone gets it anyway (their own `Nak`s
+    /// are suppressed by it).
     pub fn transmit_to(&self) -> Option<SocketAddr> {
         self.transmit_to
+    }
+
+    /// Repairs may go to the one node that asked (a unicast transport that
+    /// honours [`NodeCore::transmit_to`]): repairs asked for by one node
+    /// only are then meant for it, and do not hold back the same events'
+    /// repair for another node (no `repair_linger`). Off by default: on a
+    /// group, a repair reaches everyone.
+    pub fn set_directed(&mut self, directed: bool) {
+        self.sender.directed = directed;
     }
 
     /// The source address of the last datagram accepted since the last call
@@ -464,7 +474,7 @@ impl NodeCore {
             _ => {}
         }
         if receive_only {
-            self.handle_receive_only(now, from, dgram.body);
+            self.handle_receive_only(now, from, addr, dgram.body);
             self.after_resets(resets_before);
             self.check_acks(now);
             return;
@@ -516,7 +526,7 @@ impl NodeCore {
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
                     self.sender
-                        .on_nak(now, &ranges, sink.out, sink.stats, &mut self.timers);
+                        .on_nak(now, &ranges, addr, sink.out, sink.stats, &mut self.timers);
                 } else if let Some(r) = streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
@@ -615,7 +625,13 @@ impl NodeCore {
     /// A datagram of a node that never publishes: its `Hello` is answered
     /// and its `Nak`s served or overheard, but its stream is not followed
     /// (it has nothing to lose, so its silence costs no `Reset`).
-    fn handle_receive_only(&mut self, now: Instant, from: u64, body: Body) {
+    fn handle_receive_only(
+        &mut self,
+        now: Instant,
+        from: u64,
+        addr: Option<SocketAddr>,
+        body: Body,
+    ) {
         let mut sink = sink!(self);
         match body {
             Body::Hello { node } => {
@@ -629,7 +645,7 @@ impl NodeCore {
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
                     self.sender
-                        .on_nak(now, &ranges, sink.out, sink.stats, &mut self.timers);
+                        .on_nak(now, &ranges, addr, sink.out, sink.stats, &mut self.timers);
                 } else if let Some(r) = self.streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
@@ -1418,6 +1434,7 @@ impl NodeCore {
         wire::encode(&self.header, body, buf);
         self.transmit_to = match body {
             Body::Nak { stream, .. } => self.members.addr_of(*stream),
+            Body::Repair { first_seq, .. } => self.sender.take_repair_to(*first_seq),
             _ => None,
         };
         let events_sent = match body {

@@ -16,6 +16,7 @@
 //! caller's seeded RNG, bodies go to the caller's outgoing queue.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -88,7 +89,20 @@ pub struct Sender {
     scratch: BytesMut,
     /// Data pacing, driven by `Nak`s.
     pub pace: Pace,
+    /// Whether a repair may go to the one node that asked for it (a
+    /// unicast transport): then who asked is kept.
+    pub directed: bool,
+    /// Who asked for what is pending, one entry per `Nak` range (`None`: an
+    /// asker of unknown address). At most [`MAX_ASKED`]; past it, every
+    /// pending repair goes to everyone.
+    asked: Vec<(u64, u64, Option<SocketAddr>)>,
+    /// The repairs queued for one node only, by their first seq (oldest
+    /// first, at most [`MAX_ASKED`]), until `poll_transmit` takes them.
+    repair_to: VecDeque<(u64, SocketAddr)>,
 }
+
+/// Bound of `Sender::asked` and `Sender::repair_to`.
+const MAX_ASKED: usize = 256;
 
 impl Sender {
     /// A new stream at seq 1; its first heartbeat is an idle interval away.
@@ -117,7 +131,33 @@ impl Sender {
             tokens_at: now,
             scratch: BytesMut::new(),
             pace: Pace::new(cfg.pace_min_rate, now),
+            directed: false,
+            asked: Vec::new(),
+            repair_to: VecDeque::new(),
         }
+    }
+
+    /// The one node the repair starting at `first_seq` is meant for, if
+    /// it answers `Nak`s of that node only (taken: asked once per repair).
+    pub fn take_repair_to(&mut self, first_seq: u64) -> Option<SocketAddr> {
+        let i = self.repair_to.iter().position(|(s, _)| *s == first_seq)?;
+        self.repair_to.remove(i).map(|(_, a)| a)
+    }
+
+    /// The one node that asked for every seq of `start..end`, if one did.
+    fn single_asker(&self, start: u64, end: u64) -> Option<SocketAddr> {
+        let mut who = None;
+        for &(s, e, a) in &self.asked {
+            if s < end && start < e {
+                match (who, a) {
+                    (_, None) => return None,
+                    (None, Some(a)) => who = Some(a),
+                    (Some(w), Some(a)) if w != a => return None,
+                    _ => {}
+                }
+            }
+        }
+        who
     }
 
     /// The seq the next published event gets.
@@ -276,6 +316,7 @@ impl Sender {
         &mut self,
         now: Instant,
         ranges: &[SeqRange],
+        from: Option<SocketAddr>,
         out: &mut VecDeque<Body>,
         stats: &mut Stats,
         timers: &mut TimerTable,
@@ -301,6 +342,14 @@ impl Sender {
             let start = start.max(oldest);
             if start < end {
                 self.pending.insert(start, end);
+                if self.directed {
+                    if self.asked.len() >= MAX_ASKED {
+                        // Too many to follow: everyone gets what is pending.
+                        self.asked.clear();
+                        self.asked.push((0, u64::MAX, None));
+                    }
+                    self.asked.push((start, end, from));
+                }
             }
         }
         if lost {
@@ -379,9 +428,27 @@ impl Sender {
                 return;
             }
             self.tokens -= bytes as f64;
-            for q in first..seq {
-                if let Some(e) = self.ring.get_mut(q) {
-                    e.repaired = Some(now);
+            let to = if self.directed {
+                self.single_asker(first, seq)
+            } else {
+                None
+            };
+            match to {
+                Some(a) => {
+                    // To the asker alone: no linger (another node asking
+                    // for the same events now did not get them).
+                    if self.repair_to.len() >= MAX_ASKED {
+                        self.repair_to.pop_front();
+                    }
+                    self.repair_to.push_back((first, a));
+                    stats.repairs_directed += 1;
+                }
+                None => {
+                    for q in first..seq {
+                        if let Some(e) = self.ring.get_mut(q) {
+                            e.repaired = Some(now);
+                        }
+                    }
                 }
             }
             self.pending.remove(start);
@@ -401,6 +468,17 @@ impl Sender {
                 Err(e) => debug_assert!(false, "the ring gave back a bad run: {e}"),
             }
         }
+        self.prune_asked();
+    }
+
+    /// Forgets who asked for what is no longer pending.
+    fn prune_asked(&mut self) {
+        if self.asked.is_empty() {
+            return;
+        }
+        let pending = &self.pending;
+        self.asked
+            .retain(|&(s, e, _)| pending.iter().any(|(ps, pe)| ps < e && s < pe));
     }
 
     /// Sends due heartbeats and paced repairs. Returns true if a heartbeat

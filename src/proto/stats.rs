@@ -67,6 +67,9 @@ pub struct Stats {
     pub repaired_events_sent: u64,
     /// Repairs not repeated because the same seq was repaired within the linger.
     pub repairs_lingered: u64,
+    /// Of `repairs_sent`, those meant for the one node that asked (a
+    /// unicast transport: sent to it alone).
+    pub repairs_directed: u64,
     /// Times the repair rate limit made repairs wait.
     pub repairs_deferred: u64,
     /// `Unavailable` answers this node sent.

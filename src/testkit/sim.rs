@@ -127,10 +127,12 @@ pub struct Sim {
     /// Forged datagrams sent (each to every node).
     pub forged: u64,
     /// The unicast transport: a datagram the node's core means for one node
-    /// only (`NodeCore::transmit_to`: a `Nak`, for its stream's origin) goes
-    /// to that node alone, as a unicast driver sends it; everything else
-    /// to every node, as the fan-out to every peer does. Default false
-    /// (multicast: everyone hears everything, `Nak`s included).
+    /// only (`NodeCore::transmit_to`: a `Nak`, for its stream's origin; a
+    /// `Repair` only one node asked for, for it) goes to that node alone,
+    /// as a unicast driver sends it; everything else to every node, as the
+    /// fan-out to every peer does. Set before adding nodes (their cores are
+    /// made `set_directed`). Default false (multicast: everyone hears
+    /// everything).
     pub unicast: bool,
 }
 
@@ -216,7 +218,8 @@ impl Sim {
             .wall_clock_ms
             .saturating_add(self.elapsed().as_millis() as u64);
         let deliver_own = cfg.deliver_own && !cfg.receive_only;
-        let core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
+        let mut core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
+        core.set_directed(self.unicast);
         let node = &mut self.nodes[id];
         node.life = self.record.begin_life(
             id,

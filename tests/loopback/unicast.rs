@@ -54,8 +54,8 @@ fn resets_of(c: &LoopbackCluster, i: usize) -> usize {
 /// Four nodes that list each other (each its own address too: skipped),
 /// one losing 10 % of what it receives: every event of every publisher
 /// reaches every node, repaired over unicast, with no Reset; its `Nak`s go
-/// to the publishers only (a node that neither publishes nor loses hears
-/// none).
+/// to the publishers only and the repairs to it only (a node that neither
+/// publishes nor loses hears none of either).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_peers_under_loss_deliver_everything() {
     let names = ["u0", "u1", "u2", "u3"];
@@ -80,7 +80,7 @@ async fn static_peers_under_loss_deliver_everything() {
     let counter = naks_at_2.clone();
     // Counts, drops nothing.
     c.faults(2).set(Faults::dropping(move |d| {
-        if matches!(d.body, Body::Nak { .. }) {
+        if matches!(d.body, Body::Nak { .. } | Body::Repair { .. }) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         false
@@ -110,7 +110,7 @@ async fn static_peers_under_loss_deliver_everything() {
     assert_eq!(
         naks_at_2.load(Ordering::Relaxed),
         0,
-        "a Nak went beyond its stream's origin"
+        "a Nak went beyond its stream's origin, or a repair beyond its asker"
     );
 }
 

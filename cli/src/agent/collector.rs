@@ -86,7 +86,7 @@ const REPAIR_BUCKETS_LOG2_US: std::ops::RangeInclusive<u32> = 6..=25;
 /// The node's monotonic counters: metric name (without prefix and
 /// `_total`), help, value. One entry per counter of [`cachecast::Stats`]
 /// and [`NodeStats`] (a test checks none is missing).
-fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 49] {
+fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 50] {
     let s = &n.protocol;
     [
         (
@@ -208,6 +208,11 @@ fn node_counters(n: &NodeStats) -> [(&'static str, &'static str, u64); 49] {
             "repairs_lingered",
             "Repairs not repeated because the same seq was repaired within the linger",
             s.repairs_lingered,
+        ),
+        (
+            "repairs_directed",
+            "Repairs sent to the one node that asked (unicast transport)",
+            s.repairs_directed,
         ),
         (
             "repairs_deferred",
