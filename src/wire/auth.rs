@@ -302,6 +302,20 @@ impl Key {
         self.id
     }
 
+    /// `given` if it is `stream`'s key under this key, else that key
+    /// derived into `derived`.
+    fn stream_key_or<'k>(
+        &self,
+        given: Option<&'k StreamKey>,
+        stream: u64,
+        derived: &'k mut Option<StreamKey>,
+    ) -> &'k StreamKey {
+        match given.filter(|k| k.is_for(self.id, stream)) {
+            Some(k) => k,
+            None => derived.insert(self.stream_key(stream)),
+        }
+    }
+
     /// The AES-256-GCM key of `stream` under this key, for
     /// [`Key::seal_with`] and [`Key::open_with`].
     pub fn stream_key(&self, stream: u64) -> StreamKey {
@@ -369,14 +383,8 @@ impl Key {
                 buf.extend_from_slice(&tag[..TAG_LEN]);
             }
             Algorithm::Aes256Gcm => {
-                let derived;
-                let sk = match stream_key.filter(|k| k.is_for(self.id, stream)) {
-                    Some(k) => k,
-                    None => {
-                        derived = self.stream_key(stream);
-                        &derived
-                    }
-                };
+                let mut derived = None;
+                let sk = self.stream_key_or(stream_key, stream, &mut derived);
                 let (aad, aad_len) = associated(&buf[..header_len], &fields);
                 let tag = sk
                     .aead
@@ -436,14 +444,8 @@ impl Key {
                 Ok(&dgram[header_len..body_end])
             }
             Algorithm::Aes256Gcm => {
-                let derived;
-                let sk = match stream_key.filter(|k| k.is_for(self.id, stream)) {
-                    Some(k) => k,
-                    None => {
-                        derived = self.stream_key(stream);
-                        &derived
-                    }
-                };
+                let mut derived = None;
+                let sk = self.stream_key_or(stream_key, stream, &mut derived);
                 let (aad, aad_len) = associated(&dgram[..header_len], &trailer.fields());
                 scratch.clear();
                 scratch.extend_from_slice(&dgram[header_len..body_end]);
