@@ -411,10 +411,10 @@ impl Node {
             let resolved = if names.is_empty() {
                 None
             } else {
-                let first = resolve_all(&names).await;
+                let (first, answers) = resolve_all(&names).await;
                 set.set_resolved(first.clone(), std::time::Instant::now());
                 let (tx, rx) = watch::channel(first);
-                tokio::spawn(keep_resolving(names, config.peer_refresh, tx));
+                tokio::spawn(keep_resolving(names, config.peer_refresh, answers, tx));
                 Some(rx)
             };
             tracing::info!(transport = %config.transport, peers = ?set.destinations(), "unicast peers");
@@ -1007,33 +1007,48 @@ fn check_peers(config: &NodeConfig) -> Result<(Vec<SocketAddr>, Vec<(String, u16
     Ok((fixed, names))
 }
 
-/// Resolves every name (A and AAAA; at most 5 s each), keeping what
-/// resolved. A name that does not is logged and skipped.
-async fn resolve_all(names: &[(String, u16)]) -> Vec<SocketAddr> {
-    let mut all = Vec::new();
+/// Resolves every name (A and AAAA; at most 5 s each): each name's
+/// answers, `None` for a name that did not resolve (logged).
+async fn resolve_each(names: &[(String, u16)]) -> Vec<Option<Vec<SocketAddr>>> {
+    let mut all = Vec::with_capacity(names.len());
     for (host, port) in names {
         let lookup = tokio::net::lookup_host((host.as_str(), *port));
-        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-            Ok(Ok(addrs)) => all.extend(addrs),
+        all.push(match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(addrs)) => Some(addrs.collect()),
             Ok(Err(e)) => {
-                tracing::warn!(peer = %host, error = %e, "peer name did not resolve (tried again every peer_refresh)")
+                tracing::warn!(peer = %host, error = %e, "peer name did not resolve (tried again every peer_refresh)");
+                None
             }
             Err(_) => {
-                tracing::warn!(peer = %host, "peer name did not resolve within 5 s (tried again every peer_refresh)")
+                tracing::warn!(peer = %host, "peer name did not resolve within 5 s (tried again every peer_refresh)");
+                None
             }
-        }
+        });
     }
+    all
+}
+
+/// Every name's answers together, deduplicated.
+fn union(answers: &[Option<Vec<SocketAddr>>]) -> Vec<SocketAddr> {
+    let mut all: Vec<SocketAddr> = answers.iter().flatten().flatten().copied().collect();
     all.sort();
     all.dedup();
     all
 }
 
-/// Resolves `names` every `every` until the driver is gone. A round in
-/// which nothing resolves keeps the last answers (a DNS outage does not
-/// empty the peer list).
+/// Resolves every name once: what resolved, and each name's answers.
+async fn resolve_all(names: &[(String, u16)]) -> (Vec<SocketAddr>, Vec<Option<Vec<SocketAddr>>>) {
+    let answers = resolve_each(names).await;
+    (union(&answers), answers)
+}
+
+/// Resolves `names` every `every` until the driver is gone, starting from
+/// `last` (each name's answers at join). A name that does not resolve
+/// keeps its last answers (a DNS outage does not empty the peer list).
 async fn keep_resolving(
     names: Vec<(String, u16)>,
     every: Duration,
+    mut last: Vec<Option<Vec<SocketAddr>>>,
     tx: watch::Sender<Vec<SocketAddr>>,
 ) {
     loop {
@@ -1041,13 +1056,16 @@ async fn keep_resolving(
             _ = tokio::time::sleep(every) => {}
             _ = tx.closed() => return,
         }
-        let now = resolve_all(&names).await;
-        if !now.is_empty() {
-            tx.send_if_modified(|v| {
-                let changed = *v != now;
-                *v = now;
-                changed
-            });
+        for (kept, now) in last.iter_mut().zip(resolve_each(&names).await) {
+            if now.is_some() {
+                *kept = now;
+            }
         }
+        let now = union(&last);
+        tx.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
     }
 }

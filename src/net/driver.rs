@@ -341,7 +341,9 @@ impl Driver {
             self.core
                 .handle_datagram_from(Self::now(), Some(from), bytes);
         }
-        if let Some(peers) = self.peers.as_mut() {
+        // Unicast only: with `both`, every member of the LAN would become a
+        // unicast peer too, and get everything twice.
+        if let (None, Some(peers)) = (self.group, self.peers.as_mut()) {
             if let Some(a) = self.core.take_accepted_from() {
                 peers.heard(a, Self::now());
             }
@@ -381,11 +383,20 @@ impl Driver {
                 continue;
             }
             // Unicast only: a datagram meant for one node (a Nak, for the
-            // stream's origin) goes to it alone.
-            if let (None, Some(_), Some(to)) = (self.group, &self.peers, self.core.transmit_to()) {
+            // stream's origin; a repair, for its asker) goes to it alone, if
+            // it is a peer (else to every peer: nothing is sent to an
+            // address that is not one).
+            let to = (self.core.transmit_to()).filter(|to| {
+                self.group.is_none() && self.peers.as_ref().is_some_and(|p| p.is_peer(*to))
+            });
+            if let Some(to) = to {
                 #[cfg(feature = "test-util")]
                 if self.hooks.tap.as_ref().is_some_and(|t| t.crashed()) {
                     continue;
+                }
+                // What is queued goes first: the order is kept.
+                if !tx.is_empty() {
+                    self.flush(tx, stats).await;
                 }
                 if let Err(e) = self.socket.send_single(to, tx_buf).await {
                     stats.send_errors += 1;

@@ -6,17 +6,21 @@
 //! - **names** given (`NAME:PORT`), resolved at join and every
 //!   `peer_refresh` after (A and AAAA records: a Kubernetes headless
 //!   service names every pod). An address that disappears from the answers
-//!   is still sent to until it has been silent for the stream timeout (a
-//!   pod that is only being rescheduled keeps its events); a name that
-//!   does not resolve keeps its last answers;
-//! - **learned**: the source address of every datagram the protocol
-//!   accepted (authenticated, with keys), so that a node that lists only
-//!   some of the others, or that others list but that lists nobody, is
-//!   still answered. A learned address is dropped after the stream timeout
-//!   without a datagram from it; at most [`MAX_LEARNED`] are kept.
+//!   is still sent to for the stream timeout (a pod that is only being
+//!   rescheduled keeps its events); a name that does not resolve keeps its
+//!   last answers;
+//! - **learned** (unicast only, not with `both`): the source address of
+//!   every datagram the protocol accepted (authenticated, unless the auth
+//!   mode is off), so that a node that others list but that does not list
+//!   them is still answered by it. A learned address is dropped after the
+//!   stream timeout without a datagram from it; at most [`MAX_LEARNED`] are
+//!   kept. Nothing passes addresses on: two nodes that never send to each
+//!   other never learn each other, so every node must be listed by, or
+//!   list, every other (one DNS name for all does both).
 //!
 //! This node's own addresses are never sent to. Each datagram is encoded
-//! once and sent to every peer (a GSO batch per destination).
+//! once and sent to every peer (a GSO batch per destination); a `Nak` or a
+//! repair meant for one node goes to it alone if it is a peer.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -185,6 +189,11 @@ impl PeerSet {
     /// Where every datagram goes.
     pub fn destinations(&self) -> &[SocketAddr] {
         &self.current
+    }
+
+    /// Whether `a` is one of them.
+    pub fn is_peer(&self, a: SocketAddr) -> bool {
+        self.current.binary_search(&a).is_ok()
     }
 
     fn is_own(&self, a: SocketAddr) -> bool {

@@ -400,8 +400,8 @@ impl NodeCore {
     }
 
     /// The source address of the last datagram accepted since the last call
-    /// (authenticated when keys are used, decoded, another node's): a peer,
-    /// for a unicast transport.
+    /// (decoded, another node's, and authenticated unless the auth mode is
+    /// off): a peer, for a unicast transport.
     pub fn take_accepted_from(&mut self) -> Option<SocketAddr> {
         self.accepted_from.take()
     }
@@ -439,7 +439,10 @@ impl NodeCore {
                 return;
             }
         };
-        if addr.is_some() {
+        // With keys (accept or require), only an authenticated datagram
+        // makes its source a peer: a forger could otherwise point the
+        // fan-out, and repairs, at any address (reflection).
+        if addr.is_some() && (key_id.is_some() || self.auth.mode() == AuthMode::Off) {
             self.accepted_from = addr;
         }
         let from = dgram.header.stream;
@@ -1434,7 +1437,7 @@ impl NodeCore {
         wire::encode(&self.header, body, buf);
         self.transmit_to = match body {
             Body::Nak { stream, .. } => self.members.addr_of(*stream),
-            Body::Repair { first_seq, .. } => self.sender.take_repair_to(*first_seq),
+            Body::Repair { .. } => self.sender.take_repair_to(),
             _ => None,
         };
         let events_sent = match body {

@@ -260,13 +260,13 @@ pub(crate) struct Members {
 }
 
 impl Members {
-    /// A datagram of member `stream` arrived. Returns how long nobody was
-    /// heard if the node was isolated until now.
     /// The address member `stream`'s datagrams come from, if heard.
     pub fn addr_of(&self, stream: u64) -> Option<SocketAddr> {
         self.table.get(&stream).and_then(|e| e.addr)
     }
 
+    /// A datagram of member `stream` arrived. Returns how long nobody was
+    /// heard if the node was isolated until now.
     pub fn heard(
         &mut self,
         now: Instant,

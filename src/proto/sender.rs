@@ -96,12 +96,13 @@ pub struct Sender {
     /// asker of unknown address). At most [`MAX_ASKED`]; past it, every
     /// pending repair goes to everyone.
     asked: Vec<(u64, u64, Option<SocketAddr>)>,
-    /// The repairs queued for one node only, by their first seq (oldest
-    /// first, at most [`MAX_ASKED`]), until `poll_transmit` takes them.
-    repair_to: VecDeque<(u64, SocketAddr)>,
+    /// With `directed`, where each `Repair` queued in the core's `out` goes
+    /// (`None`: everyone), in the same order: `out` sends its `Repair`s in
+    /// the order they were queued and never drops one.
+    repair_to: VecDeque<Option<SocketAddr>>,
 }
 
-/// Bound of `Sender::asked` and `Sender::repair_to`.
+/// Bound of `Sender::asked`.
 const MAX_ASKED: usize = 256;
 
 impl Sender {
@@ -137,11 +138,10 @@ impl Sender {
         }
     }
 
-    /// The one node the repair starting at `first_seq` is meant for, if
-    /// it answers `Nak`s of that node only (taken: asked once per repair).
-    pub fn take_repair_to(&mut self, first_seq: u64) -> Option<SocketAddr> {
-        let i = self.repair_to.iter().position(|(s, _)| *s == first_seq)?;
-        self.repair_to.remove(i).map(|(_, a)| a)
+    /// The one node the next `Repair` sent is meant for, if it answers
+    /// `Nak`s of that node only (call once per `Repair`, in order).
+    pub fn take_repair_to(&mut self) -> Option<SocketAddr> {
+        self.repair_to.pop_front().flatten()
     }
 
     /// The one node that asked for every seq of `start..end`, if one did.
@@ -433,14 +433,13 @@ impl Sender {
             } else {
                 None
             };
+            if self.directed {
+                self.repair_to.push_back(to);
+            }
             match to {
-                Some(a) => {
+                Some(_) => {
                     // To the asker alone: no linger (another node asking
                     // for the same events now did not get them).
-                    if self.repair_to.len() >= MAX_ASKED {
-                        self.repair_to.pop_front();
-                    }
-                    self.repair_to.push_back((first, a));
                     stats.repairs_directed += 1;
                 }
                 None => {

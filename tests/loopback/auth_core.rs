@@ -240,3 +240,43 @@ fn accept_mode_refuses_unkeyed_datagrams_of_a_keyed_stream() {
     }
     assert_eq!(keys_delivered(&mut r), vec!["k2"]);
 }
+
+/// A unicast node learns a peer from a datagram only if it was
+/// authenticated, when keys are in use: in `accept` mode an unkeyed
+/// datagram is taken but teaches no address (a forger could otherwise
+/// point the node's fan-out and repairs anywhere); in `off` mode any
+/// datagram does (there is nothing to check).
+#[test]
+fn only_authenticated_datagrams_teach_a_peer_address_when_keys_are_used() {
+    let t = Instant::now();
+    let from: std::net::SocketAddr = "10.9.0.2:7467".parse().unwrap();
+    let mut keyed = core(1, AuthMode::Require, keyring(1), false, t);
+    let mut unkeyed = core(2, AuthMode::Off, Keyring::default(), false, t);
+    let t = t + Duration::from_millis(1);
+    let event = || Event::Invalidate {
+        keys: vec!["k".into()],
+    };
+    keyed.publish(t, event()).unwrap();
+    unkeyed.publish(t, event()).unwrap();
+    let keyed_hello = out(&mut keyed, t);
+    let unkeyed_hello = out(&mut unkeyed, t);
+    assert!(!keyed_hello.is_empty() && !unkeyed_hello.is_empty());
+
+    let mut accept = core(3, AuthMode::Accept, keyring(1), false, t);
+    accept.handle_datagram_from(t, Some(from), &unkeyed_hello[0]);
+    assert_eq!(accept.stats().datagrams_received, 1);
+    // Taken (accept mode), not refused: the test is about learning.
+    assert!(accept.stats().dropped.is_empty(), "{:?}", accept.stats());
+    assert_eq!(
+        accept.take_accepted_from(),
+        None,
+        "unauthenticated, yet learned"
+    );
+    accept.handle_datagram_from(t, Some(from), &keyed_hello[0]);
+    assert_eq!(accept.take_accepted_from(), Some(from));
+    assert_eq!(accept.take_accepted_from(), None, "taken once");
+
+    let mut off = core(4, AuthMode::Off, Keyring::default(), false, t);
+    off.handle_datagram_from(t, Some(from), &unkeyed_hello[0]);
+    assert_eq!(off.take_accepted_from(), Some(from));
+}

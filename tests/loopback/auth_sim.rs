@@ -33,7 +33,7 @@ fn unexpected_auth_drops(s: &Stats) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-/// One random fault mix from its seed, as tests/sim_repair.rs's chaos,
+/// One random fault mix from its seed, as tests/sim/repair.rs's chaos,
 /// with every node keyed (`require`; every other one encrypting) and a
 /// freshness window of 2 s, shorter than a run, so that nodes restarted
 /// late must share the others' clock. Returns the replays refused and the

@@ -8,8 +8,7 @@ use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event};
 use cachecast::{CoreConfig, Delivery, ResetReason};
 
-mod common;
-use common::sim::{cluster, ms, stream_of};
+use crate::common::sim::{cluster, ms, stream_of};
 
 fn key(i: u64) -> Event {
     Event::Invalidate {

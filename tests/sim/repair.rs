@@ -8,8 +8,7 @@ use cachecast::testkit::{data_seqs, Faults, GilbertElliott, Sim};
 use cachecast::wire::{BodyTag, Event};
 use cachecast::{CoreConfig, ResetReason};
 
-mod common;
-use common::sim::*;
+use crate::common::sim::*;
 
 struct Outcome {
     resets: BTreeMap<&'static str, u64>,

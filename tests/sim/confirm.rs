@@ -12,8 +12,7 @@ use cachecast::testkit::{data_seqs, CheckReport, Faults, Sim};
 use cachecast::wire::Event;
 use cachecast::{ConfirmReport, CoreConfig, Liveness, MemberRef, ResetReason};
 
-mod common;
-use common::sim::*;
+use crate::common::sim::*;
 
 fn keys(from: u64, n: u64) -> Vec<Event> {
     (from..from + n).map(key).collect()

@@ -14,8 +14,7 @@ use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event, Events, Position};
 use cachecast::Delivery;
 
-mod common;
-use common::sim::*;
+use crate::common::sim::*;
 
 /// Where a forged datagram puts the stream.
 #[derive(Debug, Clone, Copy)]
