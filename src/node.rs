@@ -145,8 +145,10 @@ pub struct NodeConfig {
     pub transport: Transport,
     /// The peers of a unicast transport: addresses (`IP:PORT`) and names
     /// (`NAME:PORT`, re-resolved every `peer_refresh`: a Kubernetes headless
-    /// service). Peers whose datagrams this node accepts are added (learned),
-    /// so a node that lists only some of the others is answered by all.
+    /// service). With `Unicast`, the sources of datagrams this node accepts
+    /// are added (learned; authenticated ones only, with keys), so a node
+    /// that others list is answered even if it does not list them. Nothing
+    /// passes addresses on: of every two nodes, one must list the other.
     pub peers: Vec<PeerSpec>,
     /// Where a unicast node receives: default the unspecified address on
     /// the `group`'s port (the family of the group). Every node on one
@@ -411,7 +413,8 @@ impl Node {
             let resolved = if names.is_empty() {
                 None
             } else {
-                let (first, answers) = resolve_all(&names).await;
+                let answers = resolve_each(&names).await;
+                let first = union(&answers);
                 set.set_resolved(first.clone(), std::time::Instant::now());
                 let (tx, rx) = watch::channel(first);
                 tokio::spawn(keep_resolving(names, config.peer_refresh, answers, tx));
@@ -1034,12 +1037,6 @@ fn union(answers: &[Option<Vec<SocketAddr>>]) -> Vec<SocketAddr> {
     all.sort();
     all.dedup();
     all
-}
-
-/// Resolves every name once: what resolved, and each name's answers.
-async fn resolve_all(names: &[(String, u16)]) -> (Vec<SocketAddr>, Vec<Option<Vec<SocketAddr>>>) {
-    let answers = resolve_each(names).await;
-    (union(&answers), answers)
 }
 
 /// Resolves `names` every `every` until the driver is gone, starting from

@@ -97,8 +97,10 @@ pub struct NetArgs {
     pub transport: Transport,
     /// A peer of the unicast transport: IP:PORT, [IPv6]:PORT or NAME:PORT
     /// (a name is resolved again every 15 s: a Kubernetes headless
-    /// service). Repeat it, or separate with commas. Nodes whose datagrams
-    /// arrive are added, so listing some of the others is enough.
+    /// service). Repeat it, or separate with commas. With unicast, a node
+    /// whose (authenticated, with keys) datagrams arrive is answered even
+    /// if not listed; nothing passes addresses on, so of every two nodes
+    /// one must list the other (one name for all does it for everyone).
     #[arg(long = "peer", env = "CACHECAST_PEERS", value_name = "PEER", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<PeerSpec>,
     /// Where a unicast node receives (default: every address, on the

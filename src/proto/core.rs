@@ -138,12 +138,12 @@ pub struct NodeCore {
     next_ask: Option<Instant>,
     /// The latest `now` passed in (for snapshots).
     last_now: Instant,
-    /// The source of the last datagram accepted (authenticated with keys,
-    /// decoded, not this node's), until taken: a unicast driver learns its
-    /// peers from it.
+    /// The source of the last datagram accepted (decoded, not this node's,
+    /// authenticated unless the auth mode is off), until taken: a unicast
+    /// driver learns its peers from it.
     accepted_from: Option<SocketAddr>,
     /// Where the datagram of the last `poll_transmit` is meant for, if one
-    /// node only (a `Nak`: the stream's origin).
+    /// node only (see [`NodeCore::transmit_to`]).
     transmit_to: Option<SocketAddr>,
 }
 

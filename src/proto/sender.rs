@@ -433,9 +433,6 @@ impl Sender {
             } else {
                 None
             };
-            if self.directed {
-                self.repair_to.push_back(to);
-            }
             match to {
                 Some(_) => {
                     // To the asker alone: no linger (another node asking
@@ -460,10 +457,16 @@ impl Sender {
             // receiver checks them (never fails: the ring holds whole
             // events as this sender encoded them).
             match Events::from_bytes(self.scratch.split().freeze(), count as u32) {
-                Ok(events) => out.push_back(Body::Repair {
-                    first_seq: first,
-                    events,
-                }),
+                Ok(events) => {
+                    out.push_back(Body::Repair {
+                        first_seq: first,
+                        events,
+                    });
+                    // Paired with its Repair: queued together, or not at all.
+                    if self.directed {
+                        self.repair_to.push_back(to);
+                    }
+                }
                 Err(e) => debug_assert!(false, "the ring gave back a bad run: {e}"),
             }
         }

@@ -574,7 +574,7 @@ impl Sim {
             } else {
                 None
             };
-            self.multicast(id, &buf, only);
+            self.transmit(id, &buf, only);
         }
         let node = &mut self.nodes[id];
         if let Some(core) = node.core.as_mut() {
@@ -617,7 +617,7 @@ impl Sim {
 
     /// Puts a datagram of `from` on the network: to every node (itself too,
     /// as multicast loops back), or to `only`.
-    fn multicast(&mut self, from: NodeId, bytes: &[u8], only: Option<NodeId>) {
+    fn transmit(&mut self, from: NodeId, bytes: &[u8], only: Option<NodeId>) {
         let bytes: Rc<[u8]> = Rc::from(bytes);
         let cluster = self.nodes[from].config.cluster;
         let decoded = wire::decode(&bytes, cluster).ok();

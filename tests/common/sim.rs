@@ -58,28 +58,11 @@ pub fn chaos_seeds(default: u64) -> Vec<u64> {
     (0..runs).collect()
 }
 
-/// One random fault mix, from its seed: 3 to 8 nodes publishing, partitions,
-/// crashes and restarts on lossy, bursty, duplicating, reordering links;
-/// with `forger`, an adversary forging a datagram every 10 ms on average
-/// all along (stopped before the network heals). Returns the datagrams
-/// forged, or the silent loss found.
+/// A random fault mix for a chaos run's links: loss up to 30 %, bursts
+/// (three runs in ten), duplication, delay and reordering.
 #[allow(dead_code)]
-pub fn chaos(seed: u64, forger: bool) -> Result<u64, String> {
-    chaos_over(seed, forger, false)
-}
-
-/// [`chaos`], over the unicast transport with `unicast` (`Sim::unicast`:
-/// `Nak`s to their stream's origin only, so no receiver hears another's).
-#[allow(dead_code)]
-pub fn chaos_over(seed: u64, forger: bool, unicast: bool) -> Result<u64, String> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut sim = Sim::new(seed);
-    sim.unicast = unicast;
-    let n = rng.gen_range(3..=8);
-    sim.add_nodes("n", n);
-    sim.run_for(ms(200));
-    let link = Faults {
+pub fn random_link(rng: &mut impl rand::Rng) -> Faults {
+    Faults {
         loss: rng.gen_range(0.0..0.3),
         burst: rng.gen_bool(0.3).then(|| {
             GilbertElliott::with_average(rng.gen_range(0.01..0.2), rng.gen_range(2.0..20.0))
@@ -88,12 +71,14 @@ pub fn chaos_over(seed: u64, forger: bool, unicast: bool) -> Result<u64, String>
         delay: Duration::from_micros(rng.gen_range(50..2000)),
         jitter: Duration::from_micros(rng.gen_range(0..10_000)),
         ..Faults::default()
-    };
-    let mix = format!("{n} nodes, {link:?}");
-    sim.default_link = link;
-    if forger {
-        sim.add_adversary(ms(10));
     }
+}
+
+/// A chaos run's 200 to 800 random steps among nodes `0..n`, each followed
+/// by up to 20 ms: mostly publishes, and partitions, heals, restarts and
+/// crashes.
+#[allow(dead_code)]
+pub fn random_steps(rng: &mut impl rand::Rng, sim: &mut Sim, n: usize) {
     let steps = rng.gen_range(200..800);
     for _ in 0..steps {
         match rng.gen_range(0..100) {
@@ -117,6 +102,36 @@ pub fn chaos_over(seed: u64, forger: bool, unicast: bool) -> Result<u64, String>
         }
         sim.run_for(Duration::from_micros(rng.gen_range(100..20_000)));
     }
+}
+
+/// One random fault mix, from its seed: 3 to 8 nodes publishing, partitions,
+/// crashes and restarts on lossy, bursty, duplicating, reordering links;
+/// with `forger`, an adversary forging a datagram every 10 ms on average
+/// all along (stopped before the network heals). Returns the datagrams
+/// forged, or the silent loss found.
+#[allow(dead_code)]
+pub fn chaos(seed: u64, forger: bool) -> Result<u64, String> {
+    chaos_over(seed, forger, false)
+}
+
+/// [`chaos`], over the unicast transport with `unicast` (`Sim::unicast`:
+/// `Nak`s to their stream's origin only, so no receiver hears another's).
+#[allow(dead_code)]
+pub fn chaos_over(seed: u64, forger: bool, unicast: bool) -> Result<u64, String> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut sim = Sim::new(seed);
+    sim.unicast = unicast;
+    let n = rng.gen_range(3..=8);
+    sim.add_nodes("n", n);
+    sim.run_for(ms(200));
+    let link = random_link(&mut rng);
+    let mix = format!("{n} nodes, {link:?}");
+    sim.default_link = link;
+    if forger {
+        sim.add_adversary(ms(10));
+    }
+    random_steps(&mut rng, &mut sim, n);
     if forger {
         // The forger stops; past the stream timeout (crashed streams, and
         // those it made up, are given up with their Resets), every node

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::common::sim::*;
-use cachecast::testkit::{Faults, GilbertElliott, Sim};
+use cachecast::testkit::Sim;
 use cachecast::wire::{Key, Keyring};
 use cachecast::{AuthMode, CoreConfig, Stats};
 
@@ -47,41 +47,10 @@ fn keyed_chaos(seed: u64) -> Result<(u64, u64), String> {
         sim.add_node(&format!("n{i}"), keyed(i % 2 == 1, secs(2)));
     }
     sim.run_for(ms(200));
-    let link = Faults {
-        loss: rng.gen_range(0.0..0.3),
-        burst: rng.gen_bool(0.3).then(|| {
-            GilbertElliott::with_average(rng.gen_range(0.01..0.2), rng.gen_range(2.0..20.0))
-        }),
-        duplicate: rng.gen_range(0.0..0.1),
-        delay: Duration::from_micros(rng.gen_range(50..2000)),
-        jitter: Duration::from_micros(rng.gen_range(0..10_000)),
-        ..Faults::default()
-    };
+    let link = random_link(&mut rng);
     let mix = format!("{n} nodes, {link:?}");
     sim.default_link = link;
-    let steps = rng.gen_range(200..800);
-    for _ in 0..steps {
-        match rng.gen_range(0..100) {
-            0..=79 => {
-                let who = rng.gen_range(0..n);
-                if sim.core(who).is_some() {
-                    let k = rng.gen();
-                    sim.publish(who, key(k));
-                }
-            }
-            80..=84 => sim.partition(rng.gen_range(0..n), true),
-            85..=92 => sim.partition(rng.gen_range(0..n), false),
-            93..=95 => sim.restart(rng.gen_range(0..n)),
-            96 => sim.crash(rng.gen_range(0..n)),
-            _ => {
-                let who = rng.gen_range(0..n);
-                if sim.core(who).is_none() {
-                    sim.restart(who);
-                }
-            }
-        }
-        sim.run_for(Duration::from_micros(rng.gen_range(100..20_000)));
-    }
+    random_steps(&mut rng, &mut sim, n);
     sim.heal_all();
     sim.run_for(secs(15));
     let fail = |why: String| format!("seed {seed} ({mix}):\n{why}");
