@@ -50,6 +50,13 @@
 #                               per subscriber and the publisher's CPU per
 #                               million events; a few minutes, not part of
 #                               all. Extra arguments go to every run.
+#   scripts/bench.sh bridge     two sites joined by two `cachecast bridge`
+#                               processes through a nats-server with
+#                               JetStream started here (127.0.0.1, a free
+#                               port): publish in A -> delivered in B at
+#                               1,000 events/s (p50/p99), then 200,000
+#                               events flat out (the bridges' limit); about
+#                               30 s, not part of all.
 #   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
 #                               (1,000 receive-only members, 1 % loss:
 #                               report background per node, confirmed
@@ -75,10 +82,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|auth|unicast|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|unicast|bridge|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, bridge, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -86,7 +93,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = bridge ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -230,6 +237,10 @@ listen: "127.0.0.1:$port"
 max_pending: 1073741824
 write_deadline: "60s"
 EOF
+  # The bridge needs JetStream (a store of this run's own).
+  if [ "${NATS_JS:-0}" = 1 ]; then
+    printf 'jetstream { store_dir: "%s" }\n' "$dir/js" >>"$dir/nats.conf"
+  fi
   nats-server -c "$dir/nats.conf" -l "$dir/nats.log" </dev/null >"$dir/out" 2>&1 &
   pid=$!; PIDS+=("$pid")
   adopt nats-server "$(nats-server --version | sed 's/.*v//')" \
@@ -259,6 +270,17 @@ agent() {
   cargo build --quiet --release -p cachecast-cli -p cachecast-bench
   start_redis
   run "${CARGO_TARGET_DIR:-target}/release/cachecast-bench" agent ${args[@]+"${args[@]}"}
+}
+
+# Two sites joined by two real `cachecast bridge` processes through a
+# nats-server with JetStream: latency at 1,000 events/s and the limit.
+bridge() {
+  cargo build --quiet --release -p cachecast-cli -p cachecast-bench
+  NATS_JS=1 start_nats
+  case " ${args[*]-} " in
+    *" --nats "*) run "${CARGO_TARGET_DIR:-target}/release/cachecast-bench" bridge ${args[@]+"${args[@]}"} ;;
+    *) say "no nats-server: the bridge benchmark needs one"; return 1 ;;
+  esac
 }
 
 # Confirmed publish: nodes in the bench's own process, on loopback.
@@ -295,5 +317,6 @@ case "$what" in
   confirm-sim) confirm_sim ${args[@]+"${args[@]}"} ;;
   auth) auth ;;
   unicast) unicast ;;
+  bridge) bridge ;;
   all) repair; speed ;;
 esac

@@ -15,6 +15,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub mod agent;
+pub mod bridge;
 pub mod cachecast_sys;
 pub mod common;
 pub mod confirm;

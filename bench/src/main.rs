@@ -37,6 +37,11 @@ enum Command {
     /// throughput, end to end between two agents (SSE, Redis), memory and
     /// CPU (scripts/bench.sh agent).
     Agent(AgentArgs),
+    /// Two sites joined by two `cachecast bridge` processes through a
+    /// NATS server with JetStream (--nats): publish in A → delivered in B
+    /// at 1,000 events/s (p50 / p99), and the bridges' throughput limit
+    /// (scripts/bench.sh bridge).
+    Bridge(cachecast_bench::bridge::BridgeArgs),
     /// Confirmed publish on loopback: publish → confirmed by every member
     /// at a fixed rate and flat out, side by side with unconfirmed publish
     /// (scripts/bench.sh confirm).
@@ -58,6 +63,11 @@ async fn main() -> ExitCode {
         Some(Command::Sub(args)) => cachecast_bench::run_sub(args),
         Some(Command::Agent(args)) => {
             tokio::task::spawn_blocking(move || cachecast_bench::agent::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Some(Command::Bridge(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::bridge::run(args))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }

@@ -15,7 +15,7 @@ use cachecast::{AuthMode, JoinError, NodeConfig, PeerSpec, Transport, DEFAULT_GR
 
 use crate::failure::Failure;
 use crate::logs::LogFormat;
-use crate::{agent, demo, doctor, keys, listen, members, send};
+use crate::{agent, bridge, demo, doctor, keys, listen, members, send};
 
 /// cachecast: coherent caches over UDP multicast.
 ///
@@ -64,6 +64,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     // (Agent: likewise.)
     Agent(agent::AgentArgs),
+    // (Bridge: likewise.)
+    Bridge(bridge::BridgeArgs),
     /// Write a new key file (mode 0600), append a key to one (the first
     /// step of a rotation), or list its key ids.
     Keygen(keys::KeygenArgs),

@@ -1,8 +1,9 @@
 //! `cachecast`: the command line (send, listen, members, demo, doctor,
-//! agent, keygen).
+//! agent, bridge, keygen).
 
 mod agent;
 mod args;
+mod bridge;
 mod confirm;
 mod demo;
 mod doctor;
@@ -52,6 +53,7 @@ async fn run(command: Command, parent: libc::pid_t) -> Result<(), Failure> {
         // right after the Hello).
         Command::Doctor(args) => doctor::run(args).await,
         Command::Agent(args) => agent::run(args, &stop).await,
+        Command::Bridge(args) => bridge::run(args, &stop).await,
         // Files only: no node, nothing to clean up at a signal.
         Command::Keygen(args) => keys::run(args),
     }

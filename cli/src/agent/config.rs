@@ -22,6 +22,7 @@ pub struct Config {
     #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookConfig>,
     pub apply: ApplySection,
+    pub bridge: BridgeSection,
 }
 
 /// `[node]`: where the cluster is, as for every command.
@@ -61,6 +62,41 @@ impl Default for NodeSection {
             queue: 65536,
             transport: "multicast".into(),
             peers: Vec::new(),
+            listen: String::new(),
+        }
+    }
+}
+
+/// `[bridge]`: carry the cluster's events to and from other sites through
+/// NATS JetStream (`cachecast bridge --help`). Off while `nats` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeSection {
+    /// NATS server(s) with JetStream: "nats://HOST:4222", several
+    /// separated by commas.
+    pub nats: String,
+    /// This site's name: letters, digits, '-' and '_'.
+    pub site: String,
+    /// How long JetStream keeps events (when a bridge creates the stream).
+    #[serde(with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// A standby bridge of this site takes over this long after the active
+    /// one stopped renewing its lease.
+    #[serde(with = "humantime_serde_compat")]
+    pub lease: Duration,
+    /// Where the bridge's own node receives with transport = "unicast"
+    /// (it needs a port of its own beside the agent's); list it among the
+    /// other nodes' peers.
+    pub listen: String,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            nats: String::new(),
+            site: String::new(),
+            retention: Duration::from_secs(3600),
+            lease: Duration::from_secs(3),
             listen: String::new(),
         }
     }
@@ -286,6 +322,8 @@ pub const ENV: &[(&str, &str, &str)] = &[
     ("CACHECAST_SSE_BUFFER", "sse", "buffer"),
     ("CACHECAST_SSE_KEEPALIVE", "sse", "keepalive"),
     ("CACHECAST_SSE_RETRY", "sse", "retry"),
+    ("CACHECAST_NATS", "bridge", "nats"),
+    ("CACHECAST_SITE", "bridge", "site"),
 ];
 
 /// The fields of [`ENV`] that are integers.
@@ -543,7 +581,86 @@ impl Config {
                 );
             }
         }
+        self.check_bridge()
+    }
+
+    fn check_bridge(&self) -> Result<(), String> {
+        let e = |field: &str, problem: String| Err(format!("bridge.{field}: {problem}"));
+        let b = &self.bridge;
+        if b.nats.is_empty() {
+            if !b.site.is_empty() || !b.listen.is_empty() {
+                return e(
+                    "nats",
+                    "empty: the bridge is off, but site or listen is set".into(),
+                );
+            }
+            return Ok(());
+        }
+        for url in b.nats.split(',') {
+            let url = url.trim();
+            let ok = ["nats://", "tls://"].iter().any(|scheme| {
+                url.strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty())
+            }) || (!url.is_empty() && !url.contains("://"));
+            if !ok {
+                return e("nats", format!("not nats://HOST:PORT: {url:?}"));
+            }
+        }
+        if let Err(err) = crate::bridge::parse_token(&b.site) {
+            return e("site", err);
+        }
+        if let Err(err) = crate::bridge::parse_token(&self.node.cluster) {
+            return Err(format!(
+                "node.cluster (the bridge names NATS subjects after it): {err}"
+            ));
+        }
+        if b.retention < Duration::from_secs(1) {
+            return e("retention", "at least 1s".into());
+        }
+        if b.lease < Duration::from_millis(500) || b.lease > Duration::from_secs(60) {
+            return e("lease", "from 500ms to 1m".into());
+        }
+        let unicast = self.node.transport.parse::<Transport>() == Ok(Transport::Unicast);
+        match (unicast, b.listen.is_empty()) {
+            (true, true) => {
+                return e(
+                    "listen",
+                    "needed with node.transport = \"unicast\": the bridge's node receives on a port of its own (IP:PORT)".into(),
+                )
+            }
+            (false, false) => {
+                return e("listen", "only with node.transport = \"unicast\"".into())
+            }
+            (true, false) => {
+                if let Err(err) = b.listen.parse::<SocketAddr>() {
+                    return e("listen", format!("{err} (write IP:PORT)"));
+                }
+            }
+            (false, true) => {}
+        }
         Ok(())
+    }
+
+    /// The bridge's configuration and its node's, when `[bridge]` is on.
+    pub fn bridge(&self) -> Option<(crate::bridge::BridgeConfig, NodeConfig)> {
+        if self.bridge.nats.is_empty() {
+            return None;
+        }
+        let mut node = self.node_config();
+        node.node_name = format!("{}-bridge", node.node_name);
+        node.node_name.truncate(64);
+        if let Ok(listen) = self.bridge.listen.parse() {
+            node.listen = Some(listen);
+        }
+        Some((
+            crate::bridge::BridgeConfig {
+                nats: self.bridge.nats.clone(),
+                site: self.bridge.site.clone(),
+                retention: self.bridge.retention,
+                lease: self.bridge.lease,
+            },
+            node,
+        ))
     }
 
     /// The node's configuration.
@@ -584,6 +701,14 @@ impl Config {
         if !c.http.token.is_empty() {
             c.http.token = "(set)".into();
         }
+        // user:password@ in a NATS URL.
+        c.bridge.nats = (c.bridge.nats.split(','))
+            .map(|u| match (u.find("://"), u.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}(set){}", &u[..s + 3], &u[at..]),
+                _ => u.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }
@@ -620,6 +745,49 @@ fn read_file(p: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bridge_section_is_checked_and_its_password_hidden() {
+        let c = load(
+            "[bridge]\nnats = \"nats://u:secret@127.0.0.1:4222\"\nsite = \"east\"\nlease = \"2s\"\n",
+            &[],
+        )
+        .unwrap();
+        let (b, node) = c.bridge().expect("on");
+        assert_eq!((b.site.as_str(), b.lease), ("east", Duration::from_secs(2)));
+        assert!(node.node_name.ends_with("-bridge"), "{}", node.node_name);
+        let shown = c.to_toml();
+        assert!(
+            !shown.contains("secret") && shown.contains("nats://(set)@127.0.0.1:4222"),
+            "{shown}"
+        );
+        assert!(load("", &[]).unwrap().bridge().is_none());
+        let c = load(
+            "",
+            &[
+                ("CACHECAST_NATS", "nats://127.0.0.1:1"),
+                ("CACHECAST_SITE", "west"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.bridge().unwrap().0.site, "west");
+        for (text, field) in [
+            ("[bridge]\nnats = \"nats://h:1\"\n", "bridge.site"),
+            ("[bridge]\nnats = \"nats://h:1\"\nsite = \"a.b\"\n", "bridge.site"),
+            ("[bridge]\nsite = \"a\"\n", "bridge.nats"),
+            ("[bridge]\nnats = \"http://h:1\"\nsite = \"a\"\n", "bridge.nats"),
+            ("[bridge]\nnats = \"nats://h:1\"\nsite = \"a\"\nlease = \"1h\"\n", "bridge.lease"),
+            ("[node]\ncluster = \"a b\"\n[bridge]\nnats = \"nats://h:1\"\nsite = \"a\"\n", "node.cluster"),
+            (
+                "[node]\ntransport = \"unicast\"\npeers = [\"10.0.0.2:1\"]\n[bridge]\nnats = \"nats://h:1\"\nsite = \"a\"\n",
+                "bridge.listen",
+            ),
+            ("[bridge]\nnats = \"nats://h:1\"\nsite = \"a\"\nlisten = \"127.0.0.1:1\"\n", "bridge.listen"),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
         let dir = std::env::temp_dir().join(format!("cc-agent-cfg-{}", rand::random::<u64>()));

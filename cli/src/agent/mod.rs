@@ -134,6 +134,9 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
             .collect(),
     );
     let webhooks = webhook::spawn_all(&config.webhooks, &feed, &metrics);
+    let bridge = config
+        .bridge()
+        .map(|(b, n)| tokio::spawn(run_bridge(b, n, state.stopping.clone())));
     tracing::info!(stream = %format_args!("{:016x}", node.stream()), "agent ready");
     systemd::ready();
     systemd::status(&format!(
@@ -156,6 +159,11 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
     tracing::info!(%reason, "agent stopping");
     systemd::stopping();
     let _ = stopping_tx.send(true);
+    if let Some(b) = bridge {
+        if tokio::time::timeout(DRAIN, b).await.is_err() {
+            tracing::warn!("the bridge did not stop within 5 s");
+        }
+    }
     node.shutdown().await;
     // The subscription ends with the node: the feed closes, and consumers
     // finish what it holds.
@@ -177,6 +185,36 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
         w.abort();
     }
     Ok(())
+}
+
+/// `[bridge]`: runs the bridge until the agent stops; when it fails (NATS
+/// unreachable, the stream refused), logs why and starts it again 5 s later.
+async fn run_bridge(
+    config: crate::bridge::BridgeConfig,
+    node: cachecast::NodeConfig,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let mut stopped = stopping.clone();
+        let result = crate::bridge::bridge(config.clone(), node.clone(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await;
+        match result {
+            Ok(counts) => {
+                tracing::info!(?counts, "bridge stopped");
+                return;
+            }
+            Err(e) => tracing::error!(error = %e, "bridge failed: starting it again in 5 s"),
+        }
+        let mut stopped = stopping.clone();
+        if tokio::time::timeout(Duration::from_secs(5), stopped.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
 }
 
 /// Copies every delivery of the node into the feed, numbered; closes the

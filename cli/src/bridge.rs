@@ -1,0 +1,1100 @@
+//! `cachecast bridge`: carries a cluster's events between sites through a
+//! NATS JetStream stream.
+//!
+//! Each site runs one or more bridges, each a node of the site's cluster.
+//! The active one (the holder of the site's lease, a key of a JetStream
+//! key-value bucket) publishes every event it hears on its LAN to
+//! `cachecast.<cluster>.<site>` of the stream `CACHECAST_<cluster>`, with a
+//! `Nats-Msg-Id` made of the event's stream and seq (so a retry, a restart
+//! or a second bridge publishes nothing twice within the stream's duplicate
+//! window), and replays the other sites' messages into its LAN as events of
+//! its own stream. What it injects is never published back: the streams of
+//! the site's bridges are recorded in the bucket, and each active bridge
+//! skips them.
+//!
+//! No silent loss across sites:
+//! - JetStream's stream sequence is contiguous: a bridge that finds a hole
+//!   (messages gone past the stream's retention while it was away, the
+//!   cursor it saved older than the stream's first message) publishes a
+//!   `ClearAll` into its LAN, never a silent skip.
+//! - What a site's LAN had that no bridge published (the bridge was not
+//!   running, or its node Reset) is announced as a gap record on the site's
+//!   subject; every other site's bridge turns it into a `ClearAll`.
+//! - A standby bridge keeps the events it heard for a while (two leases
+//!   and 10 s, at most `BUFFER` events): when it takes over, it publishes
+//!   them again (JetStream drops those already published), so a failover
+//!   loses nothing and costs no gap record.
+//!
+//! Where the sites' bridges saved their place: the bucket's
+//! `cursor.<site>` (the last stream sequence injected, saved once the
+//! datagrams left), so a restart neither loses nor repeats.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use clap::Args;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+
+use cachecast::wire::decode_event;
+use cachecast::{Delivery, Event, Node, NodeConfig, ResetReason};
+
+use crate::args::{join_failure, parse_duration, NetArgs};
+use crate::failure::Failure;
+use crate::stop::Stop;
+
+/// Events a standby keeps to publish again when it takes over.
+const BUFFER: usize = 1 << 18;
+/// Publishes awaiting JetStream's acknowledgement before the bridge stops
+/// reading its LAN (the node's subscription queue holds the rest).
+const MAX_INFLIGHT: usize = 4096;
+/// Messages injected into the LAN in one batch.
+const MAX_INJECT: usize = 512;
+/// Injector streams remembered per site.
+const MAX_INJECTORS: usize = 64;
+/// JetStream's duplicate window, at most the retention.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The header of a gap record (its value: why).
+const GAP_HEADER: &str = "Cachecast-Gap";
+
+const AFTER_HELP: &str = "\
+Sites: every site runs `cachecast bridge` with the same --nats servers (or \
+servers of one NATS super-cluster), the same --cluster, and its own --site. \
+The bridge joins the site's cluster like any node, publishes every event of \
+its LAN to the JetStream stream CACHECAST_<cluster> (subject \
+cachecast.<cluster>.<site>; created on first use with --retention), and \
+replays the other sites' events into its LAN as a stream of its own. What \
+it replays is never sent back.
+
+No silent loss: a bridge that was away longer than --retention, or that \
+finds any other hole in the stream, publishes a ClearAll into its LAN \
+(every node clears). Events of a site's LAN that no bridge published (no \
+bridge was running, or its node Reset) become a gap record: the other \
+sites clear. A restarted bridge resumes where it stopped (its place is kept \
+in the key-value bucket CACHECAST_BRIDGE_<cluster>), so it neither loses \
+nor repeats.
+
+Availability: run two bridges per site. One is active (it holds the site's \
+lease, renewed every --lease/4); the other listens and keeps what it hears, \
+and takes over within --lease of the first one's end, publishing again what \
+the first may not have published (JetStream drops duplicates by message id).
+
+Logs (RUST_LOG=info): when the bridge becomes active or stands by, every \
+ClearAll it injects and every gap record it publishes. SIGINT/SIGTERM: \
+the active bridge saves its place, gives up its lease (a standby takes over \
+at once) and says Goodbye.";
+
+/// Carry this cluster's events to and from other sites through NATS
+/// JetStream.
+#[derive(Debug, Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct BridgeArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// The NATS server(s), with JetStream enabled: nats://HOST:4222;
+    /// several separated by commas. user:password@ in the URL
+    /// authenticates.
+    #[arg(long, env = "CACHECAST_NATS", value_name = "URL")]
+    pub nats: String,
+    /// This site's name: letters, digits, '-' and '_' (at most 64).
+    #[arg(long, env = "CACHECAST_SITE", value_parser = parse_token)]
+    pub site: String,
+    /// How long JetStream keeps events (the stream's max age, set when a
+    /// bridge creates it). A bridge away longer makes its site clear.
+    #[arg(long, default_value = "1h", value_parser = parse_retention)]
+    pub retention: Duration,
+    /// The site's lease: a standby takes over this long after the active
+    /// bridge stopped renewing it (from 500ms to 1m).
+    #[arg(long, default_value = "3s", value_parser = parse_lease)]
+    pub lease: Duration,
+}
+
+/// What a bridge needs besides its node's configuration.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub nats: String,
+    pub site: String,
+    pub retention: Duration,
+    pub lease: Duration,
+}
+
+/// A NATS subject token, stream and bucket name part: the cluster and site.
+pub fn parse_token(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("needs 1 to 64 characters".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: letters, digits, '-' and '_' only (it names NATS subjects)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        d => Ok(d),
+    }
+}
+
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_millis(500) || d > Duration::from_secs(60) => {
+            Err("must be from 500ms to 1m".into())
+        }
+        d => Ok(d),
+    }
+}
+
+pub async fn run(args: BridgeArgs, stop: &Stop) -> Result<(), Failure> {
+    let node_config = args.net.config("bridge")?;
+    parse_token(&node_config.cluster).map_err(|e| {
+        Failure::Usage(format!(
+            "--cluster (the bridge names NATS subjects after it): {e}"
+        ))
+    })?;
+    let config = BridgeConfig {
+        nats: args.nats,
+        site: args.site,
+        retention: args.retention,
+        lease: args.lease,
+    };
+    stop.arm();
+    let counts = bridge(config, node_config, stop.wait()).await?;
+    tracing::info!(?counts, "bridge stopped");
+    Ok(())
+}
+
+/// What a bridge did, logged when it stops.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    /// Local events published to JetStream (acknowledged).
+    pub published: u64,
+    /// Other sites' events injected into the LAN.
+    pub injected: u64,
+    /// ClearAlls injected (a hole, a gap record, an unreadable message).
+    pub clears: u64,
+    /// Gap records published for this site.
+    pub gaps: u64,
+    /// Times this bridge became active.
+    pub activations: u64,
+}
+
+/// One message for this site's subject: an event, or a gap record.
+struct Out {
+    id: String,
+    payload: Bytes,
+    gap: Option<String>,
+}
+
+type AckResult = (
+    Out,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+);
+
+type AckFuture = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Out,
+                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Names derived from the cluster and site.
+struct Names {
+    site: String,
+    stream: String,
+    bucket: String,
+    /// `cachecast.<cluster>.`
+    prefix: String,
+    /// `cachecast.<cluster>.<site>`
+    subject: String,
+    lease: String,
+    cursor: String,
+    injectors: String,
+}
+
+impl Names {
+    fn new(cluster: &str, site: &str) -> Names {
+        Names {
+            site: site.into(),
+            stream: format!("CACHECAST_{cluster}"),
+            bucket: format!("CACHECAST_BRIDGE_{cluster}"),
+            prefix: format!("cachecast.{cluster}."),
+            subject: format!("cachecast.{cluster}.{site}"),
+            lease: format!("lease.{site}"),
+            cursor: format!("cursor.{site}"),
+            injectors: format!("injectors.{site}"),
+        }
+    }
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(format!("{what}: {e}"))
+}
+
+/// Runs a bridge until `stopped` completes.
+pub async fn bridge(
+    config: BridgeConfig,
+    mut node_config: NodeConfig,
+    stopped: impl Future<Output = impl Sized>,
+) -> Result<Counts, Failure> {
+    let names = Names::new(&node_config.cluster, &config.site);
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("cachecast bridge {}", config.site))
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats.as_str())
+        .await
+        .map_err(|e| nats_error(&format!("cannot connect to NATS at {}", config.nats), e))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![format!("{}>", names.prefix)],
+            max_age: config.retention,
+            duplicate_window: DUPLICATE_WINDOW.min(config.retention),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            nats_error(
+                &format!(
+                    "cannot open the JetStream stream {} (is JetStream enabled: nats-server -js?)",
+                    names.stream
+                ),
+                e,
+            )
+        })?;
+    // The bucket's stream made here, as async-nats would (its
+    // create_key_value first asks for account details that Debian's
+    // nats-server 2.9 answers in a shape it cannot read).
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{}", names.bucket),
+        subjects: vec![format!("$KV.{}.>", names.bucket)],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_error(&format!("cannot open the bucket {}", names.bucket), e))?;
+    let kv = js
+        .get_key_value(&names.bucket)
+        .await
+        .map_err(|e| nats_error(&format!("cannot open the bucket {}", names.bucket), e))?;
+    // Two nodes: one that listens (receive-only, so that a standby that
+    // dies costs nobody a Reset), and, while active, one that injects the
+    // other sites' events (its own are not delivered to it).
+    let mut injector_config = node_config.clone();
+    injector_config.receive_only = false;
+    injector_config.deliver_own = false;
+    injector_config.node_name = format!("{}-inject", node_config.node_name);
+    injector_config.node_name.truncate(64);
+    if injector_config.transport == cachecast::Transport::Unicast {
+        // A port of its own (the listener has the configured one); peers
+        // learn it from its datagrams.
+        let ip = node_config.listen.map_or_else(
+            || match node_config.group {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            },
+            |l| l.ip(),
+        );
+        injector_config.listen = Some(std::net::SocketAddr::new(ip, 0));
+    }
+    node_config.receive_only = true;
+    let node = Node::join(node_config).await.map_err(join_failure)?;
+    let mut bridge = Bridge {
+        me: format!("{}/{:016x}", config.site, node.stream()),
+        sub: node.subscribe(),
+        node,
+        injector: None,
+        injector_config,
+        js,
+        stream,
+        kv,
+        names,
+        config,
+        role: Role::Standby,
+        buffer: VecDeque::new(),
+        standby_loss: false,
+        standby_resets: Vec::new(),
+        observed: None,
+        counts: Counts::default(),
+    };
+    tracing::info!(site = %bridge.names.site, stream = %format_args!("{:016x}", bridge.node.stream()), "bridge joined the cluster: standing by until it holds the site's lease");
+    let result = bridge.run(stopped).await;
+    if let Some(injector) = bridge.injector.take() {
+        injector.shutdown().await;
+    }
+    bridge.node.shutdown().await;
+    result.map(|()| bridge.counts)
+}
+
+/// The lease holder as a standby last saw it.
+struct Observed {
+    revision: u64,
+    /// When this revision was first seen.
+    since: Instant,
+    /// A renewal (a new revision) was seen after this bridge joined.
+    renewed_after_join: bool,
+}
+
+enum Role {
+    Standby,
+    Active(Box<Active>),
+}
+
+struct Active {
+    /// The lease's revision this bridge wrote last.
+    revision: u64,
+    /// When the last renewal that succeeded was sent.
+    renewed: Instant,
+    /// The site's bridges' streams: never published back.
+    injectors: HashSet<u64>,
+    inflight: FuturesOrdered<AckFuture>,
+    messages: consumer::pull::Ordered,
+    /// The next stream sequence expected.
+    expect: u64,
+    /// The last stream sequence injected (or skipped).
+    cursor: u64,
+    /// The cursor saved in the bucket.
+    saved: u64,
+}
+
+struct Bridge {
+    config: BridgeConfig,
+    names: Names,
+    /// The listener (receive-only).
+    node: Node,
+    /// The node that injects, while active.
+    injector: Option<Node>,
+    injector_config: NodeConfig,
+    sub: cachecast::Subscription,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    kv: kv::Store,
+    /// This bridge's lease value.
+    me: String,
+    role: Role,
+    /// A standby's events: (heard at, event), oldest first.
+    buffer: VecDeque<(Instant, u64, Out)>,
+    /// A standby missed something: its buffer is not whole.
+    standby_loss: bool,
+    /// The streams of a standby's Resets: a loss, unless each is an
+    /// injector's (known at the takeover).
+    standby_resets: Vec<u64>,
+    observed: Option<Observed>,
+    counts: Counts,
+}
+
+/// What the main loop woke for (one at a time, on the stack).
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Stop,
+    Lan(Option<Delivery>),
+    Tick,
+    Ack(Box<AckResult>),
+    Nats(Option<Result<jetstream::Message, consumer::pull::OrderedError>>),
+}
+
+impl Bridge {
+    async fn run(&mut self, stopped: impl Future<Output = impl Sized>) -> Result<(), Failure> {
+        let mut stopped = std::pin::pin!(stopped);
+        let mut tick = tokio::time::interval(self.config.lease / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = match &mut self.role {
+                Role::Standby => tokio::select! {
+                    _ = &mut stopped => Wake::Stop,
+                    d = self.sub.recv() => Wake::Lan(d),
+                    _ = tick.tick() => Wake::Tick,
+                },
+                Role::Active(a) => {
+                    let room = a.inflight.len() < MAX_INFLIGHT;
+                    tokio::select! {
+                        _ = &mut stopped => Wake::Stop,
+                        d = self.sub.recv(), if room => Wake::Lan(d),
+                        Some(r) = a.inflight.next(), if !a.inflight.is_empty() => Wake::Ack(Box::new(r)),
+                        m = a.messages.next() => Wake::Nats(m),
+                        _ = tick.tick() => Wake::Tick,
+                    }
+                }
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Lan(None) => return Err(Failure::Failed("the node stopped".into())),
+                Wake::Lan(Some(d)) => {
+                    self.lan(d);
+                    // What else is queued, without waiting.
+                    for _ in 0..256 {
+                        if matches!(&self.role, Role::Active(a) if a.inflight.len() >= MAX_INFLIGHT)
+                        {
+                            break;
+                        }
+                        match self.sub.try_recv() {
+                            Some(d) => self.lan(d),
+                            None => break,
+                        }
+                    }
+                    self.flush_lan().await;
+                }
+                Wake::Tick => self.tick().await,
+                Wake::Ack(r) => match *r {
+                    (out, Ok(ack)) => {
+                        if out.gap.is_none() && !ack.duplicate {
+                            self.counts.published += 1;
+                        }
+                    }
+                    (out, Err(e)) => {
+                        tracing::debug!(error = %e, id = %out.id, "publish not acknowledged: again");
+                        self.publish(out).await;
+                    }
+                },
+                Wake::Nats(None) => {
+                    tracing::warn!("the JetStream consumer ended: standing by");
+                    self.step_down().await;
+                }
+                Wake::Nats(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "reading JetStream failed: standing by");
+                    self.step_down().await;
+                }
+                Wake::Nats(Some(Ok(m))) => self.inject(m).await,
+            }
+        }
+        self.release().await;
+        Ok(())
+    }
+
+    /// One delivery of the LAN: published (active) or kept (standby).
+    fn lan(&mut self, d: Delivery) {
+        let out = match &d {
+            Delivery::Event {
+                stream, seq, event, ..
+            } => {
+                if let Role::Active(a) = &self.role {
+                    if a.injectors.contains(stream) {
+                        return;
+                    }
+                }
+                (
+                    *stream,
+                    Out {
+                        id: format!("{}.{stream:016x}.{seq}", self.names.site),
+                        payload: Bytes::copy_from_slice(event.as_bytes()),
+                        gap: None,
+                    },
+                )
+            }
+            Delivery::Reset { reason } => {
+                let stream = reset_stream(reason);
+                match (&self.role, stream) {
+                    // What a bridge of this site injected is never published
+                    // again: its loss costs the other sites nothing (a killed
+                    // bridge's stream times out like any publisher's).
+                    (Role::Active(a), Some(s)) if a.injectors.contains(&s) => {
+                        tracing::info!(
+                            ?reason,
+                            "a Reset for a bridge's stream: nothing to tell the other sites"
+                        );
+                        return;
+                    }
+                    (Role::Standby, Some(s)) if self.standby_resets.len() < MAX_INJECTORS => {
+                        self.standby_resets.push(s);
+                        return;
+                    }
+                    (Role::Standby, _) => {
+                        self.standby_loss = true;
+                        return;
+                    }
+                    (Role::Active(_), _) => {}
+                }
+                tracing::warn!(
+                    ?reason,
+                    "this bridge's node Reset: the other sites will clear"
+                );
+                (0, self.gap(format!("the bridge's node Reset: {reason:?}")))
+            }
+        };
+        match &mut self.role {
+            Role::Standby => {
+                let now = Instant::now();
+                self.buffer.push_back((now, out.0, out.1));
+                if self.buffer.len() > BUFFER {
+                    self.buffer.pop_front();
+                    self.standby_loss = true;
+                }
+            }
+            Role::Active(_) => self.buffer.push_back((Instant::now(), out.0, out.1)),
+        }
+    }
+
+    /// A gap record for this site.
+    fn gap(&mut self, why: String) -> Out {
+        Out {
+            id: format!("{}.gap.{:016x}", self.names.site, rand::random::<u64>()),
+            payload: Bytes::new(),
+            gap: Some(why),
+        }
+    }
+
+    /// An active bridge publishes what `lan` queued.
+    async fn flush_lan(&mut self) {
+        if matches!(self.role, Role::Standby) {
+            self.trim_buffer();
+            return;
+        }
+        while let Some((_, stream, out)) = self.buffer.pop_front() {
+            if let Role::Active(a) = &self.role {
+                if stream != 0 && a.injectors.contains(&stream) {
+                    continue;
+                }
+            }
+            self.publish(out).await;
+        }
+    }
+
+    /// A standby forgets what no takeover can need.
+    fn trim_buffer(&mut self) {
+        // (Older ones JetStream would no longer know as duplicates.)
+        let keep = (self.config.lease * 2 + Duration::from_secs(10))
+            .min(DUPLICATE_WINDOW.min(self.config.retention));
+        let now = Instant::now();
+        while self
+            .buffer
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > keep)
+        {
+            self.buffer.pop_front();
+        }
+    }
+
+    async fn publish(&mut self, out: Out) {
+        let Role::Active(a) = &mut self.role else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", out.id.as_str());
+        if let Some(why) = &out.gap {
+            headers.insert(GAP_HEADER, why.as_str());
+            self.counts.gaps += 1;
+            tracing::warn!(why = %why, "gap record published: the other sites will clear");
+        }
+        let sent = self
+            .js
+            .publish_with_headers(self.names.subject.clone(), headers, out.payload.clone())
+            .await;
+        let fut: AckFuture = match sent {
+            Ok(ack) => Box::pin(async move { (out, ack.await) }),
+            Err(e) => Box::pin(async move {
+                // Not even sent: retried when this resolves (after a pause,
+                // so that a NATS outage is not a busy loop).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (out, Err(e))
+            }),
+        };
+        a.inflight.push_back(fut);
+    }
+
+    /// Lease upkeep, and the cursor saved.
+    async fn tick(&mut self) {
+        match &self.role {
+            Role::Standby => {
+                self.trim_buffer();
+                if let Err(e) = self.try_acquire().await {
+                    tracing::warn!(error = %e, "lease check failed");
+                }
+            }
+            Role::Active(_) => {
+                self.renew().await;
+                self.save_cursor().await;
+            }
+        }
+    }
+
+    async fn try_acquire(&mut self) -> Result<(), String> {
+        let entry = self
+            .kv
+            .entry(self.names.lease.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let previous = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                match &mut self.observed {
+                    Some(o) if o.revision == e.revision => {
+                        if now.duration_since(o.since) < self.config.lease {
+                            return Ok(());
+                        }
+                    }
+                    _ => {
+                        let renewed_after_join = self.observed.is_some();
+                        self.observed = Some(Observed {
+                            revision: e.revision,
+                            since: now,
+                            renewed_after_join,
+                        });
+                        return Ok(());
+                    }
+                }
+                // Stale for a whole lease: take it over.
+                let revision = match self
+                    .kv
+                    .update(
+                        self.names.lease.as_str(),
+                        self.me.clone().into(),
+                        e.revision,
+                    )
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        return Ok(())
+                    }
+                    Err(err) => return Err(err.to_string()),
+                };
+                Some((String::from_utf8_lossy(&e.value).into_owned(), revision))
+            }
+            // Free (never held, or given up).
+            _ => {
+                let revision = match self
+                    .kv
+                    .create(self.names.lease.as_str(), self.me.clone().into())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(()),
+                    Err(err) => return Err(err.to_string()),
+                };
+                return self.activate(None, revision, now).await;
+            }
+        };
+        let (holder, revision) = previous.expect("set above");
+        self.activate(Some(holder), revision, now).await
+    }
+
+    /// Becomes the site's active bridge (the lease is held as `revision`).
+    async fn activate(
+        &mut self,
+        previous: Option<String>,
+        revision: u64,
+        acquired: Instant,
+    ) -> Result<(), String> {
+        // 1. The site's injectors, this one included: never published back.
+        let injectors = self.add_injector().await?;
+        let whole_heard = self.standby_resets.iter().all(|s| injectors.contains(s));
+        // 2. Where to resume in the stream.
+        let cursor_entry = self
+            .kv
+            .entry(self.names.cursor.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = self.stream.get_info().await.map_err(|e| e.to_string())?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let saved = cursor_entry
+            .as_ref()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
+        let (cursor, hole) = match saved {
+            // First bridge of this site: from now on.
+            None => (last, false),
+            // Messages past the saved place are gone (retention).
+            Some(c) if first > c.saturating_add(1) && last >= first => (first - 1, true),
+            Some(c) if first > c.saturating_add(1) => (last, true),
+            Some(c) => (c, false),
+        };
+        let messages = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}>", self.names.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: cursor + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        // 3. Did this site's LAN have events that no bridge published? Not
+        // if this bridge heard everything since the last holder was seen
+        // alive, or if there never was one.
+        // A lease given up (deleted) was held after this bridge joined if
+        // this bridge saw it held; a stale one, if it saw it renewed.
+        let whole = !self.standby_loss
+            && whole_heard
+            && match &previous {
+                None => self.observed.is_some(),
+                Some(_) => self.observed.as_ref().is_some_and(|o| o.renewed_after_join),
+            };
+        let first_ever = previous.is_none() && saved.is_none();
+        self.counts.activations += 1;
+        tracing::info!(
+            site = %self.names.site,
+            previous = previous.as_deref().unwrap_or("none"),
+            resume_after = cursor,
+            replay = self.buffer.len(),
+            "active: this bridge holds the site's lease"
+        );
+        self.role = Role::Active(Box::new(Active {
+            revision,
+            renewed: acquired,
+            injectors,
+            inflight: FuturesOrdered::new(),
+            messages,
+            expect: cursor + 1,
+            cursor,
+            saved: saved.unwrap_or(u64::MAX),
+        }));
+        self.observed = None;
+        self.standby_loss = false;
+        self.standby_resets.clear();
+        if !whole && !first_ever {
+            let out = self.gap(format!(
+                "bridge {} took over without hearing everything since the last one (it was not running, or not continuously)",
+                self.me
+            ));
+            self.buffer.push_front((Instant::now(), 0, out));
+        }
+        if hole {
+            tracing::warn!(
+                saved = ?saved, first, "events of other sites are gone (past the retention) since this site's bridge stopped: ClearAll"
+            );
+            self.clear_lan().await;
+        }
+        self.save_cursor_after_sent().await;
+        // What this bridge heard as a standby, again: JetStream drops what
+        // the previous holder published already.
+        self.flush_lan().await;
+        Ok(())
+    }
+
+    /// Adds this bridge's stream to the site's injectors; returns them all.
+    async fn add_injector(&mut self) -> Result<HashSet<u64>, String> {
+        let own = match &self.injector {
+            Some(n) => n.stream(),
+            None => {
+                let n = Node::join(self.injector_config.clone())
+                    .await
+                    .map_err(|e| format!("cannot join the injecting node: {e}"))?;
+                let s = n.stream();
+                self.injector = Some(n);
+                s
+            }
+        };
+        for _ in 0..10 {
+            let entry = self
+                .kv
+                .entry(self.names.injectors.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut list: Vec<u64> = entry
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| {
+                    String::from_utf8_lossy(&e.value)
+                        .split_whitespace()
+                        .filter_map(|s| u64::from_str_radix(s, 16).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            list.retain(|s| *s != own);
+            list.push(own);
+            if list.len() > MAX_INJECTORS {
+                list.drain(..list.len() - MAX_INJECTORS);
+            }
+            let value: Bytes = list
+                .iter()
+                .map(|s| format!("{s:016x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .into();
+            let written = match entry.filter(|e| e.operation == kv::Operation::Put) {
+                Some(e) => self
+                    .kv
+                    .update(self.names.injectors.as_str(), value, e.revision)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .kv
+                    .create(self.names.injectors.as_str(), value)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if written.is_ok() {
+                return Ok(list.into_iter().collect());
+            }
+        }
+        Err("cannot record this bridge's stream in the bucket (contended)".into())
+    }
+
+    async fn renew(&mut self) {
+        let Role::Active(a) = &mut self.role else {
+            return;
+        };
+        let sent = Instant::now();
+        match self
+            .kv
+            .update(
+                self.names.lease.as_str(),
+                self.me.clone().into(),
+                a.revision,
+            )
+            .await
+        {
+            Ok(r) => {
+                a.revision = r;
+                a.renewed = sent;
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!("another bridge holds this site's lease now: standing by");
+                self.step_down().await;
+            }
+            Err(e) => {
+                // A standby takes over a lease after seeing it unchanged for
+                // a whole lease: stop well before.
+                if sent.duration_since(a.renewed) > self.config.lease * 3 / 4 {
+                    tracing::warn!(error = %e, "cannot renew the site's lease: standing by");
+                    self.step_down().await;
+                } else {
+                    tracing::debug!(error = %e, "renewing the lease failed: again");
+                }
+            }
+        }
+    }
+
+    /// Stops being active (the lease was lost): what was not acknowledged
+    /// is dropped here; the next holder publishes it again from its buffer.
+    async fn step_down(&mut self) {
+        if let Role::Active(_) = &self.role {
+            self.save_cursor().await;
+        }
+        self.role = Role::Standby;
+        // This bridge heard everything since its join, but from now on a
+        // takeover must see the new holder renew first.
+        self.observed = None;
+        self.buffer.clear();
+        self.standby_resets.clear();
+        // Its Goodbye: no node of the site Resets for it.
+        if let Some(injector) = self.injector.take() {
+            injector.shutdown().await;
+        }
+    }
+
+    /// A clean stop: acknowledgements awaited (at most 2 s), place saved,
+    /// lease given up.
+    async fn release(&mut self) {
+        let Role::Active(a) = &mut self.role else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !a.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, a.inflight.next()).await {
+                Ok(Some((out, Ok(_)))) if out.gap.is_none() => self.counts.published += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let revision = a.revision;
+        self.save_cursor().await;
+        if let Err(e) = self
+            .kv
+            .delete_expect_revision(self.names.lease.as_str(), Some(revision))
+            .await
+        {
+            tracing::debug!(error = %e, "giving up the lease failed (it expires)");
+        }
+    }
+
+    /// Saves the place once the injected datagrams have left.
+    async fn save_cursor(&mut self) {
+        let Role::Active(a) = &mut self.role else {
+            return;
+        };
+        if a.cursor == a.saved {
+            return;
+        }
+        let cursor = a.cursor;
+        match self
+            .kv
+            .put(self.names.cursor.as_str(), cursor.to_string().into())
+            .await
+        {
+            Ok(_) => a.saved = cursor,
+            Err(e) => tracing::debug!(error = %e, "saving the cursor failed: again"),
+        }
+    }
+
+    /// One message of the stream, and those ready behind it: into the LAN.
+    async fn inject(&mut self, first: jetstream::Message) {
+        let mut events: Vec<Event> = Vec::new();
+        let mut clear = false;
+        let mut pending = Some(first);
+        let mut n = 0;
+        while let Some(m) = pending.take() {
+            n += 1;
+            let read = self.read(&m);
+            let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
+                tracing::warn!("a JetStream message without its sequence: ClearAll");
+                clear = true;
+                break;
+            };
+            let Role::Active(a) = &mut self.role else {
+                return;
+            };
+            if seq >= a.expect {
+                if seq > a.expect {
+                    tracing::warn!(
+                        expected = a.expect,
+                        got = seq,
+                        "a hole in the stream (past its retention): ClearAll"
+                    );
+                    events.push(Event::ClearAll);
+                }
+                a.expect = seq + 1;
+                a.cursor = seq;
+                match read {
+                    Read::Own => {}
+                    Read::Event(e) => events.push(e),
+                    Read::Clear(why) => {
+                        tracing::warn!(subject = %m.subject, why = %why, "ClearAll");
+                        events.push(Event::ClearAll);
+                    }
+                }
+            }
+            // (Below `expect`: delivered again, the ordered consumer was
+            // recreated.)
+            if n >= MAX_INJECT {
+                break;
+            }
+            if let Some(Some(Ok(next))) = a.messages.next().now_or_never() {
+                pending = Some(next);
+            }
+        }
+        if clear {
+            events.push(Event::ClearAll);
+        }
+        // Consecutive ClearAlls are one.
+        events.dedup_by(|a, b| matches!((a, b), (Event::ClearAll, Event::ClearAll)));
+        self.inject_events(events).await;
+        self.save_cursor_after_sent().await;
+    }
+
+    async fn inject_events(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let clears = events
+            .iter()
+            .filter(|e| matches!(e, Event::ClearAll))
+            .count() as u64;
+        let n = events.len() as u64;
+        let Some(node) = &self.injector else {
+            return;
+        };
+        match node.publish_many(events.clone()).await {
+            Ok(_) => {
+                self.counts.injected += n - clears;
+                self.counts.clears += clears;
+            }
+            // One of them does not fit in this cluster's datagrams (another
+            // site's are larger): each alone, and what fails is a ClearAll.
+            Err(_) => {
+                for e in events {
+                    let clear = matches!(e, Event::ClearAll);
+                    if !clear && node.publish(e).await.is_ok() {
+                        self.counts.injected += 1;
+                    } else {
+                        tracing::warn!(
+                            "an event of another site cannot be published here: ClearAll"
+                        );
+                        if node.clear_all().await.is_ok() {
+                            self.counts.clears += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn clear_lan(&mut self) {
+        self.inject_events(vec![Event::ClearAll]).await;
+    }
+
+    /// Waits (1 s at most) until the node has sent everything published,
+    /// then saves the place: a crash before loses nothing, only repeats.
+    async fn save_cursor_after_sent(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let Some(node) = &self.injector else {
+                return;
+            };
+            let stats = node.stats().await.protocol;
+            if stats.events_sent >= stats.events_published {
+                break;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.save_cursor().await;
+    }
+
+    /// What a message of the stream means for this site.
+    fn read(&self, m: &jetstream::Message) -> Read {
+        let Some(site) = m.subject.as_str().strip_prefix(self.names.prefix.as_str()) else {
+            return Read::Clear("a subject outside the cluster's".into());
+        };
+        if site == self.names.site {
+            return Read::Own;
+        }
+        if site.contains('.') {
+            return Read::Clear(format!("an unknown subject {}", m.subject));
+        }
+        if let Some(why) = m.headers.as_ref().and_then(|h| h.get(GAP_HEADER)) {
+            return Read::Clear(format!("site {site} announced a gap: {why}"));
+        }
+        match decode_event(&m.payload) {
+            Ok(e) => Read::Event(e),
+            Err(e) => Read::Clear(format!("an unreadable event from site {site}: {e}")),
+        }
+    }
+}
+
+/// The stream a Reset is about, if one.
+fn reset_stream(r: &ResetReason) -> Option<u64> {
+    match r {
+        ResetReason::Unavailable { stream, .. }
+        | ResetReason::RetriesExhausted { stream, .. }
+        | ResetReason::TooOld { stream, .. }
+        | ResetReason::TooManyGaps { stream, .. }
+        | ResetReason::StreamTimedOut { stream, .. }
+        | ResetReason::StreamEvicted { stream, .. } => Some(*stream),
+        _ => None,
+    }
+}
+
+enum Read {
+    Own,
+    Event(Event),
+    Clear(String),
+}
