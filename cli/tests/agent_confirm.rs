@@ -5,10 +5,9 @@
 //! nothing), 400 for a bad value; `GET /v1/members`; the membership metrics
 //! through a real Prometheus parser.
 
-mod agent;
-mod process;
-#[path = "../src/agent/testprom.rs"]
-mod testprom;
+use crate::agent;
+use crate::process;
+use crate::testprom;
 
 use std::time::{Duration, Instant};
 

@@ -8,8 +8,8 @@
 //! (`npm ci` in examples/agent/node) are required: without them this test
 //! fails, saying what is missing; it never skips.
 
-mod agent;
-mod process;
+use crate::agent;
+use crate::process;
 use agent::{free_port, Net};
 use process::{finish, Running};
 

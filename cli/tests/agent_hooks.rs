@@ -1,8 +1,8 @@
 //! The agent's webhooks end to end: real agents on loopback multicast
 //! posting to a real HTTP receiver.
 
-mod agent;
-mod process;
+use crate::agent;
+use crate::process;
 
 use agent::{Agent, Hook, Net};
 

@@ -2,8 +2,8 @@
 //! multicast: publishing and its errors, SSE delivery and resume, the
 //! token, the stop.
 
-mod agent;
-mod process;
+use crate::agent;
+use crate::process;
 
 use agent::{client, Agent, Net};
 use serde_json::json;

@@ -5,11 +5,10 @@
 //! retire the old key; every event delivered, no Reset. And reload errors:
 //! the keys in use stay, the answer says why.
 
-mod agent;
-mod process;
+use crate::agent;
+use crate::process;
 
-#[path = "../src/agent/testprom.rs"]
-mod testprom;
+use crate::testprom;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -3,12 +3,10 @@
 //! client and a webhook receiver of B; and the seed incident at agent
 //! level (kill -9, start again, the very next invalidation applied).
 
-mod agent;
-mod process;
-#[path = "../src/agent/testprom.rs"]
-mod testprom;
-#[path = "../src/agent/testservers.rs"]
-mod testservers;
+use crate::agent;
+use crate::process;
+use crate::testprom;
+use crate::testservers;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! with what to do, `send` → `listen` with the same key (and not with
 //! another), and `listen` reloading its key file on SIGHUP.
 
-mod process;
+use crate::process;
 use process::{finish, loopback, Running};
 
 use std::io::Write;

@@ -7,7 +7,7 @@
 //! second bridge takes over from a killed one, losing nothing, and nothing
 //! a bridge injects comes back.
 
-mod process;
+use crate::process;
 use process::{finish, loopback, start_listen, Running, LIMIT};
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! `cachecast send` → `cachecast listen` end to end, through the built
 //! binary, on loopback (interface 127.0.0.1, TTL 0).
 
-mod process;
+use crate::process;
 use process::{finish, loopback, start_listen};
 
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! process (the test kit's loopback cluster: real sockets on 127.0.0.1,
 //! TTL 0, a fresh group and cluster; faults in each node's driver).
 
-mod process;
+use crate::process;
 use process::finish;
 
 use std::collections::HashSet;

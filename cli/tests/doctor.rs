@@ -2,7 +2,7 @@
 //! group in 239.255.0.0/16 and a free port per test, interface 127.0.0.1,
 //! TTL 0, so nothing leaves the host and parallel tests never meet.
 
-mod process;
+use crate::process;
 use process::{finish, loopback};
 
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,7 @@
 //! a Reset shows at the default level, without colour codes in a pipe, as
 //! text or JSON, with the stream id written as in the JSON output.
 
-mod process;
+use crate::process;
 use process::{loopback, Running, LIMIT};
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -2,7 +2,7 @@
 //! process (the test kit's loopback cluster: 127.0.0.1, TTL 0, a fresh
 //! group and cluster).
 
-mod process;
+use crate::process;
 use process::{finish, Running};
 
 use std::process::{Command, Output, Stdio};

@@ -6,7 +6,7 @@
 //! it ran (no silent loss: the checker's rule, which with no Reset allowed
 //! needs no excuse). On loopback: interface 127.0.0.1, TTL 0.
 
-mod process;
+use crate::process;
 use process::{loopback, start_listen};
 
 use std::collections::HashSet;

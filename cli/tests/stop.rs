@@ -3,7 +3,7 @@
 //! `listen` and `send`, and `listen` can end with its standard input or its
 //! parent.
 
-mod process;
+use crate::process;
 use process::{loopback, Running};
 
 use std::process::{Command, Stdio};
