@@ -54,9 +54,10 @@
 #                               processes through a nats-server with
 #                               JetStream started here (127.0.0.1, a free
 #                               port): publish in A -> delivered in B at
-#                               1,000 events/s (p50/p99), then 200,000
-#                               events flat out (the bridges' limit); about
-#                               30 s, not part of all.
+#                               1,000 events/s (p50/p99), then rising
+#                               rates (5k .. 160k/s, 3 s each) up to the
+#                               first not delivered whole (the bridges'
+#                               limit); about a minute, not part of all.
 #   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
 #                               (1,000 receive-only members, 1 % loss:
 #                               report background per node, confirmed

@@ -9,9 +9,11 @@
 //! 1. latency: `--rate` events per second (1,000 by default) for
 //!    `--duration`, each stamped with its publish time: publish in A →
 //!    delivered in B, p50 / p99 / max;
-//! 2. throughput: `--events` events published in A as fast as the node
-//!    takes them (batches of 100), delivered in B: the bridge pair's limit,
-//!    events per second from the first publish to the last delivery.
+//! 2. throughput: rising offered rates (`--rates`, each for `--step`,
+//!    batches of 100), delivered in B: the bridge pair's limit is the
+//!    highest rate delivered whole with no ClearAll (past it, the bridge's
+//!    subscription falls behind: a Reset there, a gap record, a ClearAll in
+//!    B, never a silent loss).
 //!
 //! Every load loop is bounded in count and in time.
 
@@ -47,12 +49,13 @@ pub struct BridgeArgs {
     /// Length of the latency run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Events of the throughput run.
-    #[arg(long, default_value_t = 200_000)]
-    pub events: u64,
-    /// Longest wait for the throughput run's deliveries.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub max_wait: Duration,
+    /// Offered rates of the throughput runs, rising, comma-separated; it
+    /// stops at the first not delivered whole.
+    #[arg(long, value_delimiter = ',', default_value = "5k,10k,20k,40k,80k,160k")]
+    pub rates: Vec<Rate>,
+    /// Length of each throughput run.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub step: Duration,
 }
 
 /// A `cachecast bridge` of the bench, stopped when dropped.
@@ -244,40 +247,62 @@ pub fn run(args: BridgeArgs) -> Result<(), String> {
         lat.max() as f64,
     );
 
-    // 2. Throughput: flat out.
-    let total = args.events.clamp(1, 10_000_000);
-    let pubr = publisher.clone();
-    let t0 = mono_ns();
-    let handle = rt.spawn(async move {
-        let mut sent = 0u64;
-        while sent < total {
-            let n = (total - sent).min(100);
-            let events = (0..n).map(|_| Event::Invalidate {
-                keys: vec![format!("t:{:016x}", mono_ns())],
-            });
-            if pubr.publish_many(events).await.is_err() {
-                break;
+    // 2. Throughput: rising rates, each for `--step` (batches of 100
+    // events); the limit is the highest delivered whole, with no ClearAll.
+    let mut limit = 0.0f64;
+    for rate in args.rates.iter().map(|r| r.0) {
+        let total = ((rate * args.step.as_secs_f64()) as u64).clamp(100, 10_000_000);
+        let pubr = publisher.clone();
+        let batches = total.div_ceil(100);
+        let every = Duration::from_secs_f64(100.0 / rate);
+        let t0 = mono_ns();
+        let handle = rt.spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut sent = 0u64;
+            for b in 0..batches {
+                tokio::time::sleep_until(start + every.mul_f64(b as f64)).await;
+                let n = (total - sent).min(100);
+                let events = (0..n).map(|_| Event::Invalidate {
+                    keys: vec![format!("t:{:016x}", mono_ns())],
+                });
+                if pubr.publish_many(events).await.is_err() {
+                    break;
+                }
+                sent += n;
             }
-            sent += n;
+            sent
+        });
+        let mut lat =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
+        let until = Instant::now() + args.step + Duration::from_secs(10);
+        let (got, clears, last) = collect(&rt, &mut sub, "t:", total, until, &mut lat);
+        let sent = rt.block_on(handle).map_err(|e| e.to_string())?;
+        let secs = (last.saturating_sub(t0)) as f64 / 1e9;
+        let whole = got == sent && clears == 0;
+        println!(
+            "  at {} events/s offered: {got} of {sent} delivered ({} events/s), p99 {:.1} ms, ClearAll/Reset {clears}{}",
+            si(rate),
+            si(got as f64 / secs.max(1e-9)),
+            lat.value_at_quantile(0.99) as f64 / 1000.0,
+            if whole { "" } else { ": past the limit" },
+        );
+        if !whole {
+            break;
         }
-        (sent, mono_ns())
-    });
-    let mut lat =
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
-    let (got, clears, last) = collect(
-        &rt,
-        &mut sub,
-        "t:",
-        total,
-        Instant::now() + args.max_wait,
-        &mut lat,
-    );
-    let (sent, published) = rt.block_on(handle).map_err(|e| e.to_string())?;
-    let secs = (last.saturating_sub(t0)) as f64 / 1e9;
+        limit = rate;
+        // What is left of this step is not counted in the next.
+        let _ = collect(
+            &rt,
+            &mut sub,
+            "t:",
+            u64::MAX,
+            Instant::now() + Duration::from_millis(200),
+            &mut lat,
+        );
+    }
     println!(
-        "  throughput: {got} of {sent} delivered in {secs:.2} s: {} events/s through the bridges (published in {:.2} s), ClearAll/Reset {clears}",
-        si(got as f64 / secs.max(1e-9)),
-        (published - t0) as f64 / 1e9,
+        "  throughput limit: {} events/s delivered whole, no ClearAll",
+        si(limit)
     );
     let _ = std::io::stdout().flush();
     rt.block_on(async {

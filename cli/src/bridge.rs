@@ -29,7 +29,7 @@
 //! `cursor.<site>` (the last stream sequence injected, saved once the
 //! datagrams left), so a restart neither loses nor repeats.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -194,6 +194,8 @@ struct Out {
     id: String,
     payload: Bytes,
     gap: Option<String>,
+    /// Set at its first publish: its place among the unacknowledged.
+    n: u64,
 }
 
 type AckResult = (
@@ -321,6 +323,9 @@ pub async fn bridge(
     }
     node_config.receive_only = true;
     let node = Node::join(node_config).await.map_err(join_failure)?;
+    let keep = (config.lease * 2 + Duration::from_secs(10))
+        .min(stream.cached_info().config.duplicate_window)
+        .min(stream.cached_info().config.max_age);
     let mut bridge = Bridge {
         me: format!("{}/{:016x}", config.site, node.stream()),
         sub: node.subscribe(),
@@ -338,6 +343,7 @@ pub async fn bridge(
         standby_resets: Vec::new(),
         observed: None,
         counts: Counts::default(),
+        keep,
     };
     tracing::info!(site = %bridge.names.site, stream = %format_args!("{:016x}", bridge.node.stream()), "bridge joined the cluster: standing by until it holds the site's lease");
     let result = bridge.run(stopped).await;
@@ -365,18 +371,34 @@ enum Role {
 struct Active {
     /// The lease's revision this bridge wrote last.
     revision: u64,
-    /// When the last renewal that succeeded was sent.
+    /// When the last renewal that succeeded was sent: this bridge acts
+    /// (publishes, injects) only within half a lease of it.
     renewed: Instant,
     /// The site's bridges' streams: never published back.
     injectors: HashSet<u64>,
     inflight: FuturesOrdered<AckFuture>,
+    /// Publishes not yet acknowledged: number → first sent.
+    unacked: BTreeMap<u64, Instant>,
+    next_n: u64,
+    /// Publishes to try again (at the next tick).
+    retry: Vec<Out>,
     messages: consumer::pull::Ordered,
+    /// The consumer failed: made again at the next tick.
+    consumer_broken: bool,
     /// The next stream sequence expected.
     expect: u64,
     /// The last stream sequence injected (or skipped).
     cursor: u64,
-    /// The cursor saved in the bucket.
+    /// (cursor, events the injector had published then), oldest first:
+    /// a cursor is saved once its events have left.
+    unsent: VecDeque<(u64, u64)>,
+    /// The cursor saved in the bucket, and the revision it was saved as.
     saved: u64,
+    cursor_revision: u64,
+    /// The stream's creation time, saved with the cursor.
+    created: i128,
+    /// Events the injector published (the receipts').
+    published: u64,
 }
 
 struct Bridge {
@@ -403,6 +425,10 @@ struct Bridge {
     standby_resets: Vec<u64>,
     observed: Option<Observed>,
     counts: Counts,
+    /// How long a standby keeps what it heard: two leases and 10 s, at
+    /// most JetStream's duplicate window (older events would no longer be
+    /// known as duplicates).
+    keep: Duration,
 }
 
 /// What the main loop woke for (one at a time, on the stack).
@@ -411,6 +437,7 @@ enum Wake {
     Stop,
     Lan(Option<Delivery>),
     Tick,
+    Flush,
     Ack(Box<AckResult>),
     Nats(Option<Result<jetstream::Message, consumer::pull::OrderedError>>),
 }
@@ -429,12 +456,17 @@ impl Bridge {
                 },
                 Role::Active(a) => {
                     let room = a.inflight.len() < MAX_INFLIGHT;
-                    tokio::select! {
-                        _ = &mut stopped => Wake::Stop,
-                        d = self.sub.recv(), if room => Wake::Lan(d),
-                        Some(r) = a.inflight.next(), if !a.inflight.is_empty() => Wake::Ack(Box::new(r)),
-                        m = a.messages.next() => Wake::Nats(m),
-                        _ = tick.tick() => Wake::Tick,
+                    let fresh = a.renewed.elapsed() < self.config.lease / 2;
+                    if fresh && room && !self.buffer.is_empty() {
+                        Wake::Flush
+                    } else {
+                        tokio::select! {
+                            _ = &mut stopped => Wake::Stop,
+                            d = self.sub.recv(), if room && fresh => Wake::Lan(d),
+                            Some(r) = a.inflight.next(), if !a.inflight.is_empty() => Wake::Ack(Box::new(r)),
+                            m = a.messages.next(), if fresh && !a.consumer_broken => Wake::Nats(m),
+                            _ = tick.tick() => Wake::Tick,
+                        }
                     }
                 }
             };
@@ -457,24 +489,35 @@ impl Bridge {
                     self.flush_lan().await;
                 }
                 Wake::Tick => self.tick().await,
-                Wake::Ack(r) => match *r {
-                    (out, Ok(ack)) => {
-                        if out.gap.is_none() && !ack.duplicate {
-                            self.counts.published += 1;
+                Wake::Flush => self.flush_lan().await,
+                Wake::Ack(r) => {
+                    let Role::Active(a) = &mut self.role else {
+                        continue;
+                    };
+                    match *r {
+                        (out, Ok(ack)) => {
+                            a.unacked.remove(&out.n);
+                            if out.gap.is_none() && !ack.duplicate {
+                                self.counts.published += 1;
+                            }
+                        }
+                        (out, Err(e)) => {
+                            tracing::debug!(error = %e, id = %out.id, "publish not acknowledged: again at the next tick");
+                            a.retry.push(out);
                         }
                     }
-                    (out, Err(e)) => {
-                        tracing::debug!(error = %e, id = %out.id, "publish not acknowledged: again");
-                        self.publish(out).await;
-                    }
-                },
+                }
                 Wake::Nats(None) => {
-                    tracing::warn!("the JetStream consumer ended: standing by");
-                    self.step_down().await;
+                    tracing::warn!("the JetStream consumer ended: made again at the next tick");
+                    if let Role::Active(a) = &mut self.role {
+                        a.consumer_broken = true;
+                    }
                 }
                 Wake::Nats(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "reading JetStream failed: standing by");
-                    self.step_down().await;
+                    tracing::warn!(error = %e, "reading JetStream failed: the consumer is made again at the next tick");
+                    if let Role::Active(a) = &mut self.role {
+                        a.consumer_broken = true;
+                    }
                 }
                 Wake::Nats(Some(Ok(m))) => self.inject(m).await,
             }
@@ -500,6 +543,7 @@ impl Bridge {
                         id: format!("{}.{stream:016x}.{seq}", self.names.site),
                         payload: Bytes::copy_from_slice(event.as_bytes()),
                         gap: None,
+                        n: 0,
                     },
                 )
             }
@@ -552,44 +596,58 @@ impl Bridge {
             id: format!("{}.gap.{:016x}", self.names.site, rand::random::<u64>()),
             payload: Bytes::new(),
             gap: Some(why),
+            n: 0,
         }
     }
 
-    /// An active bridge publishes what `lan` queued.
+    /// An active bridge publishes what `lan` queued, while there is room
+    /// (the rest at the next turn of the loop).
     async fn flush_lan(&mut self) {
         if matches!(self.role, Role::Standby) {
             self.trim_buffer();
             return;
         }
-        while let Some((_, stream, out)) = self.buffer.pop_front() {
-            if let Role::Active(a) = &self.role {
-                if stream != 0 && a.injectors.contains(&stream) {
-                    continue;
-                }
+        loop {
+            let Role::Active(a) = &self.role else {
+                return;
+            };
+            if a.inflight.len() >= MAX_INFLIGHT {
+                return;
+            }
+            let Some((_, stream, out)) = self.buffer.pop_front() else {
+                return;
+            };
+            if stream != 0 && a.injectors.contains(&stream) {
+                continue;
             }
             self.publish(out).await;
         }
     }
 
-    /// A standby forgets what no takeover can need.
+    /// A standby forgets what no takeover can need. What it forgets was
+    /// heard `keep` ago; a takeover is whole only if the last holder was
+    /// seen renewing within `keep / 2`, and a holder renews only while
+    /// nothing it publishes waited longer than that.
     fn trim_buffer(&mut self) {
-        // (Older ones JetStream would no longer know as duplicates.)
-        let keep = (self.config.lease * 2 + Duration::from_secs(10))
-            .min(DUPLICATE_WINDOW.min(self.config.retention));
         let now = Instant::now();
         while self
             .buffer
             .front()
-            .is_some_and(|(at, _, _)| now.duration_since(*at) > keep)
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > self.keep)
         {
             self.buffer.pop_front();
         }
     }
 
-    async fn publish(&mut self, out: Out) {
+    async fn publish(&mut self, mut out: Out) {
         let Role::Active(a) = &mut self.role else {
             return;
         };
+        if out.n == 0 {
+            a.next_n += 1;
+            out.n = a.next_n;
+            a.unacked.insert(out.n, Instant::now());
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.id.as_str());
         if let Some(why) = &out.gap {
@@ -603,30 +661,50 @@ impl Bridge {
             .await;
         let fut: AckFuture = match sent {
             Ok(ack) => Box::pin(async move { (out, ack.await) }),
-            Err(e) => Box::pin(async move {
-                // Not even sent: retried when this resolves (after a pause,
-                // so that a NATS outage is not a busy loop).
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                (out, Err(e))
-            }),
+            // Not even sent: retried at the next tick.
+            Err(e) => Box::pin(async move { (out, Err(e)) }),
         };
         a.inflight.push_back(fut);
     }
 
-    /// Lease upkeep, and the cursor saved.
+    /// Lease upkeep, retries, the consumer made again, the cursor saved.
     async fn tick(&mut self) {
-        match &self.role {
+        match &mut self.role {
             Role::Standby => {
                 self.trim_buffer();
                 if let Err(e) = self.try_acquire().await {
                     tracing::warn!(error = %e, "lease check failed");
                 }
             }
-            Role::Active(_) => {
+            Role::Active(a) => {
+                let retry = std::mem::take(&mut a.retry);
+                let broken = a.consumer_broken;
                 self.renew().await;
-                self.save_cursor().await;
+                if !matches!(self.role, Role::Active(_)) {
+                    return;
+                }
+                for out in retry {
+                    self.publish(out).await;
+                }
+                if broken {
+                    if let Err(e) = self.remake_consumer().await {
+                        tracing::warn!(error = %e, "making the JetStream consumer again failed");
+                    }
+                }
+                if !self.save_cursor().await {
+                    self.step_down().await;
+                }
             }
         }
+    }
+
+    async fn remake_consumer(&mut self) -> Result<(), String> {
+        let Role::Active(a) = &mut self.role else {
+            return Ok(());
+        };
+        a.messages = consumer_from(&self.stream, &self.names, a.expect).await?;
+        a.consumer_broken = false;
+        Ok(())
     }
 
     async fn try_acquire(&mut self) -> Result<(), String> {
@@ -708,32 +786,35 @@ impl Bridge {
             .map_err(|e| e.to_string())?;
         let info = self.stream.get_info().await.map_err(|e| e.to_string())?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let created = info.created.unix_timestamp_nanos();
+        let cursor_revision = cursor_entry
+            .as_ref()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map_or(0, |e| e.revision);
+        // "<the stream's creation, ns> <last sequence injected>"
         let saved = cursor_entry
             .as_ref()
             .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
+            .and_then(|e| {
+                let text = std::str::from_utf8(&e.value).ok()?;
+                let (c, q) = text.split_once(' ')?;
+                Some((c.parse::<i128>().ok()?, q.parse::<u64>().ok()?))
+            });
         let (cursor, hole) = match saved {
             // First bridge of this site: from now on.
-            None => (last, false),
+            None if previous.is_none() && cursor_revision == 0 => (last, false),
+            // The place is lost (unreadable, or gone while a bridge held
+            // the lease).
+            None => (last, true),
+            // Another stream than the one the place was in (deleted and
+            // made again), or a place past its end.
+            Some((c, q)) if c != created || q > last => (last, true),
             // Messages past the saved place are gone (retention).
-            Some(c) if first > c.saturating_add(1) && last >= first => (first - 1, true),
-            Some(c) if first > c.saturating_add(1) => (last, true),
-            Some(c) => (c, false),
+            Some((_, q)) if first > q + 1 && last >= first => (first - 1, true),
+            Some((_, q)) if first > q + 1 => (last, true),
+            Some((_, q)) => (q, false),
         };
-        let messages = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{}>", self.names.prefix),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: cursor + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
+        let messages = consumer_from(&self.stream, &self.names, cursor + 1).await?;
         // 3. Did this site's LAN have events that no bridge published? Not
         // if this bridge heard everything since the last holder was seen
         // alive, or if there never was one.
@@ -743,9 +824,12 @@ impl Bridge {
             && whole_heard
             && match &previous {
                 None => self.observed.is_some(),
-                Some(_) => self.observed.as_ref().is_some_and(|o| o.renewed_after_join),
+                Some(_) => self
+                    .observed
+                    .as_ref()
+                    .is_some_and(|o| o.renewed_after_join && o.since.elapsed() <= self.keep / 2),
             };
-        let first_ever = previous.is_none() && saved.is_none();
+        let first_ever = previous.is_none() && cursor_revision == 0;
         self.counts.activations += 1;
         tracing::info!(
             site = %self.names.site,
@@ -759,10 +843,20 @@ impl Bridge {
             renewed: acquired,
             injectors,
             inflight: FuturesOrdered::new(),
+            unacked: BTreeMap::new(),
+            next_n: 0,
+            retry: Vec::new(),
             messages,
+            consumer_broken: false,
             expect: cursor + 1,
             cursor,
-            saved: saved.unwrap_or(u64::MAX),
+            unsent: VecDeque::new(),
+            // Written below, whatever it was: the claim of the place (a
+            // bridge that lost the lease can no longer write it).
+            saved: u64::MAX,
+            cursor_revision,
+            created,
+            published: 0,
         }));
         self.observed = None;
         self.standby_loss = false;
@@ -778,9 +872,19 @@ impl Bridge {
             tracing::warn!(
                 saved = ?saved, first, "events of other sites are gone (past the retention) since this site's bridge stopped: ClearAll"
             );
-            self.clear_lan().await;
+            self.inject_events(vec![Event::ClearAll]).await;
         }
-        self.save_cursor_after_sent().await;
+        // The place is claimed (written, whatever it was) once the ClearAll
+        // left: a bridge that lost the lease can no longer write it.
+        if let Role::Active(a) = &mut self.role {
+            a.unsent.push_back((cursor, a.published));
+        }
+        if !self.save_cursor_after_sent().await {
+            self.step_down().await;
+            return Err(
+                "cannot claim the site's place in the bucket (another bridge wrote it)".into(),
+            );
+        }
         // What this bridge heard as a standby, again: JetStream drops what
         // the previous holder published already.
         self.flush_lan().await;
@@ -847,60 +951,77 @@ impl Bridge {
     }
 
     async fn renew(&mut self) {
+        let lease = self.config.lease;
         let Role::Active(a) = &mut self.role else {
             return;
         };
-        let sent = Instant::now();
-        match self
-            .kv
-            .update(
-                self.names.lease.as_str(),
-                self.me.clone().into(),
-                a.revision,
+        // A holder renews only while nothing it publishes waited longer
+        // than a standby keeps: else a takeover must not count as whole.
+        let oldest = a.unacked.values().next().map(Instant::elapsed);
+        if oldest.is_some_and(|o| o > self.keep / 2) {
+            tracing::warn!(
+                ?oldest,
+                "JetStream has not acknowledged a publish for long: not renewing the lease"
+            );
+        } else {
+            let sent = Instant::now();
+            let renewed = tokio::time::timeout(
+                lease / 4,
+                self.kv.update(
+                    self.names.lease.as_str(),
+                    self.me.clone().into(),
+                    a.revision,
+                ),
             )
-            .await
-        {
-            Ok(r) => {
-                a.revision = r;
-                a.renewed = sent;
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!("another bridge holds this site's lease now: standing by");
-                self.step_down().await;
-            }
-            Err(e) => {
-                // A standby takes over a lease after seeing it unchanged for
-                // a whole lease: stop well before.
-                if sent.duration_since(a.renewed) > self.config.lease * 3 / 4 {
-                    tracing::warn!(error = %e, "cannot renew the site's lease: standing by");
-                    self.step_down().await;
-                } else {
-                    tracing::debug!(error = %e, "renewing the lease failed: again");
+            .await;
+            match renewed {
+                Ok(Ok(r)) => {
+                    a.revision = r;
+                    a.renewed = sent;
+                    return;
                 }
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!("another bridge holds this site's lease now: standing by");
+                    self.step_down().await;
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "renewing the lease failed: again"),
+                Err(_) => tracing::debug!("renewing the lease timed out: again"),
             }
+        }
+        // A standby takes over a lease after seeing it unchanged for a
+        // whole lease; this bridge stopped acting half a lease after its
+        // last renewal, and stands by at three quarters.
+        if a.renewed.elapsed() > lease * 3 / 4 {
+            tracing::warn!("cannot renew the site's lease: standing by");
+            self.step_down().await;
         }
     }
 
-    /// Stops being active (the lease was lost): what was not acknowledged
-    /// is dropped here; the next holder publishes it again from its buffer.
+    /// Stops being active: the injector says Goodbye (so no node of the
+    /// site Resets for it, and everything it was given has left), the place
+    /// is saved if the bucket still has this bridge's; what JetStream did
+    /// not acknowledge is left to the next holder's replay (or its gap
+    /// record).
     async fn step_down(&mut self) {
-        if let Role::Active(_) = &self.role {
-            self.save_cursor().await;
+        if let Some(injector) = self.injector.take() {
+            injector.shutdown().await;
+            if let Role::Active(a) = &mut self.role {
+                a.unsent.clear();
+            }
         }
+        self.save_cursor().await;
         self.role = Role::Standby;
         // This bridge heard everything since its join, but from now on a
         // takeover must see the new holder renew first.
         self.observed = None;
         self.buffer.clear();
         self.standby_resets.clear();
-        // Its Goodbye: no node of the site Resets for it.
-        if let Some(injector) = self.injector.take() {
-            injector.shutdown().await;
-        }
     }
 
-    /// A clean stop: acknowledgements awaited (at most 2 s), place saved,
-    /// lease given up.
+    /// A clean stop: acknowledgements awaited (at most 2 s), the injector's
+    /// Goodbye, place saved, lease given up (if everything was
+    /// acknowledged: else it lapses, and a standby replays what it kept).
     async fn release(&mut self) {
         let Role::Active(a) = &mut self.role else {
             return;
@@ -908,13 +1029,28 @@ impl Bridge {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !a.inflight.is_empty() {
             match tokio::time::timeout_at(deadline, a.inflight.next()).await {
-                Ok(Some((out, Ok(_)))) if out.gap.is_none() => self.counts.published += 1,
+                Ok(Some((out, Ok(_)))) => {
+                    a.unacked.remove(&out.n);
+                    if out.gap.is_none() {
+                        self.counts.published += 1;
+                    }
+                }
                 Ok(Some(_)) => {}
                 _ => break,
             }
         }
-        let revision = a.revision;
+        let (revision, all_acked) = (a.revision, a.unacked.is_empty() && self.buffer.is_empty());
+        if let Some(injector) = self.injector.take() {
+            injector.shutdown().await;
+            if let Role::Active(a) = &mut self.role {
+                a.unsent.clear();
+            }
+        }
         self.save_cursor().await;
+        if !all_acked {
+            tracing::warn!("stopping with publishes not acknowledged: the lease lapses, a standby publishes them again");
+            return;
+        }
         if let Err(e) = self
             .kv
             .delete_expect_revision(self.names.lease.as_str(), Some(revision))
@@ -924,22 +1060,69 @@ impl Bridge {
         }
     }
 
-    /// Saves the place once the injected datagrams have left.
-    async fn save_cursor(&mut self) {
-        let Role::Active(a) = &mut self.role else {
-            return;
+    /// Saves the place, as far as the injected datagrams have left (all of
+    /// it once the injector is gone), if the bucket still has this
+    /// bridge's: false if another bridge wrote it since.
+    async fn save_cursor(&mut self) -> bool {
+        let sent = match &self.injector {
+            Some(n) => Some(n.stats().await.protocol.events_sent),
+            None => None,
         };
-        if a.cursor == a.saved {
-            return;
+        let Role::Active(a) = &mut self.role else {
+            return true;
+        };
+        let mut savable = a.saved;
+        while let Some(&(cursor, published)) = a.unsent.front() {
+            if sent.is_some_and(|sent| published > sent) {
+                break;
+            }
+            savable = cursor;
+            a.unsent.pop_front();
         }
-        let cursor = a.cursor;
-        match self
-            .kv
-            .put(self.names.cursor.as_str(), cursor.to_string().into())
-            .await
-        {
-            Ok(_) => a.saved = cursor,
-            Err(e) => tracing::debug!(error = %e, "saving the cursor failed: again"),
+        if a.unsent.is_empty() && sent.is_none() {
+            savable = a.cursor;
+        }
+        if savable == a.saved {
+            return true;
+        }
+        let value: Bytes = format!("{} {savable}", a.created).into();
+        let written = if a.cursor_revision == 0 {
+            self.kv
+                .create(self.names.cursor.as_str(), value)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+        } else {
+            self.kv
+                .update(self.names.cursor.as_str(), value, a.cursor_revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                })
+        };
+        match written {
+            Ok(r) => {
+                a.saved = savable;
+                a.cursor_revision = r;
+                true
+            }
+            Err((true, _)) => {
+                tracing::warn!(
+                    "another bridge saved this site's place: this one no longer holds it"
+                );
+                false
+            }
+            Err((false, e)) => {
+                tracing::debug!(error = %e, "saving the cursor failed: again");
+                true
+            }
         }
     }
 
@@ -994,24 +1177,39 @@ impl Bridge {
         }
         // Consecutive ClearAlls are one.
         events.dedup_by(|a, b| matches!((a, b), (Event::ClearAll, Event::ClearAll)));
-        self.inject_events(events).await;
-        self.save_cursor_after_sent().await;
+        let published = self.inject_events(events).await;
+        if let Role::Active(a) = &mut self.role {
+            a.unsent.push_back((a.cursor, published));
+            if a.unsent.len() > 4096 {
+                a.unsent.pop_front();
+            }
+        }
+        if !self.save_cursor_after_sent().await {
+            self.step_down().await;
+        }
     }
 
-    async fn inject_events(&mut self, events: Vec<Event>) {
+    /// Publishes `events` into the LAN; returns how many events the
+    /// injector has published in all, these included (from the receipts:
+    /// the core numbers its events from 1).
+    async fn inject_events(&mut self, events: Vec<Event>) -> u64 {
+        let Some(node) = &self.injector else {
+            return 0;
+        };
+        let Role::Active(a) = &mut self.role else {
+            return 0;
+        };
         if events.is_empty() {
-            return;
+            return a.published;
         }
         let clears = events
             .iter()
             .filter(|e| matches!(e, Event::ClearAll))
             .count() as u64;
         let n = events.len() as u64;
-        let Some(node) = &self.injector else {
-            return;
-        };
         match node.publish_many(events.clone()).await {
-            Ok(_) => {
+            Ok(r) => {
+                a.published = a.published.max(r.seqs.end.saturating_sub(1));
                 self.counts.injected += n - clears;
                 self.counts.clears += clears;
             }
@@ -1020,43 +1218,55 @@ impl Bridge {
             Err(_) => {
                 for e in events {
                     let clear = matches!(e, Event::ClearAll);
-                    if !clear && node.publish(e).await.is_ok() {
-                        self.counts.injected += 1;
-                    } else {
-                        tracing::warn!(
-                            "an event of another site cannot be published here: ClearAll"
-                        );
-                        if node.clear_all().await.is_ok() {
+                    let r = match (!clear).then_some(e) {
+                        Some(e) => match node.publish(e).await {
+                            Ok(r) => {
+                                self.counts.injected += 1;
+                                Some(r)
+                            }
+                            Err(_) => None,
+                        },
+                        None => None,
+                    };
+                    let r = match r {
+                        Some(r) => Ok(r),
+                        None => {
+                            if !clear {
+                                tracing::warn!(
+                                    "an event of another site cannot be published here: ClearAll"
+                                );
+                            }
                             self.counts.clears += 1;
+                            node.clear_all().await
                         }
+                    };
+                    if let Ok(r) = r {
+                        a.published = a.published.max(r.seqs.end.saturating_sub(1));
                     }
                 }
             }
         }
+        a.published
     }
 
-    async fn clear_lan(&mut self) {
-        self.inject_events(vec![Event::ClearAll]).await;
-    }
-
-    /// Waits (1 s at most) until the node has sent everything published,
-    /// then saves the place: a crash before loses nothing, only repeats.
-    async fn save_cursor_after_sent(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
+    /// Waits (200 ms at most) until the injector has sent everything it
+    /// was given, saving the place as far as it has: a crash loses
+    /// nothing, and after a quiet moment repeats nothing. False if another
+    /// bridge wrote the place since.
+    async fn save_cursor_after_sent(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(200);
         loop {
-            let Some(node) = &self.injector else {
-                return;
-            };
-            let stats = node.stats().await.protocol;
-            if stats.events_sent >= stats.events_published {
-                break;
+            if !self.save_cursor().await {
+                return false;
             }
-            if Instant::now() > deadline {
-                return;
+            let Role::Active(a) = &self.role else {
+                return true;
+            };
+            if a.unsent.is_empty() || Instant::now() > deadline {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.save_cursor().await;
     }
 
     /// What a message of the stream means for this site.
@@ -1078,6 +1288,27 @@ impl Bridge {
             Err(e) => Read::Clear(format!("an unreadable event from site {site}: {e}")),
         }
     }
+}
+
+/// An ordered consumer of every site's messages, from `start`.
+async fn consumer_from(
+    stream: &stream::Stream,
+    names: &Names,
+    start: u64,
+) -> Result<consumer::pull::Ordered, String> {
+    stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("{}>", names.prefix),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The stream a Reset is about, if one.
