@@ -411,3 +411,58 @@ fn bad_bridge_options_are_usage_errors() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }
+
+/// The agent's `[bridge]`: an agent in site A runs a bridge beside its
+/// node; what an application publishes through it reaches site B, and
+/// what site B publishes reaches the agent's Server-Sent Events.
+#[test]
+fn the_agents_bridge_section_joins_it_to_another_site() {
+    let nats = Nats::start();
+    let net = crate::agent::Net::new();
+    let cluster = net
+        .env
+        .iter()
+        .find(|(k, _)| k == "CACHECAST_CLUSTER")
+        .unwrap()
+        .1
+        .clone();
+    let b = site_net(&cluster);
+    let (lb, rxb) = listen(&b);
+    let mut sb = Seen::default();
+    let mut a = crate::agent::Agent::start(
+        &net,
+        "a",
+        &format!(
+            "[bridge]\nnats = \"{}\"\nsite = \"east\"\nlease = \"1s\"\n",
+            nats.url()
+        ),
+    );
+    a.proc.wait_err("the agent's bridge active", |l| {
+        l.contains("active: this bridge holds")
+    });
+    let mut bb = bridge(&nats, &b, "west", &[]);
+    active(&mut bb);
+    let sse = a.events(None);
+    let keys: Vec<&str> = vec!["agent:1", "agent:2", "agent:3"];
+    a.invalidate(&keys);
+    sb.until(&rxb, "the agent's keys in B", |s| {
+        keys.iter().all(|k| s.keys.contains_key(*k))
+    });
+    send(&b, &["from-west".to_string()]);
+    let end = Instant::now() + LIMIT;
+    loop {
+        let e = sse.next().expect("an SSE event from the agent");
+        if e.data["keys"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "from-west"))
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "site B's key never reached the agent");
+    }
+    assert_eq!((sb.clears, sb.resets), (0, 0), "{sb:?}");
+    sb.assert_once();
+    bb.signal(libc::SIGTERM);
+    assert!(bb.wait_exit().success(), "{:?}", bb.err_seen);
+    drop(lb);
+}
