@@ -59,6 +59,8 @@ const MAX_INJECT: usize = 512;
 const MAX_INJECTORS: usize = 64;
 /// JetStream's duplicate window, at most the retention.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Failed publishes of one event before it becomes a gap record.
+const MAX_ATTEMPTS: u32 = 20;
 /// The header of a gap record (its value: why).
 const GAP_HEADER: &str = "Cachecast-Gap";
 
@@ -146,6 +148,19 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A standby keeps what it hears at most the retention (JetStream's
+/// duplicate window is no longer), and must keep it past a takeover.
+pub fn check_retention(retention: Duration, lease: Duration) -> Result<(), String> {
+    if retention < lease * 3 {
+        return Err(format!(
+            "--retention ({}) must be at least 3 times --lease ({}): a standby keeps what it hears no longer than the retention, and must keep it past a takeover",
+            humantime::format_duration(retention),
+            humantime::format_duration(lease)
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_lease(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d < Duration::from_millis(500) || d > Duration::from_secs(60) => {
@@ -168,6 +183,7 @@ pub async fn run(args: BridgeArgs, stop: &Stop) -> Result<(), Failure> {
         retention: args.retention,
         lease: args.lease,
     };
+    check_retention(config.retention, config.lease).map_err(Failure::Usage)?;
     stop.arm();
     let counts = bridge(config, node_config, stop.wait()).await?;
     tracing::info!(?counts, "bridge stopped");
@@ -196,6 +212,8 @@ struct Out {
     gap: Option<String>,
     /// Set at its first publish: its place among the unacknowledged.
     n: u64,
+    /// Failed publishes of it so far.
+    attempts: u32,
 }
 
 type AckResult = (
@@ -323,9 +341,14 @@ pub async fn bridge(
     }
     node_config.receive_only = true;
     let node = Node::join(node_config).await.map_err(join_failure)?;
+    // (Zero: the server's default window, two minutes; no age limit.)
+    let nonzero = |d: Duration, or: Duration| if d.is_zero() { or } else { d };
     let keep = (config.lease * 2 + Duration::from_secs(10))
-        .min(stream.cached_info().config.duplicate_window)
-        .min(stream.cached_info().config.max_age);
+        .min(nonzero(
+            stream.cached_info().config.duplicate_window,
+            DUPLICATE_WINDOW,
+        ))
+        .min(nonzero(stream.cached_info().config.max_age, Duration::MAX));
     let mut bridge = Bridge {
         me: format!("{}/{:016x}", config.site, node.stream()),
         sub: node.subscribe(),
@@ -359,7 +382,10 @@ struct Observed {
     revision: u64,
     /// When this revision was first seen.
     since: Instant,
-    /// A renewal (a new revision) was seen after this bridge joined.
+    /// The holder (the first word of the lease's value).
+    holder: String,
+    /// A renewal (a new revision by the same holder) was seen after this
+    /// bridge joined.
     renewed_after_join: bool,
 }
 
@@ -380,8 +406,9 @@ struct Active {
     /// Publishes not yet acknowledged: number → first sent.
     unacked: BTreeMap<u64, Instant>,
     next_n: u64,
-    /// Publishes to try again (at the next tick).
-    retry: Vec<Out>,
+    /// Gap records not yet acknowledged: the lease says so meanwhile, and
+    /// a takeover then is never whole.
+    gaps_pending: u32,
     messages: consumer::pull::Ordered,
     /// The consumer failed: made again at the next tick.
     consumer_broken: bool,
@@ -496,14 +523,31 @@ impl Bridge {
                     };
                     match *r {
                         (out, Ok(ack)) => {
-                            a.unacked.remove(&out.n);
-                            if out.gap.is_none() && !ack.duplicate {
+                            let heard = a.unacked.remove(&out.n);
+                            if out.gap.is_some() {
+                                a.gaps_pending = a.gaps_pending.saturating_sub(1);
+                                self.counts.gaps += 1;
+                            } else if !ack.duplicate {
                                 self.counts.published += 1;
                             }
+                            let _ = heard;
                         }
-                        (out, Err(e)) => {
-                            tracing::debug!(error = %e, id = %out.id, "publish not acknowledged: again at the next tick");
-                            a.retry.push(out);
+                        (mut out, Err(e)) => {
+                            out.attempts += 1;
+                            let heard = a.unacked.get(&out.n).copied().unwrap_or_else(Instant::now);
+                            if out.attempts >= MAX_ATTEMPTS && out.gap.is_none() {
+                                // Refused for good (a payload too large for
+                                // the server, say): the other sites clear.
+                                tracing::warn!(error = %e, id = %out.id, "JetStream refuses an event: a gap record instead");
+                                a.unacked.remove(&out.n);
+                                let gap = self.gap(format!("JetStream refused an event: {e}"));
+                                self.buffer.push_front((Instant::now(), 0, gap));
+                            } else {
+                                tracing::debug!(error = %e, id = %out.id, "publish not acknowledged: again");
+                                // Again, in turn with what waits (the room
+                                // check of flush_lan applies).
+                                self.buffer.push_front((heard, 0, out));
+                            }
                         }
                     }
                 }
@@ -544,6 +588,7 @@ impl Bridge {
                         payload: Bytes::copy_from_slice(event.as_bytes()),
                         gap: None,
                         n: 0,
+                        attempts: 0,
                     },
                 )
             }
@@ -591,12 +636,13 @@ impl Bridge {
     }
 
     /// A gap record for this site.
-    fn gap(&mut self, why: String) -> Out {
+    fn gap(&self, why: String) -> Out {
         Out {
             id: format!("{}.gap.{:016x}", self.names.site, rand::random::<u64>()),
             payload: Bytes::new(),
             gap: Some(why),
             n: 0,
+            attempts: 0,
         }
     }
 
@@ -611,16 +657,18 @@ impl Bridge {
             let Role::Active(a) = &self.role else {
                 return;
             };
-            if a.inflight.len() >= MAX_INFLIGHT {
+            if a.inflight.len() >= MAX_INFLIGHT || a.renewed.elapsed() >= self.config.lease / 2 {
                 return;
             }
-            let Some((_, stream, out)) = self.buffer.pop_front() else {
+            let Some((heard, stream, out)) = self.buffer.pop_front() else {
                 return;
             };
             if stream != 0 && a.injectors.contains(&stream) {
                 continue;
             }
-            self.publish(out).await;
+            if !self.publish(out, heard).await {
+                return;
+            }
         }
     }
 
@@ -639,32 +687,42 @@ impl Bridge {
         }
     }
 
-    async fn publish(&mut self, mut out: Out) {
+    /// Publishes one message; `heard` is when its event was heard (the
+    /// age that counts for renewing). False if it could not even be sent.
+    async fn publish(&mut self, mut out: Out, heard: Instant) -> bool {
         let Role::Active(a) = &mut self.role else {
-            return;
+            return false;
         };
         if out.n == 0 {
             a.next_n += 1;
             out.n = a.next_n;
-            a.unacked.insert(out.n, Instant::now());
+            a.unacked.insert(out.n, heard);
+            if let Some(why) = &out.gap {
+                a.gaps_pending += 1;
+                tracing::warn!(why = %why, "gap record published: the other sites will clear");
+            }
         }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.id.as_str());
         if let Some(why) = &out.gap {
             headers.insert(GAP_HEADER, why.as_str());
-            self.counts.gaps += 1;
-            tracing::warn!(why = %why, "gap record published: the other sites will clear");
         }
         let sent = self
             .js
             .publish_with_headers(self.names.subject.clone(), headers, out.payload.clone())
             .await;
+        let ok = sent.is_ok();
         let fut: AckFuture = match sent {
             Ok(ack) => Box::pin(async move { (out, ack.await) }),
-            // Not even sent: retried at the next tick.
-            Err(e) => Box::pin(async move { (out, Err(e)) }),
+            // Not even sent: again after a pause (no busy loop while NATS
+            // is away).
+            Err(e) => Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (out, Err(e))
+            }),
         };
         a.inflight.push_back(fut);
+        ok
     }
 
     /// Lease upkeep, retries, the consumer made again, the cursor saved.
@@ -677,14 +735,10 @@ impl Bridge {
                 }
             }
             Role::Active(a) => {
-                let retry = std::mem::take(&mut a.retry);
                 let broken = a.consumer_broken;
                 self.renew().await;
                 if !matches!(self.role, Role::Active(_)) {
                     return;
-                }
-                for out in retry {
-                    self.publish(out).await;
                 }
                 if broken {
                     if let Err(e) = self.remake_consumer().await {
@@ -723,10 +777,15 @@ impl Bridge {
                         }
                     }
                     _ => {
-                        let renewed_after_join = self.observed.is_some();
+                        let value = String::from_utf8_lossy(&e.value);
+                        let holder = value.split_whitespace().next().unwrap_or("").to_string();
+                        // A takeover's write is not a renewal.
+                        let renewed_after_join =
+                            self.observed.as_ref().is_some_and(|o| o.holder == holder);
                         self.observed = Some(Observed {
                             revision: e.revision,
                             since: now,
+                            holder,
                             renewed_after_join,
                         });
                         return Ok(());
@@ -761,11 +820,20 @@ impl Bridge {
                     Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(()),
                     Err(err) => return Err(err.to_string()),
                 };
-                return self.activate(None, revision, now).await;
+                let r = self.activate(None, revision, now).await;
+                if r.is_err() {
+                    self.observed = None;
+                }
+                return r;
             }
         };
         let (holder, revision) = previous.expect("set above");
-        self.activate(Some(holder), revision, now).await
+        let r = self.activate(Some(holder), revision, now).await;
+        if r.is_err() {
+            // Its own takeover must not look like a renewal to it later.
+            self.observed = None;
+        }
+        r
     }
 
     /// Becomes the site's active bridge (the lease is held as `revision`).
@@ -824,6 +892,8 @@ impl Bridge {
             && whole_heard
             && match &previous {
                 None => self.observed.is_some(),
+                // (A holder whose gap record was not acknowledged says so.)
+                Some(p) if p.contains("gap-pending") => false,
                 Some(_) => self
                     .observed
                     .as_ref()
@@ -845,7 +915,7 @@ impl Bridge {
             inflight: FuturesOrdered::new(),
             unacked: BTreeMap::new(),
             next_n: 0,
-            retry: Vec::new(),
+            gaps_pending: 0,
             messages,
             consumer_broken: false,
             expect: cursor + 1,
@@ -955,23 +1025,26 @@ impl Bridge {
         let Role::Active(a) = &mut self.role else {
             return;
         };
-        // A holder renews only while nothing it publishes waited longer
-        // than a standby keeps: else a takeover must not count as whole.
-        let oldest = a.unacked.values().next().map(Instant::elapsed);
+        // A holder renews only while nothing it publishes (or still has to)
+        // was heard longer ago than half of what a standby keeps: else a
+        // takeover must not count as whole.
+        let oldest = (a.unacked.values().min().copied())
+            .into_iter()
+            .chain(self.buffer.front().map(|(at, _, _)| *at))
+            .min()
+            .map(|t| t.elapsed());
         if oldest.is_some_and(|o| o > self.keep / 2) {
             tracing::warn!(
                 ?oldest,
-                "JetStream has not acknowledged a publish for long: not renewing the lease"
+                "an event waits for JetStream for long: not renewing the lease"
             );
         } else {
+            let value = lease_value(&self.me, a.gaps_pending > 0);
             let sent = Instant::now();
             let renewed = tokio::time::timeout(
                 lease / 4,
-                self.kv.update(
-                    self.names.lease.as_str(),
-                    self.me.clone().into(),
-                    a.revision,
-                ),
+                self.kv
+                    .update(self.names.lease.as_str(), value.clone(), a.revision),
             )
             .await;
             match renewed {
@@ -981,9 +1054,21 @@ impl Bridge {
                     return;
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!("another bridge holds this site's lease now: standing by");
-                    self.step_down().await;
-                    return;
+                    // A renewal that timed out may have been written.
+                    match self.kv.entry(self.names.lease.as_str()).await {
+                        Ok(Some(e)) if e.operation == kv::Operation::Put && e.value == value => {
+                            a.revision = e.revision;
+                            a.renewed = sent;
+                            return;
+                        }
+                        _ => {
+                            tracing::warn!(
+                                "another bridge holds this site's lease now: standing by"
+                            );
+                            self.step_down().await;
+                            return;
+                        }
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "renewing the lease failed: again"),
                 Err(_) => tracing::debug!("renewing the lease timed out: again"),
@@ -1071,18 +1156,21 @@ impl Bridge {
         let Role::Active(a) = &mut self.role else {
             return true;
         };
-        let mut savable = a.saved;
-        while let Some(&(cursor, published)) = a.unsent.front() {
+        // Entries leave `unsent` only once their place is written.
+        let (mut savable, mut done) = (a.saved, 0);
+        for &(cursor, published) in &a.unsent {
             if sent.is_some_and(|sent| published > sent) {
                 break;
             }
             savable = cursor;
-            a.unsent.pop_front();
+            done += 1;
         }
-        if a.unsent.is_empty() && sent.is_none() {
-            savable = a.cursor;
+        // The injector is gone (its Goodbye sent what it held): all of it.
+        if sent.is_none() {
+            (savable, done) = (a.cursor, a.unsent.len());
         }
         if savable == a.saved {
+            a.unsent.drain(..done);
             return true;
         }
         let value: Bytes = format!("{} {savable}", a.created).into();
@@ -1107,10 +1195,24 @@ impl Bridge {
                     )
                 })
         };
+        let written = match written {
+            // A write that timed out may have been made: then it is ours.
+            Err((true, e)) => match self.kv.entry(self.names.cursor.as_str()).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put
+                        && entry.value == format!("{} {savable}", a.created).as_bytes() =>
+                {
+                    Ok(entry.revision)
+                }
+                _ => Err((true, e)),
+            },
+            w => w,
+        };
         match written {
             Ok(r) => {
                 a.saved = savable;
                 a.cursor_revision = r;
+                a.unsent.drain(..done);
                 true
             }
             Err((true, _)) => {
@@ -1287,6 +1389,16 @@ impl Bridge {
             Ok(e) => Read::Event(e),
             Err(e) => Read::Clear(format!("an unreadable event from site {site}: {e}")),
         }
+    }
+}
+
+/// The lease's value: the holder, and whether a gap record of its is not
+/// yet acknowledged (a takeover then is never whole).
+fn lease_value(me: &str, gap_pending: bool) -> Bytes {
+    if gap_pending {
+        format!("{me} gap-pending").into()
+    } else {
+        me.to_string().into()
     }
 }
 

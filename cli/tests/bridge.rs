@@ -378,6 +378,10 @@ fn bad_bridge_options_are_usage_errors() {
         (&["--site", "a", "--lease", "10ms"][..], "--lease"),
         (&["--site", "a", "--retention", "0s"][..], "--retention"),
         (&["--site", "a", "--cluster", "x.y"][..], "--cluster"),
+        (
+            &["--site", "a", "--retention", "5s", "--lease", "2s"][..],
+            "--retention",
+        ),
     ] {
         let out = finish(
             Command::new(BIN)

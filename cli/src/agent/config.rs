@@ -620,6 +620,9 @@ impl Config {
         if b.lease < Duration::from_millis(500) || b.lease > Duration::from_secs(60) {
             return e("lease", "from 500ms to 1m".into());
         }
+        if let Err(err) = crate::bridge::check_retention(b.retention, b.lease) {
+            return e("retention", err.replace("--", ""));
+        }
         let unicast = self.node.transport.parse::<Transport>() == Ok(Transport::Unicast);
         match (unicast, b.listen.is_empty()) {
             (true, true) => {
