@@ -11,7 +11,6 @@ use crate::process;
 use process::{finish, loopback, start_listen, Running, LIMIT};
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -145,20 +144,16 @@ fn listen(net: &[String]) -> (Listener, mpsc::Receiver<Value>) {
 }
 
 fn send(net: &[String], keys: &[String]) {
-    let mut child = Command::new(BIN)
-        .args(["send"])
-        .args(net)
-        .args(["invalidate", "--stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(keys.join("\n").as_bytes()).unwrap();
-    drop(input);
-    let out = finish(child);
+    let out = process::send(net, &["invalidate", "--stdin"], Some(&keys.join("\n")));
     assert!(out.status.success(), "send: {out:?}");
+}
+
+/// Stops bridges with SIGTERM: each exits 0.
+fn stop_all<const N: usize>(bridges: [&mut Running; N]) {
+    for b in bridges {
+        b.signal(libc::SIGTERM);
+        assert!(b.wait_exit().success(), "{:?}", b.err_seen);
+    }
 }
 
 fn keys(prefix: &str, n: usize) -> Vec<String> {
@@ -303,10 +298,7 @@ fn two_sites_restart_and_retention() {
     assert!(lost.iter().all(|k| !sb.keys.contains_key(k)), "{sb:?}");
     sb.assert_once();
 
-    for b in [&mut ba, &mut bb] {
-        b.signal(libc::SIGTERM);
-        assert!(b.wait_exit().success(), "{:?}", b.err_seen);
-    }
+    stop_all([&mut ba, &mut bb]);
     drop((la, lb));
 }
 
@@ -364,10 +356,7 @@ fn a_standby_takes_over_and_nothing_comes_back() {
     sb.assert_once();
     sa.assert_once();
 
-    for b in [&mut a2, &mut bb] {
-        b.signal(libc::SIGTERM);
-        assert!(b.wait_exit().success(), "{:?}", b.err_seen);
-    }
+    stop_all([&mut a2, &mut bb]);
     drop((la, lb));
 }
 

@@ -4,7 +4,6 @@
 use crate::process;
 use process::{finish, loopback, start_listen};
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -37,21 +36,7 @@ fn listen(net: &[String], extra: &[&str]) -> (std::process::Child, mpsc::Receive
 }
 
 fn send(net: &[String], what: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(BIN)
-        .arg("send")
-        .args(net)
-        .args(what)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    finish(child)
+    process::send(net, what, stdin)
 }
 
 fn next(rx: &mpsc::Receiver<Value>) -> Value {

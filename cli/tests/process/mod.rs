@@ -283,3 +283,25 @@ pub fn start_listen(
     assert_eq!(ready["type"], "ready", "{ready}");
     (child, rx)
 }
+
+/// Runs `cachecast send NET WHAT...` with `stdin` on its standard input,
+/// to its end (bounded by [`LIMIT`]).
+pub fn send(net: &[String], what: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachecast"))
+        .arg("send")
+        .args(net)
+        .args(what)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    finish(child)
+}
