@@ -50,6 +50,14 @@
 #                               per subscriber and the publisher's CPU per
 #                               million events; a few minutes, not part of
 #                               all. Extra arguments go to every run.
+#   scripts/bench.sh unicast-lan  the same on a LAN of network namespaces
+#                               (root; `ip`): host 1 publishes, 3, 10 and
+#                               30 subscriber hosts, each its own
+#                               namespace with a veth on one bridge
+#                               (10.78.0.0/24, TTL 1); multicast and
+#                               unicast in turns, median of 3; the
+#                               namespaces are removed after. A few
+#                               minutes, not part of all.
 #   scripts/bench.sh bridge     two sites joined by two `cachecast bridge`
 #                               processes through a nats-server with
 #                               JetStream started here (127.0.0.1, a free
@@ -83,10 +91,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|auth|unicast|bridge|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|unicast|unicast-lan|bridge|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, bridge, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, unicast-lan, bridge, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -94,11 +102,12 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = bridge ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = unicast-lan ] || [ "$what" = bridge ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
 # ------------------------------------------------------------------ peers
+NSES=()   # network namespaces made here, removed on exit
 PIDS=()   # servers started here, stopped by PID on exit
 TMPS=()   # their temporary directories
 BENCH=""  # the running benchmark
@@ -112,6 +121,11 @@ cleanup() {
   fi
   stop_pids 50 ${PIDS[@]+"${PIDS[@]}"}
   for d in "${TMPS[@]}"; do rm -rf "$d"; done
+  local n pid
+  for n in ${NSES[@]+"${NSES[@]}"}; do
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$n" 2>/dev/null || true
+  done
   exit "$rc"
 }
 trap cleanup EXIT
@@ -310,6 +324,50 @@ unicast() {
   done
 }
 
+# A LAN of $2 hosts, namespaces $1-h1 .. $1-hN (10.78.0.H/24 on cc0) and
+# their bridge $1-br (no multicast snooping: multicast floods); nothing is
+# added to this host's own namespace.
+make_lan() {
+  local pfx=$1 hosts=$2 h n
+  NSES+=("$pfx-br"); ip netns add "$pfx-br"
+  ip -n "$pfx-br" link set lo up
+  ip -n "$pfx-br" link add br0 type bridge stp_state 0 mcast_snooping 0
+  ip -n "$pfx-br" link set br0 up
+  for h in $(seq 1 "$hosts"); do
+    n="$pfx-h$h"
+    NSES=("$n" "${NSES[@]}"); ip netns add "$n"
+    ip -n "$n" link set lo up
+    ip -n "$pfx-br" link add "p$h" type veth peer name cc0 netns "$n"
+    ip -n "$pfx-br" link set "p$h" master br0
+    ip -n "$pfx-br" link set "p$h" up
+    ip -n "$n" addr add "10.78.0.$h/24" dev cc0
+    ip -n "$n" link set cc0 up
+    ip -n "$n" route add 224.0.0.0/4 dev cc0
+  done
+  local deadline=$((SECONDS + 20))
+  for h in $(seq 1 "$hosts"); do
+    until ip -n "$pfx-h$h" link show cc0 | grep -q 'state UP'; do
+      [ $SECONDS -lt $deadline ] || { say "cc0 in $pfx-h$h did not come up"; return 1; }
+      sleep 0.05
+    done
+  done
+}
+
+# Unicast fan-out against multicast on a namespace LAN.
+unicast_lan() {
+  [ "$(id -u)" -eq 0 ] || { say "unicast-lan needs root (network namespaces)"; return 2; }
+  command -v ip >/dev/null || { say "unicast-lan needs ip (iproute2)"; return 2; }
+  cargo build --quiet --release -p cachecast-bench
+  local bin pfx="ccb$$" n events
+  bin="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/cachecast-bench"
+  make_lan "$pfx" 31
+  for n in 3 10 30; do
+    events=1000000; [ "$n" -lt 30 ] || events=300000
+    run ip netns exec "$pfx-h1" "$bin" --lan "$pfx" --unicast --systems cachecast \
+      --mode throughput --runs 3 --subscribers "$n" --events "$events" ${args[@]+"${args[@]}"}
+  done
+}
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
@@ -318,6 +376,7 @@ case "$what" in
   confirm-sim) confirm_sim ${args[@]+"${args[@]}"} ;;
   auth) auth ;;
   unicast) unicast ;;
+  unicast-lan) unicast_lan ;;
   bridge) bridge ;;
   all) repair; speed ;;
 esac

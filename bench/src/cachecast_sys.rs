@@ -31,6 +31,10 @@ pub struct Unicast {
     pub peers: Vec<SocketAddr>,
 }
 
+/// On a namespace LAN (`--lan`): this host's address; nodes then send on
+/// it with TTL 1 instead of on 127.0.0.1 with TTL 0.
+pub static LAN_HOST: std::sync::OnceLock<std::net::Ipv4Addr> = std::sync::OnceLock::new();
+
 fn config(
     group: SocketAddr,
     name: &str,
@@ -38,10 +42,14 @@ fn config(
     unicast: Option<&Unicast>,
 ) -> NodeConfig {
     let o = loopback_opts(group);
+    let (interface, ttl) = match LAN_HOST.get() {
+        Some(ip) => (cachecast::InterfaceSpec::Addr((*ip).into()), 1),
+        None => (o.interface, o.ttl),
+    };
     let mut cfg = NodeConfig {
         group,
-        interface: o.interface,
-        ttl: o.ttl,
+        interface,
+        ttl,
         cluster: "cachecast-bench".into(),
         node_name: name.into(),
         key_file: keys.map(|k| k.file.clone()),

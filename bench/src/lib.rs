@@ -172,6 +172,12 @@ pub struct BenchArgs {
     /// multicast: the cost of fan-out per subscriber.
     #[arg(long)]
     pub unicast: bool,
+    /// Run on a LAN of network namespaces (scripts/bench.sh unicast-lan
+    /// makes it): this process is host 1 (10.78.0.1) in namespace
+    /// PREFIX-h1, subscriber i runs in PREFIX-h{i+2} (10.78.0.{i+2}), all
+    /// joined by a bridge; TTL 1. cachecast systems only.
+    #[arg(long, value_name = "PREFIX")]
+    pub lan: Option<String>,
     /// The key file of the keyed runs (default: a fresh one in a private
     /// temporary directory, removed after).
     #[arg(long, env = "CACHECAST_KEY_FILE", value_name = "PATH")]
@@ -256,6 +262,9 @@ pub struct SubArgs {
     /// cachecast-unicast: the publisher's address.
     #[arg(long)]
     pub peer: Option<SocketAddr>,
+    /// On a namespace LAN (--lan): this host's address (TTL 1).
+    #[arg(long)]
+    pub interface: Option<std::net::Ipv4Addr>,
 }
 
 /// The result of one run of one system.
@@ -448,6 +457,17 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !args.group.is_multicast() {
         return Err(format!("--group {} is not a multicast address", args.group).into());
+    }
+    if args.lan.is_some() {
+        if args.systems.iter().any(|s| !s.is_cachecast())
+            || args.redis.is_some()
+            || args.nats.is_some()
+        {
+            return Err(
+                "--lan runs cachecast systems only (--systems cachecast, with --unicast)".into(),
+            );
+        }
+        let _ = cachecast_sys::LAN_HOST.set(std::net::Ipv4Addr::new(10, 78, 0, 1));
     }
     let sample = cachecast::wire::Event::Invalidate {
         keys: vec!["k".repeat(args.key_size); args.keys_per_event],
@@ -704,7 +724,18 @@ impl Ctx<'_> {
         } else {
             Vec::new()
         };
-        let pub_addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        // On a namespace LAN, host H is 10.78.0.H: the publisher 1, each
+        // subscriber its own (so one port serves them all).
+        let lan = self.args.lan.as_deref();
+        let host = |h: u16| -> std::net::Ipv4Addr {
+            if lan.is_some() {
+                std::net::Ipv4Addr::new(10, 78, 0, h as u8)
+            } else {
+                std::net::Ipv4Addr::LOCALHOST
+            }
+        };
+        let pub_addr = SocketAddr::from((host(1), addr.port()));
+        let sub_addr = |i: u16, port: u16| SocketAddr::from((host(i + 2), port));
         let mut subs = Vec::new();
         for i in 0..self.args.subscribers {
             let mut key_arg = Vec::new();
@@ -714,10 +745,13 @@ impl Ctx<'_> {
             if let Some(port) = unicast_ports.get(usize::from(i)) {
                 key_arg.extend([
                     "--listen".into(),
-                    format!("127.0.0.1:{port}"),
+                    sub_addr(i, *port).to_string(),
                     "--peer".into(),
                     pub_addr.to_string(),
                 ]);
+            }
+            if lan.is_some() {
+                key_arg.extend(["--interface".into(), host(i + 2).to_string()]);
             }
             subs.push(SubProcess::spawn(
                 &[
@@ -738,6 +772,7 @@ impl Ctx<'_> {
                 .into_iter()
                 .chain(key_arg)
                 .collect::<Vec<String>>(),
+                lan.map(|p| format!("{p}-h{}", i + 2)).as_deref(),
             )?);
         }
         for s in &mut subs {
@@ -748,8 +783,8 @@ impl Ctx<'_> {
         let per_datagram = self.per_datagram;
         let unicast = (system == System::CachecastUnicast).then(|| cachecast_sys::Unicast {
             listen: pub_addr,
-            peers: (unicast_ports.iter())
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            peers: (unicast_ports.iter().enumerate())
+                .map(|(i, p)| sub_addr(i as u16, *p))
                 .collect(),
         });
         let streams = if label == "memory" {
@@ -850,9 +885,19 @@ struct SubProcess {
 }
 
 impl SubProcess {
-    fn spawn(args: &[String]) -> std::io::Result<Self> {
+    /// Spawns this binary with `args`, in network namespace `netns` if
+    /// given (`ip netns exec`).
+    fn spawn(args: &[String], netns: Option<&str>) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -947,6 +992,9 @@ pub fn run_sub(args: SubArgs) -> Result<(), String> {
 }
 
 fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(ip) = args.interface {
+        let _ = cachecast_sys::LAN_HOST.set(ip);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
