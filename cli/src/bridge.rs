@@ -40,6 +40,8 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use cachecast::wire::decode_event;
 use cachecast::{Delivery, Event, Node, NodeConfig, ResetReason};
@@ -185,24 +187,27 @@ pub async fn run(args: BridgeArgs, stop: &Stop) -> Result<(), Failure> {
     };
     check_retention(config.retention, config.lease).map_err(Failure::Usage)?;
     stop.arm();
-    let counts = bridge(config, node_config, stop.wait()).await?;
+    let counts = bridge(config, node_config, stop.wait(), Counts::default()).await?;
     tracing::info!(?counts, "bridge stopped");
     Ok(())
 }
 
-/// What a bridge did, logged when it stops.
+/// What a bridge did: logged when it stops, and the agent's metrics
+/// (clones share the values).
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
     /// Local events published to JetStream (acknowledged).
-    pub published: u64,
+    pub published: Counter,
     /// Other sites' events injected into the LAN.
-    pub injected: u64,
+    pub injected: Counter,
     /// ClearAlls injected (a hole, a gap record, an unreadable message).
-    pub clears: u64,
-    /// Gap records published for this site.
-    pub gaps: u64,
+    pub clears: Counter,
+    /// Gap records published for this site (acknowledged).
+    pub gaps: Counter,
     /// Times this bridge became active.
-    pub activations: u64,
+    pub activations: Counter,
+    /// 1 while this bridge holds its site's lease.
+    pub active: Gauge,
 }
 
 /// One message for this site's subject: an event, or a gap record.
@@ -270,6 +275,7 @@ pub async fn bridge(
     config: BridgeConfig,
     mut node_config: NodeConfig,
     stopped: impl Future<Output = impl Sized>,
+    counts: Counts,
 ) -> Result<Counts, Failure> {
     let names = Names::new(&node_config.cluster, &config.site);
     let client = async_nats::ConnectOptions::new()
@@ -365,7 +371,7 @@ pub async fn bridge(
         standby_loss: false,
         standby_resets: Vec::new(),
         observed: None,
-        counts: Counts::default(),
+        counts,
         keep,
     };
     tracing::info!(site = %bridge.names.site, stream = %format_args!("{:016x}", bridge.node.stream()), "bridge joined the cluster: standing by until it holds the site's lease");
@@ -374,6 +380,7 @@ pub async fn bridge(
         injector.shutdown().await;
     }
     bridge.node.shutdown().await;
+    bridge.counts.active.set(0);
     result.map(|()| bridge.counts)
 }
 
@@ -523,14 +530,13 @@ impl Bridge {
                     };
                     match *r {
                         (out, Ok(ack)) => {
-                            let heard = a.unacked.remove(&out.n);
+                            a.unacked.remove(&out.n);
                             if out.gap.is_some() {
                                 a.gaps_pending = a.gaps_pending.saturating_sub(1);
-                                self.counts.gaps += 1;
+                                self.counts.gaps.inc();
                             } else if !ack.duplicate {
-                                self.counts.published += 1;
+                                self.counts.published.inc();
                             }
-                            let _ = heard;
                         }
                         (mut out, Err(e)) => {
                             out.attempts += 1;
@@ -900,7 +906,8 @@ impl Bridge {
                     .is_some_and(|o| o.renewed_after_join && o.since.elapsed() <= self.keep / 2),
             };
         let first_ever = previous.is_none() && cursor_revision == 0;
-        self.counts.activations += 1;
+        self.counts.activations.inc();
+        self.counts.active.set(1);
         tracing::info!(
             site = %self.names.site,
             previous = previous.as_deref().unwrap_or("none"),
@@ -1097,6 +1104,7 @@ impl Bridge {
         }
         self.save_cursor().await;
         self.role = Role::Standby;
+        self.counts.active.set(0);
         // This bridge heard everything since its join, but from now on a
         // takeover must see the new holder renew first.
         self.observed = None;
@@ -1117,7 +1125,7 @@ impl Bridge {
                 Ok(Some((out, Ok(_)))) => {
                     a.unacked.remove(&out.n);
                     if out.gap.is_none() {
-                        self.counts.published += 1;
+                        self.counts.published.inc();
                     }
                 }
                 Ok(Some(_)) => {}
@@ -1312,8 +1320,8 @@ impl Bridge {
         match node.publish_many(events.clone()).await {
             Ok(r) => {
                 a.published = a.published.max(r.seqs.end.saturating_sub(1));
-                self.counts.injected += n - clears;
-                self.counts.clears += clears;
+                self.counts.injected.inc_by(n - clears);
+                self.counts.clears.inc_by(clears);
             }
             // One of them does not fit in this cluster's datagrams (another
             // site's are larger): each alone, and what fails is a ClearAll.
@@ -1323,7 +1331,7 @@ impl Bridge {
                     let r = match (!clear).then_some(e) {
                         Some(e) => match node.publish(e).await {
                             Ok(r) => {
-                                self.counts.injected += 1;
+                                self.counts.injected.inc();
                                 Some(r)
                             }
                             Err(_) => None,
@@ -1338,7 +1346,7 @@ impl Bridge {
                                     "an event of another site cannot be published here: ClearAll"
                                 );
                             }
-                            self.counts.clears += 1;
+                            self.counts.clears.inc();
                             node.clear_all().await
                         }
                     };

@@ -481,6 +481,29 @@ fn the_agents_bridge_section_joins_it_to_another_site() {
     }
     assert_eq!((sb.clears, sb.resets), (0, 0), "{sb:?}");
     sb.assert_once();
+    // Its metrics, read by a real Prometheus parser: active, A's event (its
+    // three keys) published and acknowledged, B's injected, nothing
+    // cleared.
+    let end = Instant::now() + LIMIT;
+    loop {
+        let (status, text) = a.get("/metrics");
+        assert_eq!(status, 200, "{text}");
+        let m = crate::testprom::parse(&text).0;
+        let v = |k: &str| m.get(k).copied().unwrap_or(-1.0);
+        if v("cachecast_bridge_published_total{}") >= 1.0 {
+            assert_eq!(v("cachecast_bridge_active{}"), 1.0, "{m:?}");
+            assert_eq!(v("cachecast_bridge_activations_total{}"), 1.0, "{m:?}");
+            assert!(v("cachecast_bridge_injected_total{}") >= 1.0, "{m:?}");
+            assert_eq!(v("cachecast_bridge_clears_total{}"), 0.0, "{m:?}");
+            assert_eq!(v("cachecast_bridge_gaps_total{}"), 0.0, "{m:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "bridge metrics never showed the keys: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     bb.signal(libc::SIGTERM);
     assert!(bb.wait_exit().success(), "{:?}", bb.err_seen);
     drop(lb);

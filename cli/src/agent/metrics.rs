@@ -168,6 +168,8 @@ pub struct Metrics {
     /// Key reloads (SIGHUP, POST /v1/keys/reload), by outcome (`ok`,
     /// `failed`).
     pub key_reloads: Family<OutcomeLabels, Counter>,
+    /// The `[bridge]`'s counts (its own when it runs).
+    pub bridge: crate::bridge::Counts,
 }
 
 impl Metrics {
@@ -194,6 +196,7 @@ impl Metrics {
             apply_latency: Family::new_with_constructor(latency_histogram),
             feed_buffered: Gauge::default(),
             key_reloads: Family::default(),
+            bridge: crate::bridge::Counts::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -291,6 +294,37 @@ impl Metrics {
             "key_reloads",
             "Key file reloads (SIGHUP, POST /v1/keys/reload), by outcome: ok, or failed (the keys in use stayed)",
             m.key_reloads.clone(),
+        );
+        let b = &m.bridge;
+        r.register(
+            "bridge_published",
+            "Events of this site the [bridge] published to JetStream (acknowledged)",
+            b.published.clone(),
+        );
+        r.register(
+            "bridge_injected",
+            "Other sites' events the [bridge] injected into this site",
+            b.injected.clone(),
+        );
+        r.register(
+            "bridge_clears",
+            "ClearAlls the [bridge] injected (a hole in the stream, another site's gap record)",
+            b.clears.clone(),
+        );
+        r.register(
+            "bridge_gaps",
+            "Gap records the [bridge] published for this site (the other sites clear)",
+            b.gaps.clone(),
+        );
+        r.register(
+            "bridge_activations",
+            "Times the [bridge] took its site's lease",
+            b.activations.clone(),
+        );
+        r.register(
+            "bridge_active",
+            "1 while the [bridge] holds its site's lease",
+            b.active.clone(),
         );
         for outcome in ["ok", "failed"] {
             // Both at 0 from the start, so that the first failure is seen.

@@ -134,9 +134,14 @@ pub async fn run(args: AgentArgs, stop: &Stop) -> Result<(), Failure> {
             .collect(),
     );
     let webhooks = webhook::spawn_all(&config.webhooks, &feed, &metrics);
-    let bridge = config
-        .bridge()
-        .map(|(b, n)| tokio::spawn(run_bridge(b, n, state.stopping.clone())));
+    let bridge = config.bridge().map(|(b, n)| {
+        tokio::spawn(run_bridge(
+            b,
+            n,
+            state.stopping.clone(),
+            metrics.bridge.clone(),
+        ))
+    });
     tracing::info!(stream = %format_args!("{:016x}", node.stream()), "agent ready");
     systemd::ready();
     systemd::status(&format!(
@@ -193,12 +198,18 @@ async fn run_bridge(
     config: crate::bridge::BridgeConfig,
     node: cachecast::NodeConfig,
     stopping: tokio::sync::watch::Receiver<bool>,
+    counts: crate::bridge::Counts,
 ) {
     loop {
         let mut stopped = stopping.clone();
-        let result = crate::bridge::bridge(config.clone(), node.clone(), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
+        let result = crate::bridge::bridge(
+            config.clone(),
+            node.clone(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+            counts.clone(),
+        )
         .await;
         match result {
             Ok(counts) => {
