@@ -85,7 +85,8 @@ nor repeats.
 
 Availability: run two bridges per site. One is active (it holds the site's \
 lease, renewed every --lease/4); the other listens and keeps what it hears, \
-and takes over within --lease of the first one's end, publishing again what \
+and takes over about --lease after the first one's last renewal (at most \
+1.25 leases), publishing again what \
 the first may not have published (JetStream drops duplicates by message id).
 
 Logs (RUST_LOG=info): when the bridge becomes active or stands by, every \
@@ -109,7 +110,8 @@ pub struct BridgeArgs {
     #[arg(long, env = "CACHECAST_SITE", value_parser = parse_token)]
     pub site: String,
     /// How long JetStream keeps events (the stream's max age, set when a
-    /// bridge creates it). A bridge away longer makes its site clear.
+    /// bridge creates it). A bridge away longer makes its site clear. At
+    /// least 3 × --lease (a standby keeps what it hears no longer).
     #[arg(long, default_value = "1h", value_parser = parse_retention)]
     pub retention: Duration,
     /// The site's lease: a standby takes over this long after the active
@@ -888,7 +890,7 @@ impl Bridge {
             Some((_, q)) if first > q + 1 => (last, true),
             Some((_, q)) => (q, false),
         };
-        let messages = consumer_from(&self.stream, &self.names, cursor + 1).await?;
+        let messages = consumer_from(&self.stream, &self.names, cursor.saturating_add(1)).await?;
         // 3. Did this site's LAN have events that no bridge published? Not
         // if this bridge heard everything since the last holder was seen
         // alive, or if there never was one.
@@ -925,7 +927,7 @@ impl Bridge {
             gaps_pending: 0,
             messages,
             consumer_broken: false,
-            expect: cursor + 1,
+            expect: cursor.saturating_add(1),
             cursor,
             unsent: VecDeque::new(),
             // Written below, whatever it was: the claim of the place (a
@@ -1262,7 +1264,8 @@ impl Bridge {
                     );
                     events.push(Event::ClearAll);
                 }
-                a.expect = seq + 1;
+                // (Received: a sequence at the end of u64 must not wrap.)
+                a.expect = seq.saturating_add(1);
                 a.cursor = seq;
                 match read {
                     Read::Own => {}

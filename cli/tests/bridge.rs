@@ -43,29 +43,40 @@ impl Nats {
         let dir = std::env::temp_dir().join(format!("cachecast-nats-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let (port, monitor) = (free_port(), free_port());
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor.to_string(), "-sd"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (installed by .ci/run: apt-get install nats-server)");
-        let nats = Nats {
-            child,
+        let mut nats = Nats {
+            child: Self::spawn(port, monitor, &dir),
             port,
             monitor,
             dir,
         };
+        nats.await_healthy();
+        nats
+    }
+
+    fn spawn(port: u16, monitor: u16, dir: &std::path::Path) -> Child {
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (installed by .ci/run: apt-get install nats-server)")
+    }
+
+    fn await_healthy(&mut self) {
         let end = Instant::now() + LIMIT;
-        while nats.get("healthz?js-enabled-only=true").is_none() {
+        while self.get("healthz?js-enabled-only=true").is_none() {
             assert!(
                 Instant::now() < end,
                 "nats-server not healthy within {LIMIT:?}"
             );
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "nats-server exited at start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        nats
     }
 
     /// Kills the server (its store stays).
@@ -76,22 +87,8 @@ impl Nats {
 
     /// Starts it again on the same ports with the same store.
     fn start_again(&mut self) {
-        self.child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string(), "-sd"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let end = Instant::now() + LIMIT;
-        while self.get("healthz?js-enabled-only=true").is_none() {
-            assert!(
-                Instant::now() < end,
-                "nats-server not back within {LIMIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Self::spawn(self.port, self.monitor, &self.dir);
+        self.await_healthy();
     }
 
     fn url(&self) -> String {
@@ -248,13 +245,45 @@ fn settle(net: &[String], rx: &mpsc::Receiver<Value>, seen: &mut Seen, marker: &
     seen.until(rx, marker, |s| s.keys.contains_key(marker));
 }
 
-#[test]
-fn two_sites_restart_and_retention() {
-    let nats = Nats::start();
+/// Two sites of one cluster (each its own group), a listener in each.
+struct Sites {
+    cluster: String,
+    a: Vec<String>,
+    b: Vec<String>,
+    la: Listener,
+    rxa: mpsc::Receiver<Value>,
+    lb: Listener,
+    rxb: mpsc::Receiver<Value>,
+}
+
+fn two_sites() -> Sites {
     let cluster = format!("t{}", rand::random::<u32>());
     let (a, b) = (site_net(&cluster), site_net(&cluster));
     let (la, rxa) = listen(&a);
     let (lb, rxb) = listen(&b);
+    Sites {
+        cluster,
+        a,
+        b,
+        la,
+        rxa,
+        lb,
+        rxb,
+    }
+}
+
+#[test]
+fn two_sites_restart_and_retention() {
+    let nats = Nats::start();
+    let Sites {
+        cluster,
+        a,
+        b,
+        la,
+        rxa,
+        lb,
+        rxb,
+    } = two_sites();
     let (mut sa, mut sb) = (Seen::default(), Seen::default());
     let mut ba = bridge(&nats, &a, "east", &["--retention", "3s"]);
     active(&mut ba);
@@ -331,10 +360,15 @@ fn two_sites_restart_and_retention() {
 #[test]
 fn a_standby_takes_over_and_nothing_comes_back() {
     let nats = Nats::start();
-    let cluster = format!("t{}", rand::random::<u32>());
-    let (a, b) = (site_net(&cluster), site_net(&cluster));
-    let (la, rxa) = listen(&a);
-    let (lb, rxb) = listen(&b);
+    let Sites {
+        a,
+        b,
+        la,
+        rxa,
+        lb,
+        rxb,
+        ..
+    } = two_sites();
     let (mut sa, mut sb) = (Seen::default(), Seen::default());
     let mut a1 = bridge(&nats, &a, "north", &[]);
     active(&mut a1);
@@ -515,10 +549,9 @@ fn the_agents_bridge_section_joins_it_to_another_site() {
 #[test]
 fn nats_down_and_back_loses_nothing_silently() {
     let mut nats = Nats::start();
-    let cluster = format!("t{}", rand::random::<u32>());
-    let (a, b) = (site_net(&cluster), site_net(&cluster));
-    let (la, _rxa) = listen(&a);
-    let (lb, rxb) = listen(&b);
+    let Sites {
+        a, b, la, lb, rxb, ..
+    } = two_sites();
     let mut sb = Seen::default();
     let mut ba = bridge(&nats, &a, "up", &[]);
     active(&mut ba);
