@@ -157,6 +157,14 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// How often `peers`' names are resolved again. Default 15 s.
     pub peer_refresh: Duration,
+    /// Multicast only: a repair that one node asked for goes to it alone,
+    /// to a socket of its own (a port of the system's choosing on the
+    /// interface's address, which its `Nak`s come from), and to the group
+    /// only when several nodes asked (or it asked a third time). Nodes that
+    /// lost nothing then receive no repairs. Turn it off where a host
+    /// firewall lets only the group's port in (each directed repair would
+    /// otherwise fail twice before going to the group). Default true.
+    pub direct_repairs: bool,
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
     /// …). Its `cluster`, `stream`, `node_name`, `seed`, `receive_only` and
@@ -188,6 +196,7 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             listen: None,
             peer_refresh: Duration::from_secs(15),
+            direct_repairs: true,
             protocol: CoreConfig::default(),
         }
     }
@@ -425,6 +434,34 @@ impl Node {
         } else {
             (None, None)
         };
+        // Multicast only: a socket of this node's own, so that a repair
+        // one node asked for can go to it alone (see `socket::open_direct`).
+        // Without it (it could not be opened), repairs go to the group.
+        let direct = if config.transport == Transport::Multicast && config.direct_repairs {
+            let opts = SocketOptions {
+                group: config.group,
+                interface: config.interface.clone(),
+                ttl: config.ttl,
+                loopback: config.loopback,
+                recv_buffer: config.recv_buffer,
+            };
+            match socket::open_direct(&opts, &sock.interface).and_then(|d| {
+                tokio::net::UdpSocket::from_std(d.socket)
+                    .and_then(crate::net::batch::BatchSocket::new)
+                    .map_err(|source| SocketError::Create {
+                        group: config.group,
+                        source,
+                    })
+            }) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no direct socket: every repair goes to the group");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let udp = tokio::net::UdpSocket::from_std(sock.socket)
             .and_then(crate::net::batch::BatchSocket::new)
             .map_err(JoinError::Runtime)?;
@@ -440,8 +477,13 @@ impl Node {
 
         let now = tokio::time::Instant::now();
         let mut core = NodeCore::new(core_cfg.clone(), now.into_std())?;
-        // Unicast only: a repair one node asked for goes to it alone.
-        core.set_directed(config.transport == Transport::Unicast);
+        // A repair one node asked for goes to it alone: unicast, or
+        // multicast with a direct socket.
+        if config.transport == Transport::Unicast {
+            core.set_directed(true);
+        } else {
+            core.set_directed_multicast(direct.is_some());
+        }
         let sync_deadline = tokio::time::Instant::from_std(core.sync_deadline());
         let (tx, rx) = mpsc::channel(4096);
         let deliveries = Hub::new(config.subscriber_queue);
@@ -453,6 +495,7 @@ impl Node {
         let driver = Driver {
             core,
             socket: udp,
+            direct,
             group: config.transport.multicast().then_some(config.group),
             peers,
             resolved,

@@ -110,7 +110,7 @@ impl BatchSocket {
             self.socket.readable().await?;
             let r = self.socket.try_io(Interest::READABLE, || {
                 bufs.fill(&self.state, &self.socket)?;
-                if bufs.filled < RECV_BUFFERS {
+                if bufs.filled < bufs.capacity() {
                     // Read, and drained: say "would block" to clear.
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -142,8 +142,14 @@ impl Default for RecvBuffers {
 impl RecvBuffers {
     /// Empty buffers for one `recvmmsg` of `RECV_BUFFERS` datagrams.
     pub fn new() -> Self {
+        Self::with_buffers(RECV_BUFFERS)
+    }
+
+    /// Empty buffers for one `recvmmsg` of `n` datagrams (at most
+    /// `RECV_BUFFERS`; each 64 KiB, a GRO batch).
+    pub fn with_buffers(n: usize) -> Self {
         RecvBuffers {
-            storage: vec![0; RECV_BUFFERS * RECV_BUFFER_SIZE],
+            storage: vec![0; n.clamp(1, RECV_BUFFERS) * RECV_BUFFER_SIZE],
             meta: [quinn_udp::RecvMeta::default(); RECV_BUFFERS],
             filled: 0,
         }
@@ -157,11 +163,17 @@ impl RecvBuffers {
         socket: &impl std::os::fd::AsFd,
     ) -> io::Result<()> {
         self.filled = 0;
+        let n = self.capacity();
         let mut chunks = self.storage.chunks_mut(RECV_BUFFER_SIZE);
         let mut iovs: [IoSliceMut; RECV_BUFFERS] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-        self.filled = state.recv(socket.into(), &mut iovs, &mut self.meta)?;
+        self.filled = state.recv(socket.into(), &mut iovs[..n], &mut self.meta[..n])?;
         Ok(())
+    }
+
+    /// How many datagrams (or GRO batches) one receive takes.
+    pub fn capacity(&self) -> usize {
+        self.storage.len() / RECV_BUFFER_SIZE
     }
 
     /// Every datagram of the last receive, in order, with its source.

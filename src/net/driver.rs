@@ -61,6 +61,10 @@ pub(crate) struct DriverStats {
 pub(crate) struct Driver {
     pub core: NodeCore,
     pub socket: BatchSocket,
+    /// Multicast only: this node's own socket (see
+    /// [`crate::net::socket::open_direct`]): its `Nak`s go out from it, and
+    /// repairs meant for it alone come back to it.
+    pub direct: Option<BatchSocket>,
     /// The multicast group, unless the transport is unicast only.
     pub group: Option<SocketAddr>,
     /// The peers, with a unicast transport.
@@ -115,6 +119,8 @@ impl Driver {
     /// `Goodbye` and lingers to answer late requests.
     pub async fn run(mut self) {
         let mut rx = RecvBuffers::new();
+        // (Repairs only, and few: two buffers.)
+        let mut rx_direct = RecvBuffers::with_buffers(2);
         let mut tx_buf = Vec::with_capacity(2048);
         let mut tx = SendBatch::new();
         let mut stats = DriverStats::default();
@@ -176,6 +182,19 @@ impl Driver {
                         Err(e) => {
                             stats.recv_errors += 1;
                             tracing::debug!(error = %e, "receive failed");
+                        }
+                    }
+                }
+                r = recv_direct(self.direct.as_ref(), &mut rx_direct), if !pause && self.direct.is_some() => {
+                    match r {
+                        Ok(()) => {
+                            for (from, d) in rx_direct.datagrams() {
+                                self.receive(from, d);
+                            }
+                        }
+                        Err(e) => {
+                            stats.recv_errors += 1;
+                            tracing::debug!(error = %e, "receive on the direct socket failed");
                         }
                     }
                 }
@@ -389,6 +408,31 @@ impl Driver {
             let to = (self.core.transmit_to()).filter(|to| {
                 self.group.is_none() && self.peers.as_ref().is_some_and(|p| p.is_peer(*to))
             });
+            // Multicast with a direct socket: a Nak goes to the group from
+            // it; a repair meant for one node goes to that node's direct
+            // socket (the core checked that the address is the node's).
+            if let (true, Some(group)) = (self.direct.is_some(), self.group) {
+                let nak = self.core.transmit_is_nak();
+                let repair_to = if nak { None } else { self.core.transmit_to() };
+                if nak || repair_to.is_some() {
+                    #[cfg(feature = "test-util")]
+                    if self.hooks.tap.as_ref().is_some_and(|t| t.crashed()) {
+                        continue;
+                    }
+                    if !tx.is_empty() {
+                        self.flush(tx, stats).await;
+                    }
+                    let dest = repair_to.unwrap_or(group);
+                    let Some(direct) = self.direct.as_ref() else {
+                        continue;
+                    };
+                    if let Err(e) = direct.send_single(dest, tx_buf).await {
+                        stats.send_errors += 1;
+                        tracing::debug!(error = %e, %dest, "send from the direct socket failed");
+                    }
+                    continue;
+                }
+            }
             if let Some(to) = to {
                 #[cfg(feature = "test-util")]
                 if self.hooks.tap.as_ref().is_some_and(|t| t.crashed()) {
@@ -458,6 +502,14 @@ impl Driver {
             }
         }
         tx.clear();
+    }
+}
+
+/// Receives on the direct socket (never called without one).
+async fn recv_direct(direct: Option<&BatchSocket>, bufs: &mut RecvBuffers) -> std::io::Result<()> {
+    match direct {
+        Some(d) => d.recv(bufs).await,
+        None => std::future::pending().await,
     }
 }
 

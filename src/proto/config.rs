@@ -36,21 +36,37 @@ pub struct CoreConfig {
     /// At most one answer to `Hello` per this interval. Default 20 ms.
     pub hello_answer_min_interval: Duration,
     /// How long a gap may stay open before it is acted on, so that
-    /// reordered datagrams are not mistaken for loss. Default 5 ms.
+    /// reordered datagrams are not mistaken for loss. With `learn_timing`,
+    /// the most it waits: the window in force is twice the reordering
+    /// actually seen lately (zero on a LAN that does not reorder). Default
+    /// 5 ms.
     pub reorder_window: Duration,
     /// After the reorder window, a gap waits a random time up to this
     /// before its `Nak`, so that among many receivers missing the same
-    /// datagram one asks and the others hear it and stay quiet. Scale it up
-    /// with the number of receivers that share a loss. Default 5 ms.
+    /// datagram one asks and the others hear it and stay quiet. With
+    /// `learn_timing`, the most it waits: nothing when this node and the
+    /// stream's sender are the only members, and growing with the
+    /// logarithm of the members up to this at about a thousand. Default
+    /// 5 ms.
     pub nak_backoff: Duration,
     /// How long to wait for a repair before asking again; doubles with
-    /// every try, up to 16 times this. Default 20 ms.
+    /// every try, up to 16 times this. With `learn_timing`, the most the
+    /// first wait is: it follows the round trips of repairs seen (`srtt +
+    /// 4·rttvar`, at least twice `repair_linger`). Default 20 ms.
     pub nak_retry: Duration,
     /// `Nak`s sent per gap before giving up with a `Reset` (an overheard
     /// `Nak` postpones ours but does not count).
     /// 0 disables repair: a gap becomes a `Reset` after the reorder window.
-    /// Default 10 (about 2.2 s of asking).
+    /// Default 10 (about 1.2 s of asking with 2 ms round trips, 2.2 s
+    /// before any was learned).
     pub max_nak_tries: u32,
+    /// Learn the timing of `Nak`s from the network: the reordering seen
+    /// (a gap filled by fresh data), the round trip of repairs, the number
+    /// of live members (see `reorder_window`, `nak_backoff`, `nak_retry`).
+    /// Samples only move the timing between floors and the configured
+    /// values, so forged datagrams gain nothing. False: the configured
+    /// values as they are. Default true.
+    pub learn_timing: bool,
     /// A gap open longer than this is given up with a `Reset`, however
     /// often its `Nak`s were postponed. Default 5 s.
     pub max_gap_age: Duration,
@@ -70,7 +86,9 @@ pub struct CoreConfig {
     /// Retransmit ring: events older than this are dropped. Default 30 s.
     pub retransmit_age: Duration,
     /// A seq repaired less than this long ago is not repaired again, so
-    /// that many `Nak`s for one loss cost one repair. Default 5 ms.
+    /// that many `Nak`s for one loss cost one repair (those that suppression
+    /// did not stop arrive within a one-way delay of each other). Default
+    /// 1 ms.
     pub repair_linger: Duration,
     /// Repair bandwidth, bytes per second (a token bucket with one
     /// second's worth of burst at most 1 MiB). Repairs over it wait.
@@ -152,11 +170,12 @@ impl Default for CoreConfig {
             nak_backoff: Duration::from_millis(5),
             nak_retry: Duration::from_millis(20),
             max_nak_tries: 10,
+            learn_timing: true,
             max_gap_age: Duration::from_secs(5),
             contradiction_window: Duration::from_millis(250),
             retransmit_bytes: 32 << 20,
             retransmit_age: Duration::from_secs(30),
-            repair_linger: Duration::from_millis(5),
+            repair_linger: Duration::from_millis(1),
             repair_rate: 32 << 20,
             pace_min_rate: 4 << 20,
             stream_timeout: Duration::from_secs(10),

@@ -35,7 +35,7 @@ use crate::proto::delivery::{Delivery, Output, ResetReason};
 use crate::proto::members::{
     ConfirmReport, Liveness, Member, MemberStream, Members, Staleness, StreamStaleness,
 };
-use crate::proto::receiver::{Arrival, Sink, StreamReceiver};
+use crate::proto::receiver::{Arrival, Learned, Sink, StreamReceiver};
 use crate::proto::sender::{PublishError, Sender};
 use crate::proto::stats::Stats;
 use crate::proto::timers::{Timer, TimerTable};
@@ -63,6 +63,7 @@ macro_rules! sink {
             out: &mut $self.out,
             stats: &mut $self.stats,
             rng: &mut $self.rng,
+            learned: &mut $self.learned,
         }
     };
 }
@@ -99,6 +100,8 @@ pub struct NodeCore {
     /// Keys, replay windows, the transmit counter.
     auth: Auth,
     rng: SmallRng,
+    /// What this node learned of its network, for the timing of `Nak`s.
+    learned: Learned,
     /// Membership's randomness (report jitter, acknowledgement delays).
     member_rng: SmallRng,
     /// When the join's sync window ends (a deadline, not a timer: nothing
@@ -145,6 +148,8 @@ pub struct NodeCore {
     /// Where the datagram of the last `poll_transmit` is meant for, if one
     /// node only (see [`NodeCore::transmit_to`]).
     transmit_to: Option<SocketAddr>,
+    /// Whether the datagram of the last `poll_transmit` is a `Nak`.
+    transmit_nak: bool,
 }
 
 impl NodeCore {
@@ -176,6 +181,7 @@ impl NodeCore {
             ),
             own_name: Arc::from(cfg.node_name.as_str()),
             rng: SmallRng::seed_from_u64(cfg.seed),
+            learned: Learned::new(cfg.learn_timing, now),
             member_rng,
             sync_until: now + cfg.sync_window,
             hellos_left: cfg.hello_count,
@@ -184,6 +190,7 @@ impl NodeCore {
             streams: HashMap::new(),
             accepted_from: None,
             transmit_to: None,
+            transmit_nak: false,
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
             ended: VecDeque::new(),
@@ -390,13 +397,32 @@ impl NodeCore {
         self.transmit_to
     }
 
+    /// Whether the datagram of the last [`NodeCore::poll_transmit`] is a
+    /// `Nak` (a multicast driver with a direct socket sends it from there,
+    /// so that a repair meant for this node alone can come back to it).
+    pub fn transmit_is_nak(&self) -> bool {
+        self.transmit_nak
+    }
+
     /// Repairs may go to the one node that asked (a unicast transport that
     /// honours [`NodeCore::transmit_to`]): repairs asked for by one node
     /// only are then meant for it, and do not hold back the same events'
-    /// repair for another node (no `repair_linger`). Off by default: on a
-    /// group, a repair reaches everyone.
+    /// repair for another node (no `repair_linger`). Off by default: a
+    /// repair reaches everyone. For a group, see
+    /// [`NodeCore::set_directed_multicast`].
     pub fn set_directed(&mut self, directed: bool) {
         self.sender.directed = directed;
+        self.sender.overheard = false;
+    }
+
+    /// [`NodeCore::set_directed`] for a multicast group, where every node
+    /// hears every `Nak` (and a node that lost what another asked for
+    /// waits for that repair instead of asking): a repair goes to the one
+    /// node that asked, unless another node asks for any of it lately, or
+    /// the same node a third time; then to everyone.
+    pub fn set_directed_multicast(&mut self, directed: bool) {
+        self.sender.directed = directed;
+        self.sender.overheard = directed;
     }
 
     /// The source address of the last datagram accepted since the last call
@@ -446,6 +472,12 @@ impl NodeCore {
             self.accepted_from = addr;
         }
         let from = dgram.header.stream;
+        // A repair goes to the one node that asked (when directed) only
+        // at an address that is that node's: authenticated, or on the
+        // host its stream was already heard from (a forged `Nak` cannot
+        // point repairs at any other host: no reflection).
+        let known_ip = self.members.addr_of(from).map(|a| a.ip());
+        let asker = addr.filter(|a| key_id.is_some() || known_ip == Some(a.ip()));
         let resets_before = self.stats.resets_total();
         let receive_only = dgram.header.receive_only();
         if let Some(silent) = self.members.heard(
@@ -477,7 +509,7 @@ impl NodeCore {
             _ => {}
         }
         if receive_only {
-            self.handle_receive_only(now, from, addr, dgram.body);
+            self.handle_receive_only(now, from, asker, dgram.body);
             self.after_resets(resets_before);
             self.check_acks(now);
             return;
@@ -529,7 +561,7 @@ impl NodeCore {
             Body::Nak { stream, ranges } => {
                 if stream == self.cfg.stream {
                     self.sender
-                        .on_nak(now, &ranges, addr, sink.out, sink.stats, &mut self.timers);
+                        .on_nak(now, &ranges, asker, sink.out, sink.stats, &mut self.timers);
                 } else if let Some(r) = streams.get_mut(&stream) {
                     r.on_overheard_nak(now, &ranges, &mut sink);
                 }
@@ -1231,6 +1263,7 @@ impl NodeCore {
             self.timers.set(Timer::Members, now + self.cfg.lease / 4);
             self.members
                 .tick(now, self.cfg.lease, self.cfg.member_forget);
+            self.learned.set_members(self.members.live());
             self.stabilize();
         }
         if self.timers.is_due(Timer::Confirm, now) {
@@ -1435,6 +1468,7 @@ impl NodeCore {
             return false;
         };
         wire::encode(&self.header, body, buf);
+        self.transmit_nak = matches!(body, Body::Nak { .. });
         self.transmit_to = match body {
             Body::Nak { stream, .. } => self.members.addr_of(*stream),
             Body::Repair { .. } => self.sender.take_repair_to(),

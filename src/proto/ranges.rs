@@ -22,6 +22,9 @@ pub struct Gap {
     pub due: Instant,
     /// How many NAKs were sent (or suppressed) for it so far.
     pub tries: u32,
+    /// When this node last sent a `Nak` for it (the time to its repair is
+    /// a sample of the round trip).
+    pub asked: Option<Instant>,
     /// Opened again because a position claim heard after it was given up
     /// showed it again: given up once more, it is taken as covered by that
     /// `Reset` (see the receiver's doubtful ranges).
@@ -333,6 +336,7 @@ mod tests {
             opened: t,
             due: t,
             tries: 0,
+            asked: None,
             checked: false,
         }
     }

@@ -98,6 +98,131 @@ pub struct Sink<'a> {
     pub stats: &'a mut Stats,
     /// The node's seeded RNG (back-off).
     pub rng: &'a mut SmallRng,
+    /// What the node learned of its network (NAK timing).
+    pub learned: &'a mut Learned,
+}
+
+/// How long a reordering sample counts: the reorder window in force is
+/// learned from the samples of the last one to two epochs.
+const REORDER_EPOCH: Duration = Duration::from_secs(30);
+
+/// What a node learns of its network, for the timing of its `Nak`s (one
+/// for all the streams it follows; see [`CoreConfig::learn_timing`]):
+///
+/// - **Reordering actually seen.** A gap filled by fresh `Data` (not a
+///   repair) was reordering, not loss: how long it was open is a sample.
+///   The reorder window in force is twice the longest sample of the last
+///   30 to 60 s, at most `reorder_window`: zero on a LAN that never
+///   reorders, so that a loss is asked for as soon as it shows.
+/// - **The round trip of a repair.** From a `Nak` to the repair that
+///   fills its gap: smoothed as TCP does its RTT (RFC 6298), it sets when
+///   to ask again: `srtt + 4·rttvar`, at least twice `repair_linger` (the
+///   sender does not repeat a repair within it) and at most `nak_retry`.
+/// - **How many may share a loss.** The live members other than this node
+///   and the stream's sender: alone, a receiver asks at once; with more,
+///   its back-off grows with their logarithm, up to `nak_backoff` at
+///   about a thousand (suppression needs a spread only when many lose the
+///   same datagram).
+///
+/// A sample can only shorten the wait down to these floors or lengthen it
+/// up to the configured values, so forged datagrams gain nothing.
+#[derive(Debug, Clone)]
+pub struct Learned {
+    on: bool,
+    /// Longest reordering of the current epoch and of the previous one.
+    reorder: [Duration; 2],
+    epoch_at: Instant,
+    /// Smoothed round trip and its variation, once sampled.
+    srtt: Option<(Duration, Duration)>,
+    /// Live members other than this node, as of the last membership tick
+    /// (`None` before the first: the configured back-off in full).
+    members: Option<usize>,
+}
+
+impl Learned {
+    /// Nothing learned yet, at `now`; `on`: [`CoreConfig::learn_timing`].
+    pub fn new(on: bool, now: Instant) -> Self {
+        Learned {
+            on,
+            reorder: [Duration::ZERO; 2],
+            epoch_at: now,
+            srtt: None,
+            members: None,
+        }
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.epoch_at) >= REORDER_EPOCH {
+            let idle = now.saturating_duration_since(self.epoch_at) >= REORDER_EPOCH * 2;
+            self.reorder = [
+                Duration::ZERO,
+                if idle {
+                    Duration::ZERO
+                } else {
+                    self.reorder[0]
+                },
+            ];
+            self.epoch_at = now;
+        }
+    }
+
+    /// A gap open for `open` was filled by fresh `Data`.
+    pub fn reordered(&mut self, now: Instant, open: Duration) {
+        self.rotate(now);
+        self.reorder[0] = self.reorder[0].max(open);
+    }
+
+    /// A gap this node asked for `rtt` ago was repaired.
+    pub fn repaired(&mut self, rtt: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => (rtt, rtt / 2),
+            Some((srtt, var)) => {
+                let err = srtt.abs_diff(rtt);
+                (srtt * 7 / 8 + rtt / 8, var * 3 / 4 + err / 4)
+            }
+        });
+    }
+
+    /// The number of live members other than this node.
+    pub fn set_members(&mut self, n: usize) {
+        self.members = Some(n);
+    }
+
+    /// How long a new gap waits for reordering.
+    pub fn reorder_window(&mut self, now: Instant, cfg: &CoreConfig) -> Duration {
+        if !self.on {
+            return cfg.reorder_window;
+        }
+        self.rotate(now);
+        (self.reorder[0].max(self.reorder[1]) * 2).min(cfg.reorder_window)
+    }
+
+    /// How long to wait for a repair before asking again (first try).
+    pub fn retry(&self, cfg: &CoreConfig) -> Duration {
+        match self.srtt {
+            Some((srtt, var)) if self.on => (srtt + var * 4)
+                .max(cfg.repair_linger * 2)
+                .min(cfg.nak_retry),
+            _ => cfg.nak_retry,
+        }
+    }
+
+    /// The most a `Nak` is held back for suppression.
+    pub fn backoff(&self, cfg: &CoreConfig) -> Duration {
+        match self.members {
+            Some(n) if self.on => {
+                // Others who may share the loss: all but the sender.
+                let others = n.saturating_sub(1);
+                if others == 0 {
+                    Duration::ZERO
+                } else {
+                    let scale = ((others + 1) as f64).log2() / 10.0;
+                    cfg.nak_backoff.mul_f64(scale.min(1.0))
+                }
+            }
+            _ => cfg.nak_backoff,
+        }
+    }
 }
 
 impl Sink<'_> {
@@ -111,7 +236,7 @@ impl Sink<'_> {
     }
 
     fn backoff(&mut self) -> Duration {
-        let max = self.cfg.nak_backoff.as_micros() as u64;
+        let max = self.learned.backoff(self.cfg).as_micros() as u64;
         Duration::from_micros(if max == 0 {
             0
         } else {
@@ -120,11 +245,13 @@ impl Sink<'_> {
     }
 
     /// When a gap opened at `opened` that just got a `Nak` (sent or
-    /// overheard) should be looked at again: the retry interval doubling per
-    /// try (up to 16 times), plus back-off; never past its maximum age.
+    /// overheard) should be looked at again: the retry interval (learned,
+    /// see [`Learned::retry`]) doubling per try, up to 16 times
+    /// `nak_retry`, plus back-off; never past its maximum age.
     fn retry_due(&mut self, now: Instant, opened: Instant, tries: u32) -> Instant {
-        let exp = tries.saturating_sub(1).min(4);
-        let due = now + self.cfg.nak_retry * (1u32 << exp) + self.backoff();
+        let exp = tries.saturating_sub(1).min(16);
+        let wait = (self.learned.retry(self.cfg) * (1u32 << exp)).min(self.cfg.nak_retry * 16);
+        let due = now + wait + self.backoff();
         due.min(opened + self.cfg.max_gap_age).max(now)
     }
 }
@@ -183,7 +310,15 @@ pub struct StreamReceiver {
     /// When this node last had proof that it held everything the stream
     /// had sent (no gap, at a position learned then).
     proven_at: Instant,
+    /// The gaps lately filled by repairs: seqs and when each opened (at
+    /// most [`REPAIRED_KEPT`]). Fresh `Data` of one arriving after its
+    /// repair was reordering, not loss, that outlasted the round trip: a
+    /// sample for [`Learned`], which the fill itself never gives then.
+    repaired_lately: VecDeque<(u64, u64, Instant)>,
 }
+
+/// Bound of `StreamReceiver::repaired_lately`.
+const REPAIRED_KEPT: usize = 16;
 
 /// A stream's known end over the last contradiction window: a few marks at
 /// least a quarter window apart and the latest value, each with when it
@@ -448,6 +583,7 @@ impl StreamReceiver {
             reset_end: 0,
             position_at: now,
             proven_at: now,
+            repaired_lately: VecDeque::new(),
         }
     }
 
@@ -695,8 +831,16 @@ impl StreamReceiver {
                     Arrival::Repair => {
                         sink.stats.events_repaired += 1;
                         sink.stats.repair_time.record(now - gap.opened);
+                        if let Some(asked) = gap.asked {
+                            sink.learned.repaired(now.saturating_duration_since(asked));
+                        }
+                        self.note_repaired(seq, gap.opened);
                     }
-                    Arrival::Data => sink.stats.reordered += 1,
+                    Arrival::Data => {
+                        sink.stats.reordered += 1;
+                        sink.learned
+                            .reordered(now, now.saturating_duration_since(gap.opened));
+                    }
                 }
             } else if self.given_up.take(seq) {
                 // Given up (a Reset covered it) but here after all: deliver
@@ -718,6 +862,9 @@ impl StreamReceiver {
                 conflict = Some(seq);
             } else {
                 sink.stats.duplicates += 1;
+                if how == Arrival::Data {
+                    self.reordered_after_repair(now, seq, sink);
+                }
                 continue;
             }
             delivered = true;
@@ -992,6 +1139,35 @@ impl StreamReceiver {
         self.update_proof();
     }
 
+    /// `seq`, of a gap opened at `opened`, was repaired.
+    fn note_repaired(&mut self, seq: u64, opened: Instant) {
+        if let Some(last) = self.repaired_lately.back_mut() {
+            if last.1 == seq && last.2 == opened {
+                last.1 = seq + 1;
+                return;
+            }
+        }
+        if self.repaired_lately.len() >= REPAIRED_KEPT {
+            self.repaired_lately.pop_front();
+        }
+        self.repaired_lately.push_back((seq, seq + 1, opened));
+    }
+
+    /// Fresh `Data` of `seq` arrived after it was delivered: if a repair
+    /// delivered it lately, its gap was reordering (one sample per gap).
+    fn reordered_after_repair(&mut self, now: Instant, seq: u64, sink: &mut Sink<'_>) {
+        if let Some(i) = self
+            .repaired_lately
+            .iter()
+            .position(|&(s, e, _)| s <= seq && seq < e)
+        {
+            if let Some((_, _, opened)) = self.repaired_lately.remove(i) {
+                sink.learned
+                    .reordered(now, now.saturating_duration_since(opened));
+            }
+        }
+    }
+
     /// Another receiver asked for `start..end` of this stream: our own
     /// `Nak` for it would be redundant, so wait for the repair instead.
     pub fn on_overheard_nak(&mut self, now: Instant, ranges: &[SeqRange], sink: &mut Sink<'_>) {
@@ -1011,6 +1187,8 @@ impl StreamReceiver {
             if let Some(g) = self.gaps.get_mut(s) {
                 if g.due < due {
                     g.due = due;
+                    // (Its repair then times the round trip too.)
+                    g.asked = Some(now);
                     sink.stats.naks_suppressed += 1;
                 }
             }
@@ -1033,7 +1211,7 @@ impl StreamReceiver {
             end,
             "gap"
         );
-        let due = now + sink.cfg.reorder_window + sink.backoff();
+        let due = now + sink.learned.reorder_window(now, sink.cfg) + sink.backoff();
         self.gaps.insert(
             start,
             Gap {
@@ -1041,6 +1219,7 @@ impl StreamReceiver {
                 opened: now,
                 due,
                 tries: 0,
+                asked: None,
                 checked,
             },
         );
@@ -1105,6 +1284,7 @@ impl StreamReceiver {
                 if let Some(g) = self.gaps.get_mut(s) {
                     g.tries += 1;
                     g.due = due;
+                    g.asked = Some(now);
                 }
             }
         }

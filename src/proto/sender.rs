@@ -100,9 +100,23 @@ pub struct Sender {
     /// (`None`: everyone), in the same order: `out` sends its `Repair`s in
     /// the order they were queued and never drops one.
     repair_to: VecDeque<Option<SocketAddr>>,
+    /// With `directed`: `Nak`s reach every node (a group), so that a node
+    /// that lost what another asked for heard that `Nak` and waited (see
+    /// `directed_lately`). False with a unicast transport (each `Nak`
+    /// reaches the origin only, so each asker asks for itself).
+    pub overheard: bool,
+    /// With `directed` and `overheard`, the repairs lately sent to one node: seqs, where,
+    /// when. Another node asking for any of them within
+    /// `directed_window` lost them too (it had heard the first asker's
+    /// `Nak` and waited): they go to everyone then, so that a loss shared
+    /// by many costs two repairs, not one per receiver; so do they when
+    /// the same node asks a third time (the direct path may be failing).
+    /// At most [`MAX_ASKED`], oldest forgotten first.
+    directed_lately: VecDeque<(u64, u64, SocketAddr, Instant)>,
+    directed_window: Duration,
 }
 
-/// Bound of `Sender::asked`.
+/// Bound of `Sender::asked` and `Sender::directed_lately`.
 const MAX_ASKED: usize = 256;
 
 impl Sender {
@@ -135,6 +149,9 @@ impl Sender {
             directed: false,
             asked: Vec::new(),
             repair_to: VecDeque::new(),
+            overheard: false,
+            directed_lately: VecDeque::new(),
+            directed_window: cfg.nak_retry * 16,
         }
     }
 
@@ -142,6 +159,43 @@ impl Sender {
     /// `Nak`s of that node only (call once per `Repair`, in order).
     pub fn take_repair_to(&mut self) -> Option<SocketAddr> {
         self.repair_to.pop_front().flatten()
+    }
+
+    /// The one node a repair of `start..end` goes to at `now`: the one
+    /// node that asked for every seq of it, if one did and no other node
+    /// got any of it directed lately.
+    fn direct_to(&mut self, now: Instant, start: u64, end: u64) -> Option<SocketAddr> {
+        let to = self.single_asker(start, end)?;
+        if !self.overheard {
+            return Some(to);
+        }
+        let window = self.directed_window;
+        while self
+            .directed_lately
+            .front()
+            .is_some_and(|&(.., at)| now.saturating_duration_since(at) >= window)
+        {
+            self.directed_lately.pop_front();
+        }
+        // Another node lost them too; or this one asks a third time (the
+        // direct path may be failing: a firewall, say).
+        let mut again = 0;
+        for &(s, e, a, _) in &self.directed_lately {
+            if s < end && start < e {
+                if a != to {
+                    return None;
+                }
+                again += 1;
+            }
+        }
+        if again >= 2 {
+            return None;
+        }
+        if self.directed_lately.len() >= MAX_ASKED {
+            self.directed_lately.pop_front();
+        }
+        self.directed_lately.push_back((start, end, to, now));
+        Some(to)
     }
 
     /// The one node that asked for every seq of `start..end`, if one did.
@@ -429,7 +483,7 @@ impl Sender {
             }
             self.tokens -= bytes as f64;
             let to = if self.directed {
-                self.single_asker(first, seq)
+                self.direct_to(now, first, seq)
             } else {
                 None
             };

@@ -74,7 +74,15 @@ fn a_publisher_without_own_deliveries_owes_itself_nothing() {
 
 #[test]
 fn lost_datagram_is_repaired_after_the_reorder_window() {
-    let mut sim = cluster(2, 2);
+    // The configured timing (learning it is tested below).
+    let mut sim = Sim::new(2);
+    let fixed = CoreConfig {
+        learn_timing: false,
+        ..CoreConfig::default()
+    };
+    sim.add_node("n0", fixed.clone());
+    sim.add_node("n1", fixed);
+    sim.run_for(ms(200));
     let s0 = stream_of(&sim, 0);
     let dropped = AtomicBool::new(false);
     sim.set_faults(
@@ -105,11 +113,91 @@ fn lost_datagram_is_repaired_after_the_reorder_window() {
     assert_checker(&sim);
 }
 
+/// With the timing learned (the default), a receiver that has seen no
+/// reordering and shares its stream with nobody asks for a loss at once;
+/// once it has seen datagrams arrive up to 3 ms late, it waits for such
+/// reordering before asking (no `Nak` for it); a minute without any, it
+/// asks at once again.
+#[test]
+fn the_reorder_window_and_the_nak_back_off_are_learned() {
+    let mut sim = Sim::new(3);
+    sim.add_nodes("n", 2);
+    // Past the first membership tick: the receiver knows it is alone.
+    sim.run_for(ms(1000));
+    let drop_once = |seq: u64| {
+        let dropped = AtomicBool::new(false);
+        Faults::dropping(move |d| {
+            data_seqs(d).is_some_and(|r| r.contains(&seq)) && !dropped.swap(true, Ordering::SeqCst)
+        })
+    };
+    let rx = |sim: &Sim| sim.core(1).unwrap().stats().clone();
+    // A loss on a network seen not to reorder: asked for at once.
+    sim.set_faults(1, drop_once(2));
+    for i in 1..=3 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(50));
+    let t = rx(&sim).repair_time.quantile_us(0.99);
+    assert!(t <= 1_000, "repaired {t} µs after the gap opened");
+    sim.clear_faults(1);
+    // Reordering by up to 3 ms: at first it costs Naks (and repairs)...
+    let jitter = Faults {
+        delay: Duration::from_micros(100),
+        jitter: ms(3),
+        ..Faults::default()
+    };
+    sim.set_link(0, 1, jitter.clone());
+    let publish = |sim: &mut Sim, from: u64| {
+        for i in from..from + 100 {
+            sim.publish(0, key(i));
+            sim.run_for(ms(1));
+        }
+        sim.run_for(ms(100));
+    };
+    publish(&mut sim, 10);
+    let learning = rx(&sim);
+    assert!(learning.naks_sent > 1, "{learning:?}");
+    // ... then none: the window in force covers the reordering seen.
+    publish(&mut sim, 200);
+    let learned = rx(&sim);
+    assert!(learned.reordered + learned.duplicates > learning.reordered + learning.duplicates);
+    assert_eq!(
+        learned.naks_sent, learning.naks_sent,
+        "a Nak for reordering seen before"
+    );
+    // A minute without reordering: a loss is asked for at once again.
+    sim.set_link(
+        0,
+        1,
+        Faults {
+            delay: Duration::from_micros(100),
+            ..Faults::default()
+        },
+    );
+    sim.run_for(Duration::from_secs(61));
+    let before = rx(&sim).events_repaired;
+    let lost = sim.core(0).unwrap().next_seq();
+    sim.set_faults(1, drop_once(lost));
+    sim.publish(0, key(400));
+    sim.run_for(ms(1));
+    sim.publish(0, key(401));
+    // The gap shows when the next datagram arrives (0.1 ms); a 5 ms
+    // window would keep it open well past 1.5 ms.
+    sim.run_for(ms(1) + Duration::from_micros(500));
+    assert_eq!(rx(&sim).events_repaired, before + 1, "not repaired at once");
+    sim.run_for(ms(100));
+    assert!(sim.resets(1).is_empty(), "{:?}", sim.resets(1));
+    assert_checker(&sim);
+}
+
 #[test]
 fn without_repair_a_lost_datagram_resets_with_its_range() {
     let mut sim = Sim::new(2);
     let no_repair = CoreConfig {
         max_nak_tries: 0,
+        // The configured reorder window, not the one learned (none).
+        learn_timing: false,
         ..CoreConfig::default()
     };
     sim.add_node("tx", CoreConfig::default());
@@ -442,6 +530,7 @@ fn full_stream_table_evicts_the_least_recently_heard_and_resets_an_open_gap() {
         max_streams: 2,
         // Keep gaps open long enough to see eviction act on one.
         reorder_window: Duration::from_secs(5),
+        learn_timing: false,
         ..CoreConfig::default()
     };
     let rx = sim.add_node("rx", cfg);

@@ -409,6 +409,100 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
     })
 }
 
+/// Opens a node's *direct* socket, beside its group socket from [`open`]
+/// (whose port every node of the host shares, so that a datagram sent to
+/// it reaches one of them, not a chosen one): bound to the interface's
+/// address (or the unspecified one) on a port of the system's choosing,
+/// with the group socket's outgoing interface, TTL and loopback, joined to
+/// nothing. The node sends its `Nak`s to the group from it, so that their
+/// source names this node alone, and a repair meant for it alone comes
+/// back to it. Its receive buffer is the smaller of the request and 4 MiB
+/// (only repairs arrive on it). The result's `group` is its own address.
+pub fn open_direct(
+    opts: &SocketOptions,
+    interface: &ResolvedInterface,
+) -> Result<MulticastSocket, SocketError> {
+    let group = opts.group;
+    let domain = if group.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| SocketError::Create { group, source })?;
+    let required = |option: &'static str, hint: &'static str| {
+        let interface = interface.clone();
+        move |source| SocketError::SetOption {
+            option,
+            group,
+            interface,
+            hint,
+            source,
+        }
+    };
+    const MCAST: &str = "check that the interface is up and supports multicast (`ip link`)";
+    let bind_addr = match (group, interface.addr) {
+        (SocketAddr::V4(_), Some(IpAddr::V4(a))) => SocketAddr::from((a, 0)),
+        (SocketAddr::V4(_), _) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        (SocketAddr::V6(_), _) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    match group.ip() {
+        IpAddr::V4(_) => {
+            if let Some(IpAddr::V4(a)) = interface.addr {
+                socket
+                    .set_multicast_if_v4(&a)
+                    .map_err(required("IP_MULTICAST_IF", MCAST))?;
+            }
+            socket
+                .set_multicast_ttl_v4(opts.ttl)
+                .map_err(required("IP_MULTICAST_TTL", "use a TTL from 0 to 255"))?;
+            socket
+                .set_multicast_loop_v4(opts.loopback)
+                .map_err(required("IP_MULTICAST_LOOP", MCAST))?;
+        }
+        IpAddr::V6(_) => {
+            socket.set_only_v6(true).map_err(required(
+                "IPV6_V6ONLY",
+                "the IPv6 socket must not also receive IPv4",
+            ))?;
+            if interface.index != 0 {
+                socket
+                    .set_multicast_if_v6(interface.index)
+                    .map_err(required("IPV6_MULTICAST_IF", MCAST))?;
+            }
+            socket.set_multicast_hops_v6(opts.ttl).map_err(required(
+                "IPV6_MULTICAST_HOPS",
+                "use a hop limit from 0 to 255",
+            ))?;
+            socket
+                .set_multicast_loop_v6(opts.loopback)
+                .map_err(required("IPV6_MULTICAST_LOOP", MCAST))?;
+        }
+    }
+    socket
+        .bind(&SockAddr::from(bind_addr))
+        .map_err(|source| SocketError::BindUnicast {
+            addr: bind_addr,
+            source,
+        })?;
+    let requested = opts.recv_buffer.min(4 << 20);
+    let granted = linux::set_recv_buffer(&socket, requested, group, interface);
+    socket.set_nonblocking(true).map_err(required(
+        "O_NONBLOCK",
+        "the socket must be non-blocking for tokio",
+    ))?;
+    let socket: UdpSocket = socket.into();
+    let local = socket.local_addr().unwrap_or(bind_addr);
+    tracing::debug!(%local, %group, "direct socket open");
+    Ok(MulticastSocket {
+        socket,
+        group: local,
+        interface: interface.clone(),
+        recv_buffer_requested: requested,
+        recv_buffer_granted: granted,
+    })
+}
+
 /// Opens the socket of a node that sends to peers (unicast) rather than to
 /// a group: bound to `listen` (the unspecified address: every address of
 /// this host), no group joined, the receive buffer raised as [`open`] does,
