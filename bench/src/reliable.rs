@@ -916,7 +916,7 @@ mod tests {
             "REPORT {",
             "REPORT {\"received\": -1}",
             "REPORT {\"received\": 1e999}",
-            "REPORT []",
+            "REPORT \"text\"",
         ] {
             assert!(
                 parse_tagged::<PeerSubReport>(bad, "REPORT")
