@@ -831,8 +831,9 @@ pub fn format_report(r: &Report, runs: u16) -> String {
                 Some(_) => format!("**no** ({missing} missing, 0 Resets)"),
                 None if missing == 0 && lossy.gaps_seen == 0 => "nothing lost".into(),
                 None => format!(
-                    "**no**: {missing} missing, no signal ({} seen skipped by the app's own seq)",
-                    lossy.gaps_seen
+                    "**no**: {} skipped without a signal, {} not arrived by the run's end",
+                    lossy.gaps_seen.min(missing),
+                    missing.saturating_sub(lossy.gaps_seen)
                 ),
             };
             let repair = if lossy.resets.is_some() {
@@ -998,7 +999,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| zmq epgm (OpenPGM) | 30 % | 60.0 % | 99.0 % | **no**: 40 missing"),
+            t.contains("| zmq epgm (OpenPGM) | 30 % | 60.0 % | 99.0 % | **no**: 0 skipped without a signal, 40 not arrived"),
             "{t}"
         );
         assert!(t.contains("skipped zmq norm (NORM): no norm"), "{t}");
