@@ -58,6 +58,22 @@
 #                               unicast in turns, median of 3; the
 #                               namespaces are removed after. A few
 #                               minutes, not part of all.
+#   scripts/bench.sh reliable   cachecast beside the reliable-multicast
+#                               references, ZeroMQ over OpenPGM (epgm://)
+#                               and over NORM (norm://), on a LAN of network
+#                               namespaces (root; `ip`, `nft`; 1 publisher
+#                               and 3 subscriber hosts, 10.78.0.0/24):
+#                               flat out 1 -> 3 and 1 -> 1 (messages/s per
+#                               subscriber, CPU per million), then 5 % and
+#                               30 % receive loss at one subscriber (an nft
+#                               rule in its namespace): delivered fraction,
+#                               whether the application is told, time to
+#                               repair. The references run as
+#                               bench/zmq_peer.py under /usr/bin/python3
+#                               (python3-zmq is installed with apt-get when
+#                               missing; without it cachecast runs alone).
+#                               A few minutes, not part of all; --runs 3
+#                               for medians (cachecast-bench reliable --help).
 #   scripts/bench.sh bridge     two sites joined by two `cachecast bridge`
 #                               processes through a nats-server with
 #                               JetStream started here (127.0.0.1, a free
@@ -91,10 +107,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|auth|unicast|unicast-lan|bridge|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|unicast|unicast-lan|reliable|bridge|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, unicast-lan, bridge, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, unicast-lan, reliable, bridge, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -102,7 +118,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = unicast-lan ] || [ "$what" = bridge ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = unicast-lan ] || [ "$what" = reliable ] || [ "$what" = bridge ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -368,6 +384,34 @@ unicast_lan() {
   done
 }
 
+# The references' Python: the distribution's, with python3-zmq.
+PY=/usr/bin/python3
+py_zmq() { [ -x "$PY" ] && "$PY" -c 'import zmq' 2>/dev/null; }
+
+# cachecast beside ZeroMQ over OpenPGM and NORM on a namespace LAN.
+reliable() {
+  [ "$(id -u)" -eq 0 ] || { say "reliable needs root (network namespaces, nft)"; return 2; }
+  command -v ip >/dev/null || { say "reliable needs ip (iproute2)"; return 2; }
+  ensure nft nftables || { say "reliable needs nft for its loss runs"; return 2; }
+  local peer_opt=()
+  if ! py_zmq; then
+    if command -v apt-get >/dev/null; then
+      say "installing python3-zmq with apt-get"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-zmq >&2 || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-zmq >&2 || true
+      }
+    fi
+    py_zmq || { say "no python3-zmq for $PY: OpenPGM and NORM are skipped, cachecast runs alone"; peer_opt=(--no-peers); }
+  fi
+  cargo build --quiet --release -p cachecast-bench
+  local bin pfx="ccr$$"
+  bin="$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)/cachecast-bench"
+  make_lan "$pfx" 4
+  run ip netns exec "$pfx-h1" "$bin" reliable --lan "$pfx" --python "$PY" \
+    --peer-script "$PWD/bench/zmq_peer.py" ${peer_opt[@]+"${peer_opt[@]}"} ${args[@]+"${args[@]}"}
+}
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
@@ -377,6 +421,7 @@ case "$what" in
   auth) auth ;;
   unicast) unicast ;;
   unicast-lan) unicast_lan ;;
+  reliable) reliable ;;
   bridge) bridge ;;
   all) repair; speed ;;
 esac

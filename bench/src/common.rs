@@ -207,6 +207,14 @@ pub struct SubReport {
     pub reset_kinds: std::collections::BTreeMap<String, u64>,
     pub repaired: u64,
     pub naks: u64,
+    /// cachecast only: time from noticing a gap to the repair that filled
+    /// it (the node's `repair_time`), µs.
+    #[serde(default)]
+    pub repair_p50_us: u64,
+    #[serde(default)]
+    pub repair_p99_us: u64,
+    #[serde(default)]
+    pub repair_max_us: u64,
     /// A subscriber that failed says why.
     pub error: Option<String>,
 }

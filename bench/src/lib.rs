@@ -22,6 +22,7 @@ pub mod confirm;
 pub mod forged;
 pub mod peers;
 pub mod plot;
+pub mod reliable;
 pub mod udp;
 
 use std::collections::BTreeMap;
@@ -608,6 +609,45 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// One run of cachecast (multicast, no keys) on the namespace LAN `lan`
+/// (as `--lan`): this process is host 1, subscriber i runs on host i + 2.
+/// For `cachecast-bench reliable`, which measures it beside the
+/// reliable-multicast references.
+pub(crate) fn cachecast_on_lan(
+    lan: &str,
+    subscribers: u16,
+    plan: &Plan,
+    group: Ipv4Addr,
+    label: &str,
+) -> Result<RunResult, Box<dyn std::error::Error>> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let args = <Wrap as clap::Parser>::try_parse_from([
+        "cachecast-bench".to_string(),
+        "--systems".into(),
+        "cachecast".into(),
+        "--lan".into(),
+        lan.into(),
+        "--subscribers".into(),
+        subscribers.to_string(),
+        "--group".into(),
+        group.to_string(),
+        "--quiet".into(),
+    ])?
+    .bench;
+    let _ = cachecast_sys::LAN_HOST.set(Ipv4Addr::new(10, 78, 0, 1));
+    let ctx = Ctx {
+        args: &args,
+        per_datagram: 1,
+        msg_len: plan.key_size * plan.keys_per_event,
+        key_file: None,
+    };
+    ctx.run_once(System::Cachecast, plan, label, 0)
+}
+
 struct Ctx<'a> {
     args: &'a BenchArgs,
     per_datagram: usize,
@@ -1052,6 +1092,10 @@ fn sub_main(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                     .collect();
                 r.repaired = stats.protocol.events_repaired;
                 r.naks = stats.protocol.naks_sent;
+                let rt = &stats.protocol.repair_time;
+                r.repair_p50_us = rt.quantile_us(0.5);
+                r.repair_p99_us = rt.quantile_us(0.99);
+                r.repair_max_us = rt.quantile_us(1.0);
                 r.datagrams = stats.protocol.datagrams_received;
                 r
             })

@@ -51,6 +51,11 @@ enum Command {
     /// datagrams per second; its CPU per forged datagram, and that it
     /// keeps delivering with no Reset (scripts/bench.sh auth).
     Forged(ForgedArgs),
+    /// cachecast beside the reliable-multicast references, ZeroMQ over
+    /// OpenPGM (epgm://) and over NORM (norm://), on a LAN of network
+    /// namespaces: flat out, and with receive loss at one subscriber
+    /// (scripts/bench.sh reliable makes the LAN and runs it).
+    Reliable(cachecast_bench::reliable::ReliableArgs),
     /// One subscriber process of the bench (internal).
     #[command(hide = true)]
     Sub(SubArgs),
@@ -73,6 +78,11 @@ async fn main() -> ExitCode {
         }
         Some(Command::Confirm(args)) => {
             tokio::task::spawn_blocking(move || cachecast_bench::confirm::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Some(Command::Reliable(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::reliable::run(args))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }
