@@ -22,6 +22,7 @@ pub mod confirm;
 pub mod forged;
 pub mod peers;
 pub mod plot;
+pub mod soak;
 pub mod udp;
 
 use std::collections::BTreeMap;
