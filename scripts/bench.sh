@@ -82,6 +82,20 @@
 #                               rates (5k .. 160k/s, 3 s each) up to the
 #                               first not delivered whole (the bridges'
 #                               limit); about a minute, not part of all.
+#   scripts/bench.sh soak [MINUTES]  `cachecast-bench soak`: MINUTES (default
+#                               30) at 50,000 events/s, 1 publisher -> 3
+#                               subscriber processes (loopback multicast,
+#                               TTL 0), and alongside, POST on a real
+#                               `cachecast agent` A -> SSE on agent B at
+#                               1,000/s; every minute the RSS and CPU of
+#                               every process, delivered, lost, Resets by
+#                               kind, p50/p99 of the interval. Prints the
+#                               targets (RSS flat within 10 % after minute
+#                               1, zero Resets, nothing lost; exit 1 if
+#                               missed) and writes target/soak.svg and
+#                               target/soak.csv (--plot, --csv to move
+#                               them). Not part of all. E.g. a short one:
+#                               scripts/bench.sh soak 3 --sample 20s
 #   scripts/bench.sh confirm-sim  membership and confirmation in the simulator
 #                               (1,000 receive-only members, 1 % loss:
 #                               report background per node, confirmed
@@ -107,10 +121,10 @@ say() { echo "bench.sh: $*" >&2; }
 
 what=all
 case "${1:-}" in
-  repair|speed|agent|confirm|confirm-sim|auth|unicast|unicast-lan|reliable|bridge|all) what="$1"; shift ;;
+  repair|speed|agent|confirm|confirm-sim|auth|unicast|unicast-lan|reliable|bridge|soak|all) what="$1"; shift ;;
   -h|--help) usage; exit 0 ;;
   ""|-*) ;;   # options only: all
-  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, unicast-lan, reliable, bridge, all)"; exit 2 ;;
+  *) say "unknown benchmark: $1 (try: repair, speed, agent, confirm, confirm-sim, auth, unicast, unicast-lan, reliable, bridge, soak, all)"; exit 2 ;;
 esac
 
 peers=0
@@ -118,7 +132,7 @@ args=()
 for a in "$@"; do
   if [ "$a" = --peers ]; then peers=1; else args+=("$a"); fi
 done
-if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = unicast-lan ] || [ "$what" = reliable ] || [ "$what" = bridge ]; }; then
+if [ "$peers" -eq 1 ] && { [ "$what" = repair ] || [ "$what" = agent ] || [ "$what" = confirm ] || [ "$what" = confirm-sim ] || [ "$what" = auth ] || [ "$what" = unicast ] || [ "$what" = unicast-lan ] || [ "$what" = reliable ] || [ "$what" = bridge ] || [ "$what" = soak ]; }; then
   say "--peers is for the speed benchmark (scripts/bench.sh speed --peers)"; exit 2
 fi
 
@@ -412,6 +426,18 @@ reliable() {
     --peer-script "$PWD/bench/zmq_peer.py" ${peer_opt[@]+"${peer_opt[@]}"} ${args[@]+"${args[@]}"}
 }
 
+# The soak: MINUTES first (if given), then options for cachecast-bench soak.
+soak() {
+  local dir="${CARGO_TARGET_DIR:-target}" out=()
+  if [ "${#args[@]}" -gt 0 ] && [[ "${args[0]}" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+    out=(--minutes "${args[0]}"); args=("${args[@]:1}")
+  fi
+  case " ${args[*]-} " in *" --plot "*) ;; *) out+=(--plot "$dir/soak.svg") ;; esac
+  case " ${args[*]-} " in *" --csv "*) ;; *) out+=(--csv "$dir/soak.csv") ;; esac
+  cargo build --quiet --release -p cachecast-cli -p cachecast-bench
+  run "$dir/release/cachecast-bench" soak "${out[@]}" ${args[@]+"${args[@]}"}
+}
+
 case "$what" in
   repair) repair ${args[@]+"${args[@]}"} ;;
   speed) speed ;;
@@ -423,5 +449,6 @@ case "$what" in
   unicast-lan) unicast_lan ;;
   reliable) reliable ;;
   bridge) bridge ;;
+  soak) soak ;;
   all) repair; speed ;;
 esac

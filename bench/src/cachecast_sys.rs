@@ -35,7 +35,7 @@ pub struct Unicast {
 /// it with TTL 1 instead of on 127.0.0.1 with TTL 0.
 pub static LAN_HOST: std::sync::OnceLock<std::net::Ipv4Addr> = std::sync::OnceLock::new();
 
-fn config(
+pub(crate) fn config(
     group: SocketAddr,
     name: &str,
     keys: Option<&Keys>,
@@ -68,7 +68,7 @@ fn config(
     cfg
 }
 
-fn runtime() -> io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -23,6 +23,7 @@ pub mod forged;
 pub mod peers;
 pub mod plot;
 pub mod reliable;
+pub mod soak;
 pub mod udp;
 
 use std::collections::BTreeMap;

@@ -56,6 +56,19 @@ enum Command {
     /// namespaces: flat out, and with receive loss at one subscriber
     /// (scripts/bench.sh reliable makes the LAN and runs it).
     Reliable(cachecast_bench::reliable::ReliableArgs),
+    /// A long run at a steady rate (50 k events/s, 1 publisher → 3
+    /// subscriber processes, and POST on agent A → SSE on agent B
+    /// alongside), sampled every --sample: RSS and CPU of every process,
+    /// delivered, lost, Resets, p50 / p99; targets: RSS flat within 10 %
+    /// after the first minute, zero Resets, nothing lost (scripts/bench.sh
+    /// soak).
+    Soak(cachecast_bench::soak::SoakArgs),
+    /// The soak's publisher process (internal).
+    #[command(hide = true)]
+    SoakPub(cachecast_bench::soak::nodes::SoakPubArgs),
+    /// A soak subscriber process (internal).
+    #[command(hide = true)]
+    SoakSub(cachecast_bench::soak::nodes::SoakSubArgs),
     /// One subscriber process of the bench (internal).
     #[command(hide = true)]
     Sub(SubArgs),
@@ -66,6 +79,22 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Sub(args)) => cachecast_bench::run_sub(args),
+        Some(Command::Soak(args)) => {
+            tokio::task::spawn_blocking(move || cachecast_bench::soak::run(args))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        // Their own runtimes, on threads of their own.
+        Some(Command::SoakPub(args)) => {
+            std::thread::spawn(move || cachecast_bench::soak::nodes::run_pub(args))
+                .join()
+                .unwrap_or_else(|_| Err("the soak publisher panicked".into()))
+        }
+        Some(Command::SoakSub(args)) => {
+            std::thread::spawn(move || cachecast_bench::soak::nodes::run_sub(args))
+                .join()
+                .unwrap_or_else(|_| Err("a soak subscriber panicked".into()))
+        }
         Some(Command::Agent(args)) => {
             tokio::task::spawn_blocking(move || cachecast_bench::agent::run(args))
                 .await

@@ -52,7 +52,7 @@ fn colour(s: System) -> RGBColor {
     }
 }
 
-const GREY: RGBColor = RGBColor(90, 90, 90);
+pub(crate) const GREY: RGBColor = RGBColor(90, 90, 90);
 
 /// One point of one system's line.
 struct Point {
@@ -201,7 +201,7 @@ fn series(sweep: &[RunResult]) -> Vec<(System, Vec<Point>)> {
 
 /// From the smallest to the largest positive finite value, widened by
 /// `pad` (a factor) either side; `None` without any.
-fn log_range(vals: impl Iterator<Item = f64>, pad: f64) -> Option<Range<f64>> {
+pub(crate) fn log_range(vals: impl Iterator<Item = f64>, pad: f64) -> Option<Range<f64>> {
     let (lo, hi) =
         vals.filter(|v| *v > 0.0 && v.is_finite())
             .fold(None, |acc: Option<(f64, f64)>, v| match acc {
@@ -220,7 +220,7 @@ fn log_range(vals: impl Iterator<Item = f64>, pad: f64) -> Option<Range<f64>> {
 
 /// A log axis over `r` with labels at 1-2-5 (or sparser) steps and light
 /// grid lines at every 1..9 × 10^k.
-fn log_axis(r: &Range<f64>) -> WithKeyPoints<LogCoord<f64>> {
+pub(crate) fn log_axis(r: &Range<f64>) -> WithKeyPoints<LogCoord<f64>> {
     let (bold, light) = log_ticks(r.start, r.end);
     (r.start..r.end)
         .log_scale()
@@ -367,7 +367,7 @@ fn si_short(v: f64) -> String {
 }
 
 /// Microseconds as "50µs", "2ms", "1.5s".
-fn micros(v: f64) -> String {
+pub(crate) fn micros(v: f64) -> String {
     if v >= 1e6 {
         format!("{}s", trim(v / 1e6))
     } else if v >= 1e3 {

@@ -73,6 +73,20 @@ impl Agent {
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("agent");
+        // SIGTERM when the thread that started it ends, this process
+        // killed outright included: no agent outlives the bench. (Both
+        // benches start and stop their agents on one thread.)
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls prctl(2), which is async-signal-safe and touches no
+        // memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
