@@ -157,13 +157,15 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// How often `peers`' names are resolved again. Default 15 s.
     pub peer_refresh: Duration,
-    /// Multicast only: a repair that one node asked for goes to it alone,
-    /// to a socket of its own (a port of the system's choosing on the
-    /// interface's address, which its `Nak`s come from), and to the group
-    /// only when several nodes asked (or it asked a third time). Nodes that
-    /// lost nothing then receive no repairs. Turn it off where a host
-    /// firewall lets only the group's port in (each directed repair would
-    /// otherwise fail twice before going to the group). Default true.
+    /// Multicast only: this node has a socket of its own (a port of the
+    /// system's choosing on the interface's address) and sends its `Nak`s
+    /// from it; a repair it alone asked for comes back to it alone, and
+    /// goes to the group when several nodes asked (or it asked again
+    /// twice, or for much at once). Nodes that lost nothing then receive
+    /// no repairs. As a sender, a node directs repairs only when this is
+    /// on. Turn it off on every node where a host firewall lets only the
+    /// group's port in: a node with it off asks from the group's port and
+    /// is always repaired through the group. Default true.
     pub direct_repairs: bool,
     /// Protocol timers and bounds (`max_datagram`, `sync_window`,
     /// `heartbeat_idle`, `reorder_window`, `stream_timeout`, `max_streams`,
@@ -482,7 +484,7 @@ impl Node {
         if config.transport == Transport::Unicast {
             core.set_directed(true);
         } else {
-            core.set_directed_multicast(direct.is_some());
+            core.set_directed_multicast(direct.is_some(), Some(config.group.port()));
         }
         let sync_deadline = tokio::time::Instant::from_std(core.sync_deadline());
         let (tx, rx) = mpsc::channel(4096);

@@ -204,7 +204,9 @@ async fn repairs_one_listener_asked_for_go_to_it_alone() {
         for node in &clean {
             let s = node.stats().await.protocol;
             assert_eq!(s.resets_total(), 0);
-            at_clean += s.repairs_received;
+            // Not those it asked for itself (a clean listener starved of
+            // CPU on a busy host may drop datagrams in its kernel buffer).
+            at_clean += s.repairs_received.saturating_sub(s.naks_sent);
         }
         eprintln!(
             "direct repairs {direct}: lossy dropped {}, repaired {} events from {} repairs; \

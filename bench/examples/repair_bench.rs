@@ -27,6 +27,12 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Direct repairs, as real nodes on a group have by default: a repair
+    /// one receiver asked for goes to it alone, to the group when several
+    /// asked (off: every repair to the group, as nodes without a direct
+    /// socket).
+    #[arg(long)]
+    directed: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -36,6 +42,7 @@ fn main() {
     let a = Args::parse();
     let started = Instant::now();
     let mut sim = Sim::new(a.seed);
+    sim.directed = a.directed;
     sim.add_nodes("n", a.receivers + 1);
     sim.run_for(Duration::from_millis(200));
     sim.default_link = Faults {
@@ -85,6 +92,7 @@ fn main() {
             "{}",
             serde_json::json!({
                 "receivers": a.receivers, "loss": a.loss, "events": a.events, "seed": a.seed,
+                "directed": a.directed, "repairs_directed": tx.repairs_directed,
                 "lost_data_datagrams": sim.lost_data, "naks": naks, "repairs": tx.repairs_sent,
                 "naks_per_loss": naks_per, "repairs_per_loss": repairs_per,
                 "repair_p50_us": hist.quantile_us(0.5), "repair_p99_us": hist.quantile_us(0.99),
@@ -94,13 +102,21 @@ fn main() {
         );
     } else {
         println!(
-            "repair: {} receivers, {:.1} % loss, {} events: {} data datagrams lost; \
+            "repair: {} receivers, {:.1} % loss, {} events{}: {} data datagrams lost; \
              NAKs/loss {naks_per:.3} (target <= 2), repairs/loss {repairs_per:.3} (target <= 1.2); \
              time to repair p50 {} us, p99 {} us; {resets} resets; {complete}/{} complete; \
              no silent loss: {}; {:.1} s wall",
             a.receivers,
             a.loss * 100.0,
             a.events,
+            if a.directed {
+                format!(
+                    ", direct repairs ({} of the repairs directed)",
+                    tx.repairs_directed
+                )
+            } else {
+                String::new()
+            },
             sim.lost_data,
             hist.quantile_us(0.5),
             hist.quantile_us(0.99),

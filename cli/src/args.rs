@@ -109,6 +109,12 @@ pub struct NetArgs {
     /// group's port). Each node on one host needs its own.
     #[arg(long, env = "CACHECAST_LISTEN", value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Multicast: a repair that one node asked for goes to it alone, to a
+    /// socket of its own (a port of the system's choosing, which its Naks
+    /// come from), so that nodes that lost nothing receive no repairs.
+    /// Set false where a host firewall lets only the group's port in.
+    #[arg(long, env = "CACHECAST_DIRECT_REPAIRS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_repairs: bool,
     /// The cluster's key file (written by `cachecast keygen`; mode 0600):
     /// every datagram is then authenticated, and only those of nodes
     /// holding one of its keys are accepted. A path, never the key itself:
@@ -151,6 +157,7 @@ impl NetArgs {
             transport: self.transport,
             peers: self.peers.clone(),
             listen: self.listen,
+            direct_repairs: self.direct_repairs,
             ..NodeConfig::default()
         })
     }

@@ -150,6 +150,10 @@ pub struct NodeCore {
     transmit_to: Option<SocketAddr>,
     /// Whether the datagram of the last `poll_transmit` is a `Nak`.
     transmit_nak: bool,
+    /// With directed repairs on a group, the group's port: a `Nak` from
+    /// it came from a node without a direct socket (see
+    /// [`NodeCore::set_directed_multicast`]).
+    group_port: Option<u16>,
 }
 
 impl NodeCore {
@@ -191,6 +195,7 @@ impl NodeCore {
             accepted_from: None,
             transmit_to: None,
             transmit_nak: false,
+            group_port: None,
             wakes: BTreeSet::new(),
             evicted: Evicted::default(),
             ended: VecDeque::new(),
@@ -389,10 +394,10 @@ impl NodeCore {
 
     /// The one node the datagram of the last [`NodeCore::poll_transmit`] is
     /// meant for, if it is meant for one: a `Nak` for the stream's origin
-    /// (its address as heard); with [`NodeCore::set_directed`], a `Repair`
-    /// for the one node whose `Nak`s it answers. A unicast transport sends
-    /// it there only; on a group everyone gets it anyway (their own `Nak`s
-    /// are suppressed by it).
+    /// (its address as heard: a unicast transport sends it there only, a
+    /// group gets it anyway); with [`NodeCore::set_directed`] or
+    /// [`NodeCore::set_directed_multicast`], a `Repair` for the one node
+    /// whose `Nak`s it answers, sent to it alone.
     pub fn transmit_to(&self) -> Option<SocketAddr> {
         self.transmit_to
     }
@@ -418,11 +423,16 @@ impl NodeCore {
     /// [`NodeCore::set_directed`] for a multicast group, where every node
     /// hears every `Nak` (and a node that lost what another asked for
     /// waits for that repair instead of asking): a repair goes to the one
-    /// node that asked, unless another node asks for any of it lately, or
-    /// the same node a third time; then to everyone.
-    pub fn set_directed_multicast(&mut self, directed: bool) {
+    /// node that asked, at the address its `Nak` came from (its direct
+    /// socket), unless another node asks for any of it lately, or the
+    /// same node asks again twice (once with `max_nak_tries` 2 or less),
+    /// or it asks for much at once; then to everyone. `group_port`: a `Nak`
+    /// from it came from a node without a direct socket (every node of its
+    /// host shares the port): its repairs go to everyone.
+    pub fn set_directed_multicast(&mut self, directed: bool, group_port: Option<u16>) {
         self.sender.directed = directed;
         self.sender.overheard = directed;
+        self.group_port = group_port;
     }
 
     /// The source address of the last datagram accepted since the last call
@@ -472,12 +482,17 @@ impl NodeCore {
             self.accepted_from = addr;
         }
         let from = dgram.header.stream;
-        // A repair goes to the one node that asked (when directed) only
-        // at an address that is that node's: authenticated, or on the
-        // host its stream was already heard from (a forged `Nak` cannot
-        // point repairs at any other host: no reflection).
+        // A repair goes to the one node that asked (when directed) only at
+        // an address that is that node's: authenticated, or on the host
+        // its stream was already heard from; and, on a group, not at the
+        // group's port (shared by every node of a host: a node without a
+        // direct socket asked). Without keys a forger can still name any
+        // host of the LAN (by a forged datagram from it first); directed
+        // repairs are few per `Nak` and leave with the group's TTL.
         let known_ip = self.members.addr_of(from).map(|a| a.ip());
-        let asker = addr.filter(|a| key_id.is_some() || known_ip == Some(a.ip()));
+        let asker = addr.filter(|a| {
+            (key_id.is_some() || known_ip == Some(a.ip())) && Some(a.port()) != self.group_port
+        });
         let resets_before = self.stats.resets_total();
         let receive_only = dgram.header.receive_only();
         if let Some(silent) = self.members.heard(
@@ -1263,7 +1278,7 @@ impl NodeCore {
             self.timers.set(Timer::Members, now + self.cfg.lease / 4);
             self.members
                 .tick(now, self.cfg.lease, self.cfg.member_forget);
-            self.learned.set_members(self.members.live());
+            self.learned.set_members(self.members.known());
             self.stabilize();
         }
         if self.timers.is_due(Timer::Confirm, now) {

@@ -628,6 +628,12 @@ impl Members {
         low
     }
 
+    /// Members known (live, left or dead, until forgotten): a forged
+    /// `Goodbye` cannot lower it.
+    pub fn known(&self) -> usize {
+        self.table.len()
+    }
+
     /// Live members.
     pub fn live(&self) -> usize {
         self.table

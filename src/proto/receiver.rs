@@ -5,9 +5,12 @@
 //! what is missing as gaps: from a seq above the known end, or from a
 //! heartbeat or `Goodbye` announcing a `next_seq` above it (tail loss).
 //!
-//! A gap's life: `open` (waits the reorder window plus a random back-off)
-//! → `Nak` (multicast; another receiver's `Nak` or a `Repair` overheard for
-//! it postpones ours: suppression) → filled by a `Repair`, or, when repair
+//! A gap's life: `open` (waits the reorder window plus a random back-off,
+//! both learned: see [`Learned`]) → `Nak` (multicast; another receiver's
+//! `Nak` or a `Repair` overheard for it postpones ours: suppression; if
+//! that repair went to the other receiver alone, ours follows a retry
+//! interval later, and the sender then repairs to everyone) → filled by a
+//! `Repair`, or, when repair
 //! is impossible — `Unavailable`, the sender's heartbeat says it is older
 //! than what it holds, retries exhausted, too old — one `Reset` naming it.
 //!
@@ -102,6 +105,10 @@ pub struct Sink<'a> {
     pub learned: &'a mut Learned,
 }
 
+/// The least a learned retry waits (forged instant repairs cannot make
+/// a receiver ask in a tight loop).
+const MIN_RETRY: Duration = Duration::from_millis(1);
+
 /// How long a reordering sample counts: the reorder window in force is
 /// learned from the samples of the last one to two epochs.
 const REORDER_EPOCH: Duration = Duration::from_secs(30);
@@ -114,18 +121,22 @@ const REORDER_EPOCH: Duration = Duration::from_secs(30);
 ///   The reorder window in force is twice the longest sample of the last
 ///   30 to 60 s, at most `reorder_window`: zero on a LAN that never
 ///   reorders, so that a loss is asked for as soon as it shows.
-/// - **The round trip of a repair.** From a `Nak` to the repair that
-///   fills its gap: smoothed as TCP does its RTT (RFC 6298), it sets when
-///   to ask again: `srtt + 4·rttvar`, at least twice `repair_linger` (the
-///   sender does not repeat a repair within it) and at most `nak_retry`.
-/// - **How many may share a loss.** The live members other than this node
-///   and the stream's sender: alone, a receiver asks at once; with more,
-///   its back-off grows with their logarithm, up to `nak_backoff` at
-///   about a thousand (suppression needs a spread only when many lose the
-///   same datagram).
+/// - **The round trip of a repair.** From a `Nak` (or one overheard for
+///   the gap) to the repair that fills it: smoothed as TCP does its RTT
+///   (RFC 6298), it sets when to ask again: `srtt + 4·rttvar`, at least
+///   twice `repair_linger` (the sender does not repeat a repair within
+///   it) and 1 ms, at most `nak_retry`. One estimate for every stream the
+///   node follows (a LAN's round trips are alike).
+/// - **How many may share a loss.** The members known other than this
+///   node and the stream's sender (live, left or dead until forgotten: a
+///   forged `Goodbye` cannot lower it): alone, a receiver asks at once;
+///   with more, its back-off grows with their logarithm, up to
+///   `nak_backoff` at about a thousand (suppression needs a spread only
+///   when many lose the same datagram).
 ///
-/// A sample can only shorten the wait down to these floors or lengthen it
-/// up to the configured values, so forged datagrams gain nothing.
+/// Samples move the timing only between these floors and the configured
+/// values: without keys, forged datagrams can make a receiver ask as soon
+/// as a LAN allows, never faster.
 #[derive(Debug, Clone)]
 pub struct Learned {
     on: bool,
@@ -183,7 +194,7 @@ impl Learned {
         });
     }
 
-    /// The number of live members other than this node.
+    /// The number of members known other than this node.
     pub fn set_members(&mut self, n: usize) {
         self.members = Some(n);
     }
@@ -201,7 +212,8 @@ impl Learned {
     pub fn retry(&self, cfg: &CoreConfig) -> Duration {
         match self.srtt {
             Some((srtt, var)) if self.on => (srtt + var * 4)
-                .max(cfg.repair_linger * 2)
+                .max(cfg.repair_linger.saturating_mul(2))
+                .max(MIN_RETRY)
                 .min(cfg.nak_retry),
             _ => cfg.nak_retry,
         }
@@ -250,7 +262,8 @@ impl Sink<'_> {
     /// `nak_retry`, plus back-off; never past its maximum age.
     fn retry_due(&mut self, now: Instant, opened: Instant, tries: u32) -> Instant {
         let exp = tries.saturating_sub(1).min(16);
-        let wait = (self.learned.retry(self.cfg) * (1u32 << exp)).min(self.cfg.nak_retry * 16);
+        let wait = (self.learned.retry(self.cfg).saturating_mul(1u32 << exp))
+            .min(self.cfg.nak_retry.saturating_mul(16));
         let due = now + wait + self.backoff();
         due.min(opened + self.cfg.max_gap_age).max(now)
     }

@@ -8,9 +8,12 @@
 //! with a jittered, rate-limited heartbeat, and ends with `Goodbye`.
 //!
 //! Repair: keeps what it sent in a [`RetransmitRing`]; answers `Nak` with
-//! multicast `Repair`s (packed, not repeated within `repair_linger`, paced
-//! by a token bucket at `repair_rate`) and with `Unavailable` for what has
-//! left the ring. It keeps answering after `Goodbye`, while it lingers.
+//! `Repair`s (packed, paced by a token bucket at `repair_rate`) and with
+//! `Unavailable` for what has left the ring. A repair goes to everyone (not
+//! repeated within `repair_linger`), or, directed (a unicast transport, or
+//! a group whose nodes have direct sockets), to the one node that asked
+//! (see `direct_to`). It keeps answering after `Goodbye`, while it
+//! lingers.
 //!
 //! Pure state machine: time is passed in, randomness comes from the
 //! caller's seeded RNG, bodies go to the caller's outgoing queue.
@@ -90,7 +93,8 @@ pub struct Sender {
     /// Data pacing, driven by `Nak`s.
     pub pace: Pace,
     /// Whether a repair may go to the one node that asked for it (a
-    /// unicast transport): then who asked is kept.
+    /// unicast transport, or a group with direct sockets): then who asked
+    /// is kept.
     pub directed: bool,
     /// Who asked for what is pending, one entry per `Nak` range (`None`: an
     /// asker of unknown address). At most [`MAX_ASKED`]; past it, every
@@ -114,10 +118,21 @@ pub struct Sender {
     /// At most [`MAX_ASKED`], oldest forgotten first.
     directed_lately: VecDeque<(u64, u64, SocketAddr, Instant)>,
     directed_window: Duration,
+    /// How often a node may ask again for a repair directed to it before
+    /// it goes to the group (the direct path may be failing).
+    asks_before_group: usize,
 }
 
-/// Bound of `Sender::asked` and `Sender::directed_lately`.
+/// Bound of `Sender::asked`.
 const MAX_ASKED: usize = 256;
+
+/// Bound of `Sender::directed_lately`.
+const MAX_DIRECTED: usize = 1024;
+
+/// On a group, the most events one `Nak` may have directed to its asker; a
+/// larger ask goes to the group (without keys a forged `Nak` could
+/// otherwise aim a whole ring at one address).
+const MAX_DIRECTED_EVENTS: u64 = 256;
 
 impl Sender {
     /// A new stream at seq 1; its first heartbeat is an idle interval away.
@@ -151,7 +166,9 @@ impl Sender {
             repair_to: VecDeque::new(),
             overheard: false,
             directed_lately: VecDeque::new(),
-            directed_window: cfg.nak_retry * 16,
+            // Every retry of a gap falls within its maximum age.
+            directed_window: cfg.max_gap_age.max(cfg.nak_retry.saturating_mul(16)),
+            asks_before_group: if cfg.max_nak_tries <= 2 { 1 } else { 2 },
         }
     }
 
@@ -177,7 +194,7 @@ impl Sender {
         {
             self.directed_lately.pop_front();
         }
-        // Another node lost them too; or this one asks a third time (the
+        // Another node lost them too; or this one asks again, twice (the
         // direct path may be failing: a firewall, say).
         let mut again = 0;
         for &(s, e, a, _) in &self.directed_lately {
@@ -188,10 +205,10 @@ impl Sender {
                 again += 1;
             }
         }
-        if again >= 2 {
+        if again >= self.asks_before_group {
             return None;
         }
-        if self.directed_lately.len() >= MAX_ASKED {
+        if self.directed_lately.len() >= MAX_DIRECTED {
             self.directed_lately.pop_front();
         }
         self.directed_lately.push_back((start, end, to, now));
@@ -382,6 +399,12 @@ impl Sender {
         let oldest = self.ring.oldest();
         let mut unavailable = Vec::new();
         let mut lost = false;
+        let asked_events: u64 = ranges
+            .iter()
+            .map(|&(s, e)| e.min(sent_end).saturating_sub(s))
+            .fold(0, u64::saturating_add);
+        // (On a group only: a unicast transport's peers are configured.)
+        let from = from.filter(|_| !self.overheard || asked_events <= MAX_DIRECTED_EVENTS);
         for &(start, end) in ranges {
             let end = end.min(sent_end);
             if start >= end {
@@ -600,5 +623,114 @@ impl Sender {
         timers.stop(Timer::HelloAnswer);
         self.heartbeat_interval = self.heartbeat_min;
         timers.set(Timer::Heartbeat, now + self.heartbeat_min);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender on a group with direct repairs that published and sent
+    /// seqs 1..=10 (one event each), the queued datagrams dropped.
+    fn sender(now: Instant, cfg: &CoreConfig) -> (Sender, VecDeque<Body>, Stats, TimerTable) {
+        let mut s = Sender::new(cfg, now);
+        s.directed = true;
+        s.overheard = true;
+        let mut out = VecDeque::new();
+        let mut timers = TimerTable::default();
+        for i in 0..10 {
+            let event = Event::Invalidate {
+                keys: vec![format!("k{i}")],
+            };
+            s.publish(now, &event, &mut out).unwrap();
+            s.flush(now, &mut out, &mut timers);
+        }
+        out.clear();
+        (s, out, Stats::default(), timers)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    /// Where the repairs answering one `Nak` of `ranges` from `from` go
+    /// (`None`: the group).
+    fn ask(
+        s: &mut (Sender, VecDeque<Body>, Stats, TimerTable),
+        now: Instant,
+        ranges: &[SeqRange],
+        from: SocketAddr,
+    ) -> Vec<Option<SocketAddr>> {
+        let (sender, out, stats, timers) = s;
+        sender.on_nak(now, ranges, Some(from), out, stats, timers);
+        let mut to = Vec::new();
+        while let Some(body) = out.pop_front() {
+            if matches!(body, Body::Repair { .. }) {
+                to.push(sender.take_repair_to());
+            }
+        }
+        to
+    }
+
+    #[test]
+    fn a_repair_one_node_asked_for_goes_to_it_until_another_asks_too() {
+        let t = Instant::now();
+        let mut s = sender(t, &CoreConfig::default());
+        let ms = Duration::from_millis;
+        assert_eq!(ask(&mut s, t, &[(3, 4)], addr(1)), [Some(addr(1))]);
+        // Another node asks for the same seq: it lost it too, and waited
+        // on the first Nak. Everyone gets it.
+        assert_eq!(ask(&mut s, t + ms(3), &[(3, 4)], addr(2)), [None]);
+        // Other seqs of one node's asking are directed again.
+        assert_eq!(ask(&mut s, t + ms(4), &[(5, 6)], addr(2)), [Some(addr(2))]);
+        assert_eq!(s.2.repairs_directed, 2);
+    }
+
+    #[test]
+    fn a_node_that_asks_again_twice_is_repaired_through_the_group() {
+        let t = Instant::now();
+        let mut s = sender(t, &CoreConfig::default());
+        let ms = Duration::from_millis;
+        assert_eq!(ask(&mut s, t, &[(3, 4)], addr(1)), [Some(addr(1))]);
+        assert_eq!(ask(&mut s, t + ms(3), &[(3, 4)], addr(1)), [Some(addr(1))]);
+        // The direct path may be blocked (a firewall).
+        assert_eq!(ask(&mut s, t + ms(9), &[(3, 4)], addr(1)), [None]);
+        // With at most 2 tries, after the first directed one already.
+        let few = CoreConfig {
+            max_nak_tries: 2,
+            ..CoreConfig::default()
+        };
+        let mut s = sender(t, &few);
+        assert_eq!(ask(&mut s, t, &[(3, 4)], addr(1)), [Some(addr(1))]);
+        assert_eq!(ask(&mut s, t + ms(3), &[(3, 4)], addr(1)), [None]);
+    }
+
+    #[test]
+    fn a_large_ask_goes_to_the_group_on_a_group_only() {
+        let t = Instant::now();
+        let cfg = CoreConfig::default();
+        // Ten events: directed.
+        let mut s = sender(t, &cfg);
+        assert_eq!(ask(&mut s, t, &[(1, 11)], addr(1)), [Some(addr(1))]);
+        // 300, past MAX_DIRECTED_EVENTS: to the group.
+        let mut s2 = sender(t, &cfg);
+        for i in 0..290 {
+            let event = Event::Invalidate {
+                keys: vec![format!("more-{i}")],
+            };
+            s2.0.publish(t, &event, &mut s2.1).unwrap();
+        }
+        s2.0.flush(t, &mut s2.1, &mut s2.3);
+        s2.1.clear();
+        assert!(ask(&mut s2, t, &[(1, 301)], addr(1))
+            .iter()
+            .all(Option::is_none));
+        // A unicast transport (no overheard Naks) directs it all the same.
+        s2.0.overheard = false;
+        let to = ask(&mut s2, t + Duration::from_millis(10), &[(1, 301)], addr(3));
+        assert!(
+            !to.is_empty() && to.iter().all(|a| *a == Some(addr(3))),
+            "{to:?}"
+        );
     }
 }

@@ -134,6 +134,11 @@ pub struct Sim {
     /// made `set_directed`). Default false (multicast: everyone hears
     /// everything).
     pub unicast: bool,
+    /// Multicast with direct repairs (a node's default on a real group):
+    /// a `Repair` the core means for one node goes to it alone, everything
+    /// else (its `Nak`s included) to every node. Set before adding nodes.
+    /// Default false (every repair to every node). Ignored with `unicast`.
+    pub directed: bool,
 }
 
 impl Sim {
@@ -165,6 +170,7 @@ impl Sim {
             adversary: None,
             forged: 0,
             unicast: false,
+            directed: false,
         }
     }
 
@@ -219,7 +225,11 @@ impl Sim {
             .saturating_add(self.elapsed().as_millis() as u64);
         let deliver_own = cfg.deliver_own && !cfg.receive_only;
         let mut core = NodeCore::new(cfg, self.now).expect("valid simulated node config");
-        core.set_directed(self.unicast);
+        if self.unicast {
+            core.set_directed(true);
+        } else {
+            core.set_directed_multicast(self.directed, None);
+        }
         let node = &mut self.nodes[id];
         node.life = self.record.begin_life(
             id,
@@ -569,7 +579,7 @@ impl Sim {
             if !core.poll_transmit(now, &mut buf) {
                 break;
             }
-            let only = if self.unicast {
+            let only = if self.unicast || (self.directed && !core.transmit_is_nak()) {
                 core.transmit_to().and_then(|a| self.node_at(a))
             } else {
                 None

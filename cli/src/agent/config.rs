@@ -49,6 +49,10 @@ pub struct NodeSection {
     /// Where a unicast node receives; empty: every address, on the group's
     /// port.
     pub listen: String,
+    /// Multicast: a repair one node asked for goes to it alone (to a port
+    /// of its own); false where a host firewall lets only the group's
+    /// port in.
+    pub direct_repairs: bool,
 }
 
 impl Default for NodeSection {
@@ -63,6 +67,7 @@ impl Default for NodeSection {
             transport: "multicast".into(),
             peers: Vec::new(),
             listen: String::new(),
+            direct_repairs: true,
         }
     }
 }
@@ -312,6 +317,7 @@ pub const ENV: &[(&str, &str, &str)] = &[
     ("CACHECAST_TRANSPORT", "node", "transport"),
     ("CACHECAST_PEERS", "node", "peers"),
     ("CACHECAST_LISTEN", "node", "listen"),
+    ("CACHECAST_DIRECT_REPAIRS", "node", "direct_repairs"),
     ("CACHECAST_KEY_FILE", "auth", "key_file"),
     ("CACHECAST_AUTH", "auth", "mode"),
     ("CACHECAST_ENCRYPT", "auth", "encrypt"),
@@ -690,6 +696,7 @@ impl Config {
                 .filter_map(|p| p.parse().ok())
                 .collect(),
             listen: self.node.listen.parse().ok(),
+            direct_repairs: self.node.direct_repairs,
             key_file: (!self.auth.key_file.is_empty()).then(|| PathBuf::from(&self.auth.key_file)),
             // Checked by `check`.
             auth: self.auth.parsed_mode().ok().flatten(),
@@ -885,6 +892,18 @@ mod tests {
         .unwrap();
         let n = c.node_config();
         assert_eq!((n.transport, n.peers.len()), (Transport::Both, 2));
+        // Direct repairs: on by default, off by the file or the environment.
+        assert!(load("", &[]).unwrap().node_config().direct_repairs);
+        let off = load(
+            "[node]
+direct_repairs = false
+",
+            &[],
+        )
+        .unwrap();
+        assert!(!off.node_config().direct_repairs);
+        let off = load("", &[("CACHECAST_DIRECT_REPAIRS", "false")]).unwrap();
+        assert!(!off.node_config().direct_repairs);
         for (text, field) in [
             ("[node]\ntransport = \"udp\"\n", "node.transport"),
             ("[node]\ntransport = \"unicast\"\n", "node.peers"),
@@ -920,6 +939,7 @@ mod tests {
             (&c.node.transport, &c.node.peers, &c.node.listen),
             (&d.node.transport, &d.node.peers, &d.node.listen)
         );
+        assert_eq!(c.node.direct_repairs, d.node.direct_repairs);
     }
 
     #[test]

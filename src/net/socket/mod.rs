@@ -459,8 +459,20 @@ pub fn open_direct(
             socket
                 .set_multicast_loop_v4(opts.loopback)
                 .map_err(required("IP_MULTICAST_LOOP", MCAST))?;
+            // Directed repairs leave as far as the group's datagrams do
+            // (0 is not a unicast TTL: 1, the LAN; loopback stays on the
+            // host anyway).
+            socket
+                .set_ttl_v4(opts.ttl.max(1))
+                .map_err(required("IP_TTL", "use a TTL from 0 to 255"))?;
         }
         IpAddr::V6(_) => {
+            socket
+                .set_unicast_hops_v6(opts.ttl.max(1))
+                .map_err(required(
+                    "IPV6_UNICAST_HOPS",
+                    "use a hop limit from 0 to 255",
+                ))?;
             socket.set_only_v6(true).map_err(required(
                 "IPV6_V6ONLY",
                 "the IPv6 socket must not also receive IPv4",
