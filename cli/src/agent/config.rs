@@ -337,7 +337,7 @@ const INTEGER_FIELDS: &[&str] = &["ttl", "queue", "max_body", "max_keys", "buffe
 
 /// The fields of [`ENV`] that are booleans: true/false, 1/0, yes/no,
 /// on/off (as the command line's flags read the same variables).
-const BOOL_FIELDS: &[&str] = &["encrypt"];
+const BOOL_FIELDS: &[&str] = &["encrypt", "direct_repairs"];
 
 /// The fields of [`ENV`] that are lists: comma-separated in the variable
 /// (as the command line's `--peer` reads it).
