@@ -20,34 +20,8 @@ async fn a_receiver_dropping_10_percent_delivers_all_5000_events_without_reset()
         ..Faults::default()
     };
     let (receiver, faults) = join_with_faults(cfg, loss).await.unwrap();
-    let mut sub = receiver.subscribe();
-
-    let publisher = sender.clone();
-    let publish = tokio::spawn(async move {
-        for i in 0..5000 {
-            publisher.invalidate([format!("k{i}")]).await.unwrap();
-            if i % 10 == 9 {
-                // Pace the publisher (load shaping, not a wait for a
-                // condition): many datagrams, not a few big ones.
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }
-    });
-    let mut seen = HashSet::new();
-    let end = tokio::time::Instant::now() + DEADLINE * 4;
-    while seen.len() < 5000 {
-        let d = tokio::time::timeout_at(end, sub.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of 5000 events arrived", seen.len()))
-            .expect("subscription open");
-        match d {
-            Delivery::Event { seq, .. } => {
-                seen.insert(seq);
-            }
-            Delivery::Reset { reason } => panic!("unexpected reset: {reason:?}"),
-        }
-    }
-    publish.await.unwrap();
+    let mut subs = [receiver.subscribe()];
+    publish_and_await(&sender, &mut subs, 5000).await;
     let rx = receiver.stats().await;
     let tx = sender.stats().await.protocol;
     let p = &rx.protocol;

@@ -113,7 +113,7 @@ pub struct NetArgs {
     /// socket of its own (a port of the system's choosing, which its Naks
     /// come from), so that nodes that lost nothing receive no repairs.
     /// Set false where a host firewall lets only the group's port in.
-    #[arg(long, env = "CACHECAST_DIRECT_REPAIRS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CACHECAST_DIRECT_REPAIRS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub direct_repairs: bool,
     /// The cluster's key file (written by `cachecast keygen`; mode 0600):
     /// every datagram is then authenticated, and only those of nodes

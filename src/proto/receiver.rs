@@ -827,6 +827,8 @@ impl StreamReceiver {
         let mut run: Option<RunPrint> = None;
         // A repair: the last run it was compared with, and the answer.
         let mut compared: Option<(RunPrint, bool)> = None;
+        // Whether this repair gave its round-trip sample.
+        let mut sampled = false;
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
@@ -844,8 +846,12 @@ impl StreamReceiver {
                     Arrival::Repair => {
                         sink.stats.events_repaired += 1;
                         sink.stats.repair_time.record(now - gap.opened);
-                        if let Some(asked) = gap.asked {
+                        // One sample per repair, and only of a gap asked
+                        // for once (Karn: the answer to an earlier ask
+                        // would read as a short round trip).
+                        if let (Some(asked), false, 0..=1) = (gap.asked, sampled, gap.tries) {
                             sink.learned.repaired(now.saturating_duration_since(asked));
+                            sampled = true;
                         }
                         self.note_repaired(seq, gap.opened);
                     }

@@ -119,7 +119,8 @@ pub struct Sender {
     directed_lately: VecDeque<(u64, u64, SocketAddr, Instant)>,
     directed_window: Duration,
     /// How often a node may ask again for a repair directed to it before
-    /// it goes to the group (the direct path may be failing).
+    /// it goes to the group (the direct path may be failing): 2, fewer
+    /// when `max_nak_tries` leaves no room for it.
     asks_before_group: usize,
 }
 
@@ -168,7 +169,14 @@ impl Sender {
             directed_lately: VecDeque::new(),
             // Every retry of a gap falls within its maximum age.
             directed_window: cfg.max_gap_age.max(cfg.nak_retry.saturating_mul(16)),
-            asks_before_group: if cfg.max_nak_tries <= 2 { 1 } else { 2 },
+            // Room for the group's repair within the receiver's tries (with
+            // one try only, never directed: a blocked path would cost a
+            // Reset).
+            asks_before_group: match cfg.max_nak_tries {
+                0 | 1 => 0,
+                2..=4 => 1,
+                _ => 2,
+            },
         }
     }
 
@@ -196,15 +204,22 @@ impl Sender {
         }
         // Another node lost them too; or this one asks again, twice (the
         // direct path may be failing: a firewall, say).
-        let mut again = 0;
+        // (Counted per seq: a retry of two asks merged into one range is
+        // one ask again, not two.)
+        let mut mine = Vec::new();
         for &(s, e, a, _) in &self.directed_lately {
             if s < end && start < e {
                 if a != to {
                     return None;
                 }
-                again += 1;
+                mine.push((s.max(start), e.min(end)));
             }
         }
+        let again = mine
+            .iter()
+            .map(|&(p, _)| mine.iter().filter(|&&(s, e)| s <= p && p < e).count())
+            .max()
+            .unwrap_or(0);
         if again >= self.asks_before_group {
             return None;
         }
@@ -695,6 +710,18 @@ mod tests {
         assert_eq!(ask(&mut s, t + ms(3), &[(3, 4)], addr(1)), [Some(addr(1))]);
         // The direct path may be blocked (a firewall).
         assert_eq!(ask(&mut s, t + ms(9), &[(3, 4)], addr(1)), [None]);
+        // Two asks directed apart, retried as one range: one ask again.
+        let mut s = sender(t, &CoreConfig::default());
+        assert_eq!(ask(&mut s, t, &[(3, 4)], addr(1)), [Some(addr(1))]);
+        assert_eq!(ask(&mut s, t + ms(1), &[(4, 5)], addr(1)), [Some(addr(1))]);
+        assert_eq!(ask(&mut s, t + ms(4), &[(3, 5)], addr(1)), [Some(addr(1))]);
+        // With one try only, never directed.
+        let one = CoreConfig {
+            max_nak_tries: 1,
+            ..CoreConfig::default()
+        };
+        let mut s = sender(t, &one);
+        assert_eq!(ask(&mut s, t, &[(3, 4)], addr(1)), [None]);
         // With at most 2 tries, after the first directed one already.
         let few = CoreConfig {
             max_nak_tries: 2,

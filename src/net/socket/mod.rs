@@ -307,7 +307,6 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
         }
     };
     const SHARE: &str = "it lets several nodes on this host share the port";
-    const MCAST: &str = "check that the interface is up and supports multicast (`ip link`)";
 
     socket
         .set_reuse_address(true)
@@ -360,36 +359,14 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
                 (_, None) => InterfaceIndexOrAddress::Address(Ipv4Addr::UNSPECIFIED),
             };
             socket.join_multicast_v4_n(&g, &join_on).map_err(join_err)?;
-            if let Some(a) = send_from {
-                socket
-                    .set_multicast_if_v4(&a)
-                    .map_err(required("IP_MULTICAST_IF", MCAST))?;
-            }
-            socket
-                .set_multicast_ttl_v4(opts.ttl)
-                .map_err(required("IP_MULTICAST_TTL", "use a TTL from 0 to 255"))?;
-            socket
-                .set_multicast_loop_v4(opts.loopback)
-                .map_err(required("IP_MULTICAST_LOOP", MCAST))?;
         }
         IpAddr::V6(g) => {
             socket
                 .join_multicast_v6(&g, interface.index)
                 .map_err(join_err)?;
-            if interface.index != 0 {
-                socket
-                    .set_multicast_if_v6(interface.index)
-                    .map_err(required("IPV6_MULTICAST_IF", MCAST))?;
-            }
-            socket.set_multicast_hops_v6(opts.ttl).map_err(required(
-                "IPV6_MULTICAST_HOPS",
-                "use a hop limit from 0 to 255",
-            ))?;
-            socket
-                .set_multicast_loop_v6(opts.loopback)
-                .map_err(required("IPV6_MULTICAST_LOOP", MCAST))?;
         }
     }
+    set_sending(&socket, opts, &interface)?;
 
     let requested = opts.recv_buffer.min(i32::MAX as usize / 2);
     let granted = linux::set_recv_buffer(&socket, requested, group, &interface);
@@ -407,6 +384,54 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
         recv_buffer_requested: requested,
         recv_buffer_granted: granted,
     })
+}
+
+/// How a socket sends to the group (both of a node's sockets send there):
+/// the outgoing interface (by address for IPv4, by index for IPv6), the
+/// TTL or hop limit, and whether this host's sockets hear it.
+fn set_sending(
+    socket: &Socket,
+    opts: &SocketOptions,
+    interface: &ResolvedInterface,
+) -> Result<(), SocketError> {
+    const MCAST: &str = "check that the interface is up and supports multicast (`ip link`)";
+    let group = opts.group;
+    let required = |option: &'static str, hint: &'static str| {
+        let interface = interface.clone();
+        move |source| SocketError::SetOption {
+            option,
+            group,
+            interface,
+            hint,
+            source,
+        }
+    };
+    if group.is_ipv4() {
+        if let Some(IpAddr::V4(a)) = interface.addr {
+            socket
+                .set_multicast_if_v4(&a)
+                .map_err(required("IP_MULTICAST_IF", MCAST))?;
+        }
+        socket
+            .set_multicast_ttl_v4(opts.ttl)
+            .map_err(required("IP_MULTICAST_TTL", "use a TTL from 0 to 255"))?;
+        socket
+            .set_multicast_loop_v4(opts.loopback)
+            .map_err(required("IP_MULTICAST_LOOP", MCAST))
+    } else {
+        if interface.index != 0 {
+            socket
+                .set_multicast_if_v6(interface.index)
+                .map_err(required("IPV6_MULTICAST_IF", MCAST))?;
+        }
+        socket.set_multicast_hops_v6(opts.ttl).map_err(required(
+            "IPV6_MULTICAST_HOPS",
+            "use a hop limit from 0 to 255",
+        ))?;
+        socket
+            .set_multicast_loop_v6(opts.loopback)
+            .map_err(required("IPV6_MULTICAST_LOOP", MCAST))
+    }
 }
 
 /// Opens a node's *direct* socket, beside its group socket from [`open`]
@@ -440,56 +465,30 @@ pub fn open_direct(
             source,
         }
     };
-    const MCAST: &str = "check that the interface is up and supports multicast (`ip link`)";
     let bind_addr = match (group, interface.addr) {
         (SocketAddr::V4(_), Some(IpAddr::V4(a))) => SocketAddr::from((a, 0)),
         (SocketAddr::V4(_), _) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         (SocketAddr::V6(_), _) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     };
-    match group.ip() {
-        IpAddr::V4(_) => {
-            if let Some(IpAddr::V4(a)) = interface.addr {
-                socket
-                    .set_multicast_if_v4(&a)
-                    .map_err(required("IP_MULTICAST_IF", MCAST))?;
-            }
-            socket
-                .set_multicast_ttl_v4(opts.ttl)
-                .map_err(required("IP_MULTICAST_TTL", "use a TTL from 0 to 255"))?;
-            socket
-                .set_multicast_loop_v4(opts.loopback)
-                .map_err(required("IP_MULTICAST_LOOP", MCAST))?;
-            // Directed repairs leave as far as the group's datagrams do
-            // (0 is not a unicast TTL: 1, the LAN; loopback stays on the
-            // host anyway).
-            socket
-                .set_ttl_v4(opts.ttl.max(1))
-                .map_err(required("IP_TTL", "use a TTL from 0 to 255"))?;
-        }
-        IpAddr::V6(_) => {
-            socket
-                .set_unicast_hops_v6(opts.ttl.max(1))
-                .map_err(required(
-                    "IPV6_UNICAST_HOPS",
-                    "use a hop limit from 0 to 255",
-                ))?;
-            socket.set_only_v6(true).map_err(required(
-                "IPV6_V6ONLY",
-                "the IPv6 socket must not also receive IPv4",
-            ))?;
-            if interface.index != 0 {
-                socket
-                    .set_multicast_if_v6(interface.index)
-                    .map_err(required("IPV6_MULTICAST_IF", MCAST))?;
-            }
-            socket.set_multicast_hops_v6(opts.ttl).map_err(required(
-                "IPV6_MULTICAST_HOPS",
-                "use a hop limit from 0 to 255",
-            ))?;
-            socket
-                .set_multicast_loop_v6(opts.loopback)
-                .map_err(required("IPV6_MULTICAST_LOOP", MCAST))?;
-        }
+    if group.is_ipv6() {
+        socket.set_only_v6(true).map_err(required(
+            "IPV6_V6ONLY",
+            "the IPv6 socket must not also receive IPv4",
+        ))?;
+    }
+    set_sending(&socket, opts, interface)?;
+    // Directed repairs leave as far as the group's datagrams do (0 is not
+    // a unicast TTL: 1, the LAN; loopback stays on the host anyway).
+    let hops = opts.ttl.max(1);
+    if group.is_ipv4() {
+        socket
+            .set_ttl_v4(hops)
+            .map_err(required("IP_TTL", "use a TTL from 0 to 255"))?;
+    } else {
+        socket.set_unicast_hops_v6(hops).map_err(required(
+            "IPV6_UNICAST_HOPS",
+            "use a hop limit from 0 to 255",
+        ))?;
     }
     socket
         .bind(&SockAddr::from(bind_addr))
