@@ -161,7 +161,7 @@ pub struct NodeConfig {
     /// system's choosing on the interface's address) and sends its `Nak`s
     /// from it; a repair it alone asked for comes back to it alone, and
     /// goes to the group when several nodes asked (or it asked again
-    /// twice, or for much at once). Nodes that lost nothing then receive
+    /// twice, once with few `max_nak_tries`, or for much at once). Nodes that lost nothing then receive
     /// no repairs. As a sender, a node directs repairs only when this is
     /// on. Turn it off on every node where a host firewall lets only the
     /// group's port in: a node with it off asks from the group's port and
@@ -390,6 +390,13 @@ impl Node {
         }
 
         let (fixed, names) = check_peers(&config)?;
+        let opts = SocketOptions {
+            group: config.group,
+            interface: config.interface.clone(),
+            ttl: config.ttl,
+            loopback: config.loopback,
+            recv_buffer: config.recv_buffer,
+        };
         let sock = if config.transport == Transport::Unicast {
             let listen = config.listen.unwrap_or_else(|| match config.group {
                 SocketAddr::V4(g) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, g.port())),
@@ -397,13 +404,7 @@ impl Node {
             });
             socket::open_unicast(listen, config.recv_buffer)?
         } else {
-            socket::open(&SocketOptions {
-                group: config.group,
-                interface: config.interface.clone(),
-                ttl: config.ttl,
-                loopback: config.loopback,
-                recv_buffer: config.recv_buffer,
-            })?
+            socket::open(&opts)?
         };
         // This node's own datagrams, looped back, are dropped by the kernel
         // where it can (else the core ignores them after their header).
@@ -440,13 +441,6 @@ impl Node {
         // one node asked for can go to it alone (see `socket::open_direct`).
         // Without it (it could not be opened), repairs go to the group.
         let direct = if config.transport == Transport::Multicast && config.direct_repairs {
-            let opts = SocketOptions {
-                group: config.group,
-                interface: config.interface.clone(),
-                ttl: config.ttl,
-                loopback: config.loopback,
-                recv_buffer: config.recv_buffer,
-            };
             match socket::open_direct(&opts, &sock.interface).and_then(|d| {
                 tokio::net::UdpSocket::from_std(d.socket)
                     .and_then(crate::net::batch::BatchSocket::new)

@@ -52,7 +52,7 @@ pub struct CoreConfig {
     /// How long to wait for a repair before asking again; doubles with
     /// every try, up to 16 times this. With `learn_timing`, the most the
     /// first wait is: it follows the round trips of repairs seen (`srtt +
-    /// 4·rttvar`, at least twice `repair_linger`). Default 20 ms.
+    /// 4·rttvar`, at least twice `repair_linger` and 1 ms). Default 20 ms.
     pub nak_retry: Duration,
     /// `Nak`s sent per gap before giving up with a `Reset` (an overheard
     /// `Nak` postpones ours but does not count).

@@ -38,6 +38,25 @@ struct Shared {
     errors: Mutex<Vec<String>>,
 }
 
+impl Shared {
+    /// Nothing counted yet, for the run whose keys are tagged `run`.
+    fn new(run: String) -> Self {
+        Shared {
+            run,
+            go: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            recv: Mutex::new(Recv {
+                counts: Counters::default(),
+                gaps: Gaps::default(),
+                hist: histogram(),
+            }),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 struct Recv {
     counts: Counters,
     gaps: Gaps,
@@ -85,19 +104,7 @@ impl AgentPath {
     /// Opens B's event stream and A's connection; publishing starts at
     /// [`AgentPath::go`] and lasts `time` at `rate` per second.
     pub fn start(a: &Agent, b: &Agent, rate: f64, time: Duration) -> Result<AgentPath, String> {
-        let shared = Arc::new(Shared {
-            run: format!("{:08x}", rand::random::<u32>()),
-            go: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            recv: Mutex::new(Recv {
-                counts: Counters::default(),
-                gaps: Gaps::default(),
-                hist: histogram(),
-            }),
-            errors: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared::new(format!("{:08x}", rand::random::<u32>())));
         let sse = Sse::open(b.http, "/v1/events", POLL).map_err(|e| format!("B's SSE: {e}"))?;
         let conn =
             Conn::connect(a.http, Duration::from_secs(5)).map_err(|e| format!("A's HTTP: {e}"))?;
@@ -274,19 +281,7 @@ mod tests {
 
     #[test]
     fn only_this_runs_keys_are_read() {
-        let sh = Shared {
-            run: "0000beef".into(),
-            go: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            recv: Mutex::new(Recv {
-                counts: Counters::default(),
-                gaps: Gaps::default(),
-                hist: histogram(),
-            }),
-            errors: Mutex::new(Vec::new()),
-        };
+        let sh = Shared::new("0000beef".into());
         assert_eq!(
             sh.parse("cachecast-soak:0000beef:7:123456"),
             Some((7, 123456))

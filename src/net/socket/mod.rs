@@ -289,23 +289,8 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
     validate(opts)?;
     let interface = iface::resolve(group, &opts.interface)?;
 
-    let domain = if group.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| SocketError::Create { group, source })?;
-    let required = |option: &'static str, hint: &'static str| {
-        let interface = interface.clone();
-        move |source| SocketError::SetOption {
-            option,
-            group,
-            interface,
-            hint,
-            source,
-        }
-    };
+    let socket = udp_socket(group)?;
+    let required = |option, hint| set_option_error(group, &interface, option, hint);
     const SHARE: &str = "it lets several nodes on this host share the port";
 
     socket
@@ -386,6 +371,35 @@ pub fn open(opts: &SocketOptions) -> Result<MulticastSocket, SocketError> {
     })
 }
 
+/// The error of a required socket option that failed (`hint`: what to
+/// try).
+fn set_option_error(
+    group: SocketAddr,
+    interface: &ResolvedInterface,
+    option: &'static str,
+    hint: &'static str,
+) -> impl FnOnce(io::Error) -> SocketError {
+    let interface = interface.clone();
+    move |source| SocketError::SetOption {
+        option,
+        group,
+        interface,
+        hint,
+        source,
+    }
+}
+
+/// A UDP socket of the group's family.
+fn udp_socket(group: SocketAddr) -> Result<Socket, SocketError> {
+    let domain = if group.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| SocketError::Create { group, source })
+}
+
 /// How a socket sends to the group (both of a node's sockets send there):
 /// the outgoing interface (by address for IPv4, by index for IPv6), the
 /// TTL or hop limit, and whether this host's sockets hear it.
@@ -396,16 +410,7 @@ fn set_sending(
 ) -> Result<(), SocketError> {
     const MCAST: &str = "check that the interface is up and supports multicast (`ip link`)";
     let group = opts.group;
-    let required = |option: &'static str, hint: &'static str| {
-        let interface = interface.clone();
-        move |source| SocketError::SetOption {
-            option,
-            group,
-            interface,
-            hint,
-            source,
-        }
-    };
+    let required = |option, hint| set_option_error(group, interface, option, hint);
     if group.is_ipv4() {
         if let Some(IpAddr::V4(a)) = interface.addr {
             socket
@@ -448,23 +453,8 @@ pub fn open_direct(
     interface: &ResolvedInterface,
 ) -> Result<MulticastSocket, SocketError> {
     let group = opts.group;
-    let domain = if group.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| SocketError::Create { group, source })?;
-    let required = |option: &'static str, hint: &'static str| {
-        let interface = interface.clone();
-        move |source| SocketError::SetOption {
-            option,
-            group,
-            interface,
-            hint,
-            source,
-        }
-    };
+    let socket = udp_socket(group)?;
+    let required = |option, hint| set_option_error(group, interface, option, hint);
     let bind_addr = match (group, interface.addr) {
         (SocketAddr::V4(_), Some(IpAddr::V4(a))) => SocketAddr::from((a, 0)),
         (SocketAddr::V4(_), _) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
