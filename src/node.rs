@@ -551,7 +551,8 @@ impl Node {
     /// Publishes an event to every node of the cluster (this one's own
     /// subscribers too, with [`NodeConfig::deliver_own`]). It is checked
     /// here (limits, size against `max_datagram`) and sent at once, batched
-    /// with whatever else is being published.
+    /// with whatever else is being published (at high rates, within
+    /// [`CoreConfig::coalesce`](crate::CoreConfig::coalesce): 50 µs).
     pub async fn publish(&self, event: Event) -> Result<Receipt, PublishError> {
         wire::check_event(&event, self.shared.max_datagram)?;
         self.send_publish(1, || Command::Publish(event)).await

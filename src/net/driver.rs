@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batch::{BatchSocket, RecvBuffers, SendBatch};
+use super::fine_timer::{FineTimer, FINE};
 use super::hub::Hub;
 use tokio::time::Instant;
 
@@ -129,7 +130,11 @@ impl Driver {
         let mut handles_alive = true;
         let mut paused_at: Option<Instant> = None;
         let mut gave_up = false;
-        let (mut wake, mut linger, mut pause_timer) = (Alarm::new(), Alarm::new(), Alarm::new());
+        let (mut wake, mut linger, mut pause_timer) = (Alarm::fine(), Alarm::new(), Alarm::new());
+        if wake.fine.is_none() {
+            // Holding a datagram 50 µs would take a millisecond or two.
+            self.core.set_coalesce(Duration::ZERO);
+        }
         loop {
             // Timers first, whatever else is busy: a flood of datagrams or
             // of publishes must not hold back heartbeats, Naks or Resets.
@@ -391,7 +396,8 @@ impl Driver {
     /// Sends everything the core wants sent and hands deliveries out.
     /// Datagrams of one size go out together (GSO), however many the core
     /// produced since the last turn: opportunistic batching all the way to
-    /// the kernel, with no timer holding anything back.
+    /// the kernel. (Only the core holds data back, and only briefly: pacing
+    /// after a `Nak`, and coalescing at high rates, `CoreConfig::coalesce`.)
     async fn drain(&mut self, tx_buf: &mut Vec<u8>, tx: &mut SendBatch, stats: &mut DriverStats) {
         let now = Self::now();
         self.update_peers(now);
@@ -525,9 +531,14 @@ impl Drop for Driver {
 /// has, or to a later one, touches no timer wheel (tokio only moves an
 /// entry when it fires or comes earlier). A fresh `sleep_until` each turn
 /// registered and removed a wheel entry for every datagram.
+///
+/// With a [`FineTimer`] (the driver's wake-up alarm), a deadline less than
+/// [`FINE`] away is also given to it: tokio's wheel would fire up to a
+/// millisecond late.
 struct Alarm {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     at: Option<Instant>,
+    fine: Option<FineTimer>,
 }
 
 impl Alarm {
@@ -535,6 +546,21 @@ impl Alarm {
         Alarm {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             at: None,
+            fine: None,
+        }
+    }
+
+    /// An alarm that fires on time for deadlines under [`FINE`] away too
+    /// (if this system lends it a timerfd; else as [`Alarm::new`]).
+    fn fine() -> Self {
+        let fine = FineTimer::new()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "no timerfd: timers round up to a millisecond, no coalescing")
+            })
+            .ok();
+        Alarm {
+            fine,
+            ..Alarm::new()
         }
     }
 
@@ -544,18 +570,31 @@ impl Alarm {
             if self.at != Some(t) {
                 self.sleep.as_mut().reset(t);
             }
+            if let Some(fine) = self.fine.as_mut() {
+                // (tokio's clock, which the deadline is on.)
+                let now = Instant::now();
+                if t < now + FINE {
+                    fine.arm(t, t.saturating_duration_since(now));
+                }
+            }
         }
         self.at = at;
     }
 
     /// Ready once the armed deadline has passed; never while disarmed.
     async fn fired(&mut self) {
-        match self.at {
-            Some(_) => {
-                self.sleep.as_mut().await;
-                self.at = None;
-            }
-            None => std::future::pending().await,
+        if self.at.is_none() {
+            return std::future::pending().await;
         }
+        match self.fine.as_mut() {
+            // (A fine timer left armed for an earlier deadline costs one
+            // loop turn with nothing due.)
+            Some(fine) => tokio::select! {
+                _ = self.sleep.as_mut() => {}
+                _ = fine.fired() => {}
+            },
+            None => self.sleep.as_mut().await,
+        }
+        self.at = None;
     }
 }

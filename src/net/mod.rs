@@ -1,6 +1,7 @@
 //! Networking: socket setup ([`socket`]), batched datagram I/O (`batch`:
-//! GSO, `recvmmsg`, GRO), the tokio driver (`driver`) and the fan-out of
-//! deliveries to subscriptions (`hub`).
+//! GSO, `recvmmsg`, GRO), the tokio driver (`driver`), its sub-millisecond
+//! timer (`fine_timer`) and the fan-out of deliveries to subscriptions
+//! (`hub`).
 //!
 //! Nothing here takes a protocol decision; that is `proto`'s job.
 //!
@@ -14,6 +15,7 @@ pub(crate) mod batch;
 #[doc(hidden)]
 pub use batch::RecvBuffers;
 pub(crate) mod driver;
+pub(crate) mod fine_timer;
 pub(crate) mod hub;
 pub mod peers;
 pub mod socket;

@@ -90,6 +90,18 @@ pub struct CoreConfig {
     /// did not stop arrive within a one-way delay of each other). Default
     /// 1 ms.
     pub repair_linger: Duration,
+    /// Coalescing at high rates: while this node's `Data` datagrams go out
+    /// less than this apart, a datagram that is not full waits until this
+    /// long after the previous one, so that the events published meanwhile
+    /// share it (a full datagram goes at once; a publisher slower than one
+    /// datagram per `coalesce` is never held). Receivers then wake once
+    /// per datagram of many events instead of once per event: at 100,000
+    /// events/s it cuts the datagrams, and every member's CPU, several
+    /// times, for at most this much latency. A confirmed publish is never
+    /// held. 0 turns it off; at most 500 µs. Default 50 µs. (A driver
+    /// without a timerfd, whose timers count whole milliseconds, turns it
+    /// off.)
+    pub coalesce: Duration,
     /// Repair bandwidth, bytes per second (a token bucket with one
     /// second's worth of burst at most 1 MiB). Repairs over it wait.
     /// Default 32 MiB/s.
@@ -176,6 +188,7 @@ impl Default for CoreConfig {
             retransmit_bytes: 32 << 20,
             retransmit_age: Duration::from_secs(30),
             repair_linger: Duration::from_millis(1),
+            coalesce: Duration::from_micros(50),
             repair_rate: 32 << 20,
             pace_min_rate: 4 << 20,
             stream_timeout: Duration::from_secs(10),
@@ -294,6 +307,14 @@ impl CoreConfig {
             return Err(ConfigError::new(
                 "contradiction_window",
                 "must be above zero (reordered claims are not contradictions)",
+            ));
+        }
+        // (The driver's fine timer takes deadlines under 500 µs away; a
+        // longer wait would round up to tokio's next millisecond.)
+        if self.coalesce > Duration::from_micros(500) {
+            return Err(ConfigError::new(
+                "coalesce",
+                "must be at most 500 µs (it delays events by up to this much)",
             ));
         }
         if self.nak_retry.is_zero() {

@@ -278,7 +278,8 @@ impl NodeCore {
     }
 
     /// True when everything published, and anything else queued to send
-    /// (`Goodbye` after `close`), has been sent: pacing holds nothing back.
+    /// (`Goodbye` after `close`), has been sent: neither pacing nor
+    /// coalescing holds anything back.
     /// After `close`, only once the `Goodbye` went out again a reorder
     /// window after the first (the heartbeat schedule repeats it at 1, 2, 4
     /// … ms), so that a receiver that lost the first still hears one (one
@@ -289,13 +290,15 @@ impl NodeCore {
             && (!self.sender.is_closed() || self.sender.goodbye_repeated())
     }
 
-    /// True while datagrams or deliveries wait to be polled.
+    /// True while datagrams or deliveries wait to be polled, or published
+    /// events wait to be sent (which pacing or coalescing may hold until
+    /// [`NodeCore::poll_timeout`]: `poll_transmit` can return false then).
     pub fn has_pending_output(&self) -> bool {
         !self.out.is_empty() || !self.deliveries.is_empty() || self.sender.has_batch()
     }
 
     /// Events published and not yet sent: pacing holds them while
-    /// receivers are losing data.
+    /// receivers are losing data (and coalescing, briefly, at high rates).
     pub fn unsent_events(&self) -> usize {
         (self
             .stats
@@ -323,7 +326,8 @@ impl NodeCore {
 
     /// Publishes an event on this node's stream and returns its seq. It is
     /// sent on the next [`NodeCore::poll_transmit`], batched with whatever
-    /// else was published before then.
+    /// else was published before then (or, at high rates, on the first
+    /// after [`CoreConfig::coalesce`] has passed: see `poll_transmit`).
     pub fn publish(&mut self, now: Instant, event: Event) -> Result<u64, PublishError> {
         if self.cfg.receive_only {
             return Err(PublishError::ReceiveOnly);
@@ -874,8 +878,10 @@ impl NodeCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
         self.membership_timeout(now);
-        // A held (paced) datagram may go on the next poll_transmit.
+        // A held (paced, or coalescing) datagram may go on the next
+        // poll_transmit.
         self.timers.take_due(Timer::Pace, now);
+        self.timers.take_due(Timer::Coalesce, now);
         if self.timers.take_due(Timer::Hello, now) && self.hellos_left > 0 {
             self.out.push_back(Body::Hello {
                 node: self.cfg.node_name.clone(),
@@ -1459,6 +1465,13 @@ impl NodeCore {
         }
     }
 
+    /// Turns coalescing off (`Duration::ZERO`) or sets its wait (see
+    /// [`CoreConfig::coalesce`]): a driver whose timers cannot wait that
+    /// finely turns it off.
+    pub fn set_coalesce(&mut self, coalesce: Duration) {
+        self.sender.set_coalesce(coalesce);
+    }
+
     /// The earliest time [`NodeCore::handle_timeout`] has work, if any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -1472,10 +1485,20 @@ impl NodeCore {
     /// Writes the next datagram to send into `buf` (replacing its contents)
     /// and returns true; false when there is nothing to send. Call after
     /// every input until it returns false. Events published since the last
-    /// call are batched into as few datagrams as fit.
+    /// call are batched into as few datagrams as fit. While `Data` goes out
+    /// less than [`CoreConfig::coalesce`] apart, a datagram that is not full
+    /// is held (false is returned with events unsent) until the instant
+    /// [`NodeCore::poll_timeout`] then gives: call
+    /// [`NodeCore::handle_timeout`] then, and this again.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         if self.out.is_empty() && self.sender.has_batch() {
+            // At a high rate, a datagram that is not full waits a little
+            // for more events (full ones were sealed as they filled).
+            if let Some(until) = self.sender.hold_until(now) {
+                self.timers.set(Timer::Coalesce, until);
+                return false;
+            }
             self.sender.flush(now, &mut self.out, &mut self.timers);
             self.deliver_own(0);
         }
@@ -1504,6 +1527,7 @@ impl NodeCore {
             }
             self.timers.stop(Timer::Pace);
             self.sender.pace.on_sent(now, buf.len());
+            self.sender.data_sent(now);
             self.stats.data_sent += 1;
             self.stats.events_sent += events as u64;
         }

@@ -92,6 +92,12 @@ pub struct Sender {
     scratch: BytesMut,
     /// Data pacing, driven by `Nak`s.
     pub pace: Pace,
+    /// See [`CoreConfig::coalesce`].
+    coalesce: Duration,
+    /// When the last `Data` datagram went out, and the one before at an
+    /// earlier instant (datagrams of one burst go out at one instant).
+    last_data: Option<Instant>,
+    data_before: Option<Instant>,
     /// Whether a repair may go to the one node that asked for it (a
     /// unicast transport, or a group with direct sockets): then who asked
     /// is kept.
@@ -162,6 +168,9 @@ impl Sender {
             tokens_at: now,
             scratch: BytesMut::new(),
             pace: Pace::new(cfg.pace_min_rate, now),
+            coalesce: cfg.coalesce,
+            last_data: None,
+            data_before: None,
             directed: false,
             asked: Vec::new(),
             repair_to: VecDeque::new(),
@@ -337,6 +346,38 @@ impl Sender {
         !self.batch.is_empty()
     }
 
+    /// Coalescing (see [`CoreConfig::coalesce`]): until when the open
+    /// batch, not full, waits for more events, if it does. It waits while
+    /// the previous `Data` datagram went out less than `coalesce` ago: only
+    /// a sender already sending datagrams that often is held, never the
+    /// first datagram after a quiet spell.
+    pub fn hold_until(&self, now: Instant) -> Option<Instant> {
+        if self.coalesce.is_zero() || self.closed {
+            return None;
+        }
+        // The datagrams of this very instant are this burst's own: the
+        // tail of a burst after a quiet spell goes with them.
+        let previous = match self.last_data {
+            Some(t) if t < now => t,
+            _ => self.data_before?,
+        };
+        let until = previous + self.coalesce;
+        (now < until).then_some(until)
+    }
+
+    /// Sets [`CoreConfig::coalesce`] (0: off).
+    pub fn set_coalesce(&mut self, coalesce: Duration) {
+        self.coalesce = coalesce;
+    }
+
+    /// A `Data` datagram went out at `now`.
+    pub fn data_sent(&mut self, now: Instant) {
+        if self.last_data != Some(now) {
+            self.data_before = self.last_data;
+            self.last_data = Some(now);
+        }
+    }
+
     /// A `Goodbye` went out at `now`.
     pub fn goodbye_sent(&mut self, now: Instant) {
         let window = self.reorder_window;
@@ -372,6 +413,7 @@ impl Sender {
             return;
         }
         self.seal(out);
+        timers.stop(Timer::Coalesce);
         self.heartbeat_interval = self.heartbeat_min;
         timers.set(Timer::Heartbeat, now + self.heartbeat_min);
     }
@@ -636,6 +678,7 @@ impl Sender {
         });
         self.closed = true;
         timers.stop(Timer::HelloAnswer);
+        timers.stop(Timer::Coalesce);
         self.heartbeat_interval = self.heartbeat_min;
         timers.set(Timer::Heartbeat, now + self.heartbeat_min);
     }

@@ -29,10 +29,12 @@ pub(crate) enum Timer {
     Confirm,
     /// The next look at members' leases.
     Members,
+    /// A `Data` datagram held for coalescing goes (`CoreConfig::coalesce`).
+    Coalesce,
 }
 
 impl Timer {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 }
 
 /// When each [`Timer`] fires, if set.

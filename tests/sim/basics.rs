@@ -592,6 +592,92 @@ fn batched_publishes_share_datagrams() {
     assert_eq!(sim.delivered_events(1).len(), 100);
 }
 
+/// Coalescing (`CoreConfig::coalesce`): the first event after a quiet
+/// spell goes at once; events published 10 µs apart (100,000/s) share
+/// datagrams, none held longer than `coalesce`; with `coalesce` 0, one
+/// datagram each. A burst after a quiet spell, and a confirmed publish,
+/// are never held.
+#[test]
+fn events_published_close_together_share_datagrams_held_at_most_coalesce() {
+    let us = Duration::from_micros;
+    for coalesce in [CoreConfig::default().coalesce, Duration::ZERO] {
+        let mut sim = Sim::new(40);
+        let cfg = CoreConfig {
+            coalesce,
+            ..CoreConfig::default()
+        };
+        let (tx, rx) = (sim.add_node("tx", cfg.clone()), sim.add_node("rx", cfg));
+        sim.run_for(ms(200));
+        let sent = |sim: &Sim| sim.core(tx).unwrap().stats().data_sent;
+        let before = sent(&sim);
+        sim.publish(tx, key(0));
+        assert_eq!(
+            sent(&sim) - before,
+            1,
+            "the first event after a quiet spell waited"
+        );
+        // (Off the 50 µs grid of the releases: a publish at the very
+        // instant of one would count as part of it, which a real clock's
+        // nanoseconds never see.)
+        sim.run_for(us(3));
+        for i in 1..100 {
+            sim.run_for(us(10));
+            sim.publish(tx, key(i));
+        }
+        sim.run_for(ms(5));
+        let datagrams = sent(&sim) - before;
+        let unsent = |sim: &Sim| sim.core(tx).unwrap().unsent_events();
+        // A burst after a quiet spell goes at once, its last datagram not
+        // full too (the datagrams of one instant are the burst's own).
+        sim.publish_batch(tx, (0..300).map(key).collect());
+        assert_eq!(unsent(&sim), 0, "a burst after a quiet spell waited");
+        // A confirmed publish 10 µs after a datagram is not held.
+        sim.run_for(us(10));
+        let seq = sim.publish(tx, key(0));
+        if !coalesce.is_zero() {
+            assert_eq!(unsent(&sim), 1, "10 µs after a datagram, held");
+        }
+        sim.confirm(tx, seq..seq + 1, ms(100));
+        assert_eq!(unsent(&sim), 0, "a confirmed publish waited");
+        sim.run_for(ms(5));
+        let stream = stream_of(&sim, tx);
+        let published: std::collections::HashMap<u64, std::time::Instant> = sim
+            .published()
+            .iter()
+            .filter(|p| p.stream == stream)
+            .map(|p| (p.seq, p.at))
+            .collect();
+        let mut delivered = 0;
+        let mut longest = Duration::ZERO;
+        for (at, d) in &sim.life(rx).deliveries {
+            if let Delivery::Event { stream: s, seq, .. } = d {
+                if *s == stream {
+                    delivered += 1;
+                    longest = longest.max(at.saturating_duration_since(published[seq]));
+                }
+            }
+        }
+        assert_eq!(delivered, 100 + 300 + 1, "coalesce {coalesce:?}");
+        // (The simulator's links take 100 µs.)
+        let held = longest.saturating_sub(us(100));
+        assert!(
+            held <= coalesce,
+            "an event waited {held:?} (coalesce {coalesce:?})"
+        );
+        if coalesce.is_zero() {
+            assert_eq!(datagrams, 100, "without coalescing, one datagram per event");
+        } else {
+            // One per `coalesce` at most over the millisecond (and the
+            // first), and more than one: nothing waits for the batch to fill.
+            let most = 2 + (us(1000).as_nanos() / coalesce.as_nanos()) as u64;
+            assert!(
+                (5..=most).contains(&datagrams),
+                "{datagrams} datagrams for 100 events 10 µs apart (at most {most})"
+            );
+        }
+    }
+}
+
 #[test]
 fn heartbeats_back_off_from_one_millisecond_to_the_idle_interval() {
     let mut sim = cluster(17, 2);
