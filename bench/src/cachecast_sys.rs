@@ -35,6 +35,9 @@ pub struct Unicast {
 /// it with TTL 1 instead of on 127.0.0.1 with TTL 0.
 pub static LAN_HOST: std::sync::OnceLock<std::net::Ipv4Addr> = std::sync::OnceLock::new();
 
+/// `--coalesce-us`: the nodes' `CoreConfig::coalesce`, if given.
+pub static COALESCE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 pub(crate) fn config(
     group: SocketAddr,
     name: &str,
@@ -56,6 +59,9 @@ pub(crate) fn config(
         encrypt: keys.is_some_and(|k| k.encrypt),
         ..NodeConfig::default()
     };
+    if let Some(c) = COALESCE.get() {
+        cfg.protocol.coalesce = *c;
+    }
     if let Some(u) = unicast {
         cfg.transport = cachecast::Transport::Unicast;
         cfg.listen = Some(u.listen);

@@ -180,6 +180,12 @@ pub struct BenchArgs {
     /// joined by a bridge; TTL 1. cachecast systems only.
     #[arg(long, value_name = "PREFIX")]
     pub lan: Option<String>,
+    /// The cachecast publishers' coalescing (`CoreConfig::coalesce`), in
+    /// microseconds: how long a datagram that is not full may wait for more
+    /// events while datagrams go out more often than that. Default: the
+    /// library's (50). 0 turns it off: before and after in one build.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub coalesce_us: Option<u64>,
     /// The key file of the keyed runs (default: a fresh one in a private
     /// temporary directory, removed after).
     #[arg(long, env = "CACHECAST_KEY_FILE", value_name = "PATH")]
@@ -459,6 +465,12 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !args.group.is_multicast() {
         return Err(format!("--group {} is not a multicast address", args.group).into());
+    }
+    if let Some(us) = args.coalesce_us {
+        if us > 500 {
+            return Err("--coalesce-us: at most 500".into());
+        }
+        let _ = cachecast_sys::COALESCE.set(std::time::Duration::from_micros(us));
     }
     if args.lan.is_some() {
         if args.systems.iter().any(|s| !s.is_cachecast())
