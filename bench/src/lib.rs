@@ -180,7 +180,8 @@ pub struct BenchArgs {
     /// joined by a bridge; TTL 1. cachecast systems only.
     #[arg(long, value_name = "PREFIX")]
     pub lan: Option<String>,
-    /// The cachecast publishers' coalescing (`CoreConfig::coalesce`), in
+    /// The cachecast nodes' coalescing (`CoreConfig::coalesce`; only a
+    /// publisher's datagrams are held), in
     /// microseconds: how long a datagram that is not full may wait for more
     /// events while datagrams go out more often than that. Default: the
     /// library's (50). 0 turns it off: before and after in one build.
@@ -468,7 +469,7 @@ fn run_blocking(mut args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(us) = args.coalesce_us {
         if us > 500 {
-            return Err("--coalesce-us: at most 500".into());
+            return Err("--coalesce-us: at most 500 (CoreConfig::coalesce's limit)".into());
         }
         let _ = cachecast_sys::COALESCE.set(std::time::Duration::from_micros(us));
     }

@@ -97,11 +97,12 @@ impl FineTimer {
                     expirations.len(),
                 )
             };
+            // (Fired or not, nothing more to read until armed again.)
+            guard.clear_ready();
             if n == 8 {
                 self.armed = None;
                 return;
             }
-            guard.clear_ready();
         }
     }
 }
@@ -120,7 +121,7 @@ mod tests {
         let idle = tokio::time::timeout(Duration::from_millis(5), t.fired()).await;
         assert!(idle.is_err(), "a disarmed timer fired");
         let mut early = 0;
-        for _ in 0..20 {
+        for _ in 0..50 {
             let now = Instant::now();
             let wait = Duration::from_micros(200);
             t.arm(now + wait, wait);
@@ -131,10 +132,11 @@ mod tests {
             assert!(took >= Duration::from_micros(200), "fired early: {took:?}");
             if took < Duration::from_micros(900) {
                 early += 1;
+                break;
             }
         }
         // tokio's wheel never fires under a millisecond; a shared machine
         // may stall any one wake-up, not all of them.
-        assert!(early >= 1, "none of 20 fired within 900 µs");
+        assert!(early >= 1, "none of 50 fired within 900 µs");
     }
 }

@@ -1466,8 +1466,8 @@ impl NodeCore {
     }
 
     /// Turns coalescing off (`Duration::ZERO`) or sets its wait (see
-    /// [`CoreConfig::coalesce`]): a driver whose timers cannot wait that
-    /// finely turns it off.
+    /// [`CoreConfig::coalesce`]; at most 500 µs): a driver whose timers
+    /// cannot wait that finely turns it off.
     pub fn set_coalesce(&mut self, coalesce: Duration) {
         self.sender.set_coalesce(coalesce);
     }

@@ -355,19 +355,30 @@ impl Sender {
         if self.coalesce.is_zero() || self.closed {
             return None;
         }
+        // As good as full (the batch's average event would not fit): no
+        // use waiting.
+        let (bytes, len) = (self.batch.as_bytes().len(), self.batch.len());
+        let room = self
+            .max_datagram
+            .saturating_sub(wire::DATA_OVERHEAD + bytes);
+        if len >= wire::MAX_EVENTS || room < bytes / len.max(1) {
+            return None;
+        }
         // The datagrams of this very instant are this burst's own: the
         // tail of a burst after a quiet spell goes with them.
-        let previous = match self.last_data {
-            Some(t) if t < now => t,
-            _ => self.data_before?,
-        };
-        let until = previous + self.coalesce;
-        (now < until).then_some(until)
+        let last = self.last_data?;
+        let previous = if last < now { last } else { self.data_before? };
+        if now >= previous + self.coalesce {
+            return None;
+        }
+        // Until a `coalesce` after the last datagram (not the one before:
+        // waking then would only hold it again).
+        Some(last + self.coalesce)
     }
 
-    /// Sets [`CoreConfig::coalesce`] (0: off).
+    /// Sets [`CoreConfig::coalesce`] (0: off; at most 500 µs).
     pub fn set_coalesce(&mut self, coalesce: Duration) {
-        self.coalesce = coalesce;
+        self.coalesce = coalesce.min(Duration::from_micros(500));
     }
 
     /// A `Data` datagram went out at `now`.
@@ -705,6 +716,43 @@ mod tests {
         }
         out.clear();
         (s, out, Stats::default(), timers)
+    }
+
+    /// Coalescing holds a batch that is not full until a `coalesce` after
+    /// the last datagram, and never one as good as full.
+    #[test]
+    fn coalescing_holds_what_is_not_full_until_a_coalesce_after_the_last_datagram() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        let cfg = CoreConfig::default();
+        let mut s = Sender::new(&cfg, t0);
+        let (mut out, mut timers) = (VecDeque::new(), TimerTable::default());
+        let event = |i: usize| Event::Invalidate {
+            keys: vec![format!("key-{i:04}")],
+        };
+        s.publish(t0, &event(0), &mut out).unwrap();
+        assert_eq!(s.hold_until(t0), None, "the first datagram waited");
+        s.flush(t0, &mut out, &mut timers);
+        s.data_sent(t0);
+        out.clear();
+        s.publish(t0 + us(10), &event(1), &mut out).unwrap();
+        assert_eq!(s.hold_until(t0 + us(10)), Some(t0 + cfg.coalesce));
+        assert_eq!(s.hold_until(t0 + cfg.coalesce), None, "held past coalesce");
+        // Filled to within an event of max_datagram: not held.
+        let mut i = 2;
+        while out.is_empty() {
+            s.publish(t0 + us(20), &event(i), &mut out).unwrap();
+            i += 1;
+            if s.hold_until(t0 + us(20)).is_none() {
+                break;
+            }
+        }
+        assert!(out.is_empty(), "sealed before it was seen as full");
+        assert_eq!(
+            s.hold_until(t0 + us(20)),
+            None,
+            "an all but full batch waited"
+        );
     }
 
     fn addr(port: u16) -> SocketAddr {
