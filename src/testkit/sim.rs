@@ -580,11 +580,16 @@ impl Sim {
                 break;
             }
             let only = if self.unicast || (self.directed && !core.transmit_is_nak()) {
-                core.transmit_to().and_then(|a| self.node_at(a))
+                core.transmit_to().map(|a| self.node_at(a))
             } else {
                 None
             };
-            self.transmit(id, &buf, only);
+            match only {
+                // Sent to an address no node has: lost, as on a network.
+                Some(None) => self.nodes[id].traffic.misdirected += 1,
+                Some(Some(to)) => self.transmit(id, &buf, Some(to)),
+                None => self.transmit(id, &buf, None),
+            }
         }
         let node = &mut self.nodes[id];
         if let Some(core) = node.core.as_mut() {

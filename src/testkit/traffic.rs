@@ -29,6 +29,8 @@ impl Count {
 pub struct Traffic {
     pub(crate) sent: Vec<Count>,
     pub(crate) received: Vec<Count>,
+    /// Datagrams sent to an address no node has (lost on the way).
+    pub(crate) misdirected: u64,
 }
 
 impl Default for Traffic {
@@ -36,11 +38,19 @@ impl Default for Traffic {
         Traffic {
             sent: vec![Count::default(); BodyTag::ALL.len()],
             received: vec![Count::default(); BodyTag::ALL.len()],
+            misdirected: 0,
         }
     }
 }
 
 impl Traffic {
+    /// Datagrams sent to one address that no node has: the simulator's
+    /// network loses them (a repair directed to a wrong address must not
+    /// reach the node that asked).
+    pub fn misdirected(&self) -> u64 {
+        self.misdirected
+    }
+
     /// Datagrams of kind `tag` sent.
     pub fn sent(&self, tag: BodyTag) -> Count {
         self.sent[tag as usize]
@@ -76,6 +86,7 @@ impl Traffic {
         Traffic {
             sent: diff(&self.sent, &earlier.sent),
             received: diff(&self.received, &earlier.received),
+            misdirected: self.misdirected - earlier.misdirected,
         }
     }
 }

@@ -370,4 +370,7 @@ fn directed_repairs_under_shared_loss_deliver_everything() {
     let s = sim.core(0).unwrap().stats();
     assert!(s.repairs_directed > 0, "{s:?}");
     assert!(s.repairs_sent > s.repairs_directed, "{s:?}");
+    // Every directed repair went to a node's address (the simulator loses
+    // one sent anywhere else).
+    assert_eq!(sim.traffic(0).misdirected(), 0);
 }
