@@ -346,7 +346,7 @@ const LIST_FIELDS: &[&str] = &["peers"];
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" | "" => Some(false),
+        "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
 }
@@ -375,6 +375,11 @@ impl Config {
             let Some((_, section, field)) = ENV.iter().find(|(n, _, _)| *n == name) else {
                 continue;
             };
+            // An empty boolean is unset, as the command line reads its
+            // variables (`CACHECAST_DIRECT_REPAIRS=` keeps the default).
+            if BOOL_FIELDS.contains(field) && value.trim().is_empty() {
+                continue;
+            }
             let sect = table
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(Default::default()));
@@ -904,6 +909,11 @@ direct_repairs = false
         assert!(!off.node_config().direct_repairs);
         let off = load("", &[("CACHECAST_DIRECT_REPAIRS", "false")]).unwrap();
         assert!(!off.node_config().direct_repairs);
+        // Empty: unset (the default stays), as on the command line.
+        let empty = load("", &[("CACHECAST_DIRECT_REPAIRS", "")]).unwrap();
+        assert!(empty.node_config().direct_repairs);
+        let err = load("", &[("CACHECAST_DIRECT_REPAIRS", "maybe")]).unwrap_err();
+        assert!(err.contains("CACHECAST_DIRECT_REPAIRS"), "{err}");
         for (text, field) in [
             ("[node]\ntransport = \"udp\"\n", "node.transport"),
             ("[node]\ntransport = \"unicast\"\n", "node.peers"),
