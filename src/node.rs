@@ -161,8 +161,8 @@ pub struct NodeConfig {
     /// system's choosing on the interface's address) and sends its `Nak`s
     /// from it; a repair it alone asked for comes back to it alone, and
     /// goes to the group when several nodes asked (or it asked again
-    /// twice, once with few `max_nak_tries`, or for much at once). Nodes that lost nothing then receive
-    /// no repairs. As a sender, a node directs repairs only when this is
+    /// twice, once with few `max_nak_tries`, or for much at once). Nodes
+    /// that lost nothing then receive no repairs. As a sender, a node directs repairs only when this is
     /// on. Turn it off on every node where a host firewall lets only the
     /// group's port in: a node with it off asks from the group's port and
     /// is always repaired through the group. Default true.
@@ -205,6 +205,18 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The multicast socket options this configuration asks for (the
+    /// group's socket, the direct socket, and `cachecast doctor`'s probes).
+    pub fn socket_options(&self) -> SocketOptions {
+        SocketOptions {
+            group: self.group,
+            interface: self.interface.clone(),
+            ttl: self.ttl,
+            loopback: self.loopback,
+            recv_buffer: self.recv_buffer,
+        }
+    }
+
     /// A configuration for cluster `cluster` that keeps everything on this
     /// host: interface 127.0.0.1 and multicast TTL 0 (nothing it sends
     /// leaves the host), on the default group. Other fields as
@@ -390,13 +402,7 @@ impl Node {
         }
 
         let (fixed, names) = check_peers(&config)?;
-        let opts = SocketOptions {
-            group: config.group,
-            interface: config.interface.clone(),
-            ttl: config.ttl,
-            loopback: config.loopback,
-            recv_buffer: config.recv_buffer,
-        };
+        let opts = config.socket_options();
         let sock = if config.transport == Transport::Unicast {
             let listen = config.listen.unwrap_or_else(|| match config.group {
                 SocketAddr::V4(g) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, g.port())),

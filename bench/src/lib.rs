@@ -181,10 +181,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PREFIX")]
     pub lan: Option<String>,
     /// The cachecast nodes' coalescing (`CoreConfig::coalesce`; only a
-    /// publisher's datagrams are held), in
-    /// microseconds: how long a datagram that is not full may wait for more
-    /// events while datagrams go out more often than that. Default: the
-    /// library's (50). 0 turns it off: before and after in one build.
+    /// publisher's datagrams are held), in microseconds: how long a
+    /// datagram that is not full may wait for more events while datagrams
+    /// go out more often than that. Default: the library's (50); at most
+    /// 500. 0 turns it off: before and after in one build.
     #[arg(long, value_name = "MICROSECONDS")]
     pub coalesce_us: Option<u64>,
     /// The key file of the keyed runs (default: a fresh one in a private

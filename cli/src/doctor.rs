@@ -37,7 +37,7 @@ use serde::Serialize;
 use crate::args::{key_file_problem, NetArgs};
 use crate::failure::Failure;
 use cachecast::keys::KeyFile;
-use cachecast::net::socket::{self, InterfaceInfo, SocketOptions};
+use cachecast::net::socket::{self, InterfaceInfo};
 use cachecast::{wire, AuthMode, NodeConfig};
 
 use checks::{
@@ -304,13 +304,7 @@ fn probe_keys(config: &NodeConfig) -> Result<Option<ProbeKeys>, Failure> {
 }
 
 async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKeys>) -> Report {
-    let opts = SocketOptions {
-        group: config.group,
-        interface: config.interface.clone(),
-        ttl: config.ttl,
-        loopback: config.loopback,
-        recv_buffer: config.recv_buffer,
-    };
+    let opts = config.socket_options();
     let group = opts.group;
     let interfaces = socket::list_interfaces();
     let mut r = Report {

@@ -98,9 +98,9 @@ pub struct CoreConfig {
     /// per datagram of many events instead of once per event or two: at
     /// 100,000 events/s it cuts the datagrams about three times and a
     /// receiver's CPU by about 40 %, for at most this much latency. A
-    /// confirmed publish is never held. 0 turns it off; at most 500 µs. Default 50 µs. (A driver
-    /// without a timerfd, whose timers count whole milliseconds, turns it
-    /// off.)
+    /// confirmed publish is never held. 0 turns it off; at most 500 µs.
+    /// Default 50 µs. (A driver without a timerfd, whose timers count
+    /// whole milliseconds, turns it off.)
     pub coalesce: Duration,
     /// Repair bandwidth, bytes per second (a token bucket with one
     /// second's worth of burst at most 1 MiB). Repairs over it wait.

@@ -10,8 +10,7 @@
 //! `Nak` or a `Repair` overheard for it postpones ours: suppression; if
 //! that repair went to the other receiver alone, ours follows a retry
 //! interval later, and the sender then repairs to everyone) → filled by a
-//! `Repair`, or, when repair
-//! is impossible — `Unavailable`, the sender's heartbeat says it is older
+//! `Repair`, or, when repair is impossible — `Unavailable`, the sender's heartbeat says it is older
 //! than what it holds, retries exhausted, too old — one `Reset` naming it.
 //!
 //! # Claims and evidence

@@ -224,12 +224,17 @@ impl Sender {
                 mine.push((s.max(start), e.min(end)));
             }
         }
-        let again = mine
-            .iter()
-            .map(|&(p, _)| mine.iter().filter(|&&(s, e)| s <= p && p < e).count())
-            .max()
-            .unwrap_or(0);
-        if again >= self.asks_before_group {
+        // The most of them covering one seq: a sweep over their ends (an
+        // end sorts before a start at the same seq: the ranges are
+        // half-open). O(n log n) in the 1,024 kept at most.
+        let mut ends: Vec<(u64, i32)> = mine.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+        ends.sort_unstable();
+        let (mut open, mut again) = (0i32, 0i32);
+        for (_, step) in ends {
+            open += step;
+            again = again.max(open);
+        }
+        if again as usize >= self.asks_before_group {
             return None;
         }
         if self.directed_lately.len() >= MAX_DIRECTED {
