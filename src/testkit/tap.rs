@@ -16,7 +16,7 @@
 //! reads that sequence from its start, times each `Reset` it reads by it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -48,6 +48,8 @@ pub struct NodeFaults {
     state: Mutex<State>,
     lost: AtomicU64,
     lost_data: AtomicU64,
+    sent: AtomicU64,
+    read: Mutex<HashMap<u64, u64>>,
 }
 
 struct State {
@@ -66,6 +68,8 @@ impl NodeFaults {
             }),
             lost: AtomicU64::new(0),
             lost_data: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            read: Mutex::new(HashMap::new()),
         })
     }
 
@@ -102,6 +106,20 @@ impl NodeFaults {
     /// Received `Data` datagrams the faults lost so far.
     pub fn lost_data(&self) -> u64 {
         self.lost_data.load(Ordering::SeqCst)
+    }
+
+    /// Datagrams the node let out (not lost to a partition or a crash),
+    /// in all its lives.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Datagrams of `stream` the node read from its sockets, whatever the
+    /// faults then did with them. With [`NodeFaults::sent`], a test can
+    /// wait until a node read everything another sent (nothing of it is
+    /// left in a socket's buffer to be read later).
+    pub fn read_of(&self, stream: u64) -> u64 {
+        lock(&self.read).get(&stream).copied().unwrap_or(0)
     }
 
     fn fate(&self, datagram: Option<&wire::Datagram>) -> Fate {
@@ -226,6 +244,7 @@ impl DriverTap {
         // From the header, which is in the clear even when the body is
         // encrypted (and `decoded` is `None`).
         let stream = wire::decode_header(bytes, self.tap.cluster).map_or(0, |(h, _)| h.stream);
+        *lock(&self.tap.faults.read).entry(stream).or_default() += 1;
         match self.tap.faults.fate(decoded.as_ref()) {
             Fate::Lost => {
                 self.tap.faults.lost.fetch_add(1, Ordering::SeqCst);
@@ -291,6 +310,7 @@ impl DriverTap {
             self.tap.faults.lost.fetch_add(1, Ordering::SeqCst);
             return false;
         }
+        self.tap.faults.sent.fetch_add(1, Ordering::SeqCst);
         true
     }
 
