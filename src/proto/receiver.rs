@@ -46,11 +46,16 @@
 //!   their bytes; a `Data` datagram that is not the very run delivered at a
 //!   seq conflicts with it (a sender sends each event in `Data` once, so in
 //!   a run without forgery a duplicate `Data` is always the same run).
-//!   Repairs are packed anew, with the sender's bytes of each event: one
-//!   that holds the whole run delivered at a seq is compared over that
-//!   run's seqs. (A repair that holds only part of it is taken for a
-//!   duplicate: a real event that reaches a receiver only so, after a
-//!   forged one took its seq, is not told apart.)
+//!   Repairs are packed anew, with the sender's bytes of each event, so
+//!   the events of a repair delivered from are also kept one by one (the
+//!   last [`REPAIRED_PRINTS`]): a `Data` or a repair arriving at a seq
+//!   last delivered from a repair is compared with that event alone (a
+//!   `Data` held up past its repair is a duplicate, not a conflict). A
+//!   repair arriving at a seq last delivered from `Data` is compared over
+//!   that run's seqs when it holds the whole run. (A repair that holds
+//!   only part of it is taken for a duplicate: a real event that reaches a
+//!   receiver only so, after a forged `Data` took its seq, is not told
+//!   apart.)
 //! - A `Goodbye` retires a stream only once it has stood a heartbeat
 //!   interval and a contradiction window with nothing of the stream
 //!   contradicting it: a live stream sends a heartbeat or an event within
@@ -84,6 +89,12 @@ use crate::wire::{self, Body, Events, SeqRange};
 /// keeps, so that a "duplicate" whose content differs is recognised (about
 /// 1 KiB per stream that carried events).
 pub const RECENT_RUNS: usize = 32;
+
+/// Events of repairs delivered from lately whose seq and fingerprint a
+/// stream keeps, one by one (a repair is packed anew, so its run's
+/// fingerprint says nothing of a part of it: 4 KiB at most, per stream that
+/// was repaired).
+const REPAIRED_PRINTS: usize = 256;
 
 /// Doubtful give-ups kept per stream (over-approximated past it).
 const MAX_DOUBTFUL: usize = 64;
@@ -411,6 +422,8 @@ struct RunPrint {
     /// 0: an empty slot.
     count: u64,
     print: u64,
+    /// A `Repair`'s run (its events' prints are kept one by one too).
+    repair: bool,
 }
 
 impl RunPrint {
@@ -419,6 +432,7 @@ impl RunPrint {
             first,
             count: events.len() as u64,
             print: fingerprint(events.as_bytes()),
+            repair: false,
         }
     }
 
@@ -436,6 +450,9 @@ struct Seen {
     cursor: usize,
     /// Runs recorded so far.
     stamp: u64,
+    /// The seq and fingerprint of each event of the repairs recorded
+    /// lately (the last [`REPAIRED_PRINTS`], oldest first).
+    repaired: VecDeque<(u64, u64)>,
 }
 
 impl Seen {
@@ -444,7 +461,47 @@ impl Seen {
             runs: [(RunPrint::default(), 0); RECENT_RUNS],
             cursor: 0,
             stamp: 0,
+            repaired: VecDeque::new(),
         })
+    }
+
+    /// Records the run of a repair delivered from (`events` from
+    /// `first_seq`), and each of its events' prints.
+    fn record_repair(&mut self, first_seq: u64, events: &Events) {
+        let mut run = RunPrint::of(first_seq, events);
+        run.repair = true;
+        self.record(run);
+        let skip = events.len().saturating_sub(REPAIRED_PRINTS);
+        for (seq, e) in (first_seq..).zip(events.iter()).skip(skip) {
+            if self.repaired.len() == REPAIRED_PRINTS {
+                self.repaired.pop_front();
+            }
+            self.repaired.push_back((seq, fingerprint(e.as_bytes())));
+        }
+    }
+
+    /// The print of the event at `seq` last delivered from a repair, if
+    /// still kept.
+    fn repaired_print(&self, seq: u64) -> Option<u64> {
+        (self.repaired.iter().rev())
+            .find(|(q, _)| *q == seq)
+            .map(|(_, p)| *p)
+    }
+
+    /// True if the event at `seq` was last delivered from a run known, and
+    /// `event`, of the `Data` run `run`, is not the same: the run is not
+    /// that very run, or, when it was a repair's (packed anew), the event's
+    /// bytes differ from the repaired event's (compared event by event; one
+    /// whose print is no longer kept conflicts: delivered twice rather than
+    /// taken for a duplicate unchecked).
+    fn data_conflicts(&self, seq: u64, run: &RunPrint, event: &[u8]) -> bool {
+        match self.last_at(seq) {
+            None => false,
+            Some(r) if r.repair => self
+                .repaired_print(seq)
+                .is_none_or(|p| p != fingerprint(event)),
+            Some(r) => r != run,
+        }
     }
 
     /// Records `run`. The slot taken is the oldest, unless it holds a run
@@ -475,27 +532,29 @@ impl Seen {
             .map(|(r, _)| r)
     }
 
-    /// True if the run last delivered from at `seq` is known and is not
-    /// `run`.
-    fn conflicts(&self, seq: u64, run: &RunPrint) -> bool {
-        self.last_at(seq).is_some_and(|r| r != run)
-    }
-
-    /// True if the run last delivered from at `seq` is known, the repair
-    /// `events` (from `first_seq`) holds all of its seqs, and their bytes
-    /// differ (a repair carries the sender's bytes of each event, as its
-    /// `Data` did, but packed anew: only a whole run can be compared).
-    /// `compared` caches the answer for the run last compared.
+    /// True if the run last delivered from at `seq` is known, and the
+    /// repair's `event` there differs from it: compared event by event
+    /// when that run was a repair's whose print of `seq` is kept; else
+    /// when the repair `events` (from `first_seq`) holds all of the run's
+    /// seqs, over them (a repair carries the sender's bytes of each event,
+    /// as its `Data` did, but packed anew: only a whole run can be
+    /// compared). `compared` caches the answer for the run last compared.
     fn repair_conflicts(
         &self,
         seq: u64,
         first_seq: u64,
         events: &Events,
+        event: &[u8],
         compared: &mut Option<(RunPrint, bool)>,
     ) -> bool {
         let Some(r) = self.last_at(seq) else {
             return false;
         };
+        if r.repair {
+            if let Some(p) = self.repaired_print(seq) {
+                return p != fingerprint(event);
+            }
+        }
         if let Some((c, answer)) = *compared {
             if c == *r {
                 return answer;
@@ -870,9 +929,11 @@ impl StreamReceiver {
             } else if self.seen.as_ref().is_some_and(|s| match how {
                 Arrival::Data => {
                     let run = run.get_or_insert_with(|| RunPrint::of(first_seq, &events));
-                    s.conflicts(seq, run)
+                    s.data_conflicts(seq, run, event.as_bytes())
                 }
-                Arrival::Repair => s.repair_conflicts(seq, first_seq, &events, &mut compared),
+                Arrival::Repair => {
+                    s.repair_conflicts(seq, first_seq, &events, event.as_bytes(), &mut compared)
+                }
             }) {
                 // Delivered before with other content: one of the two was
                 // forged (or corrupt). Delivering both is harmless.
@@ -898,8 +959,13 @@ impl StreamReceiver {
             self.data_end = self.data_end.max(top);
         }
         if delivered {
-            let run = run.unwrap_or_else(|| RunPrint::of(first_seq, &events));
-            self.seen.get_or_insert_with(Seen::new).record(run);
+            let seen = self.seen.get_or_insert_with(Seen::new);
+            match how {
+                Arrival::Data => {
+                    seen.record(run.unwrap_or_else(|| RunPrint::of(first_seq, &events)))
+                }
+                Arrival::Repair => seen.record_repair(first_seq, &events),
+            }
         }
         if let Some(seq) = conflict {
             self.forged_below(now, seq, sink);
