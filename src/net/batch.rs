@@ -212,6 +212,12 @@ impl SendBatch {
         self.count == 0
     }
 
+    /// Datagrams in the batch.
+    #[cfg(feature = "test-util")]
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;

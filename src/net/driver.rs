@@ -432,9 +432,12 @@ impl Driver {
                     let Some(direct) = self.direct.as_ref() else {
                         continue;
                     };
-                    if let Err(e) = direct.send_single(dest, tx_buf).await {
-                        stats.send_errors += 1;
-                        tracing::debug!(error = %e, %dest, "send from the direct socket failed");
+                    match direct.send_single(dest, tx_buf).await {
+                        Ok(()) => self.left(1),
+                        Err(e) => {
+                            stats.send_errors += 1;
+                            tracing::debug!(error = %e, %dest, "send from the direct socket failed");
+                        }
                     }
                     continue;
                 }
@@ -448,9 +451,12 @@ impl Driver {
                 if !tx.is_empty() {
                     self.flush(tx, stats).await;
                 }
-                if let Err(e) = self.socket.send_single(to, tx_buf).await {
-                    stats.send_errors += 1;
-                    tracing::debug!(error = %e, %to, "send to one node failed");
+                match self.socket.send_single(to, tx_buf).await {
+                    Ok(()) => self.left(1),
+                    Err(e) => {
+                        stats.send_errors += 1;
+                        tracing::debug!(error = %e, %to, "send to one node failed");
+                    }
                 }
                 continue;
             }
@@ -493,21 +499,42 @@ impl Driver {
             return;
         }
         if let Some(group) = self.group {
-            if let Err(e) = self.socket.send_to(group, tx).await {
-                stats.send_errors += 1;
-                tracing::debug!(error = %e, %group, "send failed");
+            match self.socket.send_to(group, tx).await {
+                Ok(()) => self.left_batch(tx),
+                Err(e) => {
+                    stats.send_errors += 1;
+                    tracing::debug!(error = %e, %group, "send failed");
+                }
             }
         }
         if let Some(peers) = &self.peers {
             // Encoded once, sent to each (a GSO batch per peer).
             for &peer in peers.destinations() {
-                if let Err(e) = self.socket.send_to(peer, tx).await {
-                    stats.send_errors += 1;
-                    tracing::debug!(error = %e, %peer, "send to a peer failed");
+                match self.socket.send_to(peer, tx).await {
+                    Ok(()) => self.left_batch(tx),
+                    Err(e) => {
+                        stats.send_errors += 1;
+                        tracing::debug!(error = %e, %peer, "send to a peer failed");
+                    }
                 }
             }
         }
         tx.clear();
+    }
+
+    /// The test kit counts the datagrams that left (`NodeFaults::sent`).
+    #[inline]
+    fn left(&self, _n: u64) {
+        #[cfg(feature = "test-util")]
+        if let Some(tap) = self.hooks.tap.as_ref() {
+            tap.left(_n);
+        }
+    }
+
+    #[inline]
+    fn left_batch(&self, _tx: &SendBatch) {
+        #[cfg(feature = "test-util")]
+        self.left(_tx.len() as u64);
     }
 }
 

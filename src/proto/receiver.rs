@@ -47,15 +47,17 @@
 //!   seq conflicts with it (a sender sends each event in `Data` once, so in
 //!   a run without forgery a duplicate `Data` is always the same run).
 //!   Repairs are packed anew, with the sender's bytes of each event, so
-//!   the events of a repair delivered from are also kept one by one (the
-//!   last [`REPAIRED_PRINTS`]): a `Data` or a repair arriving at a seq
-//!   last delivered from a repair is compared with that event alone (a
-//!   `Data` held up past its repair is a duplicate, not a conflict). A
+//!   of a repair a receiver keeps the seqs it delivered, with each event's
+//!   fingerprint (the last [`REPAIRED_PRINTS`]): a `Data` or a repair
+//!   arriving at a seq last delivered from a repair is compared with that
+//!   event alone (a `Data` held up past its repair is a duplicate, not a
+//!   conflict; when that print is no longer kept, a `Data` is delivered
+//!   again and a repair taken for a duplicate). A
 //!   repair arriving at a seq last delivered from `Data` is compared over
 //!   that run's seqs when it holds the whole run. (A repair that holds
 //!   only part of it is taken for a duplicate: a real event that reaches a
-//!   receiver only so, after a forged `Data` took its seq, is not told
-//!   apart.)
+//!   receiver only in such a repair, its `Data` lost, after a forged `Data`
+//!   took its seq, is not told apart.)
 //! - A `Goodbye` retires a stream only once it has stood a heartbeat
 //!   interval and a contradiction window with nothing of the stream
 //!   contradicting it: a live stream sends a heartbeat or an event within
@@ -87,14 +89,19 @@ use crate::wire::{self, Body, Events, SeqRange};
 
 /// Runs of events delivered lately whose seqs and fingerprint a stream
 /// keeps, so that a "duplicate" whose content differs is recognised (about
-/// 1 KiB per stream that carried events).
+/// 1.3 KiB per stream that carried events).
 pub const RECENT_RUNS: usize = 32;
 
-/// Events of repairs delivered from lately whose seq and fingerprint a
-/// stream keeps, one by one (a repair is packed anew, so its run's
-/// fingerprint says nothing of a part of it: 4 KiB at most, per stream that
-/// was repaired).
-const REPAIRED_PRINTS: usize = 256;
+/// Events delivered from repairs lately whose fingerprints a stream keeps,
+/// one by one (a repair is packed anew, so its run's fingerprint says
+/// nothing of a part of it): as many as one repair can carry, 8 KiB at
+/// most, per stream that was repaired.
+const REPAIRED_PRINTS: usize = crate::wire::MAX_EVENTS;
+
+/// Spans of seqs one repair records at most (the events it delivered, in
+/// runs of consecutive seqs); past it the last span runs on over the seqs
+/// between, marked unknown.
+const REPAIR_SPANS: usize = 4;
 
 /// Doubtful give-ups kept per stream (over-approximated past it).
 const MAX_DOUBTFUL: usize = 64;
@@ -415,14 +422,19 @@ impl Frontier {
     }
 }
 
-/// A run delivered from: its seqs and the fingerprint of its bytes.
+/// A run delivered from: its seqs and the fingerprint of its bytes; or,
+/// for a repair, a span of the seqs it delivered, whose events' prints are
+/// kept one by one ([`Seen::repaired`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct RunPrint {
     first: u64,
     /// 0: an empty slot.
     count: u64,
+    /// The run's fingerprint; for a repair's span, the index (counted
+    /// since the stream's first, [`Seen::pushed`]) of its first event's
+    /// print.
     print: u64,
-    /// A `Repair`'s run (its events' prints are kept one by one too).
+    /// A repair's span.
     repair: bool,
 }
 
@@ -450,9 +462,12 @@ struct Seen {
     cursor: usize,
     /// Runs recorded so far.
     stamp: u64,
-    /// The seq and fingerprint of each event of the repairs recorded
-    /// lately (the last [`REPAIRED_PRINTS`], oldest first).
-    repaired: VecDeque<(u64, u64)>,
+    /// The print of each event of the repairs' spans recorded lately (the
+    /// last [`REPAIRED_PRINTS`], oldest first); `None` for a seq a span ran
+    /// on over without delivering it (unknown).
+    repaired: VecDeque<Option<u64>>,
+    /// Prints pushed to `repaired` so far.
+    pushed: u64,
 }
 
 impl Seen {
@@ -462,43 +477,69 @@ impl Seen {
             cursor: 0,
             stamp: 0,
             repaired: VecDeque::new(),
+            pushed: 0,
         })
     }
 
-    /// Records the run of a repair delivered from (`events` from
-    /// `first_seq`), and each of its events' prints.
-    fn record_repair(&mut self, first_seq: u64, events: &Events) {
-        let mut run = RunPrint::of(first_seq, events);
-        run.repair = true;
-        self.record(run);
-        let skip = events.len().saturating_sub(REPAIRED_PRINTS);
-        for (seq, e) in (first_seq..).zip(events.iter()).skip(skip) {
-            if self.repaired.len() == REPAIRED_PRINTS {
-                self.repaired.pop_front();
+    /// Records what a repair delivered: `delivered`, its events' seqs and
+    /// prints, in seq order. Each run of consecutive seqs is a span (at
+    /// most [`REPAIR_SPANS`]; the last runs on over the seqs between, as
+    /// unknown), so that a seq it did not deliver (a duplicate, maybe not
+    /// compared) keeps the record it had.
+    fn record_repair(&mut self, delivered: &[(u64, u64)]) {
+        let mut rest = delivered;
+        let mut spans = 0;
+        while let Some(&(first, _)) = rest.first() {
+            spans += 1;
+            let n = if spans == REPAIR_SPANS {
+                rest.len()
+            } else {
+                (rest.iter().enumerate())
+                    .take_while(|(i, (q, _))| *q == first + *i as u64)
+                    .count()
+            };
+            let (span, tail) = rest.split_at(n);
+            rest = tail;
+            let end = span.last().map_or(first, |(q, _)| q + 1);
+            let run = RunPrint {
+                first,
+                count: end - first,
+                print: self.pushed,
+                repair: true,
+            };
+            let mut next = span.iter().peekable();
+            for q in first..end {
+                let print = next.next_if(|(d, _)| *d == q).map(|(_, p)| *p);
+                if self.repaired.len() == REPAIRED_PRINTS {
+                    self.repaired.pop_front();
+                }
+                self.repaired.push_back(print);
+                self.pushed += 1;
             }
-            self.repaired.push_back((seq, fingerprint(e.as_bytes())));
+            self.record(run);
         }
     }
 
-    /// The print of the event at `seq` last delivered from a repair, if
-    /// still kept.
-    fn repaired_print(&self, seq: u64) -> Option<u64> {
-        (self.repaired.iter().rev())
-            .find(|(q, _)| *q == seq)
-            .map(|(_, p)| *p)
+    /// The print of the event at `seq` of the repair's span `r`, if kept
+    /// and known.
+    fn repaired_print(&self, r: &RunPrint, seq: u64) -> Option<u64> {
+        let at = r.print.checked_add(seq.checked_sub(r.first)?)?;
+        let oldest = self.pushed - self.repaired.len() as u64;
+        let i = usize::try_from(at.checked_sub(oldest)?).ok()?;
+        self.repaired.get(i).copied().flatten()
     }
 
     /// True if the event at `seq` was last delivered from a run known, and
     /// `event`, of the `Data` run `run`, is not the same: the run is not
     /// that very run, or, when it was a repair's (packed anew), the event's
     /// bytes differ from the repaired event's (compared event by event; one
-    /// whose print is no longer kept conflicts: delivered twice rather than
-    /// taken for a duplicate unchecked).
+    /// whose print is not kept conflicts: delivered twice rather than taken
+    /// for a duplicate unchecked).
     fn data_conflicts(&self, seq: u64, run: &RunPrint, event: &[u8]) -> bool {
         match self.last_at(seq) {
             None => false,
             Some(r) if r.repair => self
-                .repaired_print(seq)
+                .repaired_print(r, seq)
                 .is_none_or(|p| p != fingerprint(event)),
             Some(r) => r != run,
         }
@@ -534,9 +575,9 @@ impl Seen {
 
     /// True if the run last delivered from at `seq` is known, and the
     /// repair's `event` there differs from it: compared event by event
-    /// when that run was a repair's whose print of `seq` is kept; else
-    /// when the repair `events` (from `first_seq`) holds all of the run's
-    /// seqs, over them (a repair carries the sender's bytes of each event,
+    /// when that run was a repair's (never, when its print of `seq` is not
+    /// kept); else when the repair `events` (from `first_seq`) holds all of
+    /// the run's seqs, over them (a repair carries the sender's bytes of each event,
     /// as its `Data` did, but packed anew: only a whole run can be
     /// compared). `compared` caches the answer for the run last compared.
     fn repair_conflicts(
@@ -551,9 +592,11 @@ impl Seen {
             return false;
         };
         if r.repair {
-            if let Some(p) = self.repaired_print(seq) {
-                return p != fingerprint(event);
-            }
+            // A print not kept: a duplicate, as when only part of a run is
+            // held (repairs of one seq often come several times).
+            return self
+                .repaired_print(r, seq)
+                .is_some_and(|p| p != fingerprint(event));
         }
         if let Some((c, answer)) = *compared {
             if c == *r {
@@ -887,6 +930,8 @@ impl StreamReceiver {
         let mut compared: Option<(RunPrint, bool)> = None;
         // Whether this repair gave its round-trip sample.
         let mut sampled = false;
+        // A repair: the seq and print of each event it delivered.
+        let mut repaired = Vec::new();
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
@@ -947,6 +992,9 @@ impl StreamReceiver {
                 continue;
             }
             delivered = true;
+            if how == Arrival::Repair {
+                repaired.push((seq, fingerprint(event.as_bytes())));
+            }
             sink.stats.events_delivered += 1;
             sink.deliveries.push_back(Output::One(Delivery::Event {
                 stream: self.stream,
@@ -964,7 +1012,7 @@ impl StreamReceiver {
                 Arrival::Data => {
                     seen.record(run.unwrap_or_else(|| RunPrint::of(first_seq, &events)))
                 }
-                Arrival::Repair => seen.record_repair(first_seq, &events),
+                Arrival::Repair => seen.record_repair(&repaired),
             }
         }
         if let Some(seq) = conflict {
@@ -1458,5 +1506,77 @@ fn log_reset(reason: &ResetReason) {
             silent_ms,
             "Reset: this node heard no member for longer than the lease; events of that time may be lost"
         ),
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    fn data(first: u64, count: u64, print: u64) -> RunPrint {
+        RunPrint {
+            first,
+            count,
+            print,
+            repair: false,
+        }
+    }
+
+    /// A repair's record covers the seqs it delivered, in spans, each
+    /// event's print kept: a seq it did not deliver keeps its own record.
+    #[test]
+    fn a_repair_records_the_seqs_it_delivered() {
+        let mut seen = Seen::new();
+        seen.record(data(1, 10, 77));
+        seen.record_repair(&[(5, 50), (6, 60), (9, 90)]);
+        let at = |seen: &Seen, q| {
+            let r = *seen.last_at(q).unwrap();
+            (
+                r.repair,
+                r.repair.then(|| seen.repaired_print(&r, q)).flatten(),
+            )
+        };
+        assert_eq!(at(&seen, 5), (true, Some(50)));
+        assert_eq!(at(&seen, 6), (true, Some(60)));
+        assert_eq!(at(&seen, 9), (true, Some(90)));
+        // Not delivered by the repair: the Data run is still the record.
+        assert_eq!(at(&seen, 7), (false, None));
+        assert_eq!(at(&seen, 10), (false, None));
+    }
+
+    /// Past `REPAIR_SPANS` spans the last runs on over the seqs between,
+    /// unknown (a Data there is delivered again, never dropped unchecked).
+    #[test]
+    fn spans_past_the_limit_merge_with_unknown_seqs_between() {
+        let mut seen = Seen::new();
+        let delivered: Vec<(u64, u64)> = (0..6).map(|i| (10 + 2 * i, 100 + i)).collect();
+        seen.record_repair(&delivered);
+        let r = *seen.last_at(16).unwrap();
+        assert!(r.repair);
+        assert_eq!((r.first, r.count), (16, 5));
+        assert_eq!(seen.repaired_print(&r, 16), Some(103));
+        assert_eq!(seen.repaired_print(&r, 17), None);
+        assert_eq!(seen.repaired_print(&r, 20), Some(105));
+        assert!(seen.data_conflicts(17, &data(17, 1, 5), b"x"));
+        assert!(seen.last_at(11).is_none());
+    }
+
+    /// A print that left the bounded store is unknown: a conflict, not a
+    /// duplicate.
+    #[test]
+    fn prints_that_left_the_store_are_unknown() {
+        let mut seen = Seen::new();
+        seen.record_repair(&[(1, fingerprint(b"a"))]);
+        let first = *seen.last_at(1).unwrap();
+        assert!(!seen.data_conflicts(1, &data(1, 1, 0), b"a"));
+        assert!(seen.data_conflicts(1, &data(1, 1, 0), b"b"));
+        let many: Vec<(u64, u64)> = (0..REPAIRED_PRINTS as u64).map(|i| (100 + i, i)).collect();
+        seen.record_repair(&many);
+        assert_eq!(seen.repaired_print(&first, 1), None);
+        assert_eq!(
+            seen.repaired_print(seen.last_at(100).unwrap(), 100),
+            Some(0)
+        );
+        assert!(seen.data_conflicts(1, &data(1, 1, 0), b"a"));
     }
 }

@@ -108,8 +108,9 @@ impl NodeFaults {
         self.lost_data.load(Ordering::SeqCst)
     }
 
-    /// Datagrams the node let out (not lost to a partition or a crash),
-    /// in all its lives.
+    /// Datagrams that left the node (sent without error: not lost to a
+    /// partition or a crash), in all its lives; one sent to several peers
+    /// counts once per peer.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
     }
@@ -310,8 +311,12 @@ impl DriverTap {
             self.tap.faults.lost.fetch_add(1, Ordering::SeqCst);
             return false;
         }
-        self.tap.faults.sent.fetch_add(1, Ordering::SeqCst);
         true
+    }
+
+    /// `n` datagrams left the node (sent without error).
+    pub(crate) fn left(&self, n: u64) {
+        self.tap.faults.sent.fetch_add(n, Ordering::SeqCst);
     }
 
     /// True once the node is being crashed: nothing more may leave it.

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use cachecast::testkit::{data_seqs, Faults, Sim};
 use cachecast::wire::{Body, Event, Events, Position};
-use cachecast::Delivery;
+use cachecast::{CoreConfig, Delivery};
 
 use crate::common::sim::*;
 
@@ -83,8 +83,8 @@ fn forged(kind: &str, s: u64, pos: u64) -> Body {
             first_seq: pos,
             events: forged_events(3),
         },
-        // Longer than the runs a receiver keeps (`RECENT_RUNS`): its
-        // events are kept one by one.
+        // More events than a receiver keeps runs (`RECENT_RUNS`): each is
+        // a seq of the forged repair's span, its print kept one by one.
         "long repair" => Body::Repair {
             first_seq: pos,
             events: forged_events(100),
@@ -648,4 +648,78 @@ fn later_events_reach_everyone(sim: &mut Sim, s0: u64, reopened: u64) {
         assert_eq!(st.resets_total(), 0, "node {r}: {:?}", st.resets);
     }
     members_see_node_0_live(sim);
+}
+
+/// A repair that delivers part of its events keeps a record of those
+/// alone: where it only met a forged event (a duplicate, not compared),
+/// the forged run stays the one to compare with, and the real `Data`,
+/// held up past the repair, is delivered there. Node 0 publishes `real`
+/// and `real + 1` in one datagram, which reaches node 1 only 50 ms later;
+/// forged `Data` then takes `real + 1 ..` at node 1 (a gap at `real`,
+/// which node 1, slow to ask, leaves to the others). Nodes 2 and 3 lose
+/// both: they ask for both events, and the repair goes to the group. At
+/// node 1 it delivers `real` and meets the forged event at `real + 1`.
+#[test]
+fn a_real_event_held_up_past_a_partial_repair_is_delivered() {
+    let mut sim = Sim::new(11);
+    let slow = CoreConfig {
+        learn_timing: false,
+        reorder_window: ms(20),
+        ..CoreConfig::default()
+    };
+    for (name, cfg) in [("n0", None), ("n1", Some(slow)), ("n2", None), ("n3", None)] {
+        sim.add_node(name, cfg.unwrap_or_default());
+    }
+    sim.run_for(ms(200));
+    let s0 = stream_of(&sim, 0);
+    for i in 0..20 {
+        sim.publish(0, key(i));
+        sim.run_for(ms(2));
+    }
+    sim.run_for(ms(100));
+    let real = sim.core(0).unwrap().next_seq();
+    for r in [2, 3] {
+        sim.set_faults(
+            r,
+            Faults::dropping(move |d| {
+                d.header.stream == s0
+                    && data_seqs(d).is_some_and(|q| q.contains(&real) || q.contains(&(real + 1)))
+            }),
+        );
+    }
+    let held = Faults {
+        delay: ms(50),
+        ..Faults::default()
+    };
+    sim.set_link(0, 1, held);
+    let seqs = sim.publish_batch(0, vec![key(100), key(101)]);
+    assert_eq!(seqs, real..real + 2);
+    sim.run_for(ms(1));
+    sim.set_link(0, 1, Faults::default());
+    sim.forge(
+        s0,
+        &Body::Data {
+            first_seq: real + 1,
+            events: forged_events(10),
+        },
+    );
+    sim.run_for(ms(200));
+    sim.heal_all();
+    sim.run_for(secs(3));
+    let st = sim.core(1).unwrap().stats();
+    assert!(st.events_repaired >= 1, "node 1 was not repaired first");
+    if let Err(v) = sim.check() {
+        panic!("{v}");
+    }
+    let life = sim.life(1);
+    let published = (sim.published().iter())
+        .find(|p| p.stream == s0 && p.seq == real + 1)
+        .cloned()
+        .unwrap();
+    assert!(
+        (life.delivered_events())
+            .any(|((s, q), e)| s == s0 && q == real + 1 && *e == published.event),
+        "node 1 never delivered the real event at {}",
+        real + 1
+    );
 }
