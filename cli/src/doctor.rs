@@ -18,13 +18,16 @@
 //!
 //! Files: this one holds the arguments, the report and its text form;
 //! `checks` the checks that need no traffic (group, interface, TTL, socket
-//! options, receive buffer); `probe` the probe.
+//! options, receive buffer); `probe` the probe; `direct` the direct-repair
+//! check (the path of a node's `Nak`s and of a repair sent to it alone).
 //!
-//! What it may not do: send anything but the probe, anywhere but the group,
-//! on the chosen interface with the chosen TTL; wait without a bound; change
-//! a system setting (it only says what to change).
+//! What it may not do: send anything but the probes, anywhere but the group
+//! (and, for the direct-repair check, this host's own direct socket), on the
+//! chosen interface with the chosen TTL; wait without a bound; change a
+//! system setting (it only says what to change).
 
 mod checks;
+mod direct;
 mod probe;
 
 use std::fmt::Write as _;
@@ -38,11 +41,12 @@ use crate::args::{key_file_problem, NetArgs};
 use crate::failure::Failure;
 use cachecast::keys::KeyFile;
 use cachecast::net::socket::{self, InterfaceInfo};
-use cachecast::{wire, AuthMode, NodeConfig};
+use cachecast::{wire, AuthMode, NodeConfig, Transport};
 
 use checks::{
     check_group, check_interface, check_recv_buffer, check_socket, check_ttl, section_of,
 };
+use direct::{report_direct, run_direct, Direct, DirectRun};
 use probe::{report_clocks, report_probe, run_probe, ProbeKeys};
 
 /// The longest `--wait` accepted.
@@ -53,14 +57,20 @@ What it does: lists this host's interfaces and which one the group uses (by \
 name, by address, or for the default the interface the kernel routes the \
 group to), opens two sockets on the group exactly as a node does, sends one \
 probe and checks that both sockets hear it within --wait, lists the other \
-nodes of the cluster that answer, and compares the granted receive buffer \
-with the system limit (net.core.rmem_max). Each finding is ok, info, warn or \
-FAIL, with what to change.
+nodes of the cluster that answer, checks the path of direct repairs (unless \
+--direct-repairs false): a datagram sent to the group from a direct socket, \
+as a node sends its Naks, must be heard on the group, and one sent back to \
+its source, as a repair one node asked for is, must arrive; and compares the \
+granted receive buffer with the system limit (net.core.rmem_max). Each \
+finding is ok, info, warn or FAIL, with what to change.
 
 What it sends: three datagrams of under 100 bytes, only to the group, on the \
 chosen interface, with the chosen TTL: a Hello of a fresh stream, then that \
-stream's Goodbye twice. Nodes of the cluster answer the Hello with a \
-Heartbeat (doctor lists them) and forget the stream on its Goodbye. With a key \
+stream's Goodbye twice; the same again from a direct socket for the \
+direct-repair check, plus one datagram from a second direct socket of this \
+host to the first (it never leaves the host). Nodes of the cluster answer \
+the Hello with a Heartbeat (doctor lists them) and forget the stream on its \
+Goodbye. With a key \
 file (--key-file or CACHECAST_KEY_FILE), the probe is authenticated with its \
 sending key (encrypted with --encrypt) and answers are verified with its keys: \
 nodes that require keys ignore a probe without one. The clock of each node \
@@ -125,6 +135,7 @@ enum Section {
     Ttl,
     Socket,
     Probe,
+    Direct,
     RecvBuffer,
 }
 
@@ -136,6 +147,7 @@ impl Section {
             Section::Ttl => "ttl",
             Section::Socket => "socket",
             Section::Probe => "probe",
+            Section::Direct => "direct repairs",
             Section::RecvBuffer => "receive buffer",
         }
     }
@@ -236,6 +248,8 @@ struct Report {
     multicast_all: Option<bool>,
     multicast_loop: Option<bool>,
     probe: Option<Probe>,
+    /// The direct-repair check, when it ran.
+    direct: Option<Direct>,
     recv_buffer: Option<RecvBuffer>,
     findings: Vec<Finding>,
     problems: usize,
@@ -317,6 +331,7 @@ async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKey
         multicast_all: None,
         multicast_loop: None,
         probe: None,
+        direct: None,
         recv_buffer: None,
         findings: Vec::new(),
         problems: 0,
@@ -396,6 +411,22 @@ async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKey
     let cluster = wire::cluster_hash(&config.cluster);
     let probe = run_probe(&sa, &sb, group, cluster, &config.node_name, args.wait, keys).await;
     report_probe(&mut r, probe, &opts, used.as_ref(), args.wait);
+    let direct = if config.transport == Transport::Multicast && config.direct_repairs {
+        let interface = &a.interface;
+        run_direct(
+            &sb,
+            &opts,
+            interface,
+            cluster,
+            &config.node_name,
+            args.wait,
+            keys,
+        )
+        .await
+    } else {
+        DirectRun::Off
+    };
+    report_direct(&mut r, direct, group, args.wait);
     report_clocks(&mut r, config.protocol.auth.max_age);
     r.finish()
 }
@@ -488,6 +519,7 @@ pub(super) mod tests {
             multicast_all: None,
             multicast_loop: None,
             probe: None,
+            direct: None,
             recv_buffer: None,
             findings: Vec::new(),
             problems: 0,

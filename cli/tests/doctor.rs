@@ -38,6 +38,10 @@ fn the_probe_is_heard_on_loopback() {
     assert!(stdout.contains("chosen by address (127.0.0.1"), "{stdout}");
     assert!(stdout.contains("came back to both sockets"), "{stdout}");
     assert!(
+        stdout.contains("\ndirect repairs\n") && stdout.contains("goes to it alone"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("TTL 0: datagrams stay on this host"),
         "{stdout}"
     );
@@ -82,6 +86,33 @@ fn json_report_has_the_fields() {
     assert!(findings
         .iter()
         .any(|f| f["section"] == "probe" && f["status"] == "ok"));
+    // Both legs of a directed repair, on the direct socket's own port.
+    assert_eq!(v["direct"]["nak_heard"], true, "{v:#}");
+    assert_eq!(v["direct"]["repair_heard"], true, "{v:#}");
+    let port = v["direct"]["port"].as_u64().unwrap();
+    assert!(port > 0 && port != net[1].rsplit(':').next().unwrap().parse::<u64>().unwrap());
+    assert!(v["direct"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{port}")));
+    assert!(findings
+        .iter()
+        .any(|f| f["section"] == "direct" && f["status"] == "ok"));
+}
+
+#[test]
+fn without_direct_repairs_the_check_is_skipped_and_said() {
+    let (out, stdout, stderr) = doctor(&loopback(None), &["--direct-repairs", "false", "--json"]);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["direct"].is_null(), "{v:#}");
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["section"] == "direct"
+            && f["status"] == "info"
+            && f["message"].as_str().unwrap().contains("off")),
+        "{v:#}"
+    );
 }
 
 #[test]
@@ -211,6 +242,7 @@ fn help_says_what_it_does_and_what_it_sends() {
         "What it does",
         "What it sends",
         "only to the group",
+        "direct-repair check",
         "--interface 127.0.0.1 --ttl 0",
         "on your LAN",
         "net.core.rmem_max",

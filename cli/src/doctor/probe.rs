@@ -48,7 +48,7 @@ pub(crate) struct ProbeKeys {
 /// that live nodes answer the `Hello` but never follow the probe's stream:
 /// even if doctor dies between them, or the `Goodbye`s are lost, nobody
 /// Resets for it.
-fn probe_datagrams(
+pub(super) fn probe_datagrams(
     cluster: u32,
     stream: u64,
     node: &str,
