@@ -47,17 +47,22 @@
 //!   seq conflicts with it (a sender sends each event in `Data` once, so in
 //!   a run without forgery a duplicate `Data` is always the same run).
 //!   Repairs are packed anew, with the sender's bytes of each event, so
-//!   of a repair a receiver keeps the seqs it delivered, with each event's
-//!   fingerprint (the last [`REPAIRED_PRINTS`]): a `Data` or a repair
+//!   of a repair that delivered events a receiver keeps one record, over
+//!   the seqs it delivered or compared equal, with each event's
+//!   fingerprint (the last [`REPAIRED_PRINTS`]); a seq between them that
+//!   it says nothing of keeps the record it had. A `Data` or a repair
 //!   arriving at a seq last delivered from a repair is compared with that
 //!   event alone (a `Data` held up past its repair is a duplicate, not a
-//!   conflict; when that print is no longer kept, a `Data` is delivered
-//!   again and a repair taken for a duplicate). A
-//!   repair arriving at a seq last delivered from `Data` is compared over
-//!   that run's seqs when it holds the whole run. (A repair that holds
-//!   only part of it is taken for a duplicate: a real event that reaches a
-//!   receiver only in such a repair, its `Data` lost, after a forged `Data`
-//!   took its seq, is not told apart.)
+//!   conflict); when that print has left the store, a `Data` is delivered
+//!   again and a repair taken for a duplicate (a partition's catch-up
+//!   brings more repairs of one seq than the store holds). A repair
+//!   arriving at a seq last delivered from `Data` is compared over that
+//!   run's seqs when it holds the whole run. (A repair that holds only
+//!   part of it, or meets a print gone, is taken for a duplicate: a real
+//!   event that reaches a receiver only in such a repair, its `Data` lost,
+//!   after a forged event took its seq, is not told apart; nor is one
+//!   whose forged stand-in's record was pushed out by [`RECENT_RUNS`]
+//!   later runs.)
 //! - A `Goodbye` retires a stream only once it has stood a heartbeat
 //!   interval and a contradiction window with nothing of the stream
 //!   contradicting it: a live stream sends a heartbeat or an event within
@@ -92,16 +97,32 @@ use crate::wire::{self, Body, Events, SeqRange};
 /// 1.3 KiB per stream that carried events).
 pub const RECENT_RUNS: usize = 32;
 
-/// Events delivered from repairs lately whose fingerprints a stream keeps,
-/// one by one (a repair is packed anew, so its run's fingerprint says
-/// nothing of a part of it): as many as one repair can carry, 8 KiB at
-/// most, per stream that was repaired.
+/// Events of repairs lately whose fingerprints a stream keeps, one by one
+/// (a repair is packed anew, so its run's fingerprint says nothing of a
+/// part of it): as many as one repair can carry, 8 KiB at most, per stream
+/// that was repaired.
 const REPAIRED_PRINTS: usize = crate::wire::MAX_EVENTS;
 
-/// Spans of seqs one repair records at most (the events it delivered, in
-/// runs of consecutive seqs); past it the last span runs on over the seqs
-/// between, marked unknown.
-const REPAIR_SPANS: usize = 4;
+/// In [`Seen::repaired`]: a seq inside a repair's span that the repair
+/// neither delivered nor compared (it says nothing of it).
+const NOT_COVERED: u64 = u64::MAX;
+
+/// A print of one event, as [`Seen::repaired`] keeps it (never
+/// [`NOT_COVERED`]).
+fn event_print(bytes: &[u8]) -> u64 {
+    fingerprint(bytes).min(NOT_COVERED - 1)
+}
+
+/// What a repair's span says of one seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repaired {
+    /// The event's print.
+    Known(u64),
+    /// Nothing: the repair neither delivered nor compared it.
+    NotCovered,
+    /// Its print left the store: unknown.
+    Gone,
+}
 
 /// Doubtful give-ups kept per stream (over-approximated past it).
 const MAX_DOUBTFUL: usize = 64;
@@ -423,8 +444,8 @@ impl Frontier {
 }
 
 /// A run delivered from: its seqs and the fingerprint of its bytes; or,
-/// for a repair, a span of the seqs it delivered, whose events' prints are
-/// kept one by one ([`Seen::repaired`]).
+/// for a repair, the span of the seqs it delivered or compared, whose
+/// events' prints are kept one by one ([`Seen::repaired`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct RunPrint {
     first: u64,
@@ -462,10 +483,9 @@ struct Seen {
     cursor: usize,
     /// Runs recorded so far.
     stamp: u64,
-    /// The print of each event of the repairs' spans recorded lately (the
-    /// last [`REPAIRED_PRINTS`], oldest first); `None` for a seq a span ran
-    /// on over without delivering it (unknown).
-    repaired: VecDeque<Option<u64>>,
+    /// The print of each seq of the repairs' spans recorded lately (the
+    /// last [`REPAIRED_PRINTS`], oldest first), or [`NOT_COVERED`].
+    repaired: VecDeque<u64>,
     /// Prints pushed to `repaired` so far.
     pushed: u64,
 }
@@ -481,52 +501,50 @@ impl Seen {
         })
     }
 
-    /// Records what a repair delivered: `delivered`, its events' seqs and
-    /// prints, in seq order. Each run of consecutive seqs is a span (at
-    /// most [`REPAIR_SPANS`]; the last runs on over the seqs between, as
-    /// unknown), so that a seq it did not deliver (a duplicate, maybe not
-    /// compared) keeps the record it had.
-    fn record_repair(&mut self, delivered: &[(u64, u64)]) {
-        let mut rest = delivered;
-        let mut spans = 0;
-        while let Some(&(first, _)) = rest.first() {
-            spans += 1;
-            let n = if spans == REPAIR_SPANS {
-                rest.len()
-            } else {
-                (rest.iter().enumerate())
-                    .take_while(|(i, (q, _))| *q == first + *i as u64)
-                    .count()
-            };
-            let (span, tail) = rest.split_at(n);
-            rest = tail;
-            let end = span.last().map_or(first, |(q, _)| q + 1);
-            let run = RunPrint {
-                first,
-                count: end - first,
-                print: self.pushed,
-                repair: true,
-            };
-            let mut next = span.iter().peekable();
-            for q in first..end {
-                let print = next.next_if(|(d, _)| *d == q).map(|(_, p)| *p);
-                if self.repaired.len() == REPAIRED_PRINTS {
-                    self.repaired.pop_front();
-                }
-                self.repaired.push_back(print);
-                self.pushed += 1;
+    /// Records a repair that delivered events: `known`, the seqs and
+    /// prints of those it delivered or compared equal, in seq order. One
+    /// span, from the first to the last of them; the seqs between that it
+    /// says nothing of (duplicates not compared) are [`NOT_COVERED`], so
+    /// that the record they had stays theirs ([`Seen::last_at`]).
+    fn record_repair(&mut self, known: &[(u64, u64)]) {
+        let (Some(&(first, _)), Some(&(last, _))) = (known.first(), known.last()) else {
+            return;
+        };
+        // Within one datagram's seqs: at most `MAX_EVENTS`.
+        let end = last + 1;
+        let run = RunPrint {
+            first,
+            count: end - first,
+            print: self.pushed,
+            repair: true,
+        };
+        let mut next = known.iter().peekable();
+        for q in first..end {
+            let print = next
+                .next_if(|(d, _)| *d == q)
+                .map_or(NOT_COVERED, |(_, p)| *p);
+            if self.repaired.len() == REPAIRED_PRINTS {
+                self.repaired.pop_front();
             }
-            self.record(run);
+            self.repaired.push_back(print);
+            self.pushed += 1;
         }
+        self.record(run);
     }
 
-    /// The print of the event at `seq` of the repair's span `r`, if kept
-    /// and known.
-    fn repaired_print(&self, r: &RunPrint, seq: u64) -> Option<u64> {
-        let at = r.print.checked_add(seq.checked_sub(r.first)?)?;
+    /// What the repair's span `r` says of `seq`.
+    fn repaired_at(&self, r: &RunPrint, seq: u64) -> Repaired {
         let oldest = self.pushed - self.repaired.len() as u64;
-        let i = usize::try_from(at.checked_sub(oldest)?).ok()?;
-        self.repaired.get(i).copied().flatten()
+        let print = (seq.checked_sub(r.first))
+            .and_then(|d| r.print.checked_add(d))
+            .and_then(|at| at.checked_sub(oldest))
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.repaired.get(i).copied());
+        match print {
+            None => Repaired::Gone,
+            Some(NOT_COVERED) => Repaired::NotCovered,
+            Some(p) => Repaired::Known(p),
+        }
     }
 
     /// True if the event at `seq` was last delivered from a run known, and
@@ -538,9 +556,10 @@ impl Seen {
     fn data_conflicts(&self, seq: u64, run: &RunPrint, event: &[u8]) -> bool {
         match self.last_at(seq) {
             None => false,
-            Some(r) if r.repair => self
-                .repaired_print(r, seq)
-                .is_none_or(|p| p != fingerprint(event)),
+            Some(r) if r.repair => match self.repaired_at(r, seq) {
+                Repaired::Known(p) => p != event_print(event),
+                Repaired::NotCovered | Repaired::Gone => true,
+            },
             Some(r) => r != run,
         }
     }
@@ -565,38 +584,42 @@ impl Seen {
         self.runs[i] = (run, self.stamp);
     }
 
-    /// The run last delivered from at `seq`, if known.
+    /// The run last delivered from at `seq`, if known (a repair's span
+    /// that says nothing of `seq` does not count).
     fn last_at(&self, seq: u64) -> Option<&RunPrint> {
         (self.runs.iter())
-            .filter(|(r, _)| r.holds(seq))
+            .filter(|(r, _)| {
+                r.holds(seq) && !(r.repair && self.repaired_at(r, seq) == Repaired::NotCovered)
+            })
             .max_by_key(|(_, stamp)| *stamp)
             .map(|(r, _)| r)
     }
 
-    /// True if the run last delivered from at `seq` is known, and the
-    /// repair's `event` there differs from it: compared event by event
-    /// when that run was a repair's (never, when its print of `seq` is not
-    /// kept); else when the repair `events` (from `first_seq`) holds all of
-    /// the run's seqs, over them (a repair carries the sender's bytes of each event,
-    /// as its `Data` did, but packed anew: only a whole run can be
-    /// compared). `compared` caches the answer for the run last compared.
+    /// Compares the repair's `event` at `seq` with the run last delivered
+    /// from there: `Some(true)` if they differ, `Some(false)` if they are
+    /// the same, `None` if they cannot be compared (taken for a
+    /// duplicate). Event by event when that run was a repair's (not when
+    /// its print left the store); else when the repair `events` (from
+    /// `first_seq`) holds all of the run's seqs, over them (a repair
+    /// carries the sender's bytes of each event, as its `Data` did, but
+    /// packed anew: only a whole run can be compared). `compared` caches
+    /// the answer for the run last compared.
     fn repair_conflicts(
         &self,
         seq: u64,
         first_seq: u64,
         events: &Events,
         event: &[u8],
-        compared: &mut Option<(RunPrint, bool)>,
-    ) -> bool {
-        let Some(r) = self.last_at(seq) else {
-            return false;
-        };
+        compared: &mut Option<(RunPrint, Option<bool>)>,
+    ) -> Option<bool> {
+        let r = self.last_at(seq)?;
         if r.repair {
-            // A print not kept: a duplicate, as when only part of a run is
-            // held (repairs of one seq often come several times).
-            return self
-                .repaired_print(r, seq)
-                .is_some_and(|p| p != fingerprint(event));
+            // A print gone: a duplicate, as when only part of a run is held
+            // (repairs of one seq often come several times).
+            return match self.repaired_at(r, seq) {
+                Repaired::Known(p) => Some(p != event_print(event)),
+                Repaired::NotCovered | Repaired::Gone => None,
+            };
         }
         if let Some((c, answer)) = *compared {
             if c == *r {
@@ -604,9 +627,10 @@ impl Seen {
             }
         }
         let end = r.first + r.count;
-        let answer = r.first >= first_seq
-            && end <= first_seq + events.len() as u64
-            && span_print(events, first_seq, r.first, end).is_some_and(|p| p != r.print);
+        let answer = (r.first >= first_seq && end <= first_seq + events.len() as u64)
+            .then(|| span_print(events, first_seq, r.first, end))
+            .flatten()
+            .map(|p| p != r.print);
         *compared = Some((*r, answer));
         answer
     }
@@ -927,10 +951,11 @@ impl StreamReceiver {
         // This run, when it is needed.
         let mut run: Option<RunPrint> = None;
         // A repair: the last run it was compared with, and the answer.
-        let mut compared: Option<(RunPrint, bool)> = None;
+        let mut compared: Option<(RunPrint, Option<bool>)> = None;
         // Whether this repair gave its round-trip sample.
         let mut sampled = false;
-        // A repair: the seq and print of each event it delivered.
+        // A repair: the seq and print of each event it delivered or
+        // compared equal.
         let mut repaired = Vec::new();
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
@@ -977,7 +1002,21 @@ impl StreamReceiver {
                     s.data_conflicts(seq, run, event.as_bytes())
                 }
                 Arrival::Repair => {
-                    s.repair_conflicts(seq, first_seq, &events, event.as_bytes(), &mut compared)
+                    match s.repair_conflicts(
+                        seq,
+                        first_seq,
+                        &events,
+                        event.as_bytes(),
+                        &mut compared,
+                    ) {
+                        Some(differs) => {
+                            if !differs {
+                                repaired.push((seq, event_print(event.as_bytes())));
+                            }
+                            differs
+                        }
+                        None => false,
+                    }
                 }
             }) {
                 // Delivered before with other content: one of the two was
@@ -993,7 +1032,7 @@ impl StreamReceiver {
             }
             delivered = true;
             if how == Arrival::Repair {
-                repaired.push((seq, fingerprint(event.as_bytes())));
+                repaired.push((seq, event_print(event.as_bytes())));
             }
             sink.stats.events_delivered += 1;
             sink.deliveries.push_back(Output::One(Delivery::Event {
@@ -1522,60 +1561,61 @@ mod seen_tests {
         }
     }
 
-    /// A repair's record covers the seqs it delivered, in spans, each
-    /// event's print kept: a seq it did not deliver keeps its own record.
+    fn at(seen: &Seen, q: u64) -> Option<(bool, Repaired)> {
+        let r = *seen.last_at(q)?;
+        Some((r.repair, seen.repaired_at(&r, q)))
+    }
+
+    /// A repair's record speaks for the seqs it delivered or compared: a
+    /// seq between that it says nothing of keeps the record it had.
     #[test]
-    fn a_repair_records_the_seqs_it_delivered() {
+    fn a_repair_records_the_seqs_it_knows() {
         let mut seen = Seen::new();
         seen.record(data(1, 10, 77));
         seen.record_repair(&[(5, 50), (6, 60), (9, 90)]);
-        let at = |seen: &Seen, q| {
-            let r = *seen.last_at(q).unwrap();
-            (
-                r.repair,
-                r.repair.then(|| seen.repaired_print(&r, q)).flatten(),
-            )
-        };
-        assert_eq!(at(&seen, 5), (true, Some(50)));
-        assert_eq!(at(&seen, 6), (true, Some(60)));
-        assert_eq!(at(&seen, 9), (true, Some(90)));
-        // Not delivered by the repair: the Data run is still the record.
-        assert_eq!(at(&seen, 7), (false, None));
-        assert_eq!(at(&seen, 10), (false, None));
+        assert_eq!(at(&seen, 5), Some((true, Repaired::Known(50))));
+        assert_eq!(at(&seen, 6), Some((true, Repaired::Known(60))));
+        assert_eq!(at(&seen, 9), Some((true, Repaired::Known(90))));
+        // Not covered by the repair: the Data run is still the record.
+        assert_eq!(at(&seen, 7).map(|a| a.0), Some(false));
+        assert_eq!(at(&seen, 10).map(|a| a.0), Some(false));
+        // Nothing before it: none.
+        let mut alone = Seen::new();
+        alone.record_repair(&[(5, 50), (9, 90)]);
+        assert_eq!(at(&alone, 7), None);
+        assert!(!alone.data_conflicts(7, &data(7, 1, 0), b"x"));
     }
 
-    /// Past `REPAIR_SPANS` spans the last runs on over the seqs between,
-    /// unknown (a Data there is delivered again, never dropped unchecked).
+    /// The spans of repairs, when every slot holds runs ahead of them,
+    /// take the oldest slot one after the other: each repair's record
+    /// stays (one record per repair).
     #[test]
-    fn spans_past_the_limit_merge_with_unknown_seqs_between() {
+    fn a_repair_is_one_record() {
         let mut seen = Seen::new();
-        let delivered: Vec<(u64, u64)> = (0..6).map(|i| (10 + 2 * i, 100 + i)).collect();
-        seen.record_repair(&delivered);
-        let r = *seen.last_at(16).unwrap();
-        assert!(r.repair);
-        assert_eq!((r.first, r.count), (16, 5));
-        assert_eq!(seen.repaired_print(&r, 16), Some(103));
-        assert_eq!(seen.repaired_print(&r, 17), None);
-        assert_eq!(seen.repaired_print(&r, 20), Some(105));
-        assert!(seen.data_conflicts(17, &data(17, 1, 5), b"x"));
-        assert!(seen.last_at(11).is_none());
+        for i in 0..RECENT_RUNS as u64 {
+            seen.record(data(100 + i, 1, i));
+        }
+        seen.record_repair(&[(10, 1), (12, 2), (14, 3), (16, 4), (18, 5)]);
+        for (q, p) in [(10, 1), (12, 2), (14, 3), (16, 4), (18, 5)] {
+            assert_eq!(at(&seen, q), Some((true, Repaired::Known(p))), "{q}");
+        }
     }
 
-    /// A print that left the bounded store is unknown: a conflict, not a
-    /// duplicate.
+    /// A print that left the bounded store is unknown: a `Data` there is a
+    /// conflict (delivered again), never dropped unchecked.
     #[test]
     fn prints_that_left_the_store_are_unknown() {
         let mut seen = Seen::new();
-        seen.record_repair(&[(1, fingerprint(b"a"))]);
+        seen.record_repair(&[(1, event_print(b"a"))]);
         let first = *seen.last_at(1).unwrap();
         assert!(!seen.data_conflicts(1, &data(1, 1, 0), b"a"));
         assert!(seen.data_conflicts(1, &data(1, 1, 0), b"b"));
         let many: Vec<(u64, u64)> = (0..REPAIRED_PRINTS as u64).map(|i| (100 + i, i)).collect();
         seen.record_repair(&many);
-        assert_eq!(seen.repaired_print(&first, 1), None);
+        assert_eq!(seen.repaired_at(&first, 1), Repaired::Gone);
         assert_eq!(
-            seen.repaired_print(seen.last_at(100).unwrap(), 100),
-            Some(0)
+            seen.repaired_at(seen.last_at(100).unwrap(), 100),
+            Repaired::Known(0)
         );
         assert!(seen.data_conflicts(1, &data(1, 1, 0), b"a"));
     }
