@@ -68,7 +68,8 @@ What it sends: three datagrams of under 100 bytes, only to the group, on the \
 chosen interface, with the chosen TTL: a Hello of a fresh stream, then that \
 stream's Goodbye twice; the same again from a direct socket for the \
 direct-repair check, plus one datagram from a second direct socket of this \
-host to the first (it never leaves the host). Nodes of the cluster answer \
+host to the first (it never leaves the host); it waits up to --wait more. \
+Nodes of the cluster answer \
 the Hello with a Heartbeat (doctor lists them) and forget the stream on its \
 Goodbye. With a key \
 file (--key-file or CACHECAST_KEY_FILE), the probe is authenticated with its \
@@ -410,8 +411,13 @@ async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKey
     };
     let cluster = wire::cluster_hash(&config.cluster);
     let probe = run_probe(&sa, &sb, group, cluster, &config.node_name, args.wait, keys).await;
+    let heard = probe.heard();
     report_probe(&mut r, probe, &opts, used.as_ref(), args.wait);
-    let direct = if config.transport == Transport::Multicast && config.direct_repairs {
+    let direct = if config.transport != Transport::Multicast || !config.direct_repairs {
+        DirectRun::Off
+    } else if !heard {
+        DirectRun::Skipped
+    } else {
         let interface = &a.interface;
         run_direct(
             &sb,
@@ -423,8 +429,6 @@ async fn diagnose(args: &DoctorArgs, config: &NodeConfig, keys: Option<&ProbeKey
             keys,
         )
         .await
-    } else {
-        DirectRun::Off
     };
     report_direct(&mut r, direct, group, args.wait);
     report_clocks(&mut r, config.protocol.auth.max_age);

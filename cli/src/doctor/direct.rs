@@ -48,10 +48,14 @@ pub(super) struct Direct {
 pub(super) enum DirectRun {
     /// `direct_repairs` is off, or the transport is not multicast.
     Off,
+    /// Not run: the group's own probe was not heard.
+    Skipped,
     /// A direct socket could not be opened (or registered).
     NoSocket(String),
-    /// Sending failed.
-    SendFailed(io::Error, Direct),
+    /// Sending to the group from the direct socket failed.
+    NakSendFailed(io::Error),
+    /// Sending to the direct socket failed.
+    RepairSendFailed(io::Error, Direct),
     Done(Direct),
 }
 
@@ -93,7 +97,7 @@ pub(super) async fn run_direct(
     let start = Instant::now();
     let end = start + wait;
     if let Err(e) = a.send_to(&hello, opts.group).await {
-        return DirectRun::SendFailed(e, d);
+        return DirectRun::NakSendFailed(e);
     }
     let mut buf = vec![0u8; cachecast::wire::MAX_DATAGRAM];
     // Leg 1: the group hears it, from the direct socket's port.
@@ -104,7 +108,11 @@ pub(super) async fn run_direct(
             () = tokio::time::sleep_until(end) => break,
         };
         if let Ok((n, from)) = r {
-            if buf[..n] == hello[..] && Some(from.port()) == port {
+            // From this host's direct socket: its port, and the interface's
+            // address when it has one (a datagram is only ever sent back to
+            // this host).
+            let here = interface.addr.is_none_or(|a| a == from.ip()) || from.ip().is_loopback();
+            if buf[..n] == hello[..] && Some(from.port()) == port && here {
                 source = Some(from);
                 break;
             }
@@ -143,7 +151,7 @@ pub(super) async fn run_direct(
         let _ = a.send_to(d, opts.group).await;
     }
     match send_error {
-        Some(e) => DirectRun::SendFailed(e, d),
+        Some(e) => DirectRun::RepairSendFailed(e, d),
         None => DirectRun::Done(d),
     }
 }
@@ -155,6 +163,15 @@ pub(super) fn report_direct(r: &mut Report, run: DirectRun, group: SocketAddr, w
                     goes to the group, to every node"
         .to_owned();
     let d = match run {
+        DirectRun::Skipped => {
+            r.push(
+                Section::Direct,
+                Status::Info,
+                "not checked: the probe was not heard on the group (see above)".into(),
+                Vec::new(),
+            );
+            return;
+        }
         DirectRun::Off => {
             r.push(
                 Section::Direct,
@@ -176,14 +193,31 @@ pub(super) fn report_direct(r: &mut Report, run: DirectRun, group: SocketAddr, w
             );
             return;
         }
-        DirectRun::SendFailed(e, d) => {
+        DirectRun::NakSendFailed(e) => {
+            r.push(
+                Section::Direct,
+                Status::Problem,
+                format!(
+                    "could not send to {group} from a direct socket, as a node sends its Naks: \
+                     {e}; a node's Naks would be lost"
+                ),
+                vec![off_hint],
+            );
+            return;
+        }
+        DirectRun::RepairSendFailed(e, d) => {
             r.push(
                 Section::Direct,
                 Status::Warn,
-                format!("sending from a direct socket failed: {e}"),
-                Vec::new(),
+                format!(
+                    "could not send to the direct socket {}, as a repair one node asked for is \
+                     sent: {e}; such repairs go to the group after a second ask",
+                    d.source.as_deref().unwrap_or("?")
+                ),
+                vec![off_hint],
             );
-            d
+            r.direct = Some(d);
+            return;
         }
         DirectRun::Done(d) => d,
     };
@@ -210,14 +244,14 @@ pub(super) fn report_direct(r: &mut Report, run: DirectRun, group: SocketAddr, w
             Section::Direct,
             Status::Warn,
             format!(
-                "a datagram sent to a direct socket ({}), as a repair one node asked for is \
-                 sent, did not arrive within {wait}: such a repair is lost, asked for again, \
-                 and then sent to the group (later, and to every node)",
+                "a datagram sent to a direct socket ({}) from this host, as a repair one node \
+                 asked for is sent, did not arrive within {wait}: such a repair is lost, asked \
+                 for again, and then sent to the group (later, and to every node)",
                 d.source.as_deref().unwrap_or("?")
             ),
             vec![
-                "allow UDP from the LAN to this host's ephemeral ports \
-                 (net.ipv4.ip_local_port_range)"
+                "allow UDP to this host's ephemeral ports (net.ipv4.ip_local_port_range), \
+                 from this host and from the LAN"
                     .into(),
                 off_hint,
             ],
@@ -228,8 +262,9 @@ pub(super) fn report_direct(r: &mut Report, run: DirectRun, group: SocketAddr, w
             Status::Ok,
             format!(
                 "a Hello sent to the group from a direct socket, as a node sends its Naks, \
-                 was heard from {} in {}, and a datagram sent back there arrived in {}: a \
-                 repair one node asks for goes to it alone",
+                 was heard from {} in {}, and a datagram sent back there from this host \
+                 arrived in {}: a repair one node asks for goes to it alone (from other \
+                 hosts too, unless a firewall drops UDP to ephemeral ports)",
                 d.source.as_deref().unwrap_or("?"),
                 ms(d.latency_ms[0]),
                 ms(d.latency_ms[1])
@@ -296,5 +331,21 @@ mod tests {
         let off = judged(DirectRun::Off);
         assert_eq!((off.problems, off.warnings), (0, 0));
         assert!(off.findings[0].message.contains("off"));
+
+        // The group's probe unheard: said once, above, not blamed here.
+        let skipped = judged(DirectRun::Skipped);
+        assert_eq!((skipped.problems, skipped.warnings), (0, 0));
+        assert!(skipped.findings[0].message.contains("not checked"));
+
+        // Each send failure is one finding.
+        let refused = || io::Error::from(io::ErrorKind::PermissionDenied);
+        let nak = judged(DirectRun::NakSendFailed(refused()));
+        assert_eq!((nak.problems, nak.warnings, nak.findings.len()), (1, 0, 1));
+        let back = judged(DirectRun::RepairSendFailed(refused(), direct(true, false)));
+        assert_eq!(
+            (back.problems, back.warnings, back.findings.len()),
+            (0, 1, 1)
+        );
+        assert!(back.findings[0].message.contains("127.0.0.1:40000"));
     }
 }

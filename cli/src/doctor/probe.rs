@@ -132,6 +132,13 @@ pub(super) struct ProbeRun {
     recv_error: Option<io::Error>,
 }
 
+impl ProbeRun {
+    /// Both sockets heard the probe.
+    pub(super) fn heard(&self) -> bool {
+        self.probe.heard
+    }
+}
+
 pub(super) async fn run_probe(
     a: &tokio::net::UdpSocket,
     b: &tokio::net::UdpSocket,
