@@ -48,9 +48,10 @@
 //!   a run without forgery a duplicate `Data` is always the same run).
 //!   Repairs are packed anew, with the sender's bytes of each event, so
 //!   of a repair that delivered events a receiver keeps one record, over
-//!   the seqs it delivered or compared equal, with each event's
-//!   fingerprint (the last [`REPAIRED_PRINTS`]); a seq between them that
-//!   it says nothing of keeps the record it had. A `Data` or a repair
+//!   the seqs from the first it delivered to the last, with each event's
+//!   fingerprint (the last [`REPAIRED_PRINTS`]); a seq between that it
+//!   says nothing of keeps the record it had (for a repair arriving there,
+//!   also once the marker left the store). A `Data` or a repair
 //!   arriving at a seq last delivered from a repair is compared with that
 //!   event alone (a `Data` held up past its repair is a duplicate, not a
 //!   conflict); when that print has left the store, a `Data` is delivered
@@ -74,7 +75,9 @@
 //!
 //! Each of these costs at most a `Nak`, a duplicate delivery or a `Reset`;
 //! none costs a silent loss (what cannot be defended without keys is
-//! stated on [`crate::testkit::Record::check`]).
+//! stated on [`crate::testkit::Record::check`], and, for the records of
+//! runs, above: those cases are not among the checker's exceptions, and no
+//! test builds them).
 //!
 //! Pure state machine: no clock, no I/O; the node passes `now` and a seeded
 //! RNG in.
@@ -587,10 +590,14 @@ impl Seen {
     /// The run last delivered from at `seq`, if known (a repair's span
     /// that says nothing of `seq` does not count).
     fn last_at(&self, seq: u64) -> Option<&RunPrint> {
+        self.newest_at(seq, |a| a != Repaired::NotCovered)
+    }
+
+    /// The newest run at `seq` that is a `Data` run, or a repair's span
+    /// whose word on `seq` passes `keep`.
+    fn newest_at(&self, seq: u64, keep: impl Fn(Repaired) -> bool) -> Option<&RunPrint> {
         (self.runs.iter())
-            .filter(|(r, _)| {
-                r.holds(seq) && !(r.repair && self.repaired_at(r, seq) == Repaired::NotCovered)
-            })
+            .filter(|(r, _)| r.holds(seq) && (!r.repair || keep(self.repaired_at(r, seq))))
             .max_by_key(|(_, stamp)| *stamp)
             .map(|(r, _)| r)
     }
@@ -612,10 +619,11 @@ impl Seen {
         event: &[u8],
         compared: &mut Option<(RunPrint, Option<bool>)>,
     ) -> Option<bool> {
-        let r = self.last_at(seq)?;
+        // A repair's span whose print of `seq` is gone (which may have
+        // been a seq it said nothing of) gives way to the run before it;
+        // none: a duplicate (repairs of one seq often come several times).
+        let r = self.newest_at(seq, |a| matches!(a, Repaired::Known(_)))?;
         if r.repair {
-            // A print gone: a duplicate, as when only part of a run is held
-            // (repairs of one seq often come several times).
             return match self.repaired_at(r, seq) {
                 Repaired::Known(p) => Some(p != event_print(event)),
                 Repaired::NotCovered | Repaired::Gone => None,
@@ -957,6 +965,8 @@ impl StreamReceiver {
         // A repair: the seq and print of each event it delivered or
         // compared equal.
         let mut repaired = Vec::new();
+        // A repair: the first and last seqs it delivered.
+        let mut delivered_span: Option<(u64, u64)> = None;
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
@@ -1033,6 +1043,8 @@ impl StreamReceiver {
             delivered = true;
             if how == Arrival::Repair {
                 repaired.push((seq, event_print(event.as_bytes())));
+                let lo = delivered_span.map_or(seq, |(lo, _)| lo);
+                delivered_span = Some((lo, seq));
             }
             sink.stats.events_delivered += 1;
             sink.deliveries.push_back(Output::One(Delivery::Event {
@@ -1046,6 +1058,12 @@ impl StreamReceiver {
             self.data_end = self.data_end.max(top);
         }
         if delivered {
+            if how == Arrival::Repair {
+                // Its span runs from the first event it delivered to the
+                // last (seqs compared equal outside it add nothing).
+                let (lo, hi) = delivered_span.unwrap_or((0, 0));
+                repaired.retain(|(q, _)| (lo..=hi).contains(q));
+            }
             let seen = self.seen.get_or_insert_with(Seen::new);
             match how {
                 Arrival::Data => {
@@ -1599,6 +1617,23 @@ mod seen_tests {
         for (q, p) in [(10, 1), (12, 2), (14, 3), (16, 4), (18, 5)] {
             assert_eq!(at(&seen, q), Some((true, Repaired::Known(p))), "{q}");
         }
+    }
+
+    /// A seq a repair said nothing of, once its marker left the store, is
+    /// `Gone`: a `Data` there conflicts (delivered again), and a repair
+    /// arriving there is compared with the run before (it may differ).
+    #[test]
+    fn a_marker_gone_gives_way_to_the_run_before_for_a_repair() {
+        let mut seen = Seen::new();
+        seen.record(data(10, 12, 77));
+        seen.record_repair(&[(7, 1), (19, 2)]);
+        assert_eq!(at(&seen, 12).map(|a| a.0), Some(false));
+        let many: Vec<(u64, u64)> = (0..REPAIRED_PRINTS as u64).map(|i| (2000 + i, i)).collect();
+        seen.record_repair(&many);
+        assert_eq!(at(&seen, 12), Some((true, Repaired::Gone)));
+        assert!(seen.data_conflicts(12, &data(10, 12, 77), b"x"));
+        let before = seen.newest_at(12, |a| matches!(a, Repaired::Known(_)));
+        assert_eq!(before.map(|r| (r.repair, r.print)), Some((false, 77)));
     }
 
     /// A print that left the bounded store is unknown: a `Data` there is a
