@@ -162,8 +162,8 @@ pub struct NodeConfig {
     /// from it; a repair it alone asked for comes back to it alone, and
     /// goes to the group when several nodes asked (or it asked again
     /// twice, once with few `max_nak_tries`, or for much at once). Nodes
-    /// that lost nothing then receive no repairs. As a sender, a node directs repairs only when this is
-    /// on. Turn it off on every node where a host firewall lets only the
+    /// that lost nothing then receive no repairs. As a sender, a node
+    /// directs repairs only when this is on. Turn it off on every node where a host firewall lets only the
     /// group's port in: a node with it off asks from the group's port and
     /// is always repaired through the group. Default true.
     pub direct_repairs: bool,

@@ -10,8 +10,9 @@
 //! `Nak` or a `Repair` overheard for it postpones ours: suppression; if
 //! that repair went to the other receiver alone, ours follows a retry
 //! interval later, and the sender then repairs to everyone) → filled by a
-//! `Repair`, or, when repair is impossible — `Unavailable`, the sender's heartbeat says it is older
-//! than what it holds, retries exhausted, too old — one `Reset` naming it.
+//! `Repair`, or, when repair is impossible — `Unavailable`, the sender's
+//! heartbeat says it is older than what it holds, retries exhausted, too
+//! old — one `Reset` naming it.
 //!
 //! # Claims and evidence
 //!
@@ -962,11 +963,11 @@ impl StreamReceiver {
         let mut compared: Option<(RunPrint, Option<bool>)> = None;
         // Whether this repair gave its round-trip sample.
         let mut sampled = false;
-        // A repair: the seq and print of each event it delivered or
-        // compared equal.
+        // A repair: the seq and print of each event it delivered, or
+        // compared equal after its first delivered one; and how many of
+        // them run to its last delivered one.
         let mut repaired = Vec::new();
-        // A repair: the first and last seqs it delivered.
-        let mut delivered_span: Option<(u64, u64)> = None;
+        let mut repaired_kept = 0;
         for (seq, event) in (first_seq..).zip(events.iter()) {
             if seq < self.base {
                 sink.stats.before_start += 1;
@@ -1020,7 +1021,7 @@ impl StreamReceiver {
                         &mut compared,
                     ) {
                         Some(differs) => {
-                            if !differs {
+                            if !differs && delivered {
                                 repaired.push((seq, event_print(event.as_bytes())));
                             }
                             differs
@@ -1043,8 +1044,7 @@ impl StreamReceiver {
             delivered = true;
             if how == Arrival::Repair {
                 repaired.push((seq, event_print(event.as_bytes())));
-                let lo = delivered_span.map_or(seq, |(lo, _)| lo);
-                delivered_span = Some((lo, seq));
+                repaired_kept = repaired.len();
             }
             sink.stats.events_delivered += 1;
             sink.deliveries.push_back(Output::One(Delivery::Event {
@@ -1058,12 +1058,9 @@ impl StreamReceiver {
             self.data_end = self.data_end.max(top);
         }
         if delivered {
-            if how == Arrival::Repair {
-                // Its span runs from the first event it delivered to the
-                // last (seqs compared equal outside it add nothing).
-                let (lo, hi) = delivered_span.unwrap_or((0, 0));
-                repaired.retain(|(q, _)| (lo..=hi).contains(q));
-            }
+            // A repair's span runs from the first event it delivered to the
+            // last (seqs compared equal outside it add nothing).
+            repaired.truncate(repaired_kept);
             let seen = self.seen.get_or_insert_with(Seen::new);
             match how {
                 Arrival::Data => {

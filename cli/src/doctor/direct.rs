@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::probe::{probe_datagrams, ProbeKeys};
+use super::probe::{fresh_stream, probe_datagrams, ProbeKeys};
 use super::{Report, Section, Status};
 use cachecast::net::socket::{self, ResolvedInterface, SocketOptions};
 
@@ -87,37 +87,21 @@ pub(super) async fn run_direct(
         repair_heard: false,
         latency_ms: [None; 2],
     };
-    let stream = loop {
-        let s: u64 = rand::random();
-        if s != 0 {
-            break s;
-        }
-    };
-    let [hello, bye, bye_again] = probe_datagrams(cluster, stream, node, keys);
+    let [hello, bye, bye_again] = probe_datagrams(cluster, fresh_stream(), node, keys);
     let start = Instant::now();
     let end = start + wait;
     if let Err(e) = a.send_to(&hello, opts.group).await {
         return DirectRun::NakSendFailed(e);
     }
     let mut buf = vec![0u8; cachecast::wire::MAX_DATAGRAM];
-    // Leg 1: the group hears it, from the direct socket's port.
-    let mut source = None;
-    for _ in 0..MAX_DATAGRAMS {
-        let r = tokio::select! {
-            r = group_socket.recv_from(&mut buf) => r,
-            () = tokio::time::sleep_until(end) => break,
-        };
-        if let Ok((n, from)) = r {
-            // From this host's direct socket: its port, and the interface's
-            // address when it has one (a datagram is only ever sent back to
-            // this host).
-            let here = interface.addr.is_none_or(|a| a == from.ip()) || from.ip().is_loopback();
-            if buf[..n] == hello[..] && Some(from.port()) == port && here {
-                source = Some(from);
-                break;
-            }
-        }
-    }
+    // Leg 1: the group hears it, from this host's direct socket: its port,
+    // and the interface's address when it has one (a datagram is only
+    // ever sent back to this host).
+    let source = heard(group_socket, &mut buf, &hello, end, |from| {
+        Some(from.port()) == port
+            && (interface.addr.is_none_or(|a| a == from.ip()) || from.ip().is_loopback())
+    })
+    .await;
     let mut send_error = None;
     if let Some(to) = source {
         d.nak_heard = true;
@@ -128,18 +112,13 @@ pub(super) async fn run_direct(
         let sent = Instant::now();
         match b.send_to(&hello, to).await {
             Ok(_) => {
-                for _ in 0..MAX_DATAGRAMS {
-                    let r = tokio::select! {
-                        r = a.recv_from(&mut buf) => r,
-                        () = tokio::time::sleep_until(end) => break,
-                    };
-                    if let Ok((n, from)) = r {
-                        if buf[..n] == hello[..] && Some(from.port()) == b_port {
-                            d.repair_heard = true;
-                            d.latency_ms[1] = Some(sent.elapsed().as_secs_f64() * 1e3);
-                            break;
-                        }
-                    }
+                let back = heard(&a, &mut buf, &hello, end, |from| {
+                    Some(from.port()) == b_port
+                })
+                .await;
+                if back.is_some() {
+                    d.repair_heard = true;
+                    d.latency_ms[1] = Some(sent.elapsed().as_secs_f64() * 1e3);
                 }
             }
             Err(e) => send_error = Some(e),
@@ -147,13 +126,37 @@ pub(super) async fn run_direct(
     }
     // Live nodes forget the stream (its Hello may have reached them even
     // when doctor did not hear it).
-    for d in [&bye, &bye_again] {
-        let _ = a.send_to(d, opts.group).await;
+    for goodbye in [&bye, &bye_again] {
+        let _ = a.send_to(goodbye, opts.group).await;
     }
     match send_error {
         Some(e) => DirectRun::RepairSendFailed(e, d),
         None => DirectRun::Done(d),
     }
+}
+
+/// Waits until `socket` receives `expected` from a source `from_ok`
+/// accepts, and returns that source; `None` at `end` (or after
+/// [`MAX_DATAGRAMS`] others).
+async fn heard(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    expected: &[u8],
+    end: Instant,
+    from_ok: impl Fn(SocketAddr) -> bool,
+) -> Option<SocketAddr> {
+    for _ in 0..MAX_DATAGRAMS {
+        let r = tokio::select! {
+            r = socket.recv_from(buf) => r,
+            () = tokio::time::sleep_until(end) => return None,
+        };
+        if let Ok((n, from)) = r {
+            if buf.get(..n) == Some(expected) && from_ok(from) {
+                return Some(from);
+            }
+        }
+    }
+    None
 }
 
 /// Judges the check into findings.

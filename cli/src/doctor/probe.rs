@@ -48,6 +48,16 @@ pub(crate) struct ProbeKeys {
 /// that live nodes answer the `Hello` but never follow the probe's stream:
 /// even if doctor dies between them, or the `Goodbye`s are lost, nobody
 /// Resets for it.
+/// A random stream id for a probe (never 0).
+pub(super) fn fresh_stream() -> u64 {
+    loop {
+        let s: u64 = rand::random();
+        if s != 0 {
+            return s;
+        }
+    }
+}
+
 pub(super) fn probe_datagrams(
     cluster: u32,
     stream: u64,
@@ -148,12 +158,7 @@ pub(super) async fn run_probe(
     wait: Duration,
     keys: Option<&ProbeKeys>,
 ) -> ProbeRun {
-    let stream = loop {
-        let s: u64 = rand::random();
-        if s != 0 {
-            break s;
-        }
-    };
+    let stream = fresh_stream();
     let datagrams = probe_datagrams(cluster, stream, node, keys);
     let mut probe = Probe {
         stream: stream_hex(stream),
