@@ -28,9 +28,16 @@
 //!
 //! # Replay windows
 //!
-//! One per sending stream, a sliding bitmap as in RFC 6479: 17 blocks of
-//! 64 bits, so any counter within 1,024 of the highest seen is judged
-//! exactly, and older ones are replays. A window starts at the first
+//! One per sending stream and path, a sliding bitmap as in RFC 6479: 17
+//! blocks of 64 bits, so any counter within 1,024 of the highest seen is
+//! judged exactly, and older ones are replays. A stream counts what it
+//! sends to one node alone (a directed repair) apart from what it sends to
+//! everyone, from [`DIRECTED`] on, and a receiver keeps a window for each:
+//! the two travel apart (a node reads its direct socket and the group's
+//! in turns), and with one count a directed repair overtaken by more than
+//! 1,024 of the group's datagrams (a receiver behind at high rates, the
+//! moment it needs its repairs) was dropped as a replay. The counter is
+//! sealed, so a datagram cannot be moved from one window to the other. A window starts at the first
 //! counter verified: everything below it counts as seen (a datagram that
 //! arrives reordered before the first one heard is dropped; its loss is a
 //! gap like any other, repaired with a new counter). A window is forgotten
@@ -114,7 +121,8 @@ pub struct AuthConfig {
     /// hosts). Default 2 s.
     pub start_skew: Duration,
     /// Replay windows kept at most (one per stream heard within
-    /// `max_age`). Default 8,192 (about 1.3 MB; 6 MB if every stream
+    /// `max_age`, and one more for a stream that sent this node a directed
+    /// repair). Default 8,192 (about 1.3 MB; 6 MB if every stream
     /// encrypts, as each window then keeps its stream's 560-byte key).
     /// Past it the stalest is forgotten (`auth_windows_evicted`), and a
     /// replay of that stream's last `max_age` could be taken once: only
@@ -161,6 +169,11 @@ impl AuthConfig {
         Ok(())
     }
 }
+
+/// The first counter of what a stream sends to one node alone (directed
+/// repairs): its own count, below it what goes to everyone. Sealed like
+/// the rest, so the receiver's choice of window is authenticated.
+pub const DIRECTED: u64 = 1 << 63;
 
 /// Counters judged exactly: within this many of the highest seen.
 pub const REPLAY_WINDOW: u64 = (BLOCKS as u64 - 1) * 64;
@@ -249,15 +262,18 @@ pub(crate) struct Opened {
 #[derive(Debug)]
 pub(crate) struct Auth {
     cfg: AuthConfig,
-    /// The stream's transmit counter: the last one sent.
+    /// The stream's transmit counter: the last one sent to everyone.
     counter: u64,
+    /// The last one sent to one node alone, from [`DIRECTED`] on.
+    directed: u64,
     /// `cfg.wall_clock_ms` at `wall_at`.
     wall_ms: u64,
     /// This node's clock when it started, less `start_skew`: a stream
     /// first heard must have sent after it.
     floor_ms: u64,
     wall_at: Instant,
-    windows: HashMap<u64, ReplayWindow>,
+    /// By stream and path (true: directed, counters from [`DIRECTED`]).
+    windows: HashMap<(u64, bool), ReplayWindow>,
     /// The body of an encrypted datagram, decrypted (one datagram at most,
     /// reused).
     scratch: Vec<u8>,
@@ -271,6 +287,7 @@ impl Auth {
     pub fn new(cfg: AuthConfig, now: Instant) -> Self {
         Auth {
             counter: 0,
+            directed: DIRECTED,
             wall_ms: cfg.wall_clock_ms,
             floor_ms: cfg
                 .wall_clock_ms
@@ -319,8 +336,16 @@ impl Auth {
     }
 
     /// Seals the datagram in `buf` (header of `header_len` bytes with
-    /// `FLAG_AUTH` set, then its body) unless the mode is off.
-    pub fn seal(&mut self, now: Instant, buf: &mut Vec<u8>, header_len: usize, stream: u64) {
+    /// `FLAG_AUTH` set, then its body) unless the mode is off; `directed`:
+    /// it goes to one node alone (counted from [`DIRECTED`]).
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        header_len: usize,
+        stream: u64,
+        directed: bool,
+    ) {
         if self.cfg.mode == AuthMode::Off {
             return;
         }
@@ -340,7 +365,13 @@ impl Auth {
         {
             self.send_key = Some(key.stream_key(stream));
         }
-        self.counter += 1;
+        let count = if directed {
+            &mut self.directed
+        } else {
+            &mut self.counter
+        };
+        *count += 1;
+        let counter = *count;
         let ts = self.wall_ms(now);
         key.seal_with(
             self.send_key.as_ref(),
@@ -349,7 +380,7 @@ impl Auth {
             stream,
             algorithm,
             ts,
-            self.counter,
+            counter,
         );
     }
 
@@ -368,7 +399,7 @@ impl Auth {
             // Require: never. Accept: not for a stream heard authenticated
             // (a forger would strip the trailer and speak for it).
             if self.cfg.mode == AuthMode::Require
-                || (self.cfg.mode == AuthMode::Accept && self.windows.contains_key(&header.stream))
+                || (self.cfg.mode == AuthMode::Accept && self.heard_keyed(header.stream))
             {
                 self.refuse(now, 4, header.stream, stats);
                 return None;
@@ -409,16 +440,17 @@ impl Auth {
             return None;
         };
         // (2) the tag, in constant time. An XAES-256-GCM stream's key is
-        // the one its window keeps, or derived here and kept only once the
-        // datagram verified.
+        // the one a window of it keeps, or derived here and kept only once
+        // the datagram verified.
+        let path = (header.stream, trailer.counter >= DIRECTED);
         let mut derived = None;
         let stream_key = match trailer.algorithm {
             Algorithm::Aes256Gcm => {
-                let kept = self
-                    .windows
-                    .get(&header.stream)
-                    .and_then(|w| w.stream_key.as_deref())
-                    .filter(|k| k.is_for(key.id(), header.stream));
+                let kept = [path.1, !path.1]
+                    .into_iter()
+                    .filter_map(|d| self.windows.get(&(header.stream, d)))
+                    .filter_map(|w| w.stream_key.as_deref())
+                    .find(|k| k.is_for(key.id(), header.stream));
                 match kept {
                     Some(k) => Some(k),
                     // On the stack: boxed only if kept.
@@ -445,7 +477,7 @@ impl Auth {
         // (3) the replay window; (4) freshness for a stream not heard yet.
         let wall = self.wall_ms(now);
         let max_age = self.cfg.max_age.as_millis() as u64;
-        match self.windows.get_mut(&header.stream) {
+        match self.windows.get_mut(&path) {
             Some(w) => {
                 if !w.fresh(trailer.counter) {
                     self.refuse(now, 2, header.stream, stats);
@@ -476,7 +508,7 @@ impl Auth {
                 }
                 let mut w = ReplayWindow::starting_at(trailer.counter, trailer.timestamp_ms);
                 w.stream_key = derived.map(Box::new);
-                self.windows.insert(header.stream, w);
+                self.windows.insert(path, w);
             }
         }
         stats.auth_verified += 1;
@@ -497,6 +529,12 @@ impl Auth {
         })
     }
 
+    /// Whether a datagram of `stream` verified lately (a window of it is
+    /// held).
+    fn heard_keyed(&self, stream: u64) -> bool {
+        self.windows.contains_key(&(stream, false)) || self.windows.contains_key(&(stream, true))
+    }
+
     /// Forgets the windows of streams whose newest datagram is older than
     /// `max_age` (a replay of them fails the freshness check).
     pub fn sweep(&mut self, now: Instant) {
@@ -514,8 +552,8 @@ impl Auth {
         if self.windows.len() < self.cfg.max_windows {
             return;
         }
-        if let Some((&stream, _)) = self.windows.iter().min_by_key(|(_, w)| w.newest_ms) {
-            self.windows.remove(&stream);
+        if let Some((&path, _)) = self.windows.iter().min_by_key(|(_, w)| w.newest_ms) {
+            self.windows.remove(&path);
             stats.auth_windows_evicted += 1;
         }
     }

@@ -1534,7 +1534,12 @@ impl NodeCore {
         if matches!(body, Body::Goodbye { .. }) {
             self.sender.goodbye_sent(now);
         }
-        self.auth.seal(now, buf, self.header_len, self.cfg.stream);
+        // A repair for one node alone travels apart from the group's
+        // datagrams (to its direct socket): counted apart, so that the
+        // group's cannot push it out of the receiver's replay window.
+        let directed = self.transmit_to.is_some() && matches!(body, Body::Repair { .. });
+        self.auth
+            .seal(now, buf, self.header_len, self.cfg.stream, directed);
         self.out.pop_front();
         self.stats.datagrams_sent += 1;
         true

@@ -16,6 +16,7 @@
 //! algorithm  u8    1 HMAC-SHA256 truncated to 16 bytes, 2 XAES-256-GCM
 //! timestamp  u64   the sender's clock, ms since the Unix epoch
 //! counter    u64   the stream's transmit counter: 1, 2, ... for every datagram it sends
+//!                  to everyone; 2^63 + 1, 2^63 + 2, ... for those to one node alone
 //! tag        [u8; 16]
 //! ```
 //!
@@ -30,7 +31,8 @@
 //!   header and the trailer's fields are associated data, the tag is GCM's.
 //!   No (key, nonce) pair is used twice as long as stream ids are unique
 //!   under a key: a `Node` draws its stream id at random (64 bits) at every
-//!   start, and a stream's counter never repeats. A `NodeCore` built by
+//!   start, and a stream's counters never repeat (the two counts never
+//!   meet). A `NodeCore` built by
 //!   hand must do the same: two cores sending with one stream id and one
 //!   key would repeat nonces from their first datagrams (their counters
 //!   start alike) whenever their clocks agree to the millisecond, and a

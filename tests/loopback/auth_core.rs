@@ -280,3 +280,75 @@ fn only_authenticated_datagrams_teach_a_peer_address_when_keys_are_used() {
     off.handle_datagram_from(t, Some(from), &unkeyed_hello[0]);
     assert_eq!(off.take_accepted_from(), Some(from));
 }
+
+/// A repair sent to one node alone travels apart from the group's
+/// datagrams (to its direct socket), and a receiver reads the two in
+/// turns: it may take more than 1,024 of the group's datagrams sealed
+/// after the repair before the repair itself. The repair is counted apart
+/// (from `DIRECTED`), so it is still taken; and it is taken once.
+#[test]
+fn a_directed_repair_overtaken_by_many_group_datagrams_is_not_a_replay() {
+    for encrypt in [false, true] {
+        let t0 = Instant::now();
+        let b_addr: std::net::SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let mut a = core(1, AuthMode::Require, keyring(1), encrypt, t0);
+        a.set_directed_multicast(true, Some(7467));
+        let mut b = core(2, AuthMode::Require, keyring(1), encrypt, t0);
+        let mut t = t0 + Duration::from_millis(1);
+        // k0 reaches B, k1 is lost, k2 shows B the gap.
+        for (k, heard) in [("k0", true), ("k1", false), ("k2", true)] {
+            a.publish(t, inv(k)).unwrap();
+            for d in out(&mut a, t) {
+                if heard {
+                    b.handle_datagram(t, &d);
+                }
+            }
+            t += Duration::from_millis(1);
+        }
+        // Events are delivered as they come; the gap is asked for.
+        assert_eq!(keys_delivered(&mut b), vec!["k0", "k2"]);
+        // B asks (from its direct socket); A answers B alone.
+        let mut nak = None;
+        let deadline = t + Duration::from_secs(2);
+        let mut buf = Vec::new();
+        while nak.is_none() && t < deadline {
+            if b.poll_timeout().is_some_and(|at| at <= t) {
+                b.handle_timeout(t);
+            }
+            while b.poll_transmit(t, &mut buf) {
+                if b.transmit_is_nak() {
+                    nak = Some(buf.clone());
+                }
+            }
+            t += Duration::from_millis(1);
+        }
+        let nak = nak.expect("B asks for k1");
+        a.handle_datagram_from(t, Some(b_addr), &nak);
+        let mut repair = None;
+        while a.poll_transmit(t, &mut buf) {
+            if a.transmit_to() == Some(b_addr) {
+                repair = Some(buf.clone());
+            }
+        }
+        let repair = repair.expect("a repair for B alone");
+        // 1,100 of the group's datagrams, sealed after it, reach B first.
+        let mut group = 0;
+        for i in 0..1100 {
+            t += Duration::from_millis(1);
+            a.publish(t, inv(&format!("later{i}"))).unwrap();
+            for d in out(&mut a, t) {
+                b.handle_datagram(t, &d);
+                group += 1;
+            }
+            assert_eq!(keys_delivered(&mut b), vec![format!("later{i}")]);
+        }
+        assert!(group > 1024, "{group} group datagrams");
+        b.handle_datagram_from(t, Some("127.0.0.1:7467".parse().unwrap()), &repair);
+        assert_eq!(keys_delivered(&mut b), vec!["k1"], "encrypt: {encrypt}");
+        let s = b.stats_snapshot();
+        assert_eq!(s.dropped.get("auth_replay"), None, "{:?}", s.dropped);
+        // Taken once: the same repair again is a replay.
+        b.handle_datagram(t, &repair);
+        assert_eq!(b.stats_snapshot().dropped.get("auth_replay"), Some(&1));
+    }
+}
