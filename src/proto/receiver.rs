@@ -147,6 +147,53 @@ pub struct Sink<'a> {
     pub learned: &'a mut Learned,
 }
 
+/// What a receiver learned of one stream's repairs: 12 bytes per stream
+/// followed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamRtt {
+    /// The stream's own estimate, once sampled.
+    est: Option<Rtt>,
+    /// The wait doubles this many times (gaps asked for again since the
+    /// last sample; at most [`MAX_RTT_SHIFT`]).
+    shift: u8,
+}
+
+/// The most a stream's wait doubles without a sample (16 times the
+/// estimate, within `nak_retry`).
+const MAX_RTT_SHIFT: u8 = 4;
+
+/// A smoothed round trip and its variation (RFC 6298), in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rtt {
+    srtt_us: u32,
+    var_us: u32,
+}
+
+impl Rtt {
+    /// Takes a sample into `est` (the first one sets it).
+    fn sample(est: &mut Option<Rtt>, rtt: Duration) {
+        let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        *est = Some(match *est {
+            None => Rtt {
+                srtt_us: us,
+                var_us: us / 2,
+            },
+            Some(Rtt { srtt_us, var_us }) => {
+                let err = srtt_us.abs_diff(us);
+                Rtt {
+                    srtt_us: srtt_us - srtt_us / 8 + us / 8,
+                    var_us: var_us - var_us / 4 + err / 4,
+                }
+            }
+        });
+    }
+
+    /// `srtt + 4·rttvar`.
+    fn timeout(self) -> Duration {
+        Duration::from_micros(u64::from(self.srtt_us) + 4 * u64::from(self.var_us))
+    }
+}
+
 /// The least a learned retry waits (forged instant repairs cannot make
 /// a receiver ask in a tight loop).
 const MIN_RETRY: Duration = Duration::from_millis(1);
@@ -167,8 +214,13 @@ const REORDER_EPOCH: Duration = Duration::from_secs(30);
 ///   the gap) to the repair that fills it: smoothed as TCP does its RTT
 ///   (RFC 6298), it sets when to ask again: `srtt + 4·rttvar`, at least
 ///   twice `repair_linger` (the sender does not repeat a repair within
-///   it) and 1 ms, at most `nak_retry`. One estimate for every stream the
-///   node follows (a LAN's round trips are alike).
+///   it) and 1 ms, at most `nak_retry`. Each stream keeps its own estimate
+///   ([`StreamRtt`]: a busy or distant sender answers later than the rest);
+///   a stream not sampled yet takes the node's, over every stream. As in
+///   TCP (Karn), a gap asked for again gives no sample (its repair may
+///   answer either ask), but doubles the stream's wait until one does: a
+///   stream whose round trip is longer than the node's would otherwise be
+///   asked again before each repair and never sampled.
 /// - **How many may share a loss.** The members known other than this
 ///   node and the stream's sender (live, left or dead until forgotten: a
 ///   forged `Goodbye` cannot lower it): alone, a receiver asks at once;
@@ -185,8 +237,8 @@ pub struct Learned {
     /// Longest reordering of the current epoch and of the previous one.
     reorder: [Duration; 2],
     epoch_at: Instant,
-    /// Smoothed round trip and its variation, once sampled.
-    srtt: Option<(Duration, Duration)>,
+    /// Smoothed round trip over every stream, once sampled.
+    srtt: Option<Rtt>,
     /// Live members other than this node, as of the last membership tick
     /// (`None` before the first: the configured back-off in full).
     members: Option<usize>,
@@ -225,15 +277,18 @@ impl Learned {
         self.reorder[0] = self.reorder[0].max(open);
     }
 
-    /// A gap this node asked for `rtt` ago was repaired.
-    pub fn repaired(&mut self, rtt: Duration) {
-        self.srtt = Some(match self.srtt {
-            None => (rtt, rtt / 2),
-            Some((srtt, var)) => {
-                let err = srtt.abs_diff(rtt);
-                (srtt * 7 / 8 + rtt / 8, var * 3 / 4 + err / 4)
-            }
-        });
+    /// A gap this node asked for once, `rtt` ago, was repaired by a stream
+    /// whose own estimate is `stream`.
+    pub fn repaired(&mut self, rtt: Duration, stream: &mut StreamRtt) {
+        Rtt::sample(&mut self.srtt, rtt);
+        Rtt::sample(&mut stream.est, rtt);
+        stream.shift = 0;
+    }
+
+    /// A gap this node asked for more than once was repaired: no sample,
+    /// and the stream's wait doubles until one comes (Karn).
+    pub fn repaired_after_asking_again(&mut self, stream: &mut StreamRtt) {
+        stream.shift = (stream.shift + 1).min(MAX_RTT_SHIFT);
     }
 
     /// The number of members known other than this node.
@@ -250,12 +305,15 @@ impl Learned {
         (self.reorder[0].max(self.reorder[1]) * 2).min(cfg.reorder_window)
     }
 
-    /// How long to wait for a repair before asking again (first try).
-    pub fn retry(&self, cfg: &CoreConfig) -> Duration {
-        match self.srtt {
-            Some((srtt, var)) if self.on => (srtt + var * 4)
+    /// How long to wait for a repair before asking again (first try), of
+    /// a stream whose own estimate is `stream`.
+    pub fn retry(&self, cfg: &CoreConfig, stream: StreamRtt) -> Duration {
+        match stream.est.or(self.srtt) {
+            Some(rtt) if self.on => rtt
+                .timeout()
                 .max(cfg.repair_linger.saturating_mul(2))
                 .max(MIN_RETRY)
+                .saturating_mul(1 << stream.shift)
                 .min(cfg.nak_retry),
             _ => cfg.nak_retry,
         }
@@ -302,10 +360,13 @@ impl Sink<'_> {
     /// overheard) should be looked at again: the retry interval (learned,
     /// see [`Learned::retry`]) doubling per try, up to 16 times
     /// `nak_retry`, plus back-off; never past its maximum age.
-    fn retry_due(&mut self, now: Instant, opened: Instant, tries: u32) -> Instant {
+    fn retry_due(&mut self, now: Instant, opened: Instant, tries: u32, rtt: StreamRtt) -> Instant {
         let exp = tries.saturating_sub(1).min(16);
-        let wait = (self.learned.retry(self.cfg).saturating_mul(1u32 << exp))
-            .min(self.cfg.nak_retry.saturating_mul(16));
+        let wait = (self
+            .learned
+            .retry(self.cfg, rtt)
+            .saturating_mul(1u32 << exp))
+        .min(self.cfg.nak_retry.saturating_mul(16));
         let due = now + wait + self.backoff();
         due.min(opened + self.cfg.max_gap_age).max(now)
     }
@@ -370,6 +431,8 @@ pub struct StreamReceiver {
     /// repair was reordering, not loss, that outlasted the round trip: a
     /// sample for [`Learned`], which the fill itself never gives then.
     repaired_lately: VecDeque<(u64, u64, Instant)>,
+    /// The round trip of this stream's repairs.
+    rtt: StreamRtt,
 }
 
 /// Bound of `StreamReceiver::repaired_lately`.
@@ -731,6 +794,7 @@ impl StreamReceiver {
             position_at: now,
             proven_at: now,
             repaired_lately: VecDeque::new(),
+            rtt: StreamRtt::default(),
         }
     }
 
@@ -916,7 +980,7 @@ impl StreamReceiver {
             sink.stats.repairs_received += 1;
             // Someone is repairing this stretch: what is still missing right
             // after it is likely on its way too (suppression).
-            self.postpone(now, first_seq, top, sink);
+            self.postpone(now, first_seq, top, false, sink);
         }
         if how == Arrival::Data
             && first_seq >= self.known_end
@@ -987,10 +1051,19 @@ impl StreamReceiver {
                         sink.stats.repair_time.record(now - gap.opened);
                         // One sample per repair, and only of a gap asked
                         // for once (Karn: the answer to an earlier ask
-                        // would read as a short round trip).
-                        if let (Some(asked), false, 0..=1) = (gap.asked, sampled, gap.tries) {
-                            sink.learned.repaired(now.saturating_duration_since(asked));
-                            sampled = true;
+                        // would read as a short round trip); one asked
+                        // for again doubles the stream's wait instead.
+                        match (gap.asked, sampled, gap.tries) {
+                            (Some(asked), false, 0..=1) => {
+                                let rtt = now.saturating_duration_since(asked);
+                                sink.learned.repaired(rtt, &mut self.rtt);
+                                sampled = true;
+                            }
+                            (Some(_), false, _) => {
+                                sink.learned.repaired_after_asking_again(&mut self.rtt);
+                                sampled = true;
+                            }
+                            _ => {}
                         }
                         self.note_repaired(seq, gap.opened);
                     }
@@ -1358,23 +1431,37 @@ impl StreamReceiver {
     /// `Nak` for it would be redundant, so wait for the repair instead.
     pub fn on_overheard_nak(&mut self, now: Instant, ranges: &[SeqRange], sink: &mut Sink<'_>) {
         for &(start, end) in ranges {
-            self.postpone(now, start, end, sink);
+            self.postpone(now, start, end, true, sink);
         }
     }
 
-    fn postpone(&mut self, now: Instant, start: u64, end: u64, sink: &mut Sink<'_>) {
+    /// Pushes back the next ask of the gaps in `start..end`: they were
+    /// asked for by another receiver (`overheard`), or a repair of that
+    /// stretch is arriving.
+    fn postpone(
+        &mut self,
+        now: Instant,
+        start: u64,
+        end: u64,
+        overheard: bool,
+        sink: &mut Sink<'_>,
+    ) {
         let hit: Vec<u64> = self.gaps.overlapping(start, end).map(|(s, _)| s).collect();
         for s in hit {
             let Some(g) = self.gaps.get_mut(s) else {
                 continue;
             };
             let (tries, opened) = (g.tries, g.opened);
-            let due = sink.retry_due(now, opened, tries.max(1));
+            let due = sink.retry_due(now, opened, tries.max(1), self.rtt);
             if let Some(g) = self.gaps.get_mut(s) {
                 if g.due < due {
                     g.due = due;
-                    // (Its repair then times the round trip too.)
-                    g.asked = Some(now);
+                    // (Its repair then times the round trip too. A repair
+                    // arriving is no ask: the gap it fills would read as
+                    // repaired at once, and every sample as zero.)
+                    if overheard {
+                        g.asked = Some(now);
+                    }
                     sink.stats.naks_suppressed += 1;
                 }
             }
@@ -1466,7 +1553,7 @@ impl StreamReceiver {
                 }));
             } else {
                 ask.push((s, g.end));
-                let due = sink.retry_due(now, g.opened, g.tries + 1);
+                let due = sink.retry_due(now, g.opened, g.tries + 1, self.rtt);
                 if let Some(g) = self.gaps.get_mut(s) {
                     g.tries += 1;
                     g.due = due;
@@ -1650,5 +1737,59 @@ mod seen_tests {
             Repaired::Known(0)
         );
         assert!(seen.data_conflicts(1, &data(1, 1, 0), b"a"));
+    }
+}
+
+#[cfg(test)]
+mod learned_tests {
+    use super::*;
+
+    /// A stream's own round trip sets its wait; a stream not sampled takes
+    /// the node's; a repair after asking again doubles the wait (up to
+    /// `nak_retry`) until a sample comes, which resets it.
+    #[test]
+    fn each_stream_waits_its_own_round_trip_and_backs_off_without_samples() {
+        let cfg = CoreConfig::default();
+        let mut l = Learned::new(true, Instant::now());
+        let (mut near, mut far, unsampled) = (
+            StreamRtt::default(),
+            StreamRtt::default(),
+            StreamRtt::default(),
+        );
+        assert_eq!(
+            l.retry(&cfg, unsampled),
+            cfg.nak_retry,
+            "nothing learned yet"
+        );
+        for _ in 0..20 {
+            l.repaired(Duration::from_micros(200), &mut near);
+        }
+        l.repaired(Duration::from_millis(6), &mut far);
+        for _ in 0..20 {
+            l.repaired(Duration::from_millis(6), &mut far);
+            l.repaired(Duration::from_micros(200), &mut near);
+        }
+        let floor = cfg.repair_linger * 2;
+        assert_eq!(l.retry(&cfg, near), floor);
+        let far_wait = l.retry(&cfg, far);
+        assert!(
+            (Duration::from_millis(6)..Duration::from_millis(8)).contains(&far_wait),
+            "{far_wait:?}"
+        );
+        // The node's estimate, for a stream not sampled: between the two.
+        let node = l.retry(&cfg, unsampled);
+        assert!(node > floor && node < cfg.nak_retry, "{node:?}");
+        // Asked again: no sample, the wait doubles, within nak_retry.
+        l.repaired_after_asking_again(&mut near);
+        assert_eq!(l.retry(&cfg, near), floor * 2);
+        for _ in 0..10 {
+            l.repaired_after_asking_again(&mut near);
+        }
+        assert_eq!(l.retry(&cfg, near), (floor * 16).min(cfg.nak_retry));
+        l.repaired(Duration::from_micros(200), &mut near);
+        assert_eq!(l.retry(&cfg, near), floor, "a sample resets the back-off");
+        // Learning off: the configured wait.
+        let off = Learned::new(false, Instant::now());
+        assert_eq!(off.retry(&cfg, far), cfg.nak_retry);
     }
 }

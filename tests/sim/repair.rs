@@ -374,3 +374,92 @@ fn directed_repairs_under_shared_loss_deliver_everything() {
     // one sent anywhere else).
     assert_eq!(sim.traffic(0).misdirected(), 0);
 }
+
+/// Each stream keeps its own round trip of repairs: a receiver that
+/// follows a near publisher (0.1 ms away, repaired in 0.2 ms, most of its
+/// samples) and a far one (4 ms away, 8 ms round trip) waits for the far
+/// one's repairs as long as they take, rather than asking again after the
+/// near one's round trip (2 ms, the floor) and doubling its `Nak`s.
+#[test]
+fn each_stream_keeps_its_own_round_trip_of_repairs() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use cachecast::wire::Body;
+
+    let mut sim = Sim::new(11);
+    // 0: near publisher, 1: far publisher, 2: the receiver.
+    sim.add_nodes("n", 3);
+    sim.run_for(ms(1000));
+    let far = stream_of(&sim, 1);
+    // Every 10th Data datagram of each publisher is lost at the receiver.
+    let lossy = |delay: Duration, lost: Arc<AtomicU64>| {
+        let mut f = Faults::dropping(move |d| {
+            let hit = matches!(d.body, Body::Data { first_seq, .. } if first_seq % 10 == 3);
+            if hit {
+                lost.fetch_add(1, Ordering::SeqCst);
+            }
+            hit
+        });
+        f.delay = delay;
+        f
+    };
+    let far_lost = Arc::new(AtomicU64::new(0));
+    sim.set_link(
+        0,
+        2,
+        lossy(Duration::from_micros(100), Arc::new(AtomicU64::new(0))),
+    );
+    sim.set_link(1, 2, lossy(ms(4), far_lost.clone()));
+    // The receiver's Naks for the far stream, counted on their way.
+    let far_naks = Arc::new(AtomicU64::new(0));
+    let counted = far_naks.clone();
+    let mut back = Faults::dropping(move |d| {
+        if matches!(d.body, Body::Nak { stream, .. } if stream == far) {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        false
+    });
+    back.delay = ms(4);
+    sim.set_link(2, 1, back);
+    sim.set_link(
+        2,
+        0,
+        Faults {
+            delay: Duration::from_micros(100),
+            ..Faults::default()
+        },
+    );
+    sim.set_link(1, 0, back_link());
+    // The near publisher sends ten times as often as the far one.
+    for i in 0..2000 {
+        sim.publish(0, key(i));
+        if i % 10 == 0 {
+            sim.publish(1, key(i));
+        }
+        sim.run_for(ms(1));
+    }
+    sim.run_for(ms(500));
+    let lost = far_lost.load(Ordering::SeqCst);
+    let naks = far_naks.load(Ordering::SeqCst);
+    let rx = sim.core(2).unwrap().stats().clone();
+    eprintln!(
+        "far stream: {lost} lost, {naks} Naks; receiver: {} repaired, p99 {} µs",
+        rx.events_repaired,
+        rx.repair_time.quantile_us(0.99)
+    );
+    assert!(lost >= 15, "the test needs losses: {lost}");
+    assert!(
+        naks * 10 <= lost * 13,
+        "{naks} Naks for {lost} losses of the far stream"
+    );
+    assert!(sim.resets(2).is_empty(), "{:?}", sim.resets(2));
+    sim.check().unwrap();
+}
+
+fn back_link() -> Faults {
+    Faults {
+        delay: ms(4),
+        ..Faults::default()
+    }
+}
