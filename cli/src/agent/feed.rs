@@ -59,8 +59,9 @@ pub struct Item {
     /// `reset`, which takes the position it resumes after).
     pub id: u64,
     pub action: Action,
-    /// The JSON object for SSE and webhooks (with the cursor as `id`).
-    pub json: String,
+    /// The JSON object for SSE and webhooks (with the cursor as `id`);
+    /// boxed to its length (65,536 items are held).
+    pub json: Box<str>,
     /// When the item was built, i.e. reached the agent (apply latency is
     /// measured from here).
     pub at: std::time::Instant,
@@ -102,7 +103,7 @@ impl Item {
             o.insert("seq".into(), json!(origin.seq));
             o.insert("node".into(), json!(origin.node));
         }
-        let json = Value::Object(o).to_string();
+        let json = Value::Object(o).to_string().into_boxed_str();
         Item {
             id,
             action,

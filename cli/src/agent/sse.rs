@@ -201,22 +201,22 @@ impl Client {
     /// The item's JSON as this client should see it, or None to skip it.
     fn filtered(&self, item: &Item) -> Option<String> {
         let Some(f) = &self.filter else {
-            return Some(item.json.clone());
+            return Some(item.json.to_string());
         };
         let matches = |s: &str| f.iter().any(|p| s.starts_with(p.as_str()));
         match &item.action {
-            Action::Clear | Action::Reset { .. } => Some(item.json.clone()),
+            Action::Clear | Action::Reset { .. } => Some(item.json.to_string()),
             Action::Prefix(p) => f
                 .iter()
                 .any(|x| p.starts_with(x.as_str()) || x.starts_with(p.as_str()))
-                .then(|| item.json.clone()),
-            Action::Custom { topic, .. } => matches(topic).then(|| item.json.clone()),
+                .then(|| item.json.to_string()),
+            Action::Custom { topic, .. } => matches(topic).then(|| item.json.to_string()),
             Action::Invalidate(keys) => {
                 let kept: Vec<&String> = keys.iter().filter(|k| matches(k)).collect();
                 if kept.is_empty() {
                     None
                 } else if kept.len() == keys.len() {
-                    Some(item.json.clone())
+                    Some(item.json.to_string())
                 } else {
                     let mut v: Value = serde_json::from_str(&item.json).ok()?;
                     v["keys"] = serde_json::json!(kept);

@@ -635,7 +635,7 @@ mod tests {
             panic!()
         };
         let posts = rx.posts.lock().unwrap().clone();
-        assert!(posts[0].2.contains(&items[0].json), "{}", posts[0].2);
+        assert!(posts[0].2.contains(&*items[0].json), "{}", posts[0].2);
         assert!(posts.iter().all(|p| p.1 == "application/json"), "{posts:?}");
 
         let l = labels(&cfg);
