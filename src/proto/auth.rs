@@ -37,8 +37,9 @@
 //! in turns), and with one count a directed repair overtaken by more than
 //! 1,024 of the group's datagrams (a receiver behind at high rates, the
 //! moment it needs its repairs) was dropped as a replay. The counter is
-//! sealed, so a datagram cannot be moved from one window to the other. A window starts at the first
-//! counter verified: everything below it counts as seen (a datagram that
+//! sealed, so a datagram cannot be moved from one window to the other (a
+//! unicast node counts everything in one: one socket carries it all). A
+//! window starts at the first counter verified: everything below it counts as seen (a datagram that
 //! arrives reordered before the first one heard is dropped; its loss is a
 //! gap like any other, repaired with a new counter). A window is forgotten
 //! once the newest timestamp its stream sent is older than `max_age`, as a

@@ -1261,7 +1261,8 @@ impl NodeCore {
         self.auth.set_wall_clock(now, unix_ms);
     }
 
-    /// Replay windows held (one per authenticated stream heard lately).
+    /// Replay windows held: one per authenticated stream heard lately,
+    /// and a second for a stream that also sent this node directed repairs.
     pub fn replay_windows(&self) -> usize {
         self.auth.windows()
     }
@@ -1534,10 +1535,13 @@ impl NodeCore {
         if matches!(body, Body::Goodbye { .. }) {
             self.sender.goodbye_sent(now);
         }
-        // A repair for one node alone travels apart from the group's
-        // datagrams (to its direct socket): counted apart, so that the
-        // group's cannot push it out of the receiver's replay window.
-        let directed = self.transmit_to.is_some() && matches!(body, Body::Repair { .. });
+        // On a multicast group, a repair for one node alone travels apart
+        // from the group's datagrams (to its direct socket): counted apart,
+        // so that the group's cannot push it out of the receiver's replay
+        // window. Unicast sends everything on one socket, in one count.
+        let directed = self.sender.overheard
+            && self.transmit_to.is_some()
+            && matches!(body, Body::Repair { .. });
         self.auth
             .seal(now, buf, self.header_len, self.cfg.stream, directed);
         self.out.pop_front();
