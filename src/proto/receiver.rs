@@ -147,15 +147,18 @@ pub struct Sink<'a> {
     pub learned: &'a mut Learned,
 }
 
-/// What a receiver learned of one stream's repairs: 12 bytes per stream
+/// What a receiver learned of one stream's repairs: 32 bytes per stream
 /// followed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamRtt {
     /// The stream's own estimate, once sampled.
     est: Option<Rtt>,
-    /// The wait doubles this many times (gaps asked for again since the
-    /// last sample; at most [`MAX_RTT_SHIFT`]).
+    /// The wait doubles this many times (rounds of gaps asked for again
+    /// since the last sample; at most [`MAX_RTT_SHIFT`]).
     shift: u8,
+    /// When the wait last doubled: a gap opened before then was asked for
+    /// under the shorter wait, and doubles it no further.
+    doubled_at: Option<Instant>,
 }
 
 /// The most a stream's wait doubles without a sample (16 times the
@@ -220,7 +223,12 @@ const REORDER_EPOCH: Duration = Duration::from_secs(30);
 ///   TCP (Karn), a gap asked for again gives no sample (its repair may
 ///   answer either ask), but doubles the stream's wait until one does: a
 ///   stream whose round trip is longer than the node's would otherwise be
-///   asked again before each repair and never sampled.
+///   asked again before each repair and never sampled. It doubles once
+///   per round: only for a gap opened after the last doubling (a burst
+///   of losses asked for again together doubles it once). A stream whose
+///   repairs always need a second ask (a direct path that drops them,
+///   until the sender sends them to the group) stays at 16 times, within
+///   `nak_retry`: no slower than without learning.
 /// - **How many may share a loss.** The members known other than this
 ///   node and the stream's sender (live, left or dead until forgotten: a
 ///   forged `Goodbye` cannot lower it): alone, a receiver asks at once;
@@ -283,12 +291,22 @@ impl Learned {
         Rtt::sample(&mut self.srtt, rtt);
         Rtt::sample(&mut stream.est, rtt);
         stream.shift = 0;
+        stream.doubled_at = None;
     }
 
-    /// A gap this node asked for more than once was repaired: no sample,
-    /// and the stream's wait doubles until one comes (Karn).
-    pub fn repaired_after_asking_again(&mut self, stream: &mut StreamRtt) {
-        stream.shift = (stream.shift + 1).min(MAX_RTT_SHIFT);
+    /// A gap opened at `opened`, which this node asked for more than once,
+    /// was repaired at `now`: no sample, and the stream's wait doubles
+    /// until one comes (Karn), once per round (see [`Learned`]).
+    pub fn repaired_after_asking_again(
+        &mut self,
+        opened: Instant,
+        now: Instant,
+        stream: &mut StreamRtt,
+    ) {
+        if stream.doubled_at.is_none_or(|at| opened >= at) {
+            stream.shift = (stream.shift + 1).min(MAX_RTT_SHIFT);
+            stream.doubled_at = Some(now);
+        }
     }
 
     /// The number of members known other than this node.
@@ -1060,7 +1078,11 @@ impl StreamReceiver {
                                 sampled = true;
                             }
                             (Some(_), false, _) => {
-                                sink.learned.repaired_after_asking_again(&mut self.rtt);
+                                sink.learned.repaired_after_asking_again(
+                                    gap.opened,
+                                    now,
+                                    &mut self.rtt,
+                                );
                                 sampled = true;
                             }
                             _ => {}
@@ -1780,12 +1802,27 @@ mod learned_tests {
         let node = l.retry(&cfg, unsampled);
         assert!(node > floor && node < cfg.nak_retry, "{node:?}");
         // Asked again: no sample, the wait doubles, within nak_retry.
-        l.repaired_after_asking_again(&mut near);
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        l.repaired_after_asking_again(t, t + ms(5), &mut near);
         assert_eq!(l.retry(&cfg, near), floor * 2);
-        for _ in 0..10 {
-            l.repaired_after_asking_again(&mut near);
+        // Gaps of the same burst (opened before it doubled): no further.
+        l.repaired_after_asking_again(t, t + ms(6), &mut near);
+        l.repaired_after_asking_again(t + ms(1), t + ms(7), &mut near);
+        assert_eq!(l.retry(&cfg, near), floor * 2, "once per round");
+        // A gap opened under the doubled wait and asked for again: again.
+        l.repaired_after_asking_again(t + ms(5), t + ms(9), &mut near);
+        assert_eq!(l.retry(&cfg, near), floor * 4);
+        for i in 0..10 {
+            l.repaired_after_asking_again(t + ms(10 + i * 10), t + ms(15 + i * 10), &mut near);
         }
         assert_eq!(l.retry(&cfg, near), (floor * 16).min(cfg.nak_retry));
+        // The cap itself, where nak_retry does not hide it.
+        let roomy = CoreConfig {
+            nak_retry: floor * 100,
+            ..cfg.clone()
+        };
+        assert_eq!(l.retry(&roomy, near), floor * 16, "at most 16 times");
         l.repaired(Duration::from_micros(200), &mut near);
         assert_eq!(l.retry(&cfg, near), floor, "a sample resets the back-off");
         // Learning off: the configured wait.
