@@ -30,9 +30,9 @@
 //!
 //! One per sending stream and path, a sliding bitmap as in RFC 6479: 17
 //! blocks of 64 bits, so any counter within 1,024 of the highest seen is
-//! judged exactly, and older ones are replays. A stream counts what it
-//! sends to one node alone (a directed repair) apart from what it sends to
-//! everyone, from [`DIRECTED`] on, and a receiver keeps a window for each:
+//! judged exactly, and older ones are replays. A stream on a multicast
+//! group counts what it sends to one node alone (a directed repair) apart
+//! from what it sends to everyone, from [`DIRECTED`] on, and a receiver keeps a window for each:
 //! the two travel apart (a node reads its direct socket and the group's
 //! in turns), and with one count a directed repair overtaken by more than
 //! 1,024 of the group's datagrams (a receiver behind at high rates, the
@@ -171,8 +171,9 @@ impl AuthConfig {
     }
 }
 
-/// The first counter of what a stream sends to one node alone (directed
-/// repairs): its own count, below it what goes to everyone. Sealed like
+/// The first counter of what a stream on a multicast group sends to one
+/// node alone (directed repairs): its own count, below it what goes to
+/// the group. Sealed like
 /// the rest, so the receiver's choice of window is authenticated.
 pub const DIRECTED: u64 = 1 << 63;
 
@@ -338,7 +339,8 @@ impl Auth {
 
     /// Seals the datagram in `buf` (header of `header_len` bytes with
     /// `FLAG_AUTH` set, then its body) unless the mode is off; `directed`:
-    /// it goes to one node alone (counted from [`DIRECTED`]).
+    /// it goes to one node alone, apart from the group's datagrams
+    /// (counted from [`DIRECTED`]).
     pub fn seal(
         &mut self,
         now: Instant,

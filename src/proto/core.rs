@@ -1539,6 +1539,8 @@ impl NodeCore {
         // from the group's datagrams (to its direct socket): counted apart,
         // so that the group's cannot push it out of the receiver's replay
         // window. Unicast sends everything on one socket, in one count.
+        // (`overheard` is set by `set_directed_multicast` alone: a group
+        // with direct sockets.)
         let directed = self.sender.overheard
             && self.transmit_to.is_some()
             && matches!(body, Body::Repair { .. });

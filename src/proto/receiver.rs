@@ -296,17 +296,20 @@ impl Learned {
 
     /// A gap opened at `opened`, which this node asked for more than once,
     /// was repaired at `now`: no sample, and the stream's wait doubles
-    /// until one comes (Karn), once per round (see [`Learned`]).
+    /// until one comes (Karn), once per round (see [`Learned`]). True if
+    /// it doubled (false: the gap was of a round already counted).
     pub fn repaired_after_asking_again(
         &mut self,
         opened: Instant,
         now: Instant,
         stream: &mut StreamRtt,
-    ) {
-        if stream.doubled_at.is_none_or(|at| opened >= at) {
+    ) -> bool {
+        let new_round = stream.doubled_at.is_none_or(|at| opened >= at);
+        if new_round {
             stream.shift = (stream.shift + 1).min(MAX_RTT_SHIFT);
             stream.doubled_at = Some(now);
         }
+        new_round
     }
 
     /// The number of members known other than this node.
@@ -1070,7 +1073,9 @@ impl StreamReceiver {
                         // One sample per repair, and only of a gap asked
                         // for once (Karn: the answer to an earlier ask
                         // would read as a short round trip); one asked
-                        // for again doubles the stream's wait instead.
+                        // for again doubles the stream's wait instead
+                        // (once per round: one of an earlier round leaves
+                        // the next gap its say).
                         match (gap.asked, sampled, gap.tries) {
                             (Some(asked), false, 0..=1) => {
                                 let rtt = now.saturating_duration_since(asked);
@@ -1078,12 +1083,11 @@ impl StreamReceiver {
                                 sampled = true;
                             }
                             (Some(_), false, _) => {
-                                sink.learned.repaired_after_asking_again(
+                                sampled = sink.learned.repaired_after_asking_again(
                                     gap.opened,
                                     now,
                                     &mut self.rtt,
                                 );
-                                sampled = true;
                             }
                             _ => {}
                         }
@@ -1825,6 +1829,11 @@ mod learned_tests {
         assert_eq!(l.retry(&roomy, near), floor * 16, "at most 16 times");
         l.repaired(Duration::from_micros(200), &mut near);
         assert_eq!(l.retry(&cfg, near), floor, "a sample resets the back-off");
+        // ... and the round: a gap opened before the last doubling doubles
+        // the wait again, once.
+        assert!(l.repaired_after_asking_again(t, t + ms(200), &mut near));
+        assert!(!l.repaired_after_asking_again(t, t + ms(201), &mut near));
+        assert_eq!(l.retry(&cfg, near), floor * 2);
         // Learning off: the configured wait.
         let off = Learned::new(false, Instant::now());
         assert_eq!(off.retry(&cfg, far), cfg.nak_retry);
