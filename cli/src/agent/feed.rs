@@ -249,12 +249,15 @@ impl Feed {
             let mut g = self.lock();
             let mut id = g.first + g.items.len() as u64;
             for i in 0..n {
+                // Room first: a full buffer that took one more before
+                // dropping its oldest doubled its array past the bound
+                // (1 MiB for 65,536, where 512 KiB hold them).
+                if g.items.len() >= self.capacity {
+                    g.items.pop_front();
+                    g.first += 1;
+                }
                 g.items.push_back(Arc::new(make(id, i)));
                 id += 1;
-            }
-            while g.items.len() > self.capacity {
-                g.items.pop_front();
-                g.first += 1;
             }
             id - 1
         };
@@ -368,6 +371,24 @@ mod tests {
             Read::Items(v) => v.iter().map(|i| i.id).collect(),
             Read::Gone { after } => vec![u64::MAX, after],
         }
+    }
+
+    /// A full buffer drops its oldest before it takes a new item: its
+    /// array stays within the bound (it doubled past it before).
+    #[test]
+    fn a_full_buffer_keeps_its_array_within_the_bound() {
+        let f = Feed::new(1, 1024);
+        for i in 0..1100 {
+            f.push(Action::Invalidate(vec![format!("k{i}")]), None);
+        }
+        f.extend(
+            (1101..=1200)
+                .map(|id| Item::new(1, id, Action::Clear, None, None))
+                .collect(),
+        );
+        let g = f.lock();
+        assert_eq!((g.items.len(), g.first), (1024, 177));
+        assert!(g.items.capacity() < 2048, "{}", g.items.capacity());
     }
 
     #[test]
