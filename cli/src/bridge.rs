@@ -632,12 +632,13 @@ impl Bridge {
         };
         match &mut self.role {
             Role::Standby => {
-                let now = Instant::now();
-                self.buffer.push_back((now, out.0, out.1));
-                if self.buffer.len() > BUFFER {
+                // Room first: one more before the oldest leaves would
+                // double the array past the bound.
+                if self.buffer.len() >= BUFFER {
                     self.buffer.pop_front();
                     self.standby_loss = true;
                 }
+                self.buffer.push_back((Instant::now(), out.0, out.1));
             }
             Role::Active(_) => self.buffer.push_back((Instant::now(), out.0, out.1)),
         }
@@ -1292,10 +1293,10 @@ impl Bridge {
         events.dedup_by(|a, b| matches!((a, b), (Event::ClearAll, Event::ClearAll)));
         let published = self.inject_events(events).await;
         if let Role::Active(a) = &mut self.role {
-            a.unsent.push_back((a.cursor, published));
-            if a.unsent.len() > 4096 {
+            if a.unsent.len() >= 4096 {
                 a.unsent.pop_front();
             }
+            a.unsent.push_back((a.cursor, published));
         }
         if !self.save_cursor_after_sent().await {
             self.step_down().await;
