@@ -52,6 +52,21 @@ use crate::stop::Stop;
 
 /// Events a standby keeps to publish again when it takes over.
 const BUFFER: usize = 1 << 18;
+/// At most this many places wait in `unsent` for their write.
+const UNSENT: usize = 4096;
+
+/// Appends `item`, first dropping the oldest entry when `q` holds `bound`
+/// already; says whether one was dropped. Room first: taking one more
+/// before the oldest leaves doubles the array past the bound (2^19 slots
+/// for 2^18 events).
+fn push_bounded<T>(q: &mut VecDeque<T>, bound: usize, item: T) -> bool {
+    let full = q.len() >= bound;
+    if full {
+        q.pop_front();
+    }
+    q.push_back(item);
+    full
+}
 /// Publishes awaiting JetStream's acknowledgement before the bridge stops
 /// reading its LAN (the node's subscription queue holds the rest).
 const MAX_INFLIGHT: usize = 4096;
@@ -632,13 +647,9 @@ impl Bridge {
         };
         match &mut self.role {
             Role::Standby => {
-                // Room first: one more before the oldest leaves would
-                // double the array past the bound.
-                if self.buffer.len() >= BUFFER {
-                    self.buffer.pop_front();
+                if push_bounded(&mut self.buffer, BUFFER, (Instant::now(), out.0, out.1)) {
                     self.standby_loss = true;
                 }
-                self.buffer.push_back((Instant::now(), out.0, out.1));
             }
             Role::Active(_) => self.buffer.push_back((Instant::now(), out.0, out.1)),
         }
@@ -1293,10 +1304,7 @@ impl Bridge {
         events.dedup_by(|a, b| matches!((a, b), (Event::ClearAll, Event::ClearAll)));
         let published = self.inject_events(events).await;
         if let Role::Active(a) = &mut self.role {
-            if a.unsent.len() >= 4096 {
-                a.unsent.pop_front();
-            }
-            a.unsent.push_back((a.cursor, published));
+            push_bounded(&mut a.unsent, UNSENT, (a.cursor, published));
         }
         if !self.save_cursor_after_sent().await {
             self.step_down().await;
@@ -1452,4 +1460,24 @@ enum Read {
     Own,
     Event(Event),
     Clear(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full queue drops its oldest before it takes a new entry: the
+    /// newest `bound` stay, and the array never grows past the bound.
+    #[test]
+    fn a_full_queue_keeps_its_array_within_the_bound() {
+        let mut q = VecDeque::new();
+        let dropped: Vec<bool> = (0..1100u32)
+            .map(|i| push_bounded(&mut q, 1024, i))
+            .collect();
+        assert_eq!(dropped.iter().filter(|d| **d).count(), 76);
+        assert!(!dropped[1023] && dropped[1024]);
+        assert_eq!(q.len(), 1024);
+        assert_eq!((q.front(), q.back()), (Some(&76), Some(&1099)));
+        assert!(q.capacity() < 2048, "{}", q.capacity());
+    }
 }
