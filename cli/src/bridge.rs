@@ -47,6 +47,7 @@ use cachecast::wire::decode_event;
 use cachecast::{Delivery, Event, Node, NodeConfig, ResetReason};
 
 use crate::args::{join_failure, parse_duration, NetArgs};
+use crate::bounded::push_bounded;
 use crate::failure::Failure;
 use crate::stop::Stop;
 
@@ -54,19 +55,6 @@ use crate::stop::Stop;
 const BUFFER: usize = 1 << 18;
 /// At most this many places wait in `unsent` for their write.
 const UNSENT: usize = 4096;
-
-/// Appends `item`, first dropping the oldest entry when `q` holds `bound`
-/// already; says whether one was dropped. Room first: taking one more
-/// before the oldest leaves doubles the array past the bound (2^19 slots
-/// for 2^18 events).
-fn push_bounded<T>(q: &mut VecDeque<T>, bound: usize, item: T) -> bool {
-    let full = q.len() >= bound;
-    if full {
-        q.pop_front();
-    }
-    q.push_back(item);
-    full
-}
 /// Publishes awaiting JetStream's acknowledgement before the bridge stops
 /// reading its LAN (the node's subscription queue holds the rest).
 const MAX_INFLIGHT: usize = 4096;
@@ -1460,24 +1448,4 @@ enum Read {
     Own,
     Event(Event),
     Clear(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A full queue drops its oldest before it takes a new entry: the
-    /// newest `bound` stay, and the array never grows past the bound.
-    #[test]
-    fn a_full_queue_keeps_its_array_within_the_bound() {
-        let mut q = VecDeque::new();
-        let dropped: Vec<bool> = (0..1100u32)
-            .map(|i| push_bounded(&mut q, 1024, i))
-            .collect();
-        assert_eq!(dropped.iter().filter(|d| **d).count(), 76);
-        assert!(!dropped[1023] && dropped[1024]);
-        assert_eq!(q.len(), 1024);
-        assert_eq!((q.front(), q.back()), (Some(&76), Some(&1099)));
-        assert!(q.capacity() < 2048, "{}", q.capacity());
-    }
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod args;
+mod bounded;
 mod bridge;
 mod confirm;
 mod demo;

@@ -16,6 +16,8 @@ use cachecast::DeliveryRef;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
+use crate::bounded::push_bounded;
+
 /// What a delivery asks of a cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -249,14 +251,10 @@ impl Feed {
             let mut g = self.lock();
             let mut id = g.first + g.items.len() as u64;
             for i in 0..n {
-                // Room first: a full buffer that took one more before
-                // dropping its oldest doubled its array past the bound
-                // (1 MiB for 65,536, where 512 KiB hold them).
-                if g.items.len() >= self.capacity {
-                    g.items.pop_front();
+                let item = Arc::new(make(id, i));
+                if push_bounded(&mut g.items, self.capacity, item) {
                     g.first += 1;
                 }
-                g.items.push_back(Arc::new(make(id, i)));
                 id += 1;
             }
             id - 1
