@@ -202,7 +202,7 @@ fn confirm_answers_200_when_every_live_member_has_the_events_and_504_naming_one_
         (200, vec!["b".to_owned()]),
         "{r:#}"
     );
-    b.proc.signal(libc::SIGSTOP);
+    b.proc.stop();
     let t = Instant::now();
     let (status, r) = post(&a, "?confirm=500ms", r#"{"keys":["user:3"]}"#);
     let waited = t.elapsed();

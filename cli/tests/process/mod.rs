@@ -209,6 +209,33 @@ impl Running {
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
     }
 
+    /// Stops the process with SIGSTOP and waits (bounded) until every one
+    /// of its threads is stopped. `kill` wakes one thread to take the
+    /// signal; the others run on until that one starts the group stop,
+    /// which on a loaded machine has taken long enough for another thread
+    /// to receive and answer a datagram sent after `kill` returned.
+    pub fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let end = Instant::now() + LIMIT;
+        loop {
+            // The state follows the command name's closing parenthesis.
+            let states: Vec<char> = std::fs::read_dir(&tasks)
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                .collect();
+            if !states.is_empty() && states.iter().all(|&c| c == 'T') {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "not every thread stopped within {LIMIT:?}: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Waits (bounded) for the process to end and for its output to close;
     /// returns its status. Every line is then in `out_seen` / `err_seen`.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
